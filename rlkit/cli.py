@@ -1,0 +1,116 @@
+"""The `rlkit` command line: thin wrappers that hand off to rlkit.core.
+
+Every user mistake is an RlkitError, printed here as one line (exit 1);
+`rlkit --debug ...` shows the traceback instead. Heavy imports (torch, aim,
+datasets) happen inside the commands, so `rlkit --help` answers at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import rlkit
+from rlkit.core.errors import RlkitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train language models with reinforcement learning, one YAML file at a time.",
+)
+_state = {"debug": False}
+
+ExperimentArg = Annotated[Path, typer.Argument(help="The experiment YAML file, e.g. experiments/quickstart.yaml.")]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Config overrides as key=value, e.g. seed=1 stages.rl.steps=20.", show_default=False)]
+PluginOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--plugin", help="A local plugin .py file to load (repeatable), in addition to the YAML's `plugins:`.")]
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print an RlkitError as one line and exit 1; with --debug, show the traceback."""
+    try:
+        yield
+    except RlkitError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"rlkit {rlkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print rlkit's version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+):
+    """rlkit: compose tokenizer, pretrain, midtrain, sft and rl stages from plugins in one YAML file."""
+    _state["debug"] = debug
+
+
+@app.command()
+def run(
+    experiment: ExperimentArg,
+    overrides: OverridesArg = None,
+    plugin: PluginOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last complete checkpoint.")] = False,
+):
+    """Validate the experiment and its plugins, then run its stages in order."""
+    with user_errors():
+        from rlkit.core import pipeline
+
+        cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [])
+        pipeline.run(cfg, plugins, resume=resume)
+
+
+@app.command()
+def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: PluginOpt = None):
+    """Resolve the config and plugins, bind every plugin's args, print the resolved YAML; builds no model."""
+    with user_errors():
+        from omegaconf import OmegaConf
+
+        from rlkit.core import pipeline
+
+        cfg, _ = pipeline.prepare(experiment, overrides or [], plugin or [])
+        typer.echo(OmegaConf.to_yaml(cfg), nl=False)
+        typer.echo(f"# ok: stages {', '.join(pipeline.stages_to_run(cfg)) or '(none)'}", err=True)
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+    plugin: PluginOpt = None,
+):
+    """List every loaded plugin (package or file, version) and the names it provides per kind."""
+    with user_errors():
+        from rlkit.core.plugins import load_plugins
+
+        found = load_plugins(plugin or [])
+        rows = [{"plugin": i.name, "source": i.source, "provides": i.provides} for i in found.infos]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(row["provides"].items()))
+            typer.echo(f"{row['plugin']:<40} {row['source']:<16} {provides or '(provides nothing)'}")
+
+
+def main():
+    """Console-script entry point."""
+    app(prog_name="rlkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Finding plugins and turning them into name tables.
+
+Plugins are registered, in order, from:
+  1. rlkit's own entry points (group `rlkit`, distribution `rlkit`): core names no plugin;
+  2. other installed packages' entry points in group `rlkit`, narrowed by
+     RLKIT_LOAD_PLUGINS="pkg_a,pkg_b" (an empty string loads none);
+  3. local .py files: the YAML's `plugins:` list (relative to the YAML) and `--plugin PATH`.
+Then `pm.check_pending()` rejects hooks that match no spec (a misspelled hook).
+
+`collect(pm)` calls each registration hook once per plugin and builds one
+`{name: callable}` table per kind; a name defined twice is an error naming both
+plugins. RLKIT_TRACE_PLUGINS=1 prints every hook call.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as metadata
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+from rlkit.core import hookspecs
+from rlkit.core.errors import RlkitError
+
+GROUP = "rlkit"
+KINDS = {  # kind -> (hook name, the leading arguments core passes before **args)
+    "algorithm": ("rlkit_algorithms", ()),
+    "reward": ("rlkit_rewards", ("completion", "example")),
+    "optimizer": ("rlkit_optimizers", ("model",)),
+    "task": ("rlkit_tasks", ("split",)),
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str  # the name pluggy knows it by
+    source: str  # "rlkit 0.1.0", "my-pkg 1.2 (entry point)", or a file path
+    provides: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
+
+
+@dataclass
+class Plugins:
+    """What start-up found: one table per kind, and where each plugin came from."""
+    tables: dict[str, dict[str, Callable]]
+    infos: list[PluginInfo]
+
+    def get(self, kind: str, name: str, where: str) -> Callable:
+        """The callable registered as `name`, or an error listing the valid names."""
+        table = self.tables[kind]
+        if name in table:
+            return table[name]
+        valid = sorted(table)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        listing = ", ".join(valid) if valid else "none are installed"
+        raise RlkitError(f"{where}: no {kind} plugin named '{name}' ({hint}available: {listing})")
+
+
+def make_plugin_manager(local_files: list[Path] = ()) -> tuple[pluggy.PluginManager, dict[str, str]]:
+    """A fresh plugin manager with every plugin registered; returns it and {plugin name: source}."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    sources: dict[str, str] = {}
+    for ep, dist in _entry_points():
+        module = _load_entry_point(ep, dist)
+        pm.register(module, name=f"{dist.name}:{ep.name}")
+        sources[f"{dist.name}:{ep.name}"] = f"{dist.name} {dist.version}"
+    for path in local_files:
+        module = _import_file(Path(path))
+        pm.register(module, name=str(path))
+        sources[str(path)] = "file"
+    _check_pending(pm)
+    if os.environ.get("RLKIT_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+        pm.enable_tracing()
+    return pm, sources
+
+
+def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
+    """Call every registration hook once and merge the tables; a name defined twice is an error."""
+    tables: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}
+    owner: dict[tuple[str, str], str] = {}
+    infos = {name: PluginInfo(name, source) for name, source in sources.items()}
+    for kind, (hook, _) in KINDS.items():
+        # Call per implementation (not pm.hook.X()) so each name is traced back to its plugin.
+        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+            table = impl.function() or {}
+            if not isinstance(table, dict):
+                raise RlkitError(f"plugin {impl.plugin_name}: {hook}() must return a dict {{name: callable}}, "
+                                 f"got {type(table).__name__}")
+            for name, fn in table.items():
+                if (kind, name) in owner:
+                    raise RlkitError(f"{kind} '{name}' is defined by two plugins: {owner[kind, name]} and "
+                                     f"{impl.plugin_name}; rename one of them")
+                if not callable(fn):
+                    raise RlkitError(f"plugin {impl.plugin_name}: {kind} '{name}' is not callable")
+                owner[kind, name] = impl.plugin_name
+                tables[kind][name] = fn
+                infos[impl.plugin_name].provides.setdefault(kind, []).append(name)
+    return Plugins(tables, list(infos.values()))
+
+
+def load_plugins(local_files: list[Path] = ()) -> Plugins:
+    """make_plugin_manager + collect: what the CLI calls."""
+    pm, sources = make_plugin_manager(local_files)
+    return collect(pm, sources)
+
+
+def bind_args(kind: str, name: str, fn: Callable, args: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check `args` against the plugin's signature before any model is built; returns them as a dict."""
+    leading = KINDS[kind][1]
+    sig = inspect.signature(fn)
+    try:
+        sig.bind(*[None] * len(leading), **dict(args))
+    except TypeError as e:
+        params = [p for p in list(sig.parameters.values())[len(leading):]
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        accepted = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params)
+        raise RlkitError(f"{where}: {kind} '{name}' does not accept these args ({e}); "
+                         f"it takes: {accepted or 'no arguments'}") from None
+    return dict(args)
+
+
+def _entry_points():
+    """(entry point, distribution) pairs: rlkit's own first, then others allowed by RLKIT_LOAD_PLUGINS."""
+    allowed = os.environ.get("RLKIT_LOAD_PLUGINS")
+    allowed_set = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
+    own, others, seen = [], [], set()
+    for dist in metadata.distributions():
+        dist_name = dist.metadata["Name"]
+        if dist_name in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(dist_name)
+        for ep in dist.entry_points:
+            if ep.group != GROUP:
+                continue
+            if dist_name == "rlkit":
+                own.append((ep, dist))
+            elif allowed_set is None or dist_name in allowed_set:
+                others.append((ep, dist))
+    return sorted(own, key=lambda p: p[0].name) + sorted(others, key=lambda p: (p[1].name, p[0].name))
+
+
+def _load_entry_point(ep, dist):
+    try:
+        return ep.load()
+    except Exception as e:  # a broken installed plugin: name it, don't crash with its traceback
+        raise RlkitError(f"plugin {dist.name}:{ep.name} (entry point {ep.value}) failed to import: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def _import_file(path: Path):
+    """Import a local plugin file under its own module name, so tracebacks name the user's file."""
+    if not path.is_file():
+        raise RlkitError(f"plugin file {path}: not found")
+    module_name = f"rlkit_local_plugin_{abs(hash(str(path.resolve())))}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[module_name]
+        raise RlkitError(f"plugin file {path}: failed to import: {type(e).__name__}: {e}") from None
+    return module
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    """A hookimpl that matches no hookspec is almost always a typo: say which name was meant."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        bad = [name for name in vars(pm.hook) if not getattr(pm.hook, name).has_spec()]
+        valid = [hook for hook, _ in KINDS.values()]
+        for name in bad:
+            impls = getattr(pm.hook, name).get_hookimpls()
+            plugin = impls[0].plugin_name if impls else "?"
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid hooks: {', '.join(valid)}"
+            raise RlkitError(f"plugin {plugin}: unknown hook '{name}' ({hint})") from None
+        raise RlkitError(f"plugin validation failed: {e}") from None
