@@ -1,0 +1,351 @@
+"""Atomic checkpoints for one stage: save, verify, load, find the latest, prune; RNG state as JSON.
+
+Layout (a stage folder such as runs/<name>/pretrain/):
+
+    step_000123/
+        model.safetensors   weights (safetensors: no pickle)
+        optimizer.pt        optimizer.state_dict(), read back with torch.load(weights_only=True); absent if None
+        meta.json           the caller's dict (config, step, data position, RNG states, ...) plus our
+                            "checkpoint" record: format, step, and the size and sha256 of every other file
+
+The atomic protocol, so a crash never leaves a half checkpoint under a final name:
+    1. write every file into a hidden sibling `.tmp-step_000123-<pid>/`, fsync each file, fsync that folder;
+    2. os.rename it to `step_000123/` (one atomic step on POSIX: the name appears complete or not at all);
+    3. fsync the stage folder, so the rename itself survives a power cut.
+A crash before 2 leaves only the tmp folder: readers ignore names starting with '.', and the next save
+removes leftovers (unless their pid is another live process). Damage after the fact (a truncated or
+edited file, a bad disk) is caught by the sizes and hashes in meta.json: load_checkpoint raises RlkitError
+naming the file, and latest_checkpoint skips to the newest checkpoint that is still whole.
+
+Loading never unpickles arbitrary objects: safetensors + torch.load(weights_only=True) + json.
+Only rank 0 should call save_checkpoint / keep_last.
+"""
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlkit.core.errors import RlkitError
+
+MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.pt", "meta.json"
+FORMAT = 1
+_STEP_DIR = re.compile(r"step_(\d+)")
+
+
+# ----------------------------------------------------------------------------- save
+
+def save_checkpoint(stage_dir, step: int, model_state: dict, optimizer_state: dict | None, meta: dict) -> Path:
+    """Write stage_dir/step_{step:06d}/ atomically (see module docstring) and return its path.
+
+    model_state: {name: Tensor} (e.g. model.state_dict()); tied or non-contiguous tensors are cloned.
+    optimizer_state: optimizer.state_dict() or None; may hold only tensors, numbers, strings, None,
+        dtypes, devices, and lists / tuples / dicts of these.
+    meta: JSON-serialisable dict (tuples come back as lists, int keys as strings).
+    Saving a step that already exists replaces it.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise RlkitError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
+    stage_dir = Path(stage_dir)
+    name = f"step_{step:06d}"
+    final, tmp = stage_dir / name, stage_dir / f".tmp-{name}-{os.getpid()}"
+    # check everything before writing anything
+    tensors = _saveable_tensors(model_state)
+    optimizer_state = None if optimizer_state is None else _plain(optimizer_state, "optimizer_state")
+    if "checkpoint" in meta:
+        raise RlkitError("save_checkpoint: meta key 'checkpoint' is reserved for rlkit's file record; rename it")
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as e:
+        raise RlkitError(f"save_checkpoint: meta for {final} is not JSON-serialisable ({e}); "
+                         "store numbers, strings, lists and dicts (see rng_state() for RNG states)") from None
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(stage_dir)
+    tmp.mkdir()
+    try:
+        _write_files(tmp, step, tensors, optimizer_state, meta)
+        _commit(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a hard crash leaves it instead: the next save removes it
+        raise
+    return final
+
+
+def _write_files(folder: Path, step: int, tensors: dict, optimizer_state: dict | None, meta: dict) -> None:
+    """model.safetensors, optimizer.pt, then meta.json recording their sizes and hashes; all fsynced."""
+    save_file(tensors, str(folder / MODEL_FILE))
+    files = [MODEL_FILE]
+    if optimizer_state is not None:
+        torch.save(optimizer_state, folder / OPTIMIZER_FILE)
+        files.append(OPTIMIZER_FILE)
+    for f in files:
+        _fsync_file(folder / f)
+    record = {"format": FORMAT, "step": step, "files": {f: _file_record(folder / f) for f in files}}
+    with open(folder / META_FILE, "w") as f:
+        json.dump({**meta, "checkpoint": record}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Rename tmp to final (the commit point); an existing final (a step saved again) is replaced."""
+    old = None
+    if final.exists():  # e.g. the same step saved again after a resume: move it aside, drop it after
+        old = final.parent / f".tmp-replaced-{final.name}-{os.getpid()}"
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _saveable_tensors(state: dict) -> dict:
+    """CPU, contiguous tensors that own their memory: what safetensors.save_file accepts."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise RlkitError(f"save_checkpoint: model_state must map str -> Tensor; {k!r} is {type(v).__name__}")
+        t = v.detach().cpu()
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or not t.is_contiguous() or t.nbytes != storage.nbytes():
+            t = t.contiguous().clone()  # tied weight or a view: give it its own storage
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+def _plain(obj, where: str):
+    """A copy of obj rebuilt from builtin containers; RlkitError if torch.load(weights_only=True) could not read it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise RlkitError(f"save_checkpoint: {where} is a {type(obj).__name__}, which torch.load(weights_only=True) "
+                     "cannot read back; use tensors, numbers, strings, lists or dicts")
+
+
+def _remove_leftovers(stage_dir: Path) -> None:
+    """Delete `.tmp-*-<pid>` folders left by crashed saves (not those of another live process)."""
+    for p in stage_dir.glob(".tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # Windows cannot open a folder for fsync
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+# ----------------------------------------------------------------------------- verify / load
+
+def verify_checkpoint(path, files: list[str] | None = None) -> dict:
+    """Check meta.json and the sizes + sha256 of `files` (default: all recorded); return meta.json's dict.
+
+    Raises RlkitError naming the damaged file.
+    """
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        hint = "; it is a stage folder, use latest_checkpoint()" if any(_step_dirs(path)) else ""
+        raise RlkitError(f"{meta_path} is missing: {path} is not a complete checkpoint{hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        record = meta["checkpoint"]
+        recorded = record["files"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise RlkitError(f"{meta_path} is damaged ({type(e).__name__}: {e}); use an earlier checkpoint") from None
+    for name in recorded if files is None else files:
+        f = path / name
+        if name not in recorded:
+            raise RlkitError(f"{f} is not recorded in {meta_path}; this checkpoint was saved without it")
+        want = recorded[name]
+        if not f.is_file():
+            raise RlkitError(f"{f} is missing (meta.json records {want['bytes']} bytes); use an earlier checkpoint")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise RlkitError(f"{f} is damaged: {size} bytes, expected {want['bytes']} (truncated?); "
+                             "use an earlier checkpoint")
+        if _sha256(f) != want["sha256"]:
+            raise RlkitError(f"{f} is damaged: its sha256 does not match meta.json (changed after saving); "
+                             "use an earlier checkpoint")
+    return meta
+
+
+def load_checkpoint(path, device="cpu", load_optimizer: bool = True) -> tuple[dict, dict | None, dict]:
+    """Verify, then read a checkpoint folder: (model_state, optimizer_state or None, meta).
+
+    model_state tensors are placed on `device`; optimizer tensors too (optimizer.load_state_dict then
+    moves them next to their parameters). meta is the dict given to save_checkpoint (after JSON).
+    """
+    path = Path(path)
+    meta = verify_checkpoint(path, files=[MODEL_FILE])
+    has_opt = OPTIMIZER_FILE in meta["checkpoint"]["files"]
+    if load_optimizer and has_opt:
+        verify_checkpoint(path, files=[OPTIMIZER_FILE])
+    try:
+        model_state = load_file(str(path / MODEL_FILE), device=str(device))
+    except Exception as e:  # noqa: BLE001 -- whatever safetensors says, name the file
+        raise RlkitError(f"{path / MODEL_FILE} cannot be read ({e})") from None
+    optimizer_state = None
+    if load_optimizer and has_opt:
+        try:
+            optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- includes the refusal of non-weight pickles
+            raise RlkitError(f"{path / OPTIMIZER_FILE} cannot be read with weights_only=True ({e})") from None
+    meta.pop("checkpoint")
+    return model_state, optimizer_state, meta
+
+
+# ----------------------------------------------------------------------------- find / prune
+
+def _step_dirs(stage_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step_N folder, oldest first; tmp folders start with '.' and never match."""
+    if not stage_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in stage_dir.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def latest_checkpoint(stage_dir, verify: bool = True, warn: Callable[[str], None] = _warn) -> Path | None:
+    """The newest complete checkpoint in stage_dir, or None.
+
+    verify=True checks every file's size and sha256 and skips damaged checkpoints, calling
+    warn("checkpoint X is damaged (...); using Y") for each (pass print0 to print it; default: a warning).
+    verify=False only requires meta.json (cheap: no hashing).
+    """
+    damaged = []
+    for _, path in reversed(_step_dirs(Path(stage_dir))):
+        try:
+            if verify:
+                verify_checkpoint(path)
+            elif not (path / META_FILE).is_file():
+                raise RlkitError(f"{path / META_FILE} is missing")
+        except RlkitError as e:
+            damaged.append((path, str(e)))
+            continue
+        for bad, why in damaged:
+            warn(f"checkpoint {bad} is damaged ({why}); using {path}")
+        return path
+    for bad, why in damaged:
+        warn(f"checkpoint {bad} is damaged ({why}); no complete checkpoint left")
+    return None
+
+
+def keep_last(stage_dir, n: int) -> list[Path]:
+    """Delete all but the newest n checkpoints, never the newest valid one; return the deleted paths."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise RlkitError(f"keep_last: n must be an int >= 1, got {n!r}")
+    stage_dir = Path(stage_dir)
+    keep = {p for _, p in _step_dirs(stage_dir)[-n:]}
+    keep.add(latest_checkpoint(stage_dir, verify=True, warn=lambda _: None))
+    deleted = []
+    for _, p in _step_dirs(stage_dir):
+        if p not in keep:
+            doomed = stage_dir / f".tmp-deleting-{p.name}-{os.getpid()}"
+            os.rename(p, doomed)  # out of sight first, so a crash mid-delete leaves no half checkpoint
+            shutil.rmtree(doomed, ignore_errors=True)
+            deleted.append(p)
+    return deleted
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch CPU and CUDA/MPS generator states as a JSON-serialisable dict (for meta.json)."""
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "torch": _b64(torch.get_rng_state())}
+    try:
+        import numpy as np
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]  # one per visible device
+    if hasattr(torch, "mps") and torch.backends.mps.is_available():
+        state["mps"] = _b64(torch.mps.get_rng_state())
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() returned; generators absent here (no CUDA now, say) are skipped."""
+    try:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(_unb64(state["torch"]))
+        if "numpy" in state:
+            import numpy as np
+            kind, keys, pos, has_gauss, cached = state["numpy"]
+            np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        if "cuda" in state and torch.cuda.is_available():
+            for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(_unb64(s), i)
+        if "mps" in state and hasattr(torch, "mps") and torch.backends.mps.is_available():
+            torch.mps.set_rng_state(_unb64(state["mps"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RlkitError(f"set_rng_state: not a state from rng_state() ({type(e).__name__}: {e})") from None
