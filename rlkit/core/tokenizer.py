@@ -1,0 +1,179 @@
+"""Byte-level BPE tokenizer: trained with rustbpe, run with tiktoken, rendering chats with loss masks.
+
+Training (`train_tokenizer`): rustbpe splits the text with a regex (SPLIT_PATTERN), then greedily merges
+the most frequent adjacent pair of tokens, starting from the 256 single bytes, until the vocabulary is
+full. Its merges ("mergeable ranks": token bytes -> rank) plus the special tokens become a
+`tiktoken.Encoding`, which does the fast encoding from then on. Every byte is a token, so any text
+round-trips exactly.
+
+Split pattern: GPT-4's, except numbers split into single digits (`\\p{N}` where GPT-4 has `\\p{N}{1,3}`
+and nanochat `\\p{N}{1,2}`). rlkit's embedded task is arithmetic: with single digits "19" is always
+"1" "9", so a small model sees the same place-value units in every number and learns ten digits'
+facts instead of a hundred two-digit tokens' (with `{1,2}` "123" is "12" "3" but "23" is one token).
+The cost is longer number spans, which is small at these sequence lengths. Pass `pattern=` to change it.
+
+Specials come after the merges: ids vocab_size - len(SPECIALS) .. vocab_size - 1. User text can never
+produce them (`encode` is tiktoken's encode_ordinary), so "<|bos|>" typed by a user is plain text.
+
+Chat format (`render_conversation`):
+    <|bos|> <|user_start|> question <|user_end|> <|assistant_start|> solution <|assistant_end|> ...
+the loss mask is 1 on the assistant's content tokens and its <|assistant_end|> (the model must learn to
+stop), 0 elsewhere, including <|assistant_start|> (it is given, not predicted).
+
+Saved without pickle: `tokenizer.tiktoken` (one "base64(token bytes) rank" line per merge, tiktoken's
+own format) and `tokenizer.json` (split pattern and special tokens with their ids).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import tiktoken
+
+from rlkit.core.errors import RlkitError
+
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# Append here (never reorder) to add special tokens, e.g. tool-call markers.
+SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>"]
+MIN_VOCAB_SIZE = 256 + len(SPECIALS) + 1  # bytes + specials + at least one merge
+RANKS_FILE, META_FILE = "tokenizer.tiktoken", "tokenizer.json"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN) -> "Tokenizer":
+    """Train a BPE of `vocab_size` tokens (specials included) on `texts`.
+
+    The result can be smaller than asked when the text runs out of pairs to merge; read
+    `.vocab_size` from the result, never from the config.
+    """
+    import rustbpe
+
+    if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        raise RlkitError(
+            f"stages.tokenizer.vocab_size: {vocab_size!r} is too small; it must be an integer of at least "
+            f"{MIN_VOCAB_SIZE} (256 byte tokens + {len(SPECIALS)} special tokens + 1 merge)"
+        )
+    n_docs = 0
+
+    def counted():
+        nonlocal n_docs
+        for text in texts:
+            n_docs += 1
+            yield text
+
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(counted(), vocab_size - len(SPECIALS), pattern=pattern)
+    if n_docs == 0:
+        raise RlkitError("stages.tokenizer.data: the training text is empty; point data.source at some text")
+    ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
+    return Tokenizer(ranks, bpe.get_pattern())
+
+
+class Tokenizer:
+    """A tiktoken Encoding plus rlkit's special tokens and chat rendering.
+
+    ranks: token bytes -> id for the byte tokens and merges (ids 0 .. len(ranks) - 1);
+    specials: special token string -> id, by default SPECIALS numbered after the ranks.
+    """
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str, specials: dict[str, int] | None = None):
+        self.ranks, self.pattern = ranks, pattern
+        self.specials = specials or {name: len(ranks) + i for i, name in enumerate(SPECIALS)}
+        self.enc = tiktoken.Encoding(name="rlkit", pat_str=pattern, mergeable_ranks=ranks, special_tokens=self.specials)
+        self.bos_id = self.token_id("<|bos|>")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def token_id(self, name: str) -> int:
+        """Id of a special token, given as "<|user_start|>" or "user_start"."""
+        full = name if name.startswith("<|") else f"<|{name}|>"
+        if full not in self.specials:
+            raise RlkitError(f"tokenizer: no special token {name!r}; known: {', '.join(self.specials)}")
+        return self.specials[full]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain text; special-token strings inside it stay ordinary text."""
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 4) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode(list(ids))
+
+    def token_bytes(self):
+        """LongTensor[vocab_size]: UTF-8 bytes each token stands for, 0 for specials (for bits per byte)."""
+        import torch
+
+        sizes = torch.zeros(self.vocab_size, dtype=torch.long)
+        for token, rank in self.ranks.items():
+            sizes[rank] = len(token)
+        return sizes
+
+    # --- chat rendering -------------------------------------------------------------------------
+
+    def render_conversation(self, messages: Sequence[Mapping], max_len: int | None = None):
+        """(ids, mask): the chat as token ids, and 1 where the model is trained (assistant content + end)."""
+        ids, mask = [self.bos_id], [0]
+        for role, content in _turns(messages):
+            start, end = self.token_id(f"{role}_start"), self.token_id(f"{role}_end")
+            body = self.encode(content)
+            train = 1 if role == "assistant" else 0
+            ids += [start, *body, end]
+            mask += [0] + [train] * (len(body) + 1)
+        if max_len is not None:
+            ids, mask = ids[:max_len], mask[:max_len]
+        return ids, mask
+
+    def render_for_completion(self, messages: Sequence[Mapping]) -> list[int]:
+        """Prompt ids for sampling: the chat minus its last assistant turn, ending in <|assistant_start|>."""
+        messages = list(messages)
+        if messages and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        ids, _ = self.render_conversation(messages)
+        return ids + [self.token_id("assistant_start")]
+
+    # --- save / load ----------------------------------------------------------------------------
+
+    def save(self, directory) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        ranks = sorted(self.ranks.items(), key=lambda kv: kv[1])
+        lines = [f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in ranks]
+        (directory / RANKS_FILE).write_text("".join(lines))
+        meta = {"pattern": self.pattern, "special_tokens": self.specials}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, directory) -> "Tokenizer":
+        directory = Path(directory)
+        for name in (RANKS_FILE, META_FILE):
+            if not (directory / name).is_file():
+                raise RlkitError(f"tokenizer: {directory / name} not found; run the tokenizer stage first")
+        ranks = {}
+        for line in (directory / RANKS_FILE).read_text().splitlines():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        meta = json.loads((directory / META_FILE).read_text())
+        return cls(ranks, meta["pattern"], meta["special_tokens"])
+
+
+def _turns(messages: Sequence[Mapping]):
+    """(role, content) pairs; a leading system message is folded into the first user turn."""
+    messages = list(messages)
+    if messages and messages[0].get("role") == "system" and len(messages) > 1:
+        system, first = messages[0], messages[1]
+        messages = [{"role": first["role"], "content": system["content"] + "\n\n" + first["content"]}, *messages[2:]]
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise RlkitError(
+                f"chat message {i}: expected {{'role': 'user' | 'assistant', 'content': str}}, "
+                f"got {dict(message)!r:.120}"
+            )
+        yield role, content

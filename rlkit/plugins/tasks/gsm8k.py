@@ -1,0 +1,87 @@
+"""gsm8k: grade-school math word problems (Cobbe et al. 2021), from the Hugging Face hub or local JSONL.
+
+Each row {"question", "answer"} becomes one example. GSM8K's answers carry calculator annotations,
+"48/2 = <<48/2=24>>24"; they are stripped ("48/2 = 24"), so the model is trained on and rewarded
+against plain worked steps ending in "#### 72".
+
+    gsm8k(split)                          # datasets.load_dataset("openai/gsm8k", "main", split=split)
+    gsm8k(split, path="data/gsm8k")       # offline: a folder with train.jsonl and test.jsonl
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import rlkit
+from rlkit.core.errors import RlkitError
+from rlkit.core.task import Task, make_example
+
+ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+@rlkit.hookimpl
+def rlkit_tasks():
+    return {"gsm8k": gsm8k}
+
+
+def gsm8k(split: str, source: str = "openai/gsm8k", path: str | None = None, limit: int | None = None) -> Task:
+    """GSM8K's `split` ("train" | "test"), the first `limit` rows if given."""
+    if split not in ("train", "test"):
+        raise RlkitError(f"gsm8k: split must be 'train' or 'test', got {split!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise RlkitError(f"gsm8k: limit must be a non-negative int, got {limit!r}")
+    rows = _local_rows(Path(path), split) if path is not None else _hub_rows(source, split)
+    examples = []
+    for where, row in rows:
+        if limit is not None and len(examples) >= limit:
+            break
+        examples.append(to_example(row, where))
+    return Task(examples, f"gsm8k-{split}")
+
+
+def to_example(row: dict, where: str) -> dict:
+    """One GSM8K row as an example; `where` ("file:line") names the row in errors."""
+    for field in ("question", "answer"):
+        if not isinstance(row.get(field), str):
+            raise RlkitError(f"{where}: missing field {field!r} (a GSM8K row needs string 'question' and 'answer')")
+    solution = ANNOTATION.sub("", row["answer"])
+    if "####" not in solution:
+        raise RlkitError(f"{where}: the answer has no final '#### <number>' line")
+    return make_example(row["question"], solution)
+
+
+def _local_rows(folder: Path, split: str):
+    """(file:line, row) for each line of folder/<split>.jsonl."""
+    if not folder.is_dir():
+        raise RlkitError(f"gsm8k: path {str(folder)!r} is not a folder; expected one with train.jsonl and test.jsonl")
+    file = folder / f"{split}.jsonl"
+    if not file.is_file():
+        raise RlkitError(f"gsm8k: {file} not found; the folder must hold train.jsonl and test.jsonl")
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RlkitError(f"{file}:{number}: bad JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise RlkitError(f"{file}:{number}: expected a JSON object with 'question' and 'answer'")
+            yield f"{file}:{number}", row
+
+
+def _hub_rows(source: str, split: str):
+    """(source[split]:row, row) for each row of the hub dataset."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, "main", split=split)
+    except Exception as e:  # offline, no such dataset, no such config: all end the same way for the user
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RlkitError(
+            f"gsm8k: could not load {source!r} from the Hugging Face hub ({message}); "
+            f"offline? pass `path:` with a folder holding train.jsonl and test.jsonl"
+        ) from None
+    for i, row in enumerate(ds):
+        yield f"{source}[{split}] row {i}", row
