@@ -1,0 +1,38 @@
+"""nanochat's simplified GRPO.
+
+For P prompts with G sampled completions each:
+    A[p, g] = r[p, g] - mean_g r[p, g]                     (mean-shift, no division by the std)
+    loss    = -sum_{b,t} logp[b, t] * A[b] * mask[b, t] / N
+where N is the number of sampled tokens in the whole optimisation step (all
+micro-batches, all ranks), so the gradient is the same whatever the device
+batch size or the number of processes (token-level normalisation, as in DAPO).
+
+What it leaves out, on purpose: no trust region, no KL penalty to a
+reference model, and, being on-policy (one gradient step per batch of
+rollouts), no importance ratio and no clipping. So it needs neither the
+sampling policy's nor a reference model's log-probs.
+"""
+import torch
+
+import rlkit
+
+
+class GRPO:
+    needs = frozenset()  # no old_logp, no ref_logp
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(P, G) rewards -> (P, G) advantages: each reward minus its group's mean."""
+        return rewards - rewards.mean(dim=1, keepdim=True)
+
+    def loss(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
+        """logp, mask (B, T); adv (B,). This micro-batch's share of the step's token-mean objective."""
+        return -(logp * mask * adv[:, None]).sum() / extra["num_tokens"]
+
+
+def grpo() -> GRPO:
+    return GRPO()
+
+
+@rlkit.hookimpl
+def rlkit_algorithms():
+    return {"grpo": grpo}
