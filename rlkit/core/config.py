@@ -107,7 +107,9 @@ class SFTStage:
     optimizer: PluginRef = field(default_factory=lambda: PluginRef(name="muon"))
     init_lr_frac: float = 0.02
     warmdown_frac: float = 1.0  # nanochat's sft ramps lr down linearly over the whole stage
-    eval_examples: int = 200  # greedy accuracy on held-out problems at the end
+    eval_examples: int = 200  # greedy accuracy on held-out problems at the end (0: skip)
+    eval_reward: PluginRef = field(default_factory=lambda: PluginRef(name="gsm8k"))  # scores that accuracy
+    eval_max_new_tokens: int = 128
     log_every: int = 10
     save_every: int = 0
     init: Optional[str] = None
@@ -125,7 +127,8 @@ class Rollout:
 class RLEval:
     every: int = 60  # pass@k on held-out problems every N steps (0: only before and after)
     examples: int = 400
-    k: int = 8
+    k: int = 8  # samples per problem: pass@1..k
+    reward: PluginRef = field(default_factory=lambda: PluginRef(name="gsm8k"))  # decides "correct"
 
 
 @dataclass

@@ -18,9 +18,9 @@ from rlkit.core.config import stages_to_run
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
 
-# stage field -> plugin kind, for every plugin reference a stage may hold
-PLUGIN_FIELDS = {"optimizer": "optimizer", "task": "task", "tasks": "task",
-                 "algorithm": "algorithm", "rewards": "reward"}
+# stage key -> plugin kind, for every plugin reference a stage may hold
+PLUGIN_FIELDS = {"optimizer": "optimizer", "task": "task", "tasks": "task", "algorithm": "algorithm",
+                 "rewards": "reward", "eval_reward": "reward", "eval.reward": "reward"}
 
 
 def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path]) -> tuple[DictConfig, Plugins]:
@@ -43,9 +43,9 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path]) -
 def check_stage_plugins(stage_cfg: DictConfig, where: str, plugins: Plugins) -> None:
     """Every plugin reference in a stage names a known plugin and passes args it accepts."""
     for key, kind in PLUGIN_FIELDS.items():
-        if key not in stage_cfg:
+        refs = OmegaConf.select(stage_cfg, key)
+        if refs is None:
             continue
-        refs = stage_cfg[key]
         items = [(f"{where}.{key}", refs)] if not OmegaConf.is_list(refs) else \
             [(f"{where}.{key}[{i}]", r) for i, r in enumerate(refs)]
         for at, ref in items:
@@ -58,9 +58,44 @@ def check_stage_plugins(stage_cfg: DictConfig, where: str, plugins: Plugins) -> 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
     """Run the configured stages in order, each starting from the previous one's checkpoint."""
-    from rlkit.core import runner  # torch is imported only when something runs
+    import importlib
+    import time
 
-    runner.run_pipeline(cfg, plugins, resume=resume)
+    from rlkit.core import dist, track
+    from rlkit.core.context import StageContext, stage_done
+
+    info, device = dist.init(cfg.device)
+    dtype = dist.compute_dtype(cfg.model.dtype, device)
+    run_dir = Path(cfg.run_dir)
+    _check_run_dir(run_dir, resume)
+    tracker = track.open_tracker(cfg.tracking.repo, cfg.name, cfg.tracking.enabled, info.is_main)
+    try:
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, run_dir / "config.yaml")
+        tracker.params({"hparams": OmegaConf.to_container(cfg)})
+        dist.print0(f"rlkit: {cfg.name}: stages {', '.join(stages_to_run(cfg))} on {device} ({dtype}), "
+                    f"world size {info.world_size}, run dir {run_dir}")
+        for name in stages_to_run(cfg):
+            if resume and stage_done(run_dir, name):
+                dist.print0(f"[{name}] already finished: skipping (--resume)")
+                continue
+            ctx = StageContext(cfg, name, plugins, run_dir, device, dtype, info, tracker, resume=resume)
+            dist.seed_everything(ctx.seed())
+            start = time.time()
+            importlib.import_module(f"rlkit.core.stages.{name}").run(ctx)
+            dist.print0(f"[{name}] done in {time.time() - start:.1f}s")
+    finally:
+        tracker.close()
+        dist.shutdown()
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Never overwrite a finished or partial run by accident."""
+    if resume or not (run_dir / "config.yaml").exists():
+        return
+    raise RlkitError(f"run_dir: {run_dir} already holds a run; continue it with --resume, or start a new "
+                     f"one with name=<new name> or run_dir=<new folder>")
 
 
 class _writable:

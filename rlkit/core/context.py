@@ -1,0 +1,188 @@
+"""What a stage gets: the config, the plugins, the device, the tracker, and the
+few helpers every stage needs (its tokenizer, its model from the previous
+stage's checkpoint, an optimizer from a plugin, saving and resuming).
+
+A stage is a module in rlkit/core/stages with `run(ctx: StageContext)`; it
+reads as one loop top to bottom and leaves bookkeeping to this file.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlkit.core import checkpoint as ckpt
+from rlkit.core.dist import DistInfo, all_reduce_sum, print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.model import GPT, GPTConfig
+from rlkit.core.plugins import Plugins
+from rlkit.core.tokenizer import Tokenizer
+
+MODEL_STAGES = ("pretrain", "midtrain", "sft", "rl")
+
+
+@dataclass
+class StageContext:
+    cfg: DictConfig  # the whole resolved experiment
+    name: str  # this stage: tokenizer | pretrain | midtrain | sft | rl
+    plugins: Plugins
+    run_dir: Path
+    device: torch.device
+    dtype: torch.dtype  # compute dtype for autocast
+    dist: DistInfo
+    tracker: object  # AimTracker or NullTracker
+    resume: bool = False
+    summary: dict = field(default_factory=dict)  # what the stage reports at its end (report card)
+
+    @property
+    def stage(self) -> DictConfig:
+        return self.cfg.stages[self.name]
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.cfg.base_dir)
+
+    def autocast(self):
+        """bf16 autocast when the compute dtype is bf16; a no-op context in fp32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def seed(self, offset: int = 0) -> int:
+        """A per-stage seed derived from the experiment's one seed."""
+        return self.cfg.seed * 1000 + MODEL_STAGES.index(self.name) * 100 + offset if self.name in MODEL_STAGES \
+            else self.cfg.seed
+
+    # --- tokenizer ---------------------------------------------------------
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.run_dir / "tokenizer")
+
+    # --- plugins -----------------------------------------------------------
+    def plugin_fn(self, kind: str, ref: DictConfig):
+        """The plugin callable for a {name, args} reference, with its args bound (args already validated)."""
+        fn = self.plugins.get(kind, ref.name, f"stages.{self.name}")
+        args = OmegaConf.to_container(ref.args)
+        return functools.partial(fn, **args) if args else fn
+
+    def task(self, ref: DictConfig, split: str):
+        """A task plugin's examples for `split`; an empty task is a user error."""
+        task = self.plugin_fn("task", ref)(split)
+        if len(task) == 0:
+            raise RlkitError(f"stages.{self.name}.task: task '{ref.name}' has no {split} examples")
+        return task
+
+    # --- model -------------------------------------------------------------
+    def init_checkpoint(self) -> Path | None:
+        """Where this stage starts: its own `init:`, else the last checkpoint of the nearest earlier stage."""
+        if self.stage.get("init"):
+            path = Path(self.stage.init)
+            path = path if path.is_absolute() else self.base_dir / path
+            found = ckpt.latest_checkpoint(path) if not (path / "meta.json").exists() else path
+            if found is None:
+                raise RlkitError(f"stages.{self.name}.init: no checkpoint at {path}")
+            return found
+        earlier = MODEL_STAGES[:MODEL_STAGES.index(self.name)]
+        for stage in reversed(earlier):
+            found = ckpt.latest_checkpoint(self.run_dir / stage, warn=print0)
+            if found is not None:
+                return found
+        return None
+
+    def build_model(self, vocab_size: int) -> tuple[GPT, dict]:
+        """The model this stage trains, on device, and the meta of the checkpoint it came from ({} if fresh)."""
+        start = self.init_checkpoint()
+        if start is None:
+            mc = self.cfg.model
+            config = GPTConfig(depth=mc.depth, vocab_size=vocab_size, seq_len=mc.seq_len)
+            torch.manual_seed(self.cfg.seed)
+            model = GPT(config)
+            model.init_weights()
+            print0(f"[{self.name}] new model: depth {config.depth}, width {config.width}, "
+                   f"{sum(p.numel() for p in model.parameters()):,} parameters")
+            return model.to(self.device), {}
+        state, _, meta = ckpt.load_checkpoint(start, load_optimizer=False)
+        config = GPTConfig(**meta["model_config"])
+        if config.vocab_size != vocab_size:
+            raise RlkitError(f"stages.{self.name}: checkpoint {start} has vocab {config.vocab_size} but the "
+                             f"tokenizer has {vocab_size}; they must come from the same run")
+        model = GPT(config)
+        model.load_state_dict(state)
+        print0(f"[{self.name}] starting from {start}")
+        return model.to(self.device), meta
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        ref = self.stage.optimizer
+        factory = self.plugins.get("optimizer", ref.name, f"stages.{self.name}.optimizer.name")
+        optimizer = factory(model, **OmegaConf.to_container(ref.args))
+        for group in optimizer.param_groups:
+            if "initial_lr" not in group:
+                raise RlkitError(f"optimizer plugin '{ref.name}': every param group needs 'initial_lr'")
+        return optimizer
+
+    def maybe_compile(self, model: torch.nn.Module):
+        """torch.compile the training forward when `model.compile` is on."""
+        if not self.cfg.model.compile:
+            return model
+        return torch.compile(model, dynamic=False)
+
+    # --- distributed -------------------------------------------------------
+    def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Wrap in DistributedDataParallel under torchrun (gradients averaged over ranks); as is otherwise."""
+        if not self.dist.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def no_sync(self, model: torch.nn.Module, last: bool):
+        """Skip DDP's gradient all-reduce on every accumulation pass but the last."""
+        if last or not hasattr(model, "no_sync"):
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(t.clone())
+
+    def mean_over_ranks(self, t: torch.Tensor) -> float:
+        return all_reduce_sum(t.detach().clone().float()).item() / self.dist.world_size
+
+    # --- checkpoints -------------------------------------------------------
+    def save(self, step: int, model: GPT, optimizer, extra: dict, done: bool = False) -> Path | None:
+        """Rank 0 writes an atomic checkpoint of this stage; other ranks do nothing."""
+        if not self.dist.is_main:
+            return None
+        meta = {"stage": self.name, "step": step, "done": done,
+                "model_config": dataclasses.asdict(model.config),
+                "rng": ckpt.rng_state(), "saved_at": time.time(), **extra}
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        opt_state = optimizer.state_dict() if optimizer is not None else None
+        return ckpt.save_checkpoint(self.stage_dir, step, state, opt_state, meta)
+
+    def resume_point(self):
+        """With --resume: (model state, optimizer state, meta) of this stage's last checkpoint, or None."""
+        if not self.resume:
+            return None
+        found = ckpt.latest_checkpoint(self.stage_dir, warn=print0)
+        if found is None:
+            return None
+        return ckpt.load_checkpoint(found)
+
+
+def stage_done(run_dir: Path, name: str) -> bool:
+    """Whether a stage finished in an earlier invocation of this run (used by --resume)."""
+    if name == "tokenizer":
+        return (run_dir / "tokenizer").is_dir() and any((run_dir / "tokenizer").iterdir())
+    found = ckpt.latest_checkpoint(run_dir / name, verify=False)
+    return found is not None and json.loads((found / "meta.json").read_text()).get("done", False)

@@ -1,0 +1,61 @@
+"""Held-out evaluation by generation: pass@1..k on a task's test problems.
+
+For each problem we sample n completions (greedy when temperature is 0, then
+n = 1), score each with the reward, count c correct (reward >= 1 - 1e-6 for a
+binary reward, or > 0.5 in general), and estimate
+    pass@j = 1 - C(n - c, j) / C(n, j)        for j = 1..n
+(the unbiased estimator of Chen et al., 2021), averaged over problems. Each
+rank scores its own slice of the problems; sums are all-reduced.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlkit.core.sampling import generate
+from rlkit.core.task import prompt_messages
+
+
+def pass_at(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k of the n samples is correct, given c of n were."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@torch.no_grad()
+def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
+             top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0) -> dict:
+    """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...]}."""
+    model.eval()
+    n = 1 if temperature == 0 else samples
+    indices = list(range(min(examples, len(task))))[ctx.dist.rank::ctx.dist.world_size]
+    stops = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
+    sums = torch.zeros(n + 3, dtype=torch.float64)  # pass@1..n, reward, length, count
+    shown = []
+    for start in range(0, len(indices), prompts_per_batch):
+        batch = [task[i] for i in indices[start:start + prompts_per_batch]]
+        prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
+        seeds = [seed * 1_000_003 + i * 997 + g for i in indices[start:start + prompts_per_batch] for g in range(n)]
+        with ctx.autocast():
+            out = generate(model, prompts, samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_k=top_k or None, stop_tokens=stops, seeds=seeds)
+        for p, example in enumerate(batch):
+            rows = range(p * n, (p + 1) * n)
+            texts = [tokenizer.decode([t for t in out.completions[r] if t not in stops]) for r in rows]
+            scores = [float(reward(text, example)) for text in texts]
+            correct = sum(score > 0.5 for score in scores)
+            for j in range(1, n + 1):
+                sums[j - 1] += pass_at(n, correct, j)
+            sums[n] += sum(scores) / n
+            sums[n + 1] += sum(len(out.completions[r]) for r in rows) / n
+            sums[n + 2] += 1
+            if len(shown) < 4:
+                shown.append((example["messages"][0]["content"], texts[0], scores[0]))
+    model.train()
+    sums = ctx.sum_over_ranks(sums.to(ctx.device)).cpu()
+    count = max(sums[n + 2].item(), 1)
+    result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
+    result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown)
+    return result

@@ -1,0 +1,55 @@
+"""Speed as ratios: model FLOP/s against a matmul peak measured in the same process.
+
+Absolute times drift on a shared machine; MFU (model FLOPs utilisation) =
+achieved FLOP/s / peak FLOP/s, both measured here and now, does not.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_peak(device_type: str, dtype: torch.dtype, n: int = 2048, seconds: float = 0.3) -> float:
+    """FLOP/s of an n x n x n matmul in `dtype` on this device (best of repeated timings)."""
+    device = torch.device(device_type)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):  # warm up kernels and caches
+        a @ b
+    _sync(device)
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return 2 * n ** 3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Meter:
+    """Tokens/s and MFU over the steps since the last `read()`."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_token: int):
+        self.device, self.flops_per_token = device, flops_per_token
+        self.peak = matmul_peak(device.type, dtype)
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def read(self) -> tuple[float, float]:
+        """(tokens/s, MFU) since the last read; resets the window."""
+        _sync(self.device)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        tok_s = self.tokens / elapsed
+        self.tokens, self.start = 0, time.perf_counter()
+        return tok_s, tok_s * self.flops_per_token / self.peak

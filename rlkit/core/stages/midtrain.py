@@ -1,0 +1,86 @@
+"""Stage 3, midtrain: teach the base model the chat format on a mixture of conversations.
+
+    stages:
+      midtrain: {tasks: [{name: arithmetic}], steps: 100, total_batch_tokens: 8192}
+
+The tasks' training conversations are mixed in one seeded shuffled order,
+rendered with the chat special tokens and packed into rows of seq_len tokens
+(as nanochat does, every token is trained, the special tokens included, so
+the model learns the format itself). Schedule and accumulation as pretrain.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.speed import Meter
+from rlkit.core.stages.pretrain import grad_accum_steps
+
+
+def run(ctx) -> None:
+    s = ctx.stage
+    if not s.tasks:
+        raise RlkitError("stages.midtrain.tasks: empty; list at least one task, e.g. [{name: arithmetic}]")
+    tokenizer = ctx.tokenizer()
+    model, _ = ctx.build_model(tokenizer.vocab_size)
+    optimizer = ctx.build_optimizer(model)
+    seq_len, world = model.config.seq_len, ctx.dist.world_size
+    accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world, "midtrain")
+    tasks = [ctx.task(ref, "train") for ref in s.tasks]
+    mixture = [(t, i) for t, task in enumerate(tasks) for i in range(len(task))]
+    random.Random(ctx.seed()).shuffle(mixture)
+    conversations = (tokenizer.render_conversation(tasks[t][i]["messages"])[0] for t, i in _forever(mixture))
+    batches = pack(conversations, s.device_batch_size, seq_len, ctx.dist.rank, world)
+    train = ctx.ddp(ctx.maybe_compile(model))
+    meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
+    print0(f"[midtrain] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
+           f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
+
+    loss_value = float("nan")
+    for step in range(s.steps):
+        lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
+        set_lr(optimizer, lrm)
+        total = torch.zeros((), device=ctx.device)
+        for micro in range(accum):
+            x, y = (t.to(ctx.device) for t in next(batches))
+            with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():
+                loss = train(x, y) / accum
+            loss.backward()
+            total += loss.detach()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        meter.add(accum * s.device_batch_size * seq_len)
+        loss_value = ctx.mean_over_ranks(total)
+        if not math.isfinite(loss_value):
+            raise RlkitError(f"stages.midtrain: loss became {loss_value} at step {step + 1}; lower init_lr_frac")
+        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            tok_s, mfu = meter.read()
+            print0(f"[midtrain] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
+                   f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
+            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "tokens_per_s": tok_s, "mfu": mfu},
+                                step=step + 1, stage="midtrain")
+    ctx.save(s.steps, model, optimizer, {}, done=True)
+    ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)
+
+
+def _forever(items):
+    while True:
+        yield from items
+
+
+def pack(docs, batch_size: int, seq_len: int, rank: int, world_size: int):
+    """Concatenate token lists into a stream; yield this rank's (inputs (B, T), targets (B, T)) per step.
+
+    A step takes B * T * world_size + 1 tokens; rank r gets rows [r*B, (r+1)*B) of them."""
+    need, buffer = batch_size * seq_len * world_size + 1, []
+    for ids in docs:
+        buffer += ids
+        while len(buffer) >= need:
+            rows = torch.tensor(buffer[rank * batch_size * seq_len:(rank + 1) * batch_size * seq_len + 1])
+            buffer = buffer[need - 1:]
+            yield rows[:-1].view(batch_size, seq_len), rows[1:].view(batch_size, seq_len)

@@ -1,0 +1,131 @@
+"""Stage 2, pretrain: next-token prediction on a packed token stream.
+
+    stages:
+      pretrain: {data: {source: arithmetic}, steps: 600, total_batch_tokens: 8192, device_batch_size: 32}
+
+Each optimizer step sees `total_batch_tokens` tokens (all ranks): rows of
+seq_len tokens, `device_batch_size` rows a forward pass, gradients
+accumulated over total_batch_tokens / (device_batch_size * seq_len * world)
+passes. The learning rate warms up, holds, then falls linearly over the last
+`warmdown_frac` of the steps. Held-out bits-per-byte (tokenizer-independent)
+every `eval_every` steps and at the end.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlkit.core.checkpoint import set_rng_state
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.speed import Meter
+from rlkit.core.textdata import iter_texts, packed_batches
+
+
+def run(ctx) -> None:
+    s = ctx.stage
+    tokenizer = ctx.tokenizer()
+    model, _ = ctx.build_model(tokenizer.vocab_size)
+    optimizer = ctx.build_optimizer(model)
+    seq_len, world = model.config.seq_len, ctx.dist.world_size
+    accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world, "pretrain")
+
+    def texts(split):
+        return lambda: iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=dict(s.data.args),
+                                  text_field=s.data.text_field, split=split, base_dir=ctx.base_dir,
+                                  where=f"stages.pretrain.data.source")
+
+    start_step, position = 0, None
+    resumed = ctx.resume_point()
+    if resumed is not None:
+        state, opt_state, meta = resumed
+        model.load_state_dict(state)
+        optimizer.load_state_dict(opt_state)
+        start_step, position = meta["step"], meta["data_position"]
+        set_rng_state(meta["rng"])
+        print0(f"[pretrain] resuming at step {start_step}")
+    batches = packed_batches(texts(s.data.split), tokenizer, s.device_batch_size, seq_len,
+                             rank=ctx.dist.rank, world_size=world, position=position)
+    token_bytes = tokenizer.token_bytes().to(ctx.device)
+    eval_split = "test" if s.data.source in ctx.plugins.tables["task"] else s.data.split
+    forward = ctx.maybe_compile(model)
+    train = ctx.ddp(forward)
+    meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
+    print0(f"[pretrain] {s.steps} steps x {s.total_batch_tokens:,} tokens ({accum} accumulation passes "
+           f"of {s.device_batch_size} x {seq_len}), {model.flops_per_token():,} FLOPs/token")
+
+    loss_value = float("nan")
+    for step in range(start_step, s.steps):
+        lrm = lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
+        set_lr(optimizer, lrm)
+        total = torch.zeros((), device=ctx.device)
+        for micro in range(accum):
+            x, y, position = next(batches)
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():
+                loss = train(x, y) / accum
+            loss.backward()
+            total += loss.detach()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        meter.add(accum * s.device_batch_size * seq_len)
+        loss_value = ctx.mean_over_ranks(total)
+        if not math.isfinite(loss_value):
+            raise RlkitError(f"stages.pretrain: loss became {loss_value} at step {step + 1}; lower the "
+                             f"learning rate (optimizer.args) or check the data")
+        done = step + 1
+        if done % s.log_every == 0 or done == s.steps:
+            tok_s, mfu = meter.read()
+            print0(f"[pretrain] step {done:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
+                   f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
+            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "tokens_per_s": tok_s, "mfu": mfu},
+                                step=done, stage="pretrain")
+        if s.eval_every and done % s.eval_every == 0 and done != s.steps:
+            bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
+            print0(f"[pretrain] step {done:5d} | held-out bits/byte {bpb:.4f}")
+            ctx.tracker.metrics({"bpb": bpb}, step=done, stage="pretrain")
+        if s.save_every and done % s.save_every == 0 and done != s.steps:
+            ctx.save(done, model, optimizer, {"data_position": position})
+
+    bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
+    print0(f"[pretrain] final | loss {loss_value:.4f} | held-out bits/byte {bpb:.4f}")
+    ctx.tracker.metrics({"bpb": bpb}, step=s.steps, stage="pretrain")
+    ctx.save(s.steps, model, optimizer, {"data_position": position}, done=True)
+    ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value, bpb=bpb)
+
+
+def grad_accum_steps(total_tokens: int, device_batch: int, seq_len: int, world: int, stage: str) -> int:
+    """Forward passes per optimizer step so that all ranks together see `total_tokens`."""
+    per_pass = device_batch * seq_len * world
+    if total_tokens % per_pass:
+        fits = [per_pass * k for k in range(1, 5)]
+        raise RlkitError(f"stages.{stage}.total_batch_tokens: {total_tokens} is not a multiple of device_batch_size "
+                         f"x seq_len x world size = {device_batch} x {seq_len} x {world} = {per_pass}; "
+                         f"valid: {', '.join(map(str, fits))}, ...")
+    return total_tokens // per_pass
+
+
+@torch.no_grad()
+def evaluate_bpb(ctx, model, tokenizer, texts, token_bytes, max_tokens: int) -> float:
+    """Bits per byte on held-out text: sum of per-token losses (nats) / (ln 2 * bytes of those tokens).
+
+    Special tokens (0 bytes) are left out of both sums, so the figure does not depend on the tokenizer."""
+    model.eval()
+    batch, seq_len = 8, model.config.seq_len
+    rows = max(1, max_tokens // (batch * seq_len * ctx.dist.world_size))
+    nats = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    nbytes = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    stream = packed_batches(texts, tokenizer, batch, seq_len, rank=ctx.dist.rank,
+                            world_size=ctx.dist.world_size, loop=False)
+    for _, (x, y, _) in zip(range(rows), stream):
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        with ctx.autocast():
+            loss = model(x, y, loss_reduction="none")  # (B, T)
+        b = token_bytes[y]
+        nats += (loss.float() * (b > 0)).sum()
+        nbytes += b.sum()
+    model.train()
+    nats, nbytes = ctx.sum_over_ranks(nats), ctx.sum_over_ranks(nbytes)
+    return (nats / (math.log(2) * nbytes.clamp(min=1))).item()

@@ -1,0 +1,227 @@
+"""Stage 5, rl: on-policy reinforcement learning from rewards, with any algorithm plugin.
+
+    stages:
+      rl: {task: {name: arithmetic}, algorithm: {name: grpo}, rewards: [{name: gsm8k}], steps: 100}
+
+One step:
+  1. rollouts: `examples_per_step` training prompts (split across ranks) x
+     `rollout.samples` completions each, sampled with the KV cache (each prompt
+     prefilled once, its cache shared by its samples);
+  2. rewards: every reward plugin scores every decoded completion; the total
+     is the weighted sum, each reward's mean is tracked on its own;
+  3. advantages: the algorithm turns the (P, G) rewards of the whole step (all
+     ranks, gathered) into advantages, so they never depend on the world size;
+  4. loss: log-probs of the sampled tokens, micro-batches of
+     `device_batch_size` sequences, the algorithm's loss with the step's token
+     and sequence counts; one optimizer step, lr = init_lr_frac * (1 - step/steps).
+pass@1..k on held-out problems before training, every `eval.every` steps and
+at the end, sampled at the rollout's temperature and top-k.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+
+import torch
+import torch.distributed as torch_dist
+
+from rlkit.core.checkpoint import set_rng_state
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.evaluate import evaluate
+from rlkit.core.optim import set_lr
+from rlkit.core.sampling import generate
+from rlkit.core.task import prompt_messages
+
+
+def run(ctx) -> None:
+    s, r = ctx.stage, ctx.stage.rollout
+    tokenizer = ctx.tokenizer()
+    model, _ = ctx.build_model(tokenizer.vocab_size)
+    optimizer = ctx.build_optimizer(model)
+    algorithm = ctx.plugin_fn("algorithm", s.algorithm)()
+    rewards = [(ref.name, ref.weight, ctx.plugin_fn("reward", ref)) for ref in s.rewards]
+    if not rewards:
+        raise RlkitError("stages.rl.rewards: empty; list at least one, e.g. [{name: gsm8k}]")
+    train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
+    world, G = ctx.dist.world_size, r.samples
+    P = prompts_per_rank(s.examples_per_step, world)
+    stops = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
+    order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
+    reference = frozen_copy(model) if "ref_logp" in getattr(algorithm, "needs", ()) else None
+    train = ctx.ddp(model)
+    start_step = resume(ctx, model, optimizer, algorithm)
+    print0(f"[rl] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
+           f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
+    if start_step == 0:
+        run_eval(ctx, model, tokenizer, test_task, step=0)
+
+    for step in range(start_step, s.steps):
+        lrm = s.init_lr_frac * (1.0 - step / s.steps)
+        set_lr(optimizer, lrm)
+        # 1. rollouts: this rank's P prompts of the step's examples_per_step
+        first = step * s.examples_per_step + ctx.dist.rank * P
+        indices = [order[(first + p) % len(order)] for p in range(P)]
+        examples = [train_task[i] for i in indices]
+        prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in examples]
+        seeds = [row_seed(ctx.cfg.seed, step, first + p, g) for p in range(P) for g in range(G)]
+        t0 = time.perf_counter()
+        model.eval()
+        with ctx.autocast():
+            out = generate(model, prompts, samples=G, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                           top_k=r.top_k or None, stop_tokens=stops, seeds=seeds)
+        model.train()
+        rollout_s = time.perf_counter() - t0
+        # 2. rewards (P*G,) per reward and weighted total
+        texts = [tokenizer.decode([t for t in c if t not in stops]) for c in out.completions]
+        scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], step)
+        total = sum(w * scores[name] for name, w, _ in rewards)
+        # 3. advantages over the whole step: gather every rank's (P, G) rewards
+        all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
+        adv = algorithm.advantages(all_rewards)[ctx.dist.rank * P:(ctx.dist.rank + 1) * P].reshape(-1)
+        # 4. loss over micro-batches, normalised by the step's token and sequence counts
+        t1 = time.perf_counter()
+        ids = out.ids.clone().to(ctx.device)  # clone: generate() returns inference-mode tensors
+        mask = out.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
+        extra = {"num_tokens": ctx.sum_over_ranks(mask.sum()).clamp(min=1),
+                 "num_sequences": float(P * G * world)}
+        loss_value = train_step(ctx, train, model, algorithm, reference, ids, mask,
+                                adv.to(ctx.device), extra, s.device_batch_size)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        train_s = time.perf_counter() - t1
+        # metrics (all ranks' means)
+        n_gen = float(mask.sum())
+        stats = {"reward": total.mean(), **{f"reward/{n}": scores[n].mean() for n, _, _ in rewards},
+                 "adv_std": adv.float().std(), "completion_len": torch.tensor(n_gen / (P * G)),
+                 "loss": torch.tensor(loss_value)}
+        stats = {k: ctx.mean_over_ranks(torch.as_tensor(v, dtype=torch.float32, device=ctx.device))
+                 for k, v in stats.items()}
+        stats.update(lr_mult=lrm, rollout_tok_s=n_gen * world / rollout_s,
+                     train_tok_s=float(out.mask.numel()) * world / train_s)
+        if not math.isfinite(stats["loss"]):
+            raise RlkitError(f"stages.rl: loss became {stats['loss']} at step {step + 1}; lower init_lr_frac")
+        done = step + 1
+        if done % s.log_every == 0 or done == s.steps:
+            print0(f"[rl] step {done:4d}/{s.steps} | reward {stats['reward']:.3f} | len "
+                   f"{stats['completion_len']:.1f} | rollout {stats['rollout_tok_s']:,.0f} tok/s | "
+                   f"train {stats['train_tok_s']:,.0f} tok/s | lr x{lrm:.4f}")
+        ctx.tracker.metrics(stats, step=done, stage="rl")
+        if s.eval.every and done % s.eval.every == 0 and done != s.steps:
+            run_eval(ctx, model, tokenizer, test_task, step=done)
+        if s.save_every and done % s.save_every == 0 and done != s.steps:
+            ctx.save(done, model, optimizer, algorithm_state(algorithm))
+
+    ctx.save(s.steps, model, optimizer, algorithm_state(algorithm), done=True)
+    run_eval(ctx, model, tokenizer, test_task, step=s.steps)
+
+
+def prompts_per_rank(examples_per_step: int, world: int) -> int:
+    if examples_per_step % world:
+        fits = [k * world for k in range(1, 5)]
+        raise RlkitError(f"stages.rl.examples_per_step: {examples_per_step} does not divide over {world} ranks; "
+                         f"valid: {', '.join(map(str, fits))}, ...")
+    return examples_per_step // world
+
+
+def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:
+    """One sampling seed per (step, prompt, sample): the same rollout whatever the batch or world size."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + prompt) * 1_009 + sample
+
+
+def score(rewards, texts: list[str], examples: list, step: int) -> dict[str, torch.Tensor]:
+    """Each reward on each completion -> {name: (N,) float tensor}; a bad value names the reward and example."""
+    out = {}
+    for name, _, fn in rewards:
+        values = []
+        for text, example in zip(texts, examples):
+            value = fn(text, example)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                question = example["messages"][0]["content"][:60]
+                raise RlkitError(f"reward '{name}' returned {value!r} (a finite float is required) at rl step "
+                                 f"{step + 1} for example {question!r}")
+            values.append(float(value))
+        out[name] = torch.tensor(values)
+    return out
+
+
+def gather(t: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate a (P, G) tensor from every rank, in rank order."""
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    torch_dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+def train_step(ctx, train, model, algorithm, reference, ids, mask, adv, extra, device_batch_size) -> float:
+    """Backward over micro-batches; returns this rank's summed loss (the step's objective share)."""
+    N = ids.shape[0]
+    starts = list(range(0, N, device_batch_size))
+    loss_sum = 0.0
+    for i, b0 in enumerate(starts):
+        sl = slice(b0, b0 + device_batch_size)
+        length = int(mask[sl].nonzero()[:, 1].max()) + 2 if mask[sl].any() else 2  # trim trailing padding
+        x, y, m = ids[sl, :length - 1], ids[sl, 1:length], mask[sl, :length - 1]
+        y = torch.where(m > 0, y, -1)
+        batch_extra = dict(extra)
+        if "old_logp" in getattr(algorithm, "needs", ()):
+            batch_extra["old_logp"] = token_logp(ctx, model, x, y).detach()  # on-policy: the sampling policy
+        if reference is not None:
+            batch_extra["ref_logp"] = token_logp(ctx, reference, x, y).detach()
+        with ctx.no_sync(train, last=i == len(starts) - 1), ctx.autocast():
+            logp = -train(x, y, loss_reduction="none").float()  # (B, T)
+            loss = algorithm.loss(logp, m, adv[sl], batch_extra) * ctx.dist.world_size  # DDP averages ranks
+        loss.backward()
+        loss_sum += loss.item() / ctx.dist.world_size
+    return loss_sum
+
+
+@torch.no_grad()
+def token_logp(ctx, model, x, y) -> torch.Tensor:
+    with ctx.autocast():
+        return -model(x, y, loss_reduction="none").float()
+
+
+def frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def run_eval(ctx, model, tokenizer, test_task, step: int) -> dict:
+    s, r = ctx.stage, ctx.stage.rollout
+    reward = ctx.plugin_fn("reward", s.eval.reward)
+    result = evaluate(ctx, model, tokenizer, test_task, reward, examples=s.eval.examples, samples=s.eval.k,
+                      temperature=r.temperature, top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=step)
+    k = s.eval.k if r.temperature > 0 else 1
+    print0(f"[rl] eval at step {step}: pass@1 {result['pass@1']:.3f} | pass@{k} {result[f'pass@{k}']:.3f} | "
+           f"{s.eval.examples} held-out problems, T={r.temperature:g}")
+    ctx.tracker.metrics({key: v for key, v in result.items() if key.startswith("pass@")}, step=step, stage="rl")
+    for question, answer, value in result["samples"][:2]:
+        ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {value:g}", step=step, stage="rl")
+    key = "eval_before" if step == 0 else "eval_after"
+    ctx.summary[key] = {k_: v for k_, v in result.items() if k_ != "samples"}
+    return result
+
+
+def algorithm_state(algorithm) -> dict:
+    return {"algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else {}
+
+
+def resume(ctx, model, optimizer, algorithm) -> int:
+    """With --resume, continue from this stage's last checkpoint; returns the step to start at."""
+    found = ctx.resume_point()
+    if found is None:
+        return 0
+    state, opt_state, meta = found
+    model.load_state_dict(state)
+    optimizer.load_state_dict(opt_state)
+    if "algorithm" in meta and hasattr(algorithm, "load_state_dict"):
+        algorithm.load_state_dict(meta["algorithm"])
+    set_rng_state(meta["rng"])
+    print0(f"[rl] resuming at step {meta['step']}")
+    return meta["step"]

@@ -1,0 +1,97 @@
+"""Stage 4, sft: supervised fine-tuning on a task's conversations.
+
+    stages:
+      sft: {task: {name: arithmetic}, steps: 250, examples_per_step: 32, device_batch_size: 16}
+
+Each conversation is rendered on its own (no packing), padded to the longest
+in its micro-batch, and trained only where the loss mask is 1 (the
+assistant's tokens and its <|assistant_end|>). The loss is the mean over all
+such tokens in the optimizer step (all micro-batches, all ranks). At the end:
+greedy accuracy on held-out problems, scored by `eval_reward`.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.evaluate import evaluate
+from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.speed import Meter
+
+
+def run(ctx) -> None:
+    s = ctx.stage
+    tokenizer = ctx.tokenizer()
+    model, _ = ctx.build_model(tokenizer.vocab_size)
+    optimizer = ctx.build_optimizer(model)
+    train_task = ctx.task(s.task, "train")
+    world, B = ctx.dist.world_size, s.device_batch_size
+    if s.examples_per_step % (B * world):
+        raise RlkitError(f"stages.sft.examples_per_step: {s.examples_per_step} must be a multiple of "
+                         f"device_batch_size x world size = {B * world}")
+    accum = s.examples_per_step // (B * world)
+    order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))  # one epoch's order
+    train = ctx.ddp(ctx.maybe_compile(model))
+    meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
+    print0(f"[sft] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
+           f"{len(train_task):,} training examples")
+
+    loss_value = float("nan")
+    for step in range(s.steps):
+        lrm = s.init_lr_frac * lr_multiplier(step, s.steps, 0, s.warmdown_frac, 0.0)
+        set_lr(optimizer, lrm)
+        # this step's conversations: all ranks' slices together are examples_per_step consecutive ones
+        first = step * s.examples_per_step + ctx.dist.rank * B * accum
+        batches = [collate([tokenizer.render_conversation(train_task[order[(first + m * B + b) % len(order)]]["messages"],
+                                                          max_len=model.config.seq_len + 1) for b in range(B)])
+                   for m in range(accum)]
+        num_tokens = ctx.sum_over_ranks(sum((y >= 0).sum() for _, y in batches).to(ctx.device))
+        total = torch.zeros((), device=ctx.device)
+        for m, (x, y) in enumerate(batches):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            with ctx.no_sync(train, last=m == accum - 1), ctx.autocast():
+                per_token = train(x, y, loss_reduction="none")  # (B, T), 0 where y == -1
+                loss = per_token.sum() / num_tokens * world  # DDP averages over ranks: undo it
+            loss.backward()
+            total += loss.detach() / world
+            meter.add(x.numel())
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        loss_value = ctx.mean_over_ranks(total) * world
+        if not math.isfinite(loss_value):
+            raise RlkitError(f"stages.sft: loss became {loss_value} at step {step + 1}; lower init_lr_frac")
+        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            tok_s, mfu = meter.read()
+            print0(f"[sft] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.4f} | "
+                   f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
+            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "tokens_per_s": tok_s, "mfu": mfu},
+                                step=step + 1, stage="sft")
+
+    ctx.save(s.steps, model, optimizer, {}, done=True)
+    if s.eval_examples:
+        reward = ctx.plugin_fn("reward", s.eval_reward)
+        result = evaluate(ctx, model, tokenizer, ctx.task(s.task, "test"), reward, examples=s.eval_examples,
+                          samples=1, temperature=0.0, top_k=0, max_new_tokens=s.eval_max_new_tokens)
+        print0(f"[sft] held-out accuracy (greedy, {s.eval_examples} problems): {result['pass@1']:.3f}")
+        for question, answer, score in result["samples"][:2]:
+            print0(f"[sft] sample: {question[:80]!r} -> {answer[:120]!r} ({score:g})")
+        ctx.tracker.metrics({"accuracy": result["pass@1"]}, step=s.steps, stage="sft")
+        ctx.summary.update(accuracy=result["pass@1"])
+    ctx.summary.update(steps=s.steps, final_loss=loss_value)
+
+
+def collate(rendered: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (ids, mask) pairs into inputs (B, T) and targets (B, T); targets are -1 where the mask is 0."""
+    T = max(len(ids) for ids, _ in rendered) - 1
+    x = torch.zeros(len(rendered), T, dtype=torch.long)
+    y = torch.full((len(rendered), T), -1, dtype=torch.long)
+    for b, (ids, mask) in enumerate(rendered):
+        ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+        n = len(ids) - 1
+        x[b, :n] = ids_t[:-1]
+        y[b, :n] = torch.where(mask_t[1:] == 1, ids_t[1:], -1)
+    return x, y
