@@ -164,30 +164,20 @@ def test_user_error_is_one_line(cli, write_yaml, write_file, tmp_path, monkeypat
     assert_one_line_error(cli("check", experiment, *extra), *parts)
 
 
-def lead_bug(reason):
-    return pytest.mark.xfail(strict=True, reason=f"lead bug in rlkit/core/config.py: {reason}")
-
-
-KNOWN_BUGS = [
+SHAPE_ERRORS = [
     pytest.param(rl("[{name: gsm8k, weight: heavy}]"), ["stages.rl.rewards[0].weight", "'heavy'", "Float"],
-                 marks=lead_bug("a wrong type inside a list item loses its key path ('weight: ...')"),
                  id="wrong-type-in-list-item"),
     pytest.param(rl("[{name: gsm8k, args: 3}]"), ["stages.rl.rewards[0].args"],
-                 marks=lead_bug("a wrong type inside a list item loses its key path ('args: ...')"),
                  id="args-not-a-mapping-in-list-item"),
     pytest.param(rl("{name: gsm8k}"), ["stages.rl.rewards", "list"],
-                 marks=lead_bug("a mapping where a list is expected raises an uncaught TypeError "
-                                "('Cannot merge incompatible container types') with a traceback"),
                  id="mapping-where-list-expected"),
     pytest.param("name: t\nmodel: 5\n", ["experiment.yaml: model"],
-                 marks=lead_bug("a scalar where a section is expected says 'Merge error: int is not a subclass "
-                                "of ModelConfig' without naming the key 'model'"),
                  id="scalar-where-section-expected"),
 ]
 
 
-@pytest.mark.parametrize("text, parts", KNOWN_BUGS)
-def test_user_error_known_bugs(cli, write_yaml, write_file, text, parts):
+@pytest.mark.parametrize("text, parts", SHAPE_ERRORS)
+def test_shape_error_names_full_key(cli, write_yaml, write_file, text, parts):
     write_file("toy.py", TOY)
     assert_one_line_error(cli("check", write_yaml(text)), *parts)
 

@@ -159,8 +159,6 @@ def test_broken_entry_point_is_one_named_error(fake_installed, tmp_path):
         load_plugins()
 
 
-@pytest.mark.xfail(strict=True, reason="lead bug: collect() calls impl.function() directly, bypassing pm.hook, "
-                                       "so pluggy's tracing never fires and RLKIT_TRACE_PLUGINS=1 prints nothing")
 def test_trace_plugins_prints_hook_calls(write_file, monkeypatch, capsys):
     monkeypatch.setenv("RLKIT_TRACE_PLUGINS", "1")
     load_plugins([write_file("my_reward.py", REWARD)])

@@ -10,8 +10,10 @@ signature by rlkit.core.plugins.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -175,8 +177,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
     if not path.is_file():
         raise RlkitError(f"{path}: experiment file not found")
     user = _read_yaml(path)
+    _check_shapes(Experiment, user, f"{path}: ")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Experiment), user)
+        cfg = OmegaConf.merge(OmegaConf.structured(Experiment), OmegaConf.create(user))
     except OmegaConfBaseException as e:
         raise RlkitError(f"{path}: {_explain(e)}") from None
     for item in overrides:
@@ -217,10 +220,23 @@ def stages_to_run(cfg: DictConfig) -> list[str]:
     return [s for s in STAGE_ORDER if cfg.stages.get(s) is not None]
 
 
-def _read_yaml(path: Path) -> DictConfig:
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load (data only: no tags that build Python objects) that rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict:
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)  # data only: no tags that build Python objects
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -230,7 +246,50 @@ def _read_yaml(path: Path) -> DictConfig:
         raise RlkitError(f"{path}: the file is empty; it needs at least `name:` and `stages:`")
     if not isinstance(data, dict):
         raise RlkitError(f"{path}: expected a mapping of keys (name, seed, model, stages, ...) at the top")
-    return OmegaConf.create(data)
+    return data
+
+
+def _check_shapes(schema: type, data: dict, prefix: str) -> None:
+    """Sections must be mappings and lists must be lists, checked on the raw YAML so the error names the
+    full key (OmegaConf loses the path inside list items and for a scalar given where a section belongs)."""
+    hints = typing.get_type_hints(schema)
+    for key, value in data.items():
+        if key not in hints or value is None or (isinstance(value, str) and value.startswith("${")):
+            continue  # unknown keys and interpolations are reported by the merge itself
+        kind, where = _unwrap_optional(hints[key]), f"{prefix}{key}"
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                keys = ", ".join(f.name for f in dataclasses.fields(kind))
+                raise RlkitError(f"{where}: expected a mapping with keys ({keys}), got {value!r}")
+            _check_shapes(kind, value, where + ".")
+        elif typing.get_origin(kind) is list:
+            if not isinstance(value, list):
+                raise RlkitError(f"{where}: expected a list (- item per line, or [a, b]), got {value!r}")
+            (item_kind,) = typing.get_args(kind)
+            if dataclasses.is_dataclass(item_kind):
+                for i, item in enumerate(value):
+                    _check_item(item_kind, item, f"{where}[{i}]")
+        elif typing.get_origin(kind) is dict and not isinstance(value, dict):
+            raise RlkitError(f"{where}: expected a mapping of key: value, got {value!r}")
+
+
+def _check_item(kind: type, item, where: str) -> None:
+    """One list item against its dataclass, with the item's full path in the message."""
+    if not isinstance(item, dict):
+        keys = ", ".join(f.name for f in dataclasses.fields(kind))
+        raise RlkitError(f"{where}: expected a mapping with keys ({keys}), got {item!r}")
+    _check_shapes(kind, item, where + ".")
+    try:
+        OmegaConf.merge(OmegaConf.structured(kind), item)
+    except OmegaConfBaseException as e:
+        raise RlkitError(f"{where}.{_explain(e)}") from None
+
+
+def _unwrap_optional(kind):
+    if typing.get_origin(kind) is typing.Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0] if len(args) == 1 else kind
+    return kind
 
 
 def _check_missing(cfg: DictConfig, prefix: str) -> None:

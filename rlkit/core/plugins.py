@@ -9,7 +9,7 @@ Then `pm.check_pending()` rejects hooks that match no spec (a misspelled hook).
 
 `collect(pm)` calls each registration hook once per plugin and builds one
 `{name: callable}` table per kind; a name defined twice is an error naming both
-plugins. RLKIT_TRACE_PLUGINS=1 prints every hook call.
+plugins. RLKIT_TRACE_PLUGINS=1 prints every hook call and what it returned.
 """
 from __future__ import annotations
 
@@ -71,14 +71,11 @@ def make_plugin_manager(local_files: list[Path] = ()) -> tuple[pluggy.PluginMana
         module = _load_entry_point(ep, dist)
         pm.register(module, name=f"{dist.name}:{ep.name}")
         sources[f"{dist.name}:{ep.name}"] = f"{dist.name} {dist.version}"
-    for path in local_files:
-        module = _import_file(Path(path))
+    for path in dict.fromkeys(Path(p).resolve() for p in local_files):  # the same file named twice loads once
+        module = _import_file(path)
         pm.register(module, name=str(path))
         sources[str(path)] = "file"
     _check_pending(pm)
-    if os.environ.get("RLKIT_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
-        pm.enable_tracing()
     return pm, sources
 
 
@@ -87,10 +84,14 @@ def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
     tables: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}
     owner: dict[tuple[str, str], str] = {}
     infos = {name: PluginInfo(name, source) for name, source in sources.items()}
+    trace = bool(os.environ.get("RLKIT_TRACE_PLUGINS"))
     for kind, (hook, _) in KINDS.items():
         # Call per implementation (not pm.hook.X()) so each name is traced back to its plugin.
-        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        for impl in getattr(pm.hook, hook).get_hookimpls():  # registration order: built-ins first
             table = impl.function() or {}
+            if trace:
+                print(f"rlkit: {hook}() from {impl.plugin_name} -> {sorted(table) if isinstance(table, dict) else table!r}",
+                      file=sys.stderr)
             if not isinstance(table, dict):
                 raise RlkitError(f"plugin {impl.plugin_name}: {hook}() must return a dict {{name: callable}}, "
                                  f"got {type(table).__name__}")
