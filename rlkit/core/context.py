@@ -65,8 +65,16 @@ class StageContext:
             else self.cfg.seed
 
     # --- tokenizer ---------------------------------------------------------
+    def tokenizer_dir(self) -> Path:
+        """This run's tokenizer, else the one the `init:` checkpoint was trained with (from its meta)."""
+        own = self.run_dir / "tokenizer"
+        start = None if own.is_dir() else self.init_checkpoint()
+        if start is not None:
+            return Path(json.loads((start / "meta.json").read_text()).get("tokenizer_dir") or own)
+        return own
+
     def tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.run_dir / "tokenizer")
+        return Tokenizer.load(self.tokenizer_dir())
 
     # --- plugins -----------------------------------------------------------
     def plugin_fn(self, kind: str, ref: DictConfig):
@@ -86,8 +94,7 @@ class StageContext:
     def init_checkpoint(self) -> Path | None:
         """Where this stage starts: its own `init:`, else the last checkpoint of the nearest earlier stage."""
         if self.stage.get("init"):
-            path = Path(self.stage.init)
-            path = path if path.is_absolute() else self.base_dir / path
+            path = Path(self.stage.init)  # a run output: relative to where rlkit runs, like run_dir
             found = ckpt.latest_checkpoint(path) if not (path / "meta.json").exists() else path
             if found is None:
                 raise RlkitError(f"stages.{self.name}.init: no checkpoint at {path}")
@@ -164,6 +171,7 @@ class StageContext:
         if not self.dist.is_main:
             return None
         meta = {"stage": self.name, "step": step, "done": done,
+                "tokenizer_dir": str(self.tokenizer_dir().resolve()),
                 "model_config": dataclasses.asdict(model.config),
                 "rng": ckpt.rng_state(), "saved_at": time.time(), **extra}
         state = {k: v.detach() for k, v in model.state_dict().items()}
