@@ -1,0 +1,92 @@
+"""What every optimizer plugin and every training stage share: parameter roles and the lr schedule.
+
+Roles. An optimizer treats parameters by what they do, not by their name:
+    "matrix"       2-D (or more) weights inside the network: attention and MLP projections
+    "embedding"    token embedding tables (a row lookup, so a sparse gradient)
+    "unembedding"  the output projection to vocabulary logits (lm_head)
+    "scalar"       everything else: gains, biases, norms, per-layer lambdas
+`param_roles(model)` asks the model (`model.param_roles()`, which rlkit's GPT defines) and
+otherwise guesses from module types and names.
+
+Schedule. Optimizer plugins store each group's base rate as `group["initial_lr"]`; a stage
+computes `lr_multiplier(step, ...)` each step and applies it with `set_lr(optimizer, m)`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlkit.core.errors import RlkitError
+
+ROLES = ("matrix", "embedding", "unembedding", "scalar")
+UNEMBEDDING_NAMES = ("lm_head", "unembed")
+
+
+def param_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Split the model's parameters into the four ROLES, every parameter in exactly one list."""
+    own = getattr(model, "param_roles", None)
+    roles = own() if callable(own) else _guess_roles(model)
+    _check_roles(model, roles)
+    return roles
+
+
+def _guess_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Fallback for models without param_roles(): embeddings by type, lm_head by name, rest by ndim."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    heads = [m for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and any(h in name.rsplit(".", 1)[-1] for h in UNEMBEDDING_NAMES)]
+    unembedding_ids = {id(heads[-1].weight)} if heads else set()
+    roles = {role: [] for role in ROLES}
+    for p in model.parameters():  # deduplicated: a weight tied to the embedding counts as embedding
+        if id(p) in embedding_ids:
+            roles["embedding"].append(p)
+        elif id(p) in unembedding_ids:
+            roles["unembedding"].append(p)
+        elif p.ndim >= 2:
+            roles["matrix"].append(p)
+        else:
+            roles["scalar"].append(p)
+    return roles
+
+
+def _check_roles(model: nn.Module, roles: dict) -> None:
+    """A wrong roles table would silently leave weights untrained: fail loudly instead."""
+    name = type(model).__name__
+    if set(roles) != set(ROLES):
+        raise RlkitError(f"{name}.param_roles() returned keys {sorted(roles)}; expected exactly {list(ROLES)}")
+    seen = [id(p) for ps in roles.values() for p in ps]
+    if len(seen) != len(set(seen)):
+        raise RlkitError(f"{name}.param_roles() lists a parameter under more than one role (or twice)")
+    if set(seen) != {id(p) for p in model.parameters()}:
+        raise RlkitError(f"{name}.param_roles() must list every parameter of the model exactly once")
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0,
+                  warmdown_frac: float = 0.0, final_frac: float = 0.0) -> float:
+    """nanochat's trapezoid schedule: linear warmup, a plateau at 1, linear warmdown to final_frac.
+
+    With W = warmup_steps and D = round(warmdown_frac * total_steps), for step s (0-based):
+        s < W                    ->  (s + 1) / W
+        s <= total_steps - D     ->  1
+        otherwise                ->  p + (1 - p) * final_frac,  p = (total_steps - s) / D
+    so the rate reaches final_frac at s = total_steps (and stays there after).
+    """
+    if total_steps < 1 or warmup_steps < 0 or not 0.0 <= warmdown_frac <= 1.0 or final_frac < 0.0:
+        raise RlkitError(f"lr schedule: need total_steps >= 1, warmup_steps >= 0, 0 <= warmdown_frac <= 1, "
+                         f"final_frac >= 0; got {total_steps=}, {warmup_steps=}, {warmdown_frac=}, {final_frac=}")
+    warmdown_steps = round(warmdown_frac * total_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if warmdown_steps == 0 or step <= total_steps - warmdown_steps:
+        return 1.0
+    progress = max(total_steps - step, 0) / warmdown_steps  # 1 -> 0 over the warmdown
+    return progress + (1.0 - progress) * final_frac
+
+
+def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
+    """Set every group's lr to its initial_lr times multiplier."""
+    for i, group in enumerate(optimizer.param_groups):
+        if "initial_lr" not in group:
+            raise RlkitError(f"{type(optimizer).__name__} param group {i} has no 'initial_lr': "
+                             "an optimizer plugin must set it on every group")
+        group["lr"] = group["initial_lr"] * multiplier
