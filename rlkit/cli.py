@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -66,12 +67,25 @@ def run(
     overrides: OverridesArg = None,
     plugin: PluginOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last complete checkpoint.")] = False,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1,
+                                                help="Processes on this node (one per GPU); >1 relaunches "
+                                                     "through torchrun.")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Number of nodes for a multi-node run.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This node's rank in a multi-node run.")] = 0,
+    rdzv_endpoint: Annotated[str, typer.Option("--rdzv-endpoint",
+                                               help="HOST:PORT of the rendezvous (node 0) for multi-node runs.")] = "",
 ):
-    """Validate the experiment and its plugins, then run its stages in order."""
+    """Validate the experiment and its plugins, then run its stages in order (alone or under torchrun)."""
     with user_errors():
         from rlkit.core import pipeline
 
-        cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [])
+        world = nproc_per_node * nnodes
+        cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [], world_size=world)
+        if world > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
+            from rlkit.core.launch import torchrun
+
+            torchrun(sys.argv[1:], nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+            return
         pipeline.run(cfg, plugins, resume=resume)
 
 

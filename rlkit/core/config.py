@@ -51,7 +51,7 @@ class ModelConfig:
     depth: int = 4  # the one dial: width = depth*64, heads = width/64
     seq_len: int = 512  # context length
     dtype: str = "auto"  # auto (bf16 where fast) | float32 | bfloat16
-    compile: bool = False  # torch.compile the training forward
+    compile: str = "auto"  # torch.compile the training forward: auto (on CUDA, where it pays) | true | false
 
 
 @dataclass

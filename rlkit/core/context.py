@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core import checkpoint as ckpt
-from rlkit.core.dist import DistInfo, all_reduce_sum, print0
+from rlkit.core.dist import DistInfo, all_reduce_sum, barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.model import GPT, GPTConfig
 from rlkit.core.plugins import Plugins
@@ -138,8 +138,12 @@ class StageContext:
         return optimizer
 
     def maybe_compile(self, model: torch.nn.Module):
-        """torch.compile the training forward when `model.compile` is on."""
-        if not self.cfg.model.compile:
+        """torch.compile the training forward per `model.compile`: auto compiles on CUDA only (on a CPU
+        the compile time outweighs the gain for the minutes-long runs rlkit makes there)."""
+        choice = str(self.cfg.model.compile).lower()
+        if choice not in ("auto", "true", "false"):
+            raise RlkitError(f"model.compile: '{self.cfg.model.compile}' is not valid (valid: auto, true, false)")
+        if choice == "false" or (choice == "auto" and self.device.type != "cuda"):
             return model
         return torch.compile(model, dynamic=False)
 
@@ -169,6 +173,7 @@ class StageContext:
     def save(self, step: int, model: GPT, optimizer, extra: dict, done: bool = False) -> Path | None:
         """Rank 0 writes an atomic checkpoint of this stage; other ranks do nothing."""
         if not self.dist.is_main:
+            barrier()  # the next stage on every rank reads what rank 0 writes
             return None
         meta = {"stage": self.name, "step": step, "done": done,
                 "tokenizer_dir": str(self.tokenizer_dir().resolve()),
@@ -176,7 +181,9 @@ class StageContext:
                 "rng": ckpt.rng_state(), "saved_at": time.time(), **extra}
         state = {k: v.detach() for k, v in model.state_dict().items()}
         opt_state = optimizer.state_dict() if optimizer is not None else None
-        return ckpt.save_checkpoint(self.stage_dir, step, state, opt_state, meta)
+        path = ckpt.save_checkpoint(self.stage_dir, step, state, opt_state, meta)
+        barrier()
+        return path
 
     def resume_point(self):
         """With --resume: (model state, optimizer state, meta) of this stage's last checkpoint, or None."""

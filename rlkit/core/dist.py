@@ -104,6 +104,12 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (a no-op in a single process)."""
     if torch_dist.is_initialized():

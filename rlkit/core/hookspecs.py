@@ -18,7 +18,8 @@ def rlkit_algorithms() -> dict:
 
     An Algorithm has `advantages(rewards[P, G]) -> [P, G]`, `loss(logp[B, T],
     mask[B, T], adv[B], extra) -> scalar` and an optional set `needs` naming
-    extra inputs core must compute ("old_logp", "ref_logp"). `extra` always
+    extra inputs core must compute ("old_logp", "ref_logp"), and an optional
+    `min_samples` (completions per prompt it needs). `extra` always
     holds `num_tokens` and `num_sequences`: counts over the whole
     optimisation step (all micro-batches, all ranks).
     """

@@ -9,6 +9,7 @@ so a typo fails in a second, before any model is built.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,8 +24,10 @@ PLUGIN_FIELDS = {"optimizer": "optimizer", "task": "task", "tasks": "task", "alg
                  "rewards": "reward", "eval_reward": "reward", "eval.reward": "reward"}
 
 
-def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path]) -> tuple[DictConfig, Plugins]:
-    """Load and validate the experiment and its plugins; returns (config, plugin tables)."""
+def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
+            world_size: int | None = None) -> tuple[DictConfig, Plugins]:
+    """Load and validate the experiment and its plugins for `world_size` processes (default: torchrun's
+    WORLD_SIZE, else 1); returns (config, plugin tables)."""
     path = Path(path)
     cfg = config_lib.load(path, overrides)
     base_dir = path.resolve().parent
@@ -37,6 +40,10 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path]) -
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
     for stage in stages_to_run(cfg):
         check_stage_plugins(cfg.stages[stage], f"{path}: stages.{stage}", plugins)
+    check_values(cfg, path)
+    check_algorithm(cfg, plugins, path)
+    world = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    check_batches(cfg, world, path)
     return cfg, plugins
 
 
@@ -54,6 +61,63 @@ def check_stage_plugins(stage_cfg: DictConfig, where: str, plugins: Plugins) -> 
     data = stage_cfg.get("data")
     if data is not None and data.source in plugins.tables["task"]:  # text from a task
         bind_args("task", data.source, plugins.tables["task"][data.source], data.args, f"{where}.data.args")
+
+
+CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
+           "model.compile": ("auto", "true", "false")}
+POSITIVE = ("model.depth", "model.seq_len", "stages.tokenizer.vocab_size", "stages.rl.rollout.samples",
+            "stages.rl.rollout.max_new_tokens", "stages.rl.eval.k") + tuple(
+    f"stages.{stage}.{key}" for stage in ("pretrain", "midtrain", "sft", "rl")
+    for key in ("steps", "device_batch_size", "total_batch_tokens", "examples_per_step"))
+NON_NEGATIVE = ("stages.rl.rollout.temperature", "stages.rl.rollout.top_k", "stages.rl.init_lr_frac",
+                "stages.sft.init_lr_frac", "stages.midtrain.init_lr_frac")
+
+
+def check_values(cfg: DictConfig, path) -> None:
+    """Out-of-range values fail before any work, naming the key and what is valid."""
+    for key, valid in CHOICES.items():
+        value = str(OmegaConf.select(cfg, key)).lower()
+        if value not in valid:
+            raise RlkitError(f"{path}: {key}: '{value}' is not valid (valid: {', '.join(valid)})")
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise RlkitError(f"{path}: {key}: {value} must be at least 1")
+    for key in NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 0:
+            raise RlkitError(f"{path}: {key}: {value} must not be negative")
+
+
+def check_algorithm(cfg: DictConfig, plugins: Plugins, path) -> None:
+    """Build the RL algorithm once (cheap, no model) so its own checks and `min_samples` apply up front."""
+    rl = cfg.stages.get("rl")
+    if rl is None:
+        return
+    algorithm = plugins.get("algorithm", rl.algorithm.name, f"{path}: stages.rl.algorithm.name")(
+        **OmegaConf.to_container(rl.algorithm.args))
+    need = getattr(algorithm, "min_samples", 1)
+    if rl.rollout.samples < need:
+        raise RlkitError(f"{path}: stages.rl.rollout.samples: algorithm '{rl.algorithm.name}' needs at least "
+                         f"{need} samples per prompt (got {rl.rollout.samples})")
+
+
+def check_batches(cfg: DictConfig, world: int, path) -> None:
+    """Global batch sizes must split evenly over `world` processes; say which values fit."""
+    st, seq_len = cfg.stages, cfg.model.seq_len
+    for name in ("pretrain", "midtrain"):
+        s = st.get(name)
+        if s is not None and s.total_batch_tokens % (unit := s.device_batch_size * seq_len * world):
+            raise RlkitError(f"{path}: stages.{name}.total_batch_tokens: {s.total_batch_tokens} must be a multiple "
+                             f"of device_batch_size x seq_len x processes = {s.device_batch_size} x {seq_len} x "
+                             f"{world} = {unit} (e.g. {unit}, {2 * unit}, {4 * unit})")
+    if st.get("sft") is not None and st.sft.examples_per_step % (unit := st.sft.device_batch_size * world):
+        raise RlkitError(f"{path}: stages.sft.examples_per_step: {st.sft.examples_per_step} must be a multiple of "
+                         f"device_batch_size x processes = {st.sft.device_batch_size} x {world} = {unit} "
+                         f"(e.g. {unit}, {2 * unit}, {4 * unit})")
+    if st.get("rl") is not None and st.rl.examples_per_step % world:
+        raise RlkitError(f"{path}: stages.rl.examples_per_step: {st.rl.examples_per_step} must be a multiple of "
+                         f"the number of processes ({world}), e.g. {world}, {2 * world}, {4 * world}")
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:

@@ -30,7 +30,7 @@ def run(ctx) -> None:
     model, _ = ctx.build_model(tokenizer.vocab_size)
     optimizer = ctx.build_optimizer(model)
     seq_len, world = model.config.seq_len, ctx.dist.world_size
-    accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world, "midtrain")
+    accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
     tasks = [ctx.task(ref, "train") for ref in s.tasks]
     mixture = [(t, i) for t, task in enumerate(tasks) for i in range(len(task))]
     random.Random(ctx.seed()).shuffle(mixture)

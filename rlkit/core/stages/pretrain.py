@@ -30,7 +30,7 @@ def run(ctx) -> None:
     model, _ = ctx.build_model(tokenizer.vocab_size)
     optimizer = ctx.build_optimizer(model)
     seq_len, world = model.config.seq_len, ctx.dist.world_size
-    accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world, "pretrain")
+    accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
 
     def texts(split):
         return lambda: iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=dict(s.data.args),
@@ -96,15 +96,10 @@ def run(ctx) -> None:
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value, bpb=bpb)
 
 
-def grad_accum_steps(total_tokens: int, device_batch: int, seq_len: int, world: int, stage: str) -> int:
-    """Forward passes per optimizer step so that all ranks together see `total_tokens`."""
-    per_pass = device_batch * seq_len * world
-    if total_tokens % per_pass:
-        fits = [per_pass * k for k in range(1, 5)]
-        raise RlkitError(f"stages.{stage}.total_batch_tokens: {total_tokens} is not a multiple of device_batch_size "
-                         f"x seq_len x world size = {device_batch} x {seq_len} x {world} = {per_pass}; "
-                         f"valid: {', '.join(map(str, fits))}, ...")
-    return total_tokens // per_pass
+def grad_accum_steps(total_tokens: int, device_batch: int, seq_len: int, world: int) -> int:
+    """Forward passes per optimizer step so that all ranks together see `total_tokens`
+    (divisibility is checked with the config, before any work: pipeline.check_batches)."""
+    return total_tokens // (device_batch * seq_len * world)
 
 
 @torch.no_grad()

@@ -30,10 +30,7 @@ def run(ctx) -> None:
     optimizer = ctx.build_optimizer(model)
     train_task = ctx.task(s.task, "train")
     world, B = ctx.dist.world_size, s.device_batch_size
-    if s.examples_per_step % (B * world):
-        raise RlkitError(f"stages.sft.examples_per_step: {s.examples_per_step} must be a multiple of "
-                         f"device_batch_size x world size = {B * world}")
-    accum = s.examples_per_step // (B * world)
+    accum = s.examples_per_step // (B * world)  # divisibility checked up front (pipeline.check_batches)
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))  # one epoch's order
     train = ctx.ddp(ctx.maybe_compile(model))
     meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())

@@ -8,7 +8,7 @@ dataset id (see rlkit.core.textdata). Reading stops after `max_chars`.
 """
 import time
 
-from rlkit.core.dist import print0
+from rlkit.core.dist import barrier, print0
 from rlkit.core.textdata import iter_texts
 from rlkit.core.tokenizer import train_tokenizer
 
@@ -33,6 +33,7 @@ def run(ctx) -> None:
     seconds = time.time() - start
     if ctx.dist.is_main:
         tokenizer.save(ctx.run_dir / "tokenizer")
+    barrier()  # other ranks load it in the next stage
     sample = "Tom has 12 apples. #### 19"
     print0(f"[tokenizer] vocab {tokenizer.vocab_size} from {chars:,} chars in {seconds:.1f}s; "
            f"'{sample}' -> {len(tokenizer.encode(sample))} tokens")

@@ -19,6 +19,7 @@ import rlkit
 
 class GRPO:
     needs = frozenset()  # no old_logp, no ref_logp
+    min_samples = 2  # advantages compare samples within a group
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """(P, G) rewards -> (P, G) advantages: each reward minus its group's mean."""
