@@ -11,6 +11,18 @@ import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests use tiny models: one intra-op thread avoids OpenMP threads spinning against other processes
+    on a small shared machine (measured 4-30x faster under load); what is computed is unchanged."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def write_file(tmp_path):
     """write_file("sub/x.py", text) -> Path under tmp_path; the text is dedented."""

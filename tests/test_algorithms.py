@@ -21,14 +21,6 @@ from rlkit.core.track import Tracker
 ALGORITHMS = load_plugins().tables["algorithm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP threads spinning against
-    other processes; what is computed is unchanged."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # One small batch used by both losses: 2 sequences x 3 positions.
 LOGP = torch.tensor([[-1.0, -2.0, -3.0],

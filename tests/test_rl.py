@@ -38,14 +38,6 @@ def digits(completion, example, log=None):
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP threads spinning against
-    other processes (measured 4x faster here); what is computed is unchanged."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def experiment(steps: int, rewards: str, tracking: str = "{enabled: false}") -> str:
