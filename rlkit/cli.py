@@ -121,6 +121,42 @@ def plugins(
             typer.echo(f"{row['plugin']:<40} {row['source']:<16} {provides or '(provides nothing)'}")
 
 
+RepoOpt = Annotated[Path, typer.Option("--repo", help="The Aim repository of the runs (an experiment's "
+                                                      "tracking.repo).")]
+
+
+@app.command()
+def ui(
+    repo: RepoOpt = Path(".aim"),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The port to serve the UI on.")] = 43800,
+    host: Annotated[str, typer.Option("--host", help="The address to bind; the default keeps the UI on this "
+                                                     "machine.")] = "127.0.0.1",
+):
+    """Open the Aim UI on the runs' repository and print its URL; Ctrl-C stops the whole server."""
+    with user_errors():
+        from rlkit.core import aimui
+
+        raise typer.Exit(aimui.serve(repo, host, port))
+
+
+@app.command()
+def compare(
+    runs: Annotated[Optional[list[str]], typer.Argument(
+        help="Run names or Aim hashes; default: the last two runs of the newest run's experiment.",
+        show_default=False)] = None,
+    metric: Annotated[Optional[list[str]], typer.Option(
+        "--metric", help="A metric to show (repeatable); default: loss, bits/byte, reward, pass@k and speed.")] = None,
+    repo: RepoOpt = Path(".aim"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+):
+    """Print runs side by side from Aim: final and best metrics per stage, wall times, config differences."""
+    with user_errors():
+        from rlkit.core import compare as compare_lib
+
+        result = compare_lib.compare(repo, runs or [], metric or [])
+        typer.echo(json.dumps(result, indent=2) if as_json else compare_lib.render(result))
+
+
 def main():
     """Console-script entry point."""
     app(prog_name="rlkit")

@@ -38,6 +38,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
     plugins = load_plugins(local)
     with _writable(cfg):
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
+        cfg.experiment = str(OmegaConf.load(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
     for stage in stages_to_run(cfg):
         check_stage_plugins(cfg.stages[stage], f"{path}: stages.{stage}", plugins)
     check_values(cfg, path)
@@ -125,19 +126,20 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
     import importlib
     import time
 
-    from rlkit.core import dist, track
+    from rlkit.core import dist, report, track
     from rlkit.core.context import StageContext, stage_done
 
     info, device = dist.init(cfg.device)
     dtype = dist.compute_dtype(cfg.model.dtype, device)
     run_dir = Path(cfg.run_dir)
     _check_run_dir(run_dir, resume)
-    tracker = track.open_tracker(cfg.tracking.repo, cfg.name, cfg.tracking.enabled, info.is_main)
+    tracker = track.open_run(cfg, run_dir, info, resume)
+    env, began = track.environment(device, dtype, info.world_size), time.time()
     try:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, run_dir / "config.yaml")
-        tracker.params({"hparams": OmegaConf.to_container(cfg)})
+        tracker.params({"hparams": OmegaConf.to_container(cfg), "env": env})
         dist.print0(f"rlkit: {cfg.name}: stages {', '.join(stages_to_run(cfg))} on {device} ({dtype}), "
                     f"world size {info.world_size}, run dir {run_dir}")
         for name in stages_to_run(cfg):
@@ -148,7 +150,10 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
             dist.seed_everything(ctx.seed())
             start = time.time()
             importlib.import_module(f"rlkit.core.stages.{name}").run(ctx)
-            dist.print0(f"[{name}] done in {time.time() - start:.1f}s")
+            seconds = time.time() - start
+            dist.print0(f"[{name}] done in {seconds:.1f}s")
+            report.stage_done(ctx, seconds, env)  # report.md after every stage
+        report.run_done(cfg, run_dir, tracker, env, time.time() - began)
     finally:
         tracker.close()
         dist.shutdown()

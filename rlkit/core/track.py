@@ -1,56 +1,190 @@
 """Experiment tracking: one Aim run per pipeline run, on rank 0 only.
 
+    tracker = open_run(cfg, run_dir, dist_info, resume=False)
+    tracker.params({"hparams": ..., "env": environment(device, dtype, world_size)})
+    tracker.metrics({"loss": 2.31, "lr_mult": 1.0}, step=10, stage="pretrain")   # one write a step
+    tracker.text("samples", "Q: ...\nA: ...", step=50, stage="rl")
+    tracker.close()   # closes and indexes the Aim run: SDK queries see it at once
+
 Aim locks a run to one process, so other ranks (and runs with tracking
-disabled) get a NullTracker with the same methods. Metrics carry the context
+disabled) get a plain Tracker: it writes nowhere but still keeps, per stage
+and metric, the first/last/min/max/mean of what was tracked, which is what
+the report card (rlkit.core.report) prints. Metrics carry the context
 {stage: ...}, so the Aim UI can split or group curves by stage.
+
+The experiment is the YAML's own `name:` (before overrides), the run's name
+is the resolved `name` (unique: it is also the run folder), so `rlkit compare`
+can take either a run name or an Aim hash. The hash is kept in
+runs/<name>/aim_hash, and `--resume` continues the same Aim run.
 """
 from __future__ import annotations
 
+import math
+import os
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 
-class NullTracker:
-    """Accepts everything, records nothing."""
+import rlkit
+from rlkit.core.dist import print0
+
+HASH_FILE = "aim_hash"
+
+
+class Tracker:
+    """Writes nowhere; remembers summary statistics of every metric for the report card."""
     hash = None
+    repo = None
 
-    def params(self, params: Mapping[str, Any]) -> None: ...
+    def __init__(self):
+        self.stats: dict[str, dict[str, dict]] = {}  # stage -> metric -> {first, last, min, max, sum, count}
 
-    def metrics(self, values: Mapping[str, float], step: int, stage: str) -> None: ...
+    def params(self, params: Mapping[str, Any]) -> None:
+        pass
 
-    def text(self, name: str, text: str, step: int, stage: str) -> None: ...
+    def metrics(self, values: Mapping[str, float], step: int, stage: str) -> None:
+        values = {name: float(v) for name, v in values.items()}
+        self._remember(values, step, stage)
+        self._write(values, step, stage)
 
-    def close(self) -> None: ...
+    def text(self, name: str, text: str, step: int, stage: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stage_stats(self, stage: str) -> dict[str, dict]:
+        """{metric: {first, last, min, max, mean, first_step, last_step}} of what `stage` tracked."""
+        out = {}
+        for name, s in self.stats.get(stage, {}).items():
+            mean = s["sum"] / s["count"] if s["count"] else float("nan")
+            out[name] = {k: s[k] for k in ("first", "last", "min", "max", "first_step", "last_step")} | {"mean": mean}
+        return out
+
+    def _remember(self, values: dict[str, float], step: int, stage: str) -> None:
+        seen = self.stats.setdefault(stage, {})
+        for name, v in values.items():
+            s = seen.get(name)
+            if s is None:
+                seen[name] = {"first": v, "last": v, "min": v, "max": v, "sum": v, "count": 1,
+                              "first_step": step, "last_step": step}
+                continue
+            s.update(last=v, last_step=step, min=min(s["min"], v), max=max(s["max"], v),
+                     sum=s["sum"] + v, count=s["count"] + 1)
+
+    def _write(self, values: dict[str, float], step: int, stage: str) -> None:
+        pass
 
 
-class AimTracker(NullTracker):
-    """Writes to an aim.Run; each call is one write batch from the main loop, at most once a step."""
+NullTracker = Tracker  # the name other ranks' tracker went by
 
-    def __init__(self, repo: Path, experiment: str, run_hash: str | None = None):
+
+class AimTracker(Tracker):
+    """Writes to an aim.Run; each `metrics` call is one write (all values at once) from the main loop."""
+
+    def __init__(self, repo: Path, experiment: str, name: str, run_hash: str | None = None):
+        super().__init__()
         import aim  # slow import: only where a run is really tracked
 
-        repo.mkdir(parents=True, exist_ok=True)
-        self._aim = aim
-        self.run = aim.Run(run_hash=run_hash, repo=str(repo), experiment=experiment)
+        (repo.parent if repo.name == ".aim" else repo).mkdir(parents=True, exist_ok=True)  # Aim makes .aim itself
+        self._aim, self.repo = aim, repo
+        # terminal logs stay out: the progress bar would fill them; system metrics are sampled on Aim's thread
+        self.run = aim.Run(run_hash=run_hash, repo=str(repo), experiment=experiment, capture_terminal_logs=False)
+        self.run.name = name
         self.hash = self.run.hash
 
     def params(self, params: Mapping[str, Any]) -> None:
         for key, value in params.items():
-            self.run[key] = value
+            self.run[key] = _plain(value)
 
-    def metrics(self, values: Mapping[str, float], step: int, stage: str) -> None:
-        for name, value in values.items():
-            self.run.track(float(value), name=name, step=step, context={"stage": stage})
+    def _write(self, values: dict[str, float], step: int, stage: str) -> None:
+        self.run.track(values, step=step, context={"stage": stage})
 
     def text(self, name: str, text: str, step: int, stage: str) -> None:
         self.run.track(self._aim.Text(text), name=name, step=step, context={"stage": stage})
 
     def close(self) -> None:
+        if self.run is None:
+            return
         self.run.close()
+        self.run = None
+        index_run(self.repo, self.hash)
 
 
-def open_tracker(repo: str, experiment: str, enabled: bool, is_main: bool, run_hash: str | None = None):
-    """An AimTracker on rank 0 when tracking is enabled, else a NullTracker."""
+def index_run(repo: Path, run_hash: str) -> None:
+    """Add a closed run to the repo's index, as `aim up` would in the background: Repo.iter_runs and
+    query_runs read the index only, and Aim does not index a run when it closes."""
+    from aim import Repo
+    from aim.sdk.index_manager import RepoIndexManager
+
+    try:
+        RepoIndexManager.get_index_manager(Repo.from_path(str(repo))).index(run_hash)
+    except Exception as e:  # the index is locked while `rlkit ui` (aim up) runs; it indexes the run itself
+        print0(f"[track] could not index Aim run {run_hash} now ({type(e).__name__}); `rlkit ui` will")
+
+
+def open_tracker(repo: str, experiment: str, enabled: bool, is_main: bool, run_hash: str | None = None,
+                 name: str | None = None) -> Tracker:
+    """An AimTracker on rank 0 when tracking is enabled, else a Tracker that writes nowhere."""
     if not (enabled and is_main):
-        return NullTracker()
-    return AimTracker(Path(repo), experiment, run_hash)
+        return Tracker()
+    return AimTracker(Path(repo), experiment, name or experiment, run_hash)
+
+
+def open_run(cfg, run_dir: Path, dist_info, resume: bool = False) -> Tracker:
+    """The pipeline's tracker: experiment = the YAML's name, run name = the resolved name; with --resume,
+    the same Aim run as before (its hash is kept in run_dir/aim_hash)."""
+    hash_file = run_dir / HASH_FILE
+    run_hash = hash_file.read_text().strip() if resume and hash_file.is_file() else None
+    experiment = cfg.get("experiment") or cfg.name
+    tracker = open_tracker(cfg.tracking.repo, experiment, cfg.tracking.enabled, dist_info.is_main, run_hash,
+                           name=cfg.name)
+    if tracker.hash is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        hash_file.write_text(tracker.hash + "\n")
+    return tracker
+
+
+def environment(device: torch.device, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    """What ran where: versions, device, world size, and the git commit of the code (when in a checkout)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} cores"
+    return {"rlkit": rlkit.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
+            "device": f"{device.type} ({name})", "dtype": str(dtype).removeprefix("torch."),
+            "world_size": world_size, "git_sha": git_sha(Path(rlkit.__file__).resolve().parent)}
+
+
+def git_sha(folder: Path) -> str | None:
+    """HEAD's commit of the checkout holding `folder` ('+dirty' if it has uncommitted changes), else None."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+@torch.no_grad()
+def grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients, as a 0-d tensor (no device sync until someone reads it)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+
+
+def _plain(value: Any) -> Any:
+    """Aim params take plain JSON-like values; non-finite floats become None."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -18,8 +18,10 @@ import torch
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
 from rlkit.core.stages.pretrain import grad_accum_steps
+from rlkit.core.track import grad_norm
 
 
 def run(ctx) -> None:
@@ -41,7 +43,7 @@ def run(ctx) -> None:
     print0(f"[midtrain] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 
-    loss_value = float("nan")
+    loss_value, bar = float("nan"), progress("midtrain", s.steps)
     for step in range(s.steps):
         lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
@@ -52,6 +54,7 @@ def run(ctx) -> None:
                 loss = train(x, y) / accum
             loss.backward()
             total += loss.detach()
+        gnorm = grad_norm(model)  # a tensor: read (synced) only when logged
         optimizer.step()
         model.zero_grad(set_to_none=True)
         meter.add(accum * s.device_batch_size * seq_len)
@@ -62,8 +65,10 @@ def run(ctx) -> None:
             tok_s, mfu = meter.read()
             print0(f"[midtrain] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
                    f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
-            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "tokens_per_s": tok_s, "mfu": mfu},
-                                step=step + 1, stage="midtrain")
+            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
+                                 "mfu": mfu}, step=step + 1, stage="midtrain")
+        bar.update(step + 1, loss=loss_value)
+    bar.close()
     ctx.save(s.steps, model, optimizer, {}, done=True)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)
 

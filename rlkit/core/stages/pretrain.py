@@ -20,8 +20,10 @@ from rlkit.core.checkpoint import set_rng_state
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
 from rlkit.core.textdata import iter_texts, packed_batches
+from rlkit.core.track import grad_norm
 
 
 def run(ctx) -> None:
@@ -56,7 +58,7 @@ def run(ctx) -> None:
     print0(f"[pretrain] {s.steps} steps x {s.total_batch_tokens:,} tokens ({accum} accumulation passes "
            f"of {s.device_batch_size} x {seq_len}), {model.flops_per_token():,} FLOPs/token")
 
-    loss_value = float("nan")
+    loss_value, bar = float("nan"), progress("pretrain", s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
@@ -68,6 +70,7 @@ def run(ctx) -> None:
                 loss = train(x, y) / accum
             loss.backward()
             total += loss.detach()
+        gnorm = grad_norm(model)  # a tensor: read (synced) only when logged
         optimizer.step()
         model.zero_grad(set_to_none=True)
         meter.add(accum * s.device_batch_size * seq_len)
@@ -80,14 +83,16 @@ def run(ctx) -> None:
             tok_s, mfu = meter.read()
             print0(f"[pretrain] step {done:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
                    f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
-            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "tokens_per_s": tok_s, "mfu": mfu},
-                                step=done, stage="pretrain")
+            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
+                                 "mfu": mfu}, step=done, stage="pretrain")
         if s.eval_every and done % s.eval_every == 0 and done != s.steps:
             bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
             print0(f"[pretrain] step {done:5d} | held-out bits/byte {bpb:.4f}")
             ctx.tracker.metrics({"bpb": bpb}, step=done, stage="pretrain")
         if s.save_every and done % s.save_every == 0 and done != s.steps:
             ctx.save(done, model, optimizer, {"data_position": position})
+        bar.update(done, loss=loss_value)
+    bar.close()
 
     bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
     print0(f"[pretrain] final | loss {loss_value:.4f} | held-out bits/byte {bpb:.4f}")

@@ -32,8 +32,11 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.evaluate import evaluate
 from rlkit.core.optim import set_lr
+from rlkit.core.progress import progress
 from rlkit.core.sampling import generate
+from rlkit.core.speed import matmul_peak
 from rlkit.core.task import prompt_messages
+from rlkit.core.track import grad_norm
 
 
 def run(ctx) -> None:
@@ -58,6 +61,8 @@ def run(ctx) -> None:
     if start_step == 0:
         run_eval(ctx, model, tokenizer, test_task, step=0)
 
+    flops, peak = model.flops_per_token(), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
+    tokens, bar = 0, progress("rl", s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * (1.0 - step / s.steps)
         set_lr(optimizer, lrm)
@@ -89,6 +94,7 @@ def run(ctx) -> None:
                  "num_sequences": float(P * G * world)}
         loss_value = train_step(ctx, train, model, algorithm, reference, ids, mask,
                                 adv.to(ctx.device), extra, s.device_batch_size)
+        gnorm = grad_norm(model)
         optimizer.step()
         model.zero_grad(set_to_none=True)
         train_s = time.perf_counter() - t1
@@ -96,11 +102,13 @@ def run(ctx) -> None:
         n_gen = float(mask.sum())
         stats = {"reward": total.mean(), **{f"reward/{n}": scores[n].mean() for n, _, _ in rewards},
                  "adv_std": adv.float().std(), "completion_len": torch.tensor(n_gen / (P * G)),
-                 "loss": torch.tensor(loss_value)}
+                 "loss": torch.tensor(loss_value), "grad_norm": gnorm}
         stats = {k: ctx.mean_over_ranks(torch.as_tensor(v, dtype=torch.float32, device=ctx.device))
                  for k, v in stats.items()}
+        useful = sum(out.prompt_lens) + sum(map(len, out.completions))  # this rank's tokens, padding left out
         stats.update(lr_mult=lrm, rollout_tok_s=n_gen * world / rollout_s,
-                     train_tok_s=float(out.mask.numel()) * world / train_s)
+                     train_tok_s=float(out.mask.numel()) * world / train_s, mfu=useful / train_s * flops / peak)
+        tokens += useful * world
         if not math.isfinite(stats["loss"]):
             raise RlkitError(f"stages.rl: loss became {stats['loss']} at step {step + 1}; lower init_lr_frac")
         done = step + 1
@@ -109,13 +117,16 @@ def run(ctx) -> None:
                    f"{stats['completion_len']:.1f} | rollout {stats['rollout_tok_s']:,.0f} tok/s | "
                    f"train {stats['train_tok_s']:,.0f} tok/s | lr x{lrm:.4f}")
         ctx.tracker.metrics(stats, step=done, stage="rl")
+        bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, model, tokenizer, test_task, step=done)
         if s.save_every and done % s.save_every == 0 and done != s.steps:
             ctx.save(done, model, optimizer, algorithm_state(algorithm))
+    bar.close()
 
     ctx.save(s.steps, model, optimizer, algorithm_state(algorithm), done=True)
     run_eval(ctx, model, tokenizer, test_task, step=s.steps)
+    ctx.summary.update(steps=s.steps, tokens=tokens)
 
 
 def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:

@@ -20,7 +20,9 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.evaluate import evaluate
 from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
+from rlkit.core.track import grad_norm
 
 
 def run(ctx) -> None:
@@ -37,7 +39,7 @@ def run(ctx) -> None:
     print0(f"[sft] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
 
-    loss_value = float("nan")
+    loss_value, tokens, bar = float("nan"), 0, progress("sft", s.steps)
     for step in range(s.steps):
         lrm = s.init_lr_frac * lr_multiplier(step, s.steps, 0, s.warmdown_frac, 0.0)
         set_lr(optimizer, lrm)
@@ -56,6 +58,8 @@ def run(ctx) -> None:
             loss.backward()
             total += loss.detach() / world
             meter.add(x.numel())
+            tokens += x.numel() * world  # padded tokens processed, all ranks
+        gnorm = grad_norm(model)  # a tensor: read (synced) only when logged
         optimizer.step()
         model.zero_grad(set_to_none=True)
         loss_value = ctx.mean_over_ranks(total) * world
@@ -65,8 +69,10 @@ def run(ctx) -> None:
             tok_s, mfu = meter.read()
             print0(f"[sft] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.4f} | "
                    f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
-            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "tokens_per_s": tok_s, "mfu": mfu},
-                                step=step + 1, stage="sft")
+            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
+                                 "mfu": mfu}, step=step + 1, stage="sft")
+        bar.update(step + 1, loss=loss_value)
+    bar.close()
 
     ctx.save(s.steps, model, optimizer, {}, done=True)
     if s.eval_examples:
@@ -76,9 +82,10 @@ def run(ctx) -> None:
         print0(f"[sft] held-out accuracy (greedy, {s.eval_examples} problems): {result['pass@1']:.3f}")
         for question, answer, score in result["samples"][:2]:
             print0(f"[sft] sample: {question[:80]!r} -> {answer[:120]!r} ({score:g})")
+            ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {score:g}", step=s.steps, stage="sft")
         ctx.tracker.metrics({"accuracy": result["pass@1"]}, step=s.steps, stage="sft")
         ctx.summary.update(accuracy=result["pass@1"])
-    ctx.summary.update(steps=s.steps, final_loss=loss_value)
+    ctx.summary.update(steps=s.steps, tokens=tokens, final_loss=loss_value)
 
 
 def collate(rendered: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,114 @@
+"""`rlkit ui`: Aim's web UI on the runs' repository, stopped cleanly on Ctrl-C.
+
+    serve(".aim", host="127.0.0.1", port=43800)   # blocks; prints the URL once it answers
+
+`aim up` spawns children (a database migration, then uvicorn and its
+workers), so it is started in a process group of its own: Ctrl-C (or SIGTERM)
+reaches rlkit only, and rlkit stops the whole group — SIGTERM, then SIGKILL
+for anything still alive after a grace period — so no server is left behind.
+`aim up` also indexes new and running runs in the background.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlkit.core.errors import RlkitError
+
+AIM_UP = "import sys; from aim.cli.cli import cli_entry_point; sys.exit(cli_entry_point())"
+
+
+def serve(repo: str | Path, host: str = "127.0.0.1", port: int = 43800, ready_timeout: float = 120.0) -> int:
+    """Run the UI until Ctrl-C/SIGTERM or until it exits by itself; returns an exit code."""
+    # Ctrl-C (even where a shell started us with SIGINT ignored) and `kill` both stop the server
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    proc = None
+    try:
+        proc = start(repo, host, port)
+        if not wait_ready(proc, host, port, ready_timeout):
+            raise RlkitError(f"rlkit ui: Aim's server did not answer on {host}:{port} within {ready_timeout:.0f}s "
+                             f"(exit code {proc.poll()}); is the port in use? try --port")
+        print(f"Aim UI for {Path(repo).resolve()}: {url(host, port)}  (Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc is not None:
+            stop(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def start(repo: str | Path, host: str, port: int) -> subprocess.Popen:
+    """`aim up` on `repo` in a new session (its own process group), bound to host:port."""
+    from aim import Repo
+
+    if not Repo.exists(str(repo)):
+        raise RlkitError(f"--repo: no Aim repository at {repo}; run an experiment first (tracking.repo in its "
+                         f"YAML says where it goes, default .aim)")
+    if _in_use(host, port):
+        raise RlkitError(f"--port: {host}:{port} is already in use; pick another, e.g. --port {port + 1}")
+    cmd = [sys.executable, "-c", AIM_UP, "up", "--repo", str(Path(repo).resolve()), "--host", host, "--port", str(port),
+           "--workers", "1", "--yes"]
+    return subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def wait_ready(proc: subprocess.Popen, host: str, port: int, timeout: float) -> bool:
+    """Poll until the server accepts connections; False if it exited or the time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _in_use(host, port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop the server's whole process group: SIGTERM, wait up to `grace` seconds, then SIGKILL."""
+    pgid = proc.pid  # start_new_session: the group id is the leader's pid, even after the leader exits
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pgid):
+        proc.poll()  # reap the leader so it does not linger as a zombie
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still alive (zombies of other parents don't count)."""
+    import psutil
+
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def _in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0

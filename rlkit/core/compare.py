@@ -1,0 +1,182 @@
+"""`rlkit compare`: runs side by side, read from Aim through its SDK (no second store).
+
+    result = compare(".aim", ["quickstart", "quickstart-s1"], metrics=[])
+    print(render(result))            # or json.dumps(result)
+
+A run is named by its run name (the experiment's resolved `name`) or its Aim
+hash (a unique prefix will do); with none named, the last two runs of the
+most recent run's experiment. Rows: the final and best value of each key
+metric per stage (best = lowest for losses, highest otherwise), each stage's
+wall time (from the run's `summary` param, written by the report card), and
+every config key whose value differs between the runs.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from rlkit.core.errors import RlkitError
+
+# shown by default, per stage, when a run tracked them; after reward: pass@ the smallest and largest k tracked
+KEY_METRICS = ("loss", "bpb", "accuracy", "reward", "completion_len", "tokens_per_s", "rollout_tok_s", "mfu")
+LOWER_IS_BETTER = ("loss", "bpb")
+NO_BEST = ("completion_len", "lr_mult", "grad_norm", "adv_std", "vocab_size", "train_chars")
+STAGE_ORDER = ("tokenizer", "pretrain", "midtrain", "sft", "rl")
+
+
+def compare(repo: str | Path, refs: list[str], metrics: list[str] | None = None) -> dict:
+    """{'runs': [...], 'metrics': [{stage, metric, values: [{final, best, last_step} | None per run]}],
+    'wall_s': [{stage, values}], 'config': [{key, values}]} for the named runs (JSON-ready)."""
+    runs = find_runs(open_repo(repo), refs)
+    infos = [{"name": r.name, "hash": r.hash, "experiment": r.experiment, "created": r.creation_time} for r in runs]
+    series = [read_metrics(r) for r in runs]
+    rows = []
+    for stage, metric in _metric_rows(series, metrics):
+        values = [_final_best(s.get((stage, metric)), metric, stage) for s in series]
+        rows.append({"stage": stage, "metric": metric, "values": values})
+    summaries = [_param(r, "summary") or {} for r in runs]
+    stages = _ordered({st for s in summaries for st in s})
+    wall = [{"stage": st, "values": [s.get(st, {}).get("wall_s") for s in summaries]} for st in stages]
+    diff = config_diff([_param(r, "hparams") or {} for r in runs])
+    return {"runs": infos, "metrics": rows, "wall_s": wall, "config": diff}
+
+
+def open_repo(repo: str | Path):
+    from aim import Repo
+
+    if not Repo.exists(str(repo)):
+        raise RlkitError(f"--repo: no Aim repository at {repo}; run an experiment first (tracking.repo in its "
+                         f"YAML says where it goes, default .aim)")
+    return Repo.from_path(str(repo))
+
+
+def find_runs(repo, refs: list[str]) -> list:
+    """The runs named by hash, hash prefix or run name (the latest such run); none named: the last two
+    runs of the newest run's experiment."""
+    runs = sorted(repo.iter_runs(), key=lambda r: r.creation_time)
+    if not refs:
+        if not runs:
+            raise RlkitError(f"rlkit compare: the Aim repository {repo.path} holds no runs yet")
+        same = [r for r in runs if r.experiment == runs[-1].experiment]
+        if len(same) < 2:
+            raise RlkitError(f"rlkit compare: experiment '{runs[-1].experiment}' has one run only; name two "
+                             f"runs (run names or hashes), e.g. rlkit compare {same[-1].name} OTHER")
+        return same[-2:]
+    return [_find(runs, ref) for ref in refs]
+
+
+def _find(runs: list, ref: str):
+    by_name = [r for r in runs if r.name == ref]
+    if by_name:
+        return by_name[-1]
+    by_hash = [r for r in runs if r.hash.startswith(ref)] if len(ref) >= 6 else []
+    if len(by_hash) == 1:
+        return by_hash[0]
+    if len(by_hash) > 1:
+        raise RlkitError(f"rlkit compare: '{ref}' is the start of {len(by_hash)} run hashes; give more of it")
+    names = sorted({r.name for r in runs})
+    close = difflib.get_close_matches(ref, names, n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"runs: {', '.join(names[-8:])}"
+    raise RlkitError(f"rlkit compare: no run named or hashed '{ref}' ({hint})")
+
+
+def read_metrics(run) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
+    """{(stage, metric): (steps, values)} of every metric the run tracked with a stage context."""
+    out = {}
+    for name, context, _ in run.iter_metrics_info():
+        stage = context.to_dict().get("stage")
+        if stage is None:
+            continue  # Aim's own system metrics
+        metric = run.get_metric(name, context)
+        steps, columns = metric.data.view("val").items_list()
+        out[(stage, name)] = (steps, columns[0])
+    return out
+
+
+def _metric_rows(series: list[dict], wanted: list[str] | None) -> list[tuple[str, str]]:
+    present = {key for s in series for key in s}
+    if not wanted:  # the key metrics, with pass@ the smallest and largest k tracked after reward
+        ks = sorted({int(m[5:]) for _, m in present if m.startswith("pass@") and m[5:].isdigit()})
+        passes = [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] if ks else []
+        names = [*KEY_METRICS[:4], *passes, *KEY_METRICS[4:]]
+    else:
+        names = list(wanted)
+        unknown = [m for m in wanted if not any(m == name for _, name in present)]
+        if unknown:
+            known = sorted({name for _, name in present})
+            raise RlkitError(f"--metric: {', '.join(unknown)} not tracked by these runs (tracked: {', '.join(known)})")
+    return [(stage, m) for stage in _ordered({st for st, _ in present}) for m in names if (stage, m) in present]
+
+
+def _final_best(points, metric: str, stage: str) -> dict | None:
+    if points is None:
+        return None
+    steps, values = points
+    finite = [v for v in values if v == v]
+    no_best = metric in NO_BEST or (stage, metric) == ("rl", "loss") or not finite  # a policy loss has no "best"
+    best = None if no_best else (min if metric in LOWER_IS_BETTER else max)(finite)
+    return {"final": values[-1], "best": best, "last_step": steps[-1]}
+
+
+def _param(run, key: str):
+    try:
+        return run[key]
+    except KeyError:
+        return None
+
+
+def config_diff(values: list, prefix: str = "") -> list[dict]:
+    """[{key: dotted key, values: one per run}] where the runs' configs differ, descending into sections
+    while every run has one (a section one run leaves out is a single row; absent and null are both None)."""
+    if all(isinstance(v, dict) for v in values):
+        keys = sorted({k for v in values for k in v})
+        return [row for k in keys for row in config_diff([v.get(k) for v in values], f"{prefix}{k}.")]
+    if len({repr(v) for v in values}) == 1:
+        return []
+    return [{"key": prefix.rstrip("."), "values": values}]
+
+
+def _ordered(stages: set[str]) -> list[str]:
+    return sorted(stages, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+
+
+def render(result: dict) -> str:
+    """The comparison as a plain-text table: one column per run."""
+    heads = [f"{r['name']} ({r['hash'][:8]})" for r in result["runs"]]
+    table = [["", *heads]]
+    table.append(["experiment", *(r["experiment"] or "-" for r in result["runs"])])
+    for row in result["metrics"]:
+        best = any(v is not None and v["best"] is not None for v in row["values"])
+        table.append([f"{row['stage']} {row['metric']} ({'final / best' if best else 'final'})",
+                      *(_cell(v, row["metric"]) for v in row["values"])])
+    for row in result["wall_s"]:
+        table.append([f"{row['stage']} wall time (s)", *(_num(v) for v in row["values"])])
+    if result["config"]:
+        table.append(["config differences:", *[""] * len(heads)])
+        for row in result["config"]:
+            table.append([f"  {row['key']}", *(_value(v) for v in row["values"])])
+    else:
+        table.append(["config: identical", *[""] * len(heads)])
+    widths = [max(len(r[i]) for r in table) for i in range(len(heads) + 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _cell(v: dict | None, metric: str) -> str:
+    if v is None:
+        return "-"
+    final, best = _num(v["final"], metric), _num(v["best"], metric)
+    return final if v["best"] is None else f"{final} / {best}"
+
+
+def _num(v, metric: str = "") -> str:
+    if v is None:
+        return "-"
+    if metric == "mfu":
+        return f"{v:.1%}"
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _value(v) -> str:
+    if isinstance(v, dict):
+        return f"{{...{len(v)} keys}}"
+    return "-" if v is None else str(v)
