@@ -42,6 +42,9 @@ def user_errors():
         if _state["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
+        if type(e).__name__ == "Interrupted":  # a clean stop: say how to continue
+            argv = [a for a in sys.argv[1:] if a != "--resume"]
+            typer.echo(f"resume with: rlkit {' '.join(argv)} --resume", err=True)
         raise typer.Exit(1) from None
 
 

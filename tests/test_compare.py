@@ -18,10 +18,10 @@ TINY = """\
 name: cmp
 seed: 1
 device: cpu
-model: {depth: 1, seq_len: 64, dtype: float32}
+model: {depth: 1, seq_len: 128, dtype: float32}
 stages:
   tokenizer: {vocab_size: 300, max_chars: 20000, data: {source: arithmetic, args: {size: 300}}}
-  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 256, device_batch_size: 4,
+  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 256, device_batch_size: 2,
              optimizer: {name: adamw, args: {lr: 0.003}}, eval_every: 0, eval_tokens: 512, log_every: 1}
   rl:
     task: {name: arithmetic, args: {size: 300}}

@@ -56,14 +56,14 @@ EXPERIMENT = """
 name: ddp
 seed: 3
 plugins: [./checked.py, ./digit.py]
-model: {depth: 1, seq_len: 32, dtype: float32}
+model: {depth: 1, seq_len: 128, dtype: float32}
 tracking: {enabled: false}
 stages:
-  tokenizer: {vocab_size: 300, data: {source: arithmetic, args: {size: 400}}}
+  tokenizer: {vocab_size: 512, data: {source: arithmetic, args: {size: 400}}}
   pretrain:
     data: {source: arithmetic, args: {size: 400}}
     steps: 4
-    total_batch_tokens: 256
+    total_batch_tokens: 1024
     device_batch_size: 4
     optimizer: {name: checked_adamw, args: {lr: 0.003}}
     eval_every: 0
@@ -145,9 +145,9 @@ def test_two_rank_checkpoint_resumes_in_one(experiment):
 
 def test_batch_that_does_not_divide_fails_before_work(experiment):
     out = subprocess.run([sys.executable, "-m", "rlkit", "run", "exp.yaml", "--nproc-per-node", "2",
-                          "stages.pretrain.total_batch_tokens=384"],
+                          "stages.pretrain.total_batch_tokens=1536"],
                          cwd=experiment, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "stages.pretrain.total_batch_tokens: 384" in lines[0] and "256" in lines[0]
+    assert len(lines) == 1 and "stages.pretrain.total_batch_tokens: 1536" in lines[0] and "1024" in lines[0]
     assert not (experiment / "runs").exists()

@@ -15,7 +15,7 @@ import torch
 from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.errors import RlkitError
-from rlkit.core.stages.rl import score
+from rlkit.core.scoring import score
 
 REWARD_PLUGIN = '''\
 """A user's reward: the share of the completion's characters that are digits."""
@@ -164,9 +164,31 @@ def test_a_reward_that_returns_no_number_is_named():
     def broken(completion, example):
         return None
     example = {"messages": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "#### 4"}
-    with pytest.raises(RlkitError, match=r"reward 'broken' returned None .* rl step 3 .*What is 2 \+ 2"):
+    with pytest.raises(RlkitError, match=r"reward 'broken' at rl step 3 on example 'What is 2 \+ 2\?': returned None"):
         score([("broken", 1.0, broken)], ["4"], [example], step=2)
     assert torch.equal(score([("ok", 1.0, lambda c, e: 1)], ["x"], [example], 0)["ok"], torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("reward, said", [
+    (lambda c, e: float("nan"), "returned nan"),
+    (lambda c, e: float("inf"), "returned inf"),
+    (lambda c, e: "1.0", "returned '1.0'"),
+    (lambda c, e: 1 / 0, "raised ZeroDivisionError: division by zero"),
+])
+def test_a_faulty_reward_is_named_with_what_it_did(reward, said):
+    example = {"messages": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "#### 4"}
+    with pytest.raises(RlkitError, match=rf"reward 'bad' at rl step 1 on example 'What is 2 \+ 2\?': {said}"):
+        score([("bad", 1.0, reward)], ["4"], [example], step=0)
+
+
+def test_a_reward_that_hangs_is_stopped_after_its_time_limit():
+    import time
+
+    example = {"messages": [{"role": "user", "content": "Q"}], "answer": "#### 4"}
+    start = time.perf_counter()
+    with pytest.raises(RlkitError, match=r"reward 'slow' .* took longer than 0.2s \(stages.rl.reward_timeout\)"):
+        score([("slow", 1.0, lambda c, e: time.sleep(30))], ["4"], [example], step=0, timeout=0.2)
+    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("overrides, world, where", [

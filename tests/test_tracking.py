@@ -20,12 +20,12 @@ TINY = """\
 name: tiny
 seed: 1
 device: cpu
-model: {depth: 1, seq_len: 64, dtype: float32}
+model: {depth: 1, seq_len: 128, dtype: float32}
 stages:
-  tokenizer: {vocab_size: 300, max_chars: 20000, data: {source: arithmetic, args: {size: 300}}}
-  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 256, device_batch_size: 4,
+  tokenizer: {vocab_size: 512, max_chars: 20000, data: {source: arithmetic, args: {size: 300}}}
+  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 256, device_batch_size: 2,
              optimizer: {name: adamw, args: {lr: 0.003}}, eval_every: 0, eval_tokens: 512, log_every: 1}
-  midtrain: {tasks: [{name: arithmetic, args: {size: 300}}], steps: 2, total_batch_tokens: 256, device_batch_size: 4,
+  midtrain: {tasks: [{name: arithmetic, args: {size: 300}}], steps: 2, total_batch_tokens: 256, device_batch_size: 2,
              optimizer: {name: adamw, args: {lr: 0.003}}, log_every: 1}
   sft: {task: {name: arithmetic, args: {size: 300}}, steps: 2, examples_per_step: 4, device_batch_size: 4,
         optimizer: {name: adamw, args: {lr: 0.003}}, init_lr_frac: 1.0, eval_examples: 4, eval_max_new_tokens: 8,

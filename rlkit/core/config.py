@@ -144,6 +144,7 @@ class RLStage:
     examples_per_step: int = 16  # prompts per step, all ranks
     device_batch_size: int = 8  # sequences per forward/backward micro-batch
     init_lr_frac: float = 0.05
+    reward_timeout: float = 10.0  # seconds one reward call may take on one completion (0: no limit)
     log_every: int = 1
     save_every: int = 60
     eval: RLEval = field(default_factory=RLEval)

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core import checkpoint as ckpt
+from rlkit.core import interrupt
 from rlkit.core.dist import DistInfo, all_reduce_sum, barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.model import GPT, GPTConfig
@@ -106,27 +107,48 @@ class StageContext:
                 return found
         return None
 
-    def build_model(self, vocab_size: int) -> tuple[GPT, dict]:
-        """The model this stage trains, on device, and the meta of the checkpoint it came from ({} if fresh)."""
-        start = self.init_checkpoint()
+    def build_model(self, vocab_size: int) -> GPT:
+        """The model this stage trains, on device: from this stage's own last checkpoint (--resume), else
+        from `init:` or the previous stage's last checkpoint, else freshly initialised from the seed."""
+        own = ckpt.latest_checkpoint(self.stage_dir, warn=print0) if self.resume else None
+        start = own or self.init_checkpoint()
+        mc = self.cfg.model
         if start is None:
-            mc = self.cfg.model
             config = GPTConfig(depth=mc.depth, vocab_size=vocab_size, seq_len=mc.seq_len)
             torch.manual_seed(self.cfg.seed)
             model = GPT(config)
             model.init_weights()
             print0(f"[{self.name}] new model: depth {config.depth}, width {config.width}, "
                    f"{sum(p.numel() for p in model.parameters()):,} parameters")
-            return model.to(self.device), {}
-        state, _, meta = ckpt.load_checkpoint(start, load_optimizer=False)
-        config = GPTConfig(**meta["model_config"])
+            return model.to(self.device)
+        state, opt_state, meta = ckpt.load_checkpoint(start, load_optimizer=own is not None)
+        config = GPTConfig(**{**meta["model_config"], "seq_len": mc.seq_len})
+        key = f"stages.{self.name}.init" if self.stage.get("init") else "model.depth"
+        if config.depth != mc.depth:
+            raise RlkitError(f"{key}: checkpoint {start} holds a depth-{config.depth} model but model.depth is "
+                             f"{mc.depth}; set model.depth={config.depth} or start from a matching checkpoint")
         if config.vocab_size != vocab_size:
-            raise RlkitError(f"stages.{self.name}: checkpoint {start} has vocab {config.vocab_size} but the "
-                             f"tokenizer has {vocab_size}; they must come from the same run")
+            raise RlkitError(f"{key}: checkpoint {start} has vocab {config.vocab_size} but the tokenizer has "
+                             f"{vocab_size}; they must come from the same run")
         model = GPT(config)
         model.load_state_dict(state)
-        print0(f"[{self.name}] starting from {start}")
-        return model.to(self.device), meta
+        self._own_checkpoint = (opt_state, meta) if own is not None else None
+        print0(f"[{self.name}] {'resuming from' if own else 'starting from'} {start}")
+        return model.to(self.device)
+
+    def restore(self, optimizer, algorithm=None) -> dict | None:
+        """After build_model/build_optimizer on --resume: load the optimizer state, the RNG states and an
+        algorithm's state from this stage's own checkpoint; returns its meta (step, data position), or None."""
+        found = getattr(self, "_own_checkpoint", None)
+        if found is None:
+            return None
+        opt_state, meta = found
+        optimizer.load_state_dict(opt_state)
+        ckpt.set_rng_state(meta["rng"])
+        if algorithm is not None and "algorithm" in meta and hasattr(algorithm, "load_state_dict"):
+            algorithm.load_state_dict(meta["algorithm"])
+        print0(f"[{self.name}] resuming at step {meta['step']}")
+        return meta
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         ref = self.stage.optimizer
@@ -176,7 +198,7 @@ class StageContext:
             barrier()  # the next stage on every rank reads what rank 0 writes
             return None
         meta = {"stage": self.name, "step": step, "done": done,
-                "tokenizer_dir": str(self.tokenizer_dir().resolve()),
+                "tokenizer_dir": str(self.tokenizer_dir()),  # relative to the working directory, like run_dir
                 "model_config": dataclasses.asdict(model.config),
                 "rng": ckpt.rng_state(), "saved_at": time.time(), **extra}
         state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -185,14 +207,18 @@ class StageContext:
         barrier()
         return path
 
-    def resume_point(self):
-        """With --resume: (model state, optimizer state, meta) of this stage's last checkpoint, or None."""
-        if not self.resume:
-            return None
-        found = ckpt.latest_checkpoint(self.stage_dir, warn=print0)
-        if found is None:
-            return None
-        return ckpt.load_checkpoint(found)
+    def stop_if_requested(self, step: int, model: GPT, optimizer, extra: dict) -> None:
+        """On Ctrl-C/SIGTERM (any rank): save this step's checkpoint and stop with the resume command."""
+        if not interrupt.stop_requested(self.device):
+            return
+        path = self.save(step, model, optimizer, extra)
+        raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {path or self.stage_dir}")
+
+    def fail(self, what: str, step: int) -> None:
+        """Stop on a numerical failure, naming the step and the last good checkpoint, which stays as it was."""
+        last = ckpt.latest_checkpoint(self.stage_dir, verify=False) or self.init_checkpoint()
+        raise RlkitError(f"stages.{self.name}: {what} at step {step}; the last good checkpoint is "
+                         f"{last or '(none yet)'}; lower the learning rate (optimizer args / init_lr_frac)")
 
 
 def stage_done(run_dir: Path, name: str) -> bool:

@@ -126,15 +126,16 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
     import importlib
     import time
 
-    from rlkit.core import dist, report, track
+    from rlkit.core import dist, interrupt, report, track
     from rlkit.core.context import StageContext, stage_done
 
     info, device = dist.init(cfg.device)
     dtype = dist.compute_dtype(cfg.model.dtype, device)
     run_dir = Path(cfg.run_dir)
-    _check_run_dir(run_dir, resume)
+    _check_run_dir(run_dir, cfg, resume)
     tracker = track.open_run(cfg, run_dir, info, resume)
     env, began = track.environment(device, dtype, info.world_size), time.time()
+    interrupt.install()
     try:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,17 +155,28 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
             dist.print0(f"[{name}] done in {seconds:.1f}s")
             report.stage_done(ctx, seconds, env)  # report.md after every stage
         report.run_done(cfg, run_dir, tracker, env, time.time() - began)
+        dist.barrier()  # leave together: a rank tearing down gloo while a peer is still busy can abort
     finally:
+        interrupt.uninstall()
         tracker.close()
         dist.shutdown()
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Never overwrite a finished or partial run by accident."""
-    if resume or not (run_dir / "config.yaml").exists():
+def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
+    """Never overwrite a run by accident, and resume only the run that was started."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
         return
-    raise RlkitError(f"run_dir: {run_dir} already holds a run; continue it with --resume, or start a new "
-                     f"one with name=<new name> or run_dir=<new folder>")
+    if not resume:
+        raise RlkitError(f"run_dir: {run_dir} already holds a run; continue it with --resume, or start a new "
+                         f"one with name=<new name> or run_dir=<new folder>")
+    from rlkit.core.compare import config_diff
+
+    before, now = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cfg)
+    changed = [row["key"] for row in config_diff([before, now])]
+    if changed:
+        raise RlkitError(f"--resume: the config differs from the run's {saved} in {', '.join(changed[:5])}"
+                         f"{' ...' if len(changed) > 5 else ''}; resume with the same config, or start a new run")
 
 
 class _writable:

@@ -29,7 +29,7 @@ def run(ctx) -> None:
     if not s.tasks:
         raise RlkitError("stages.midtrain.tasks: empty; list at least one task, e.g. [{name: arithmetic}]")
     tokenizer = ctx.tokenizer()
-    model, _ = ctx.build_model(tokenizer.vocab_size)
+    model = ctx.build_model(tokenizer.vocab_size)
     optimizer = ctx.build_optimizer(model)
     seq_len, world = model.config.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
@@ -38,13 +38,17 @@ def run(ctx) -> None:
     random.Random(ctx.seed()).shuffle(mixture)
     conversations = (tokenizer.render_conversation(tasks[t][i]["messages"])[0] for t, i in _forever(mixture))
     batches = pack(conversations, s.device_batch_size, seq_len, ctx.dist.rank, world)
+    resumed = ctx.restore(optimizer)
+    start_step = resumed["step"] if resumed else 0
+    for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
+        next(batches)
     train = ctx.ddp(ctx.maybe_compile(model))
     meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
     print0(f"[midtrain] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 
-    loss_value, bar = float("nan"), progress("midtrain", s.steps)
-    for step in range(s.steps):
+    loss_value, bar = float("nan"), progress("midtrain", s.steps, start=start_step)
+    for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
         total = torch.zeros((), device=ctx.device)
@@ -60,14 +64,17 @@ def run(ctx) -> None:
         meter.add(accum * s.device_batch_size * seq_len)
         loss_value = ctx.mean_over_ranks(total)
         if not math.isfinite(loss_value):
-            raise RlkitError(f"stages.midtrain: loss became {loss_value} at step {step + 1}; lower init_lr_frac")
+            ctx.fail(f"loss became {loss_value}", step + 1)
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
             tok_s, mfu = meter.read()
             print0(f"[midtrain] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
                    f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
             ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
                                  "mfu": mfu}, step=step + 1, stage="midtrain")
+        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 != s.steps:
+            ctx.save(step + 1, model, optimizer, {})
         bar.update(step + 1, loss=loss_value)
+        ctx.stop_if_requested(step + 1, model, optimizer, {})
     bar.close()
     ctx.save(s.steps, model, optimizer, {}, done=True)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)

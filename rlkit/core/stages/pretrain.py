@@ -16,9 +16,7 @@ import math
 
 import torch
 
-from rlkit.core.checkpoint import set_rng_state
 from rlkit.core.dist import print0
-from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
 from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
@@ -29,7 +27,7 @@ from rlkit.core.track import grad_norm
 def run(ctx) -> None:
     s = ctx.stage
     tokenizer = ctx.tokenizer()
-    model, _ = ctx.build_model(tokenizer.vocab_size)
+    model = ctx.build_model(tokenizer.vocab_size)
     optimizer = ctx.build_optimizer(model)
     seq_len, world = model.config.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
@@ -37,21 +35,15 @@ def run(ctx) -> None:
     def texts(split):
         return lambda: iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=dict(s.data.args),
                                   text_field=s.data.text_field, split=split, base_dir=ctx.base_dir,
-                                  where=f"stages.pretrain.data.source")
+                                  where="stages.pretrain.data.source")
 
-    start_step, position = 0, None
-    resumed = ctx.resume_point()
-    if resumed is not None:
-        state, opt_state, meta = resumed
-        model.load_state_dict(state)
-        optimizer.load_state_dict(opt_state)
-        start_step, position = meta["step"], meta["data_position"]
-        set_rng_state(meta["rng"])
-        print0(f"[pretrain] resuming at step {start_step}")
+    resumed = ctx.restore(optimizer)
+    start_step, position = (resumed["step"], resumed["data_position"]) if resumed else (0, None)
+    eval_split = "test" if s.data.source in ctx.plugins.tables["task"] else s.data.split
+    next(iter(texts(eval_split)()), None)  # a bad held-out split fails now, not after training
     batches = packed_batches(texts(s.data.split), tokenizer, s.device_batch_size, seq_len,
                              rank=ctx.dist.rank, world_size=world, position=position)
     token_bytes = tokenizer.token_bytes().to(ctx.device)
-    eval_split = "test" if s.data.source in ctx.plugins.tables["task"] else s.data.split
     forward = ctx.maybe_compile(model)
     train = ctx.ddp(forward)
     meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
@@ -76,8 +68,7 @@ def run(ctx) -> None:
         meter.add(accum * s.device_batch_size * seq_len)
         loss_value = ctx.mean_over_ranks(total)
         if not math.isfinite(loss_value):
-            raise RlkitError(f"stages.pretrain: loss became {loss_value} at step {step + 1}; lower the "
-                             f"learning rate (optimizer.args) or check the data")
+            ctx.fail(f"loss became {loss_value}", step + 1)
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
             tok_s, mfu = meter.read()
@@ -92,6 +83,7 @@ def run(ctx) -> None:
         if s.save_every and done % s.save_every == 0 and done != s.steps:
             ctx.save(done, model, optimizer, {"data_position": position})
         bar.update(done, loss=loss_value)
+        ctx.stop_if_requested(done, model, optimizer, {"data_position": position})
     bar.close()
 
     bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)

@@ -27,12 +27,12 @@ import time
 import torch
 import torch.distributed as torch_dist
 
-from rlkit.core.checkpoint import set_rng_state
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.evaluate import evaluate
 from rlkit.core.optim import set_lr
 from rlkit.core.progress import progress
+from rlkit.core.scoring import score
 from rlkit.core.sampling import generate
 from rlkit.core.speed import matmul_peak
 from rlkit.core.task import prompt_messages
@@ -42,7 +42,7 @@ from rlkit.core.track import grad_norm
 def run(ctx) -> None:
     s, r = ctx.stage, ctx.stage.rollout
     tokenizer = ctx.tokenizer()
-    model, _ = ctx.build_model(tokenizer.vocab_size)
+    model = ctx.build_model(tokenizer.vocab_size)
     optimizer = ctx.build_optimizer(model)
     algorithm = ctx.plugin_fn("algorithm", s.algorithm)()
     rewards = [(ref.name, ref.weight, ctx.plugin_fn("reward", ref)) for ref in s.rewards]
@@ -55,7 +55,9 @@ def run(ctx) -> None:
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
     reference = frozen_copy(model) if "ref_logp" in getattr(algorithm, "needs", ()) else None
     train = ctx.ddp(model)
-    start_step = resume(ctx, model, optimizer, algorithm)
+    resumed = ctx.restore(optimizer, algorithm)
+    start_step = resumed["step"] if resumed else 0
+    check_fits(tokenizer, train_task, r.max_new_tokens, model.config.seq_len)
     print0(f"[rl] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
     if start_step == 0:
@@ -81,7 +83,7 @@ def run(ctx) -> None:
         rollout_s = time.perf_counter() - t0
         # 2. rewards (P*G,) per reward and weighted total
         texts = [tokenizer.decode([t for t in c if t not in stops]) for c in out.completions]
-        scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], step)
+        scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], step, s.reward_timeout)
         total = sum(w * scores[name] for name, w, _ in rewards)
         # 3. advantages over the whole step: gather every rank's (P, G) rewards
         all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
@@ -107,10 +109,10 @@ def run(ctx) -> None:
                  for k, v in stats.items()}
         useful = sum(out.prompt_lens) + sum(map(len, out.completions))  # this rank's tokens, padding left out
         stats.update(lr_mult=lrm, rollout_tok_s=n_gen * world / rollout_s,
-                     train_tok_s=float(out.mask.numel()) * world / train_s, mfu=useful / train_s * flops / peak)
+                     train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak)
         tokens += useful * world
         if not math.isfinite(stats["loss"]):
-            raise RlkitError(f"stages.rl: loss became {stats['loss']} at step {step + 1}; lower init_lr_frac")
+            ctx.fail(f"loss became {stats['loss']}", step + 1)
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
             print0(f"[rl] step {done:4d}/{s.steps} | reward {stats['reward']:.3f} | len "
@@ -122,6 +124,7 @@ def run(ctx) -> None:
             run_eval(ctx, model, tokenizer, test_task, step=done)
         if s.save_every and done % s.save_every == 0 and done != s.steps:
             ctx.save(done, model, optimizer, algorithm_state(algorithm))
+        ctx.stop_if_requested(done, model, optimizer, algorithm_state(algorithm))
     bar.close()
 
     ctx.save(s.steps, model, optimizer, algorithm_state(algorithm), done=True)
@@ -134,20 +137,14 @@ def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:
     return ((seed * 1_000_003 + step) * 1_000_033 + prompt) * 1_009 + sample
 
 
-def score(rewards, texts: list[str], examples: list, step: int) -> dict[str, torch.Tensor]:
-    """Each reward on each completion -> {name: (N,) float tensor}; a bad value names the reward and example."""
-    out = {}
-    for name, _, fn in rewards:
-        values = []
-        for text, example in zip(texts, examples):
-            value = fn(text, example)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                question = example["messages"][0]["content"][:60]
-                raise RlkitError(f"reward '{name}' returned {value!r} (a finite float is required) at rl step "
-                                 f"{step + 1} for example {question!r}")
-            values.append(float(value))
-        out[name] = torch.tensor(values)
-    return out
+def check_fits(tokenizer, task, max_new_tokens: int, seq_len: int, sample: int = 256) -> None:
+    """A rollout (prompt + max_new_tokens) must fit the context the model was trained on."""
+    longest = max(len(tokenizer.render_for_completion(prompt_messages(task[i])))
+                  for i in range(min(sample, len(task))))
+    if longest + max_new_tokens > seq_len:
+        raise RlkitError(f"stages.rl.rollout.max_new_tokens: prompts reach {longest} tokens, so {max_new_tokens} new "
+                         f"tokens exceed model.seq_len {seq_len}; use at most {max(seq_len - longest, 0)} or raise "
+                         f"model.seq_len")
 
 
 def gather(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -213,18 +210,3 @@ def run_eval(ctx, model, tokenizer, test_task, step: int) -> dict:
 
 def algorithm_state(algorithm) -> dict:
     return {"algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else {}
-
-
-def resume(ctx, model, optimizer, algorithm) -> int:
-    """With --resume, continue from this stage's last checkpoint; returns the step to start at."""
-    found = ctx.resume_point()
-    if found is None:
-        return 0
-    state, opt_state, meta = found
-    model.load_state_dict(state)
-    optimizer.load_state_dict(opt_state)
-    if "algorithm" in meta and hasattr(algorithm, "load_state_dict"):
-        algorithm.load_state_dict(meta["algorithm"])
-    set_rng_state(meta["rng"])
-    print0(f"[rl] resuming at step {meta['step']}")
-    return meta["step"]

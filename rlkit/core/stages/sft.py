@@ -28,26 +28,29 @@ from rlkit.core.track import grad_norm
 def run(ctx) -> None:
     s = ctx.stage
     tokenizer = ctx.tokenizer()
-    model, _ = ctx.build_model(tokenizer.vocab_size)
+    model = ctx.build_model(tokenizer.vocab_size)
     optimizer = ctx.build_optimizer(model)
     train_task = ctx.task(s.task, "train")
     world, B = ctx.dist.world_size, s.device_batch_size
     accum = s.examples_per_step // (B * world)  # divisibility checked up front (pipeline.check_batches)
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))  # one epoch's order
+    check_fits(tokenizer, train_task, model.config.seq_len, s.task.name)
+    resumed = ctx.restore(optimizer)
+    start_step = resumed["step"] if resumed else 0
     train = ctx.ddp(ctx.maybe_compile(model))
     meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
     print0(f"[sft] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
 
-    loss_value, tokens, bar = float("nan"), 0, progress("sft", s.steps)
-    for step in range(s.steps):
+    loss_value, tokens, bar = float("nan"), 0, progress("sft", s.steps, start=start_step)
+    for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * lr_multiplier(step, s.steps, 0, s.warmdown_frac, 0.0)
         set_lr(optimizer, lrm)
         # this step's conversations: all ranks' slices together are examples_per_step consecutive ones
         first = step * s.examples_per_step + ctx.dist.rank * B * accum
-        batches = [collate([tokenizer.render_conversation(train_task[order[(first + m * B + b) % len(order)]]["messages"],
-                                                          max_len=model.config.seq_len + 1) for b in range(B)])
-                   for m in range(accum)]
+        rendered = [tokenizer.render_conversation(train_task[order[(first + j) % len(order)]]["messages"],
+                                                  max_len=model.config.seq_len + 1) for j in range(B * accum)]
+        batches = [collate(rendered[m * B:(m + 1) * B]) for m in range(accum)]
         num_tokens = ctx.sum_over_ranks(sum((y >= 0).sum() for _, y in batches).to(ctx.device))
         total = torch.zeros((), device=ctx.device)
         for m, (x, y) in enumerate(batches):
@@ -64,14 +67,17 @@ def run(ctx) -> None:
         model.zero_grad(set_to_none=True)
         loss_value = ctx.mean_over_ranks(total) * world
         if not math.isfinite(loss_value):
-            raise RlkitError(f"stages.sft: loss became {loss_value} at step {step + 1}; lower init_lr_frac")
+            ctx.fail(f"loss became {loss_value}", step + 1)
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
             tok_s, mfu = meter.read()
             print0(f"[sft] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.4f} | "
                    f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
             ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
                                  "mfu": mfu}, step=step + 1, stage="sft")
+        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 != s.steps:
+            ctx.save(step + 1, model, optimizer, {})
         bar.update(step + 1, loss=loss_value)
+        ctx.stop_if_requested(step + 1, model, optimizer, {})
     bar.close()
 
     ctx.save(s.steps, model, optimizer, {}, done=True)
@@ -86,6 +92,19 @@ def run(ctx) -> None:
         ctx.tracker.metrics({"accuracy": result["pass@1"]}, step=s.steps, stage="sft")
         ctx.summary.update(accuracy=result["pass@1"])
     ctx.summary.update(steps=s.steps, tokens=tokens, final_loss=loss_value)
+
+
+def check_fits(tokenizer, task, seq_len: int, task_name: str, sample: int = 256) -> None:
+    """Conversations longer than the context lose the end of their answers: refuse when that is common
+    (over 10% of a sample), warn when it is rare."""
+    lengths = [len(tokenizer.render_conversation(task[i]["messages"])[0]) for i in range(min(sample, len(task)))]
+    cut = sum(n > seq_len + 1 for n in lengths) / len(lengths)
+    if cut > 0.1:
+        raise RlkitError(f"model.seq_len: {seq_len} is too short for stages.sft.task '{task_name}': {cut:.0%} of its "
+                         f"conversations are longer (up to {max(lengths)} tokens), so their answers would be cut; "
+                         f"set model.seq_len to at least {max(lengths) - 1}")
+    if cut > 0:
+        print0(f"[sft] note: {cut:.1%} of the conversations exceed model.seq_len {seq_len} and are truncated")
 
 
 def collate(rendered: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,61 @@
+"""Clean stops: Ctrl-C or SIGTERM finishes the current step, saves, and exits non-zero.
+
+The first signal only sets a flag; each stage checks `stop_requested()` after
+its optimizer step, writes a checkpoint, and raises Interrupted, which the CLI
+turns into the exact command that resumes the run. A second Ctrl-C exits at
+once (KeyboardInterrupt); checkpoints are written atomically, so nothing saved
+is damaged. Under torchrun the ranks agree on the flag (one tiny all-reduce a
+step), so they all stop at the same step.
+"""
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.distributed as torch_dist
+
+from rlkit.core.errors import RlkitError
+
+_state = {"stop": False, "installed": False}
+
+
+class Interrupted(RlkitError):
+    """The run stopped on request after saving a checkpoint."""
+
+
+def install() -> None:
+    """Catch SIGINT and SIGTERM for the rest of the run (main thread only)."""
+
+    def on_signal(signum, frame):
+        if _state["stop"]:  # the second one: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        _state["stop"] = True
+        print(f"\nrlkit: {signal.Signals(signum).name} received: finishing this step and saving "
+              "(press Ctrl-C again to quit at once)", flush=True)
+
+    _state["stop"] = False
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    _state["installed"] = True
+
+
+def uninstall() -> None:
+    if _state["installed"]:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _state["installed"] = False
+
+
+def stop_requested(device: torch.device | None = None) -> bool:
+    """True once a stop signal arrived on any rank."""
+    if not torch_dist.is_initialized():
+        return _state["stop"]
+    flag = torch.tensor(float(_state["stop"]), device=device)
+    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def request_stop() -> None:
+    """What the signal handler does; for tests and for code that wants to stop a run."""
+    _state["stop"] = True

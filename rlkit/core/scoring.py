@@ -1,0 +1,71 @@
+"""Scoring completions with reward plugins, guarded against faults in user code.
+
+Every reward is called as `reward(completion, example)` (its YAML args already
+bound). A reward that raises, returns something that is not a finite number,
+or runs longer than `timeout` seconds on one completion stops the run with one
+line naming the reward, the example and what happened; the caller's last
+checkpoint stays as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+
+import torch
+
+from rlkit.core.errors import RlkitError
+
+
+class RewardTimeout(Exception):
+    pass
+
+
+def score(rewards, texts: list[str], examples: list, step: int, timeout: float = 10.0) -> dict[str, torch.Tensor]:
+    """rewards: [(name, weight, fn)] -> {name: (N,) float tensor of each reward on each completion}."""
+    out = {}
+    for name, _, fn in rewards:
+        values = []
+        for text, example in zip(texts, examples):
+            where = f"reward '{name}' at rl step {step + 1} on example {_question(example)!r}"
+            try:
+                with time_limit(timeout):
+                    value = fn(text, example)
+            except RewardTimeout:
+                raise RlkitError(f"{where}: took longer than {timeout:g}s (stages.rl.reward_timeout)") from None
+            except RlkitError:
+                raise
+            except Exception as e:
+                raise RlkitError(f"{where}: raised {type(e).__name__}: {e}") from e
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RlkitError(f"{where}: returned {value!r}; a reward must return a finite float")
+            values.append(float(value))
+        out[name] = torch.tensor(values)
+    return out
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise RewardTimeout in the main thread after `seconds` (SIGALRM; no limit off the main thread)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise RewardTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _question(example) -> str:
+    try:
+        return str(example["messages"][0]["content"])[:60]
+    except (KeyError, IndexError, TypeError):
+        return str(example)[:60]
