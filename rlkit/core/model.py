@@ -1,0 +1,279 @@
+"""A nanochat-style GPT in which one dial, `depth`, sets the whole model.
+
+Architecture (after nanochat and modded-nanogpt):
+- n_layer = depth; width = depth * 64 rounded up to a multiple of head_dim; n_head = width // head_dim.
+- Token embedding `wte`, then a parameter-free RMSNorm (F.rms_norm, no gain).
+- Each layer starts from x = resid_lambda * x + x0_lambda * x0 (x0: the normed embedding; two learnable
+  scalars a layer, 1 and 0 at init, so a fresh model is a plain pre-norm transformer), then
+  x = x + attn(norm(x)) and x = x + mlp(norm(x)).
+- Attention: separate q, k, v projections, rotary embeddings (base 10000), QK-norm (RMSNorm of each head),
+  causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU².
+- Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap).
+- No biases, no dropout, no GQA, no sliding windows. Weights stay float32; run the forward under
+  torch.autocast(bf16) for bf16 compute (the residual stream then stays float32).
+- The vocabulary is padded to a multiple of 64 inside the model; logits are sliced back to vocab_size.
+
+Init (deterministic given torch.manual_seed): wte ~ N(0, 1) (it is normed right away); q, k, v and the MLP's
+input ~ U(-a, a) with a = sqrt(3 / width) (std 1/sqrt(width)); both output projections zero, so each block
+starts as the identity; lm_head ~ N(0, 0.001), so the first logits are near uniform.
+
+KV cache (for sampling): KVCache preallocates keys and values for every layer as (n_layer, B, T_max, H, D)
+and a per-row position `pos` (B,). A forward with a cache writes each row's new keys at its own positions
+pos[b] .. pos[b]+T-1 and lets query i of row b see keys 0 .. pos[b]+i (a boolean mask), with rotary angles
+taken at those per-row positions. So prompts of different lengths are right-padded and prefilled together
+(a prefill into an empty cache is plain causal attention; the sampler then sets pos to each prompt's true
+length, and the padding keys are masked until overwritten). Nothing grows by concatenation.
+"""
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rlkit.core.errors import RlkitError
+
+
+@dataclass
+class GPTConfig:
+    depth: int
+    vocab_size: int
+    seq_len: int
+    head_dim: int = 64
+    softcap: float = 15.0
+
+    def __post_init__(self):
+        for name in ("depth", "vocab_size", "seq_len", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise RlkitError(f"model.{name}: got {value!r}; it must be a positive integer")
+        if self.head_dim % 2:
+            raise RlkitError(f"model.head_dim: got {self.head_dim}; rotary embeddings need an even head_dim (e.g. 64)")
+        if not self.softcap > 0:
+            raise RlkitError(f"model.softcap: got {self.softcap!r}; it must be a positive number (e.g. 15.0)")
+
+    @property
+    def n_layer(self) -> int:
+        return self.depth
+
+    @property
+    def width(self) -> int:
+        return math.ceil(self.depth * 64 / self.head_dim) * self.head_dim
+
+    @property
+    def n_head(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def padded_vocab(self) -> int:
+        return math.ceil(self.vocab_size / 64) * 64
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(n_pos, head_dim, base=10000.0, device=None):
+    """cos, sin of shape (n_pos, head_dim // 2): angle pos * base^(-2i/head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(n_pos, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate pairs (x[..., i], x[..., i + D/2]) of x (B, T, H, D) by the angles in cos/sin (B|1, T, 1, D/2)."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Preallocated keys and values for all layers, written in place by GPT.forward(..., kv_cache=cache).
+
+    k, v: (n_layer, batch, max_len, n_head, head_dim); pos: (batch,) tokens already cached per row (the
+    caller may set it, e.g. to each prompt's true length after a right-padded prefill); length: a host-side
+    bound on max(pos), so attention reads only keys[:, :length + T]. GPT.forward calls begin(T), then
+    attend(layer, q, k, v) in each layer, then end(T): any object with these three methods can stand in
+    for this class (rlkit.core.sampling.SharedPrefixCache does).
+    """
+
+    def __init__(self, config, batch, max_len, dtype=torch.float32, device=None):
+        shape = (config.n_layer, batch, max_len, config.n_head, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0
+        self.mask = None  # (B, 1, T, length + T) bool, set once per forward by begin()
+
+    @property
+    def max_len(self):
+        return self.k.size(2)
+
+    def begin(self, T):
+        """Called by GPT.forward before the layers: positions (B, T) of the T new tokens, and the mask."""
+        if self.length + T > self.max_len:
+            raise RlkitError(f"KV cache: {self.length + T} positions needed but the cache holds {self.max_len}")
+        positions = self.pos[:, None] + torch.arange(T, device=self.pos.device)  # (B, T)
+        keys = torch.arange(self.length + T, device=self.pos.device)
+        self.mask = None if self.length == 0 else (keys <= positions[:, :, None])[:, None]  # (B, 1, T, Tk)
+        return positions
+
+    def attend(self, layer, q, k, v):
+        """Write k, v (B, T, H, D) at each row's positions, then attend with q (B, T, H, D) -> (B, H, T, D)."""
+        B, T = q.shape[:2]
+        K, V = self.k[layer, :B], self.v[layer, :B]  # (B, max_len, H, D) views
+        if self.length == 0:  # prefill into an empty cache: the new block is all there is
+            K[:, :T] = k
+            V[:, :T] = v
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        rows = torch.arange(B, device=q.device)
+        if T == 1:
+            K[rows, self.pos] = k[:, 0]
+            V[rows, self.pos] = v[:, 0]
+        else:
+            where = self.pos[:, None] + torch.arange(T, device=q.device)  # (B, T)
+            K[rows[:, None], where] = k
+            V[rows[:, None], where] = v
+        Tk = self.length + T
+        return F.scaled_dot_product_attention(q.transpose(1, 2), K[:, :Tk].transpose(1, 2),
+                                              V[:, :Tk].transpose(1, 2), attn_mask=self.mask)
+
+    def end(self, T):
+        """Called by GPT.forward after the layers: every row advanced by T tokens."""
+        self.pos += T
+        self.length += T
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        width = config.width
+        self.c_q = nn.Linear(width, width, bias=False)
+        self.c_k = nn.Linear(width, width, bias=False)
+        self.c_v = nn.Linear(width, width, bias=False)
+        self.c_proj = nn.Linear(width, width, bias=False)
+
+    def forward(self, x, cos, sin, kv_cache=None, layer=0):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        else:
+            y = kv_cache.attend(layer, q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.width, 4 * config.width, bias=False)
+        self.c_proj = nn.Linear(4 * config.width, config.width, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attn = Attention(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv_cache=None, layer=0):
+        x = x + self.attn(norm(x), cos, sin, kv_cache, layer)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab, config.width)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.lm_head = nn.Linear(config.width, config.padded_vocab, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        # rotary tables reach 10x seq_len so sampling may run past the training length; not saved in checkpoints
+        cos, sin = rotary_tables(10 * config.seq_len, config.head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        width = self.config.width
+        a = math.sqrt(3.0 / width)
+        nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -a, a)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.0)
+        cos, sin = rotary_tables(self.cos.size(0), self.config.head_dim, device=self.cos.device)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    def trunk(self, idx, kv_cache=None):
+        """Token ids (B, T) -> final normed hidden states (B, T, width): everything but the lm_head."""
+        B, T = idx.shape
+        if kv_cache is None:
+            cos, sin = self.cos[None, :T, None], self.sin[None, :T, None]  # (1, T, 1, D/2)
+        else:
+            positions = kv_cache.begin(T)  # (B, T): each row's own positions
+            cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # (B, T, 1, D/2)
+        x = x0 = norm(self.wte(idx))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            x = block(x, cos, sin, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.end(T)
+        return norm(x)
+
+    def forward(self, idx, targets=None, loss_reduction="mean", kv_cache=None):
+        """idx (B, T) -> logits (B, T, vocab) float32, or with targets (B, T) the cross-entropy loss:
+        "mean" over targets != -1, or "none" -> (B, T) with 0 where the target is -1."""
+        x = self.trunk(idx, kv_cache)
+        logits = self.lm_head(x)[..., : self.config.vocab_size].float()  # (B, T, V)
+        logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
+        return loss.view(targets.shape) if loss_reduction == "none" else loss
+
+    def param_roles(self):
+        """Parameters by optimizer role; every parameter is in exactly one list."""
+        matrices = [p for block in self.blocks for p in block.parameters()]
+        return {
+            "matrix": matrices,
+            "embedding": [self.wte.weight],
+            "unembedding": [self.lm_head.weight],
+            "scalar": [self.resid_lambdas, self.x0_lambdas],
+        }
+
+    def flops_per_token(self):
+        """Training FLOPs per token, counted as nanochat does: 6 * (matmul weights, lm_head included,
+        embedding excluded) + 12 * n_layer * width * seq_len for attention scores and values."""
+        c = self.config
+        matmul = sum(p.numel() for p in self.param_roles()["matrix"]) + self.lm_head.weight.numel()
+        return 6 * matmul + 12 * c.n_layer * c.width * c.seq_len
+
+    def inference_copy(self, dtype):
+        """A copy whose matmul weights (blocks and lm_head) are stored in `dtype` (e.g. bfloat16), for sampling
+        under torch.autocast(dtype): the same numbers as autocasting the float32 weights, without recasting
+        every weight on every forward. The embedding, scalars and rotary tables are shared, not copied."""
+        memo = {id(t): t for t in [*self.parameters(), *self.buffers()]}
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                memo[id(m.weight)] = nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
+        return copy.deepcopy(self, memo)

@@ -1,0 +1,146 @@
+"""The GPT: loss masking, FLOPs arithmetic, parameter roles, that it learns, autocast, the KV cache, compile."""
+import pytest
+import torch
+
+from rlkit.core.errors import RlkitError
+from rlkit.core.model import GPT, GPTConfig, KVCache
+
+
+def tiny(depth=2, vocab_size=100, seq_len=32, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len))
+
+
+def test_config_one_dial():
+    c = GPTConfig(depth=3, vocab_size=100, seq_len=32, head_dim=128)
+    assert (c.n_layer, c.width, c.n_head) == (3, 256, 2)  # 3 * 64 = 192, rounded up to a multiple of 128
+    c = GPTConfig(depth=4, vocab_size=100, seq_len=32)
+    assert (c.n_layer, c.width, c.n_head, c.padded_vocab) == (4, 256, 4, 128)
+    with pytest.raises(RlkitError, match="depth"):
+        GPTConfig(depth=0, vocab_size=100, seq_len=32)
+    with pytest.raises(RlkitError, match="head_dim"):
+        GPTConfig(depth=2, vocab_size=100, seq_len=32, head_dim=63)
+
+
+def test_ignored_targets_give_zero_loss_and_mean_skips_them():
+    model = tiny()
+    idx = torch.randint(0, 100, (3, 16))
+    targets = torch.randint(0, 100, (3, 16))
+    targets[0, :5] = -1
+    targets[2, 10:] = -1
+    per_token = model(idx, targets, loss_reduction="none")
+    assert per_token.shape == (3, 16)
+    assert torch.all(per_token[targets == -1] == 0)
+    assert torch.all(per_token[targets != -1] > 0)
+    mean = model(idx, targets)
+    assert torch.allclose(mean, per_token.sum() / (targets != -1).sum())
+    logits = model(idx)
+    assert logits.shape == (3, 16, 100) and logits.dtype == torch.float32
+    assert logits.abs().max() <= model.config.softcap
+
+
+def test_flops_per_token_by_hand():
+    model = tiny(depth=2, vocab_size=100, seq_len=32)
+    # width 128; per layer q, k, v, proj: 4 * 128 * 128, MLP: 2 * 128 * 512 -> 12 * 128^2 = 196,608
+    # two layers: 393,216; lm_head over the vocabulary padded to 128: 128 * 128 = 16,384; matmul weights 409,600
+    # 6 * 409,600 = 2,457,600; attention 12 * n_layer * width * seq_len = 12 * 2 * 128 * 32 = 98,304
+    assert model.flops_per_token() == 2_457_600 + 98_304 == 2_555_904
+
+
+def test_every_parameter_in_exactly_one_role():
+    model = tiny()
+    roles = model.param_roles()
+    assert set(roles) == {"matrix", "embedding", "unembedding", "scalar"}
+    ids = [id(p) for group in roles.values() for p in group]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters()}
+    assert all(p.dim() == 2 for p in roles["matrix"]) and all(p.dim() == 1 for p in roles["scalar"])
+    assert roles["embedding"] == [model.wte.weight] and roles["unembedding"] == [model.lm_head.weight]
+
+
+def test_init_is_deterministic_given_the_seed():
+    a, b = tiny(seed=3).state_dict(), tiny(seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = tiny(seed=4).state_dict()
+    assert not torch.equal(a["wte.weight"], c["wte.weight"])
+
+
+def test_adamw_on_a_repeated_sequence_makes_loss_fall():
+    model = tiny()
+    torch.manual_seed(1)
+    seq = torch.randint(0, 100, (4, 33))
+    idx, targets = seq[:, :-1], seq[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(30):
+        loss = model(idx, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 4.0  # about ln(100) = 4.6 at init: the first logits are near uniform
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_forward_under_cpu_bf16_autocast():
+    model = tiny()
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(idx)
+        loss = model(idx, targets)
+    assert logits.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - model(idx, targets).item()) < 0.05
+    assert all(p.grad is not None and p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_inference_copy_matches_autocast_exactly():
+    model = tiny()
+    with torch.no_grad():
+        for p in model.param_roles()["matrix"]:
+            p.normal_(0, 0.3)
+    idx = torch.randint(0, 100, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        copy = model.inference_copy(torch.bfloat16)
+        assert copy.lm_head.weight.dtype == torch.bfloat16 and model.lm_head.weight.dtype == torch.float32
+        assert torch.equal(copy(idx), model(idx))
+
+
+def test_kv_cache_with_per_row_positions_matches_full_forward():
+    """Right-padded prompts of different lengths, prefilled together, then decoded one token per row."""
+    model = tiny()
+    with torch.no_grad():
+        for p in model.param_roles()["matrix"]:
+            p.normal_(0, 0.3)
+    torch.manual_seed(2)
+    lens = torch.tensor([3, 9, 5])  # prompt lengths; then 2 tokens of each row at once, then 1 at a time
+    seqs = [torch.randint(0, 100, (n + 5,)) for n in lens.tolist()]
+    prompts = torch.zeros(3, 9, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        prompts[b, :lens[b]] = s[:lens[b]]
+    cache = KVCache(model.config, batch=3, max_len=9 + 5)
+    with torch.no_grad():
+        model(prompts, kv_cache=cache)
+        cache.pos = lens.clone()  # each row continues after its own prompt
+        two = torch.stack([s[lens[b]:lens[b] + 2] for b, s in enumerate(seqs)])  # (3, 2)
+        logits = model(two, kv_cache=cache)  # (3, 2, V)
+        for b, s in enumerate(seqs):
+            assert torch.allclose(logits[b], model(s[None, :lens[b] + 2])[0, -2:], atol=1e-4)
+        for step in range(2, 5):
+            nxt = torch.stack([s[lens[b] + step] for b, s in enumerate(seqs)])
+            logits = model(nxt[:, None], kv_cache=cache)[:, 0]  # (3, V)
+            for b, s in enumerate(seqs):
+                full = s[:lens[b] + step + 1]
+                assert torch.allclose(logits[b], model(full[None])[0, -1], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_training_forward_compiles_without_graph_breaks():
+    model = tiny()
+    compiled = torch.compile(model, fullgraph=True)
+    idx, targets = torch.randint(0, 100, (2, 32)), torch.randint(0, 100, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = compiled(idx, targets)
+        loss.backward()
+        eager = model(idx, targets)
+    assert abs(loss.item() - eager.item()) < 0.05
