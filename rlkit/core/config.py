@@ -201,7 +201,7 @@ def _apply_override(cfg: DictConfig, item: str) -> None:
     if not eq or not key.strip():
         raise RlkitError(f"command line: '{item}' is not an override; write key=value, e.g. seed=1")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=_StrictLoader) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     try:
@@ -222,7 +222,8 @@ def stages_to_run(cfg: DictConfig) -> list[str]:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """yaml.safe_load (data only: no tags that build Python objects) that rejects duplicate keys."""
+    """yaml.safe_load (data only: no tags that build Python objects) that rejects duplicate keys and, like
+    OmegaConf's loader, reads 1e-4 as a float (YAML 1.1 alone wants 1.0e-4)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -232,6 +233,14 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
 
 
 def _read_yaml(path: Path) -> dict:

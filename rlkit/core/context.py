@@ -86,7 +86,7 @@ class StageContext:
 
     def task(self, ref: DictConfig, split: str):
         """A task plugin's examples for `split`; an empty task is a user error."""
-        task = self.plugin_fn("task", ref)(split)
+        task = call_plugin(f"stages.{self.name}.task", ref.name, self.plugin_fn("task", ref), split)
         if len(task) == 0:
             raise RlkitError(f"stages.{self.name}.task: task '{ref.name}' has no {split} examples")
         return task
@@ -153,7 +153,8 @@ class StageContext:
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         ref = self.stage.optimizer
         factory = self.plugins.get("optimizer", ref.name, f"stages.{self.name}.optimizer.name")
-        optimizer = factory(model, **OmegaConf.to_container(ref.args))
+        optimizer = call_plugin(f"stages.{self.name}.optimizer", ref.name, factory, model,
+                                **OmegaConf.to_container(ref.args))
         for group in optimizer.param_groups:
             if "initial_lr" not in group:
                 raise RlkitError(f"optimizer plugin '{ref.name}': every param group needs 'initial_lr'")
@@ -219,6 +220,16 @@ class StageContext:
         last = ckpt.latest_checkpoint(self.stage_dir, verify=False) or self.init_checkpoint()
         raise RlkitError(f"stages.{self.name}: {what} at step {step}; the last good checkpoint is "
                          f"{last or '(none yet)'}; lower the learning rate (optimizer args / init_lr_frac)")
+
+
+def call_plugin(where: str, name: str, fn, *args, **kwargs):
+    """Call a plugin's factory; an exception from it (bad arg values, missing data) becomes one line."""
+    try:
+        return fn(*args, **kwargs)
+    except RlkitError:
+        raise
+    except Exception as e:
+        raise RlkitError(f"{where}: plugin '{name}' failed: {type(e).__name__}: {e}") from e
 
 
 def stage_done(run_dir: Path, name: str) -> bool:

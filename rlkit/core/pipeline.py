@@ -95,8 +95,14 @@ def check_algorithm(cfg: DictConfig, plugins: Plugins, path) -> None:
     rl = cfg.stages.get("rl")
     if rl is None:
         return
-    algorithm = plugins.get("algorithm", rl.algorithm.name, f"{path}: stages.rl.algorithm.name")(
-        **OmegaConf.to_container(rl.algorithm.args))
+    factory = plugins.get("algorithm", rl.algorithm.name, f"{path}: stages.rl.algorithm.name")
+    try:
+        algorithm = factory(**OmegaConf.to_container(rl.algorithm.args))
+    except RlkitError:
+        raise
+    except Exception as e:
+        raise RlkitError(f"{path}: stages.rl.algorithm: plugin '{rl.algorithm.name}' failed: "
+                         f"{type(e).__name__}: {e}") from e
     need = getattr(algorithm, "min_samples", 1)
     if rl.rollout.samples < need:
         raise RlkitError(f"{path}: stages.rl.rollout.samples: algorithm '{rl.algorithm.name}' needs at least "
@@ -165,7 +171,8 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
 def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
     """Never overwrite a run by accident, and resume only the run that was started."""
     saved = run_dir / "config.yaml"
-    if not saved.exists():
+    holds_work = (run_dir / "tokenizer").is_dir() or any(run_dir.glob("*/step_*"))
+    if not saved.exists() or (not resume and not holds_work):  # nothing saved yet: nothing to lose
         return
     if not resume:
         raise RlkitError(f"run_dir: {run_dir} already holds a run; continue it with --resume, or start a new "
