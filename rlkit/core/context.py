@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ class StageContext:
                 raise RlkitError(f"optimizer plugin '{ref.name}': every param group needs 'initial_lr'")
         return optimizer
 
-    def maybe_compile(self, model: torch.nn.Module):
+    def maybe_compile(self, model: torch.nn.Module, dynamic: bool = False):
         """torch.compile the training forward per `model.compile`: auto compiles on CUDA only (on a CPU
         the compile time outweighs the gain for the minutes-long runs rlkit makes there)."""
         choice = str(self.cfg.model.compile).lower()
@@ -168,7 +169,7 @@ class StageContext:
             raise RlkitError(f"model.compile: '{self.cfg.model.compile}' is not valid (valid: auto, true, false)")
         if choice == "false" or (choice == "auto" and self.device.type != "cuda"):
             return model
-        return torch.compile(model, dynamic=False)
+        return torch.compile(model, dynamic=dynamic)  # dynamic: one graph for batches of varying length
 
     # --- distributed -------------------------------------------------------
     def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -215,6 +216,14 @@ class StageContext:
         path = self.save(step, model, optimizer, extra)
         raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {path or self.stage_dir}")
 
+    def check_step(self, loss: float, gnorm: torch.Tensor, step: int) -> None:
+        """Before optimizer.step(): a non-finite loss or gradient stops the run while the weights are still
+        the last finite ones, so no checkpoint ever holds them. `loss` must be the same on every rank."""
+        if not math.isfinite(loss):
+            self.fail(f"loss became {loss}", step)
+        if not math.isfinite(g := float(gnorm)):  # DDP has averaged the gradients: the same on every rank
+            self.fail(f"the gradient norm became {g}", step)
+
     def fail(self, what: str, step: int) -> None:
         """Stop on a numerical failure, naming the step and the last good checkpoint, which stays as it was."""
         last = ckpt.latest_checkpoint(self.stage_dir, verify=False) or self.init_checkpoint()
@@ -226,8 +235,8 @@ def call_plugin(where: str, name: str, fn, *args, **kwargs):
     """Call a plugin's factory; an exception from it (bad arg values, missing data) becomes one line."""
     try:
         return fn(*args, **kwargs)
-    except RlkitError:
-        raise
+    except RlkitError as e:
+        raise RlkitError(f"{where}: {e}") from e  # the plugin's own message, with the key it came from
     except Exception as e:
         raise RlkitError(f"{where}: plugin '{name}' failed: {type(e).__name__}: {e}") from e
 
@@ -236,5 +245,5 @@ def stage_done(run_dir: Path, name: str) -> bool:
     """Whether a stage finished in an earlier invocation of this run (used by --resume)."""
     if name == "tokenizer":
         return (run_dir / "tokenizer").is_dir() and any((run_dir / "tokenizer").iterdir())
-    found = ckpt.latest_checkpoint(run_dir / name, verify=False)
+    found = ckpt.latest_checkpoint(run_dir / name, warn=lambda _: None)  # a damaged last one: not done
     return found is not None and json.loads((found / "meta.json").read_text()).get("done", False)

@@ -11,7 +11,6 @@ greedy accuracy on held-out problems, scored by `eval_reward`.
 """
 from __future__ import annotations
 
-import math
 import random
 
 import torch
@@ -37,7 +36,7 @@ def run(ctx) -> None:
     check_fits(tokenizer, train_task, model.config.seq_len, s.task.name)
     resumed = ctx.restore(optimizer)
     start_step = resumed["step"] if resumed else 0
-    train = ctx.ddp(ctx.maybe_compile(model))
+    train = ctx.ddp(ctx.maybe_compile(model, dynamic=True))  # batches are padded to their longest row
     meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
     print0(f"[sft] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
@@ -62,12 +61,11 @@ def run(ctx) -> None:
             total += loss.detach() / world
             meter.add(x.numel())
             tokens += x.numel() * world  # padded tokens processed, all ranks
-        gnorm = grad_norm(model)  # a tensor: read (synced) only when logged
+        gnorm = grad_norm(model)
+        loss_value = ctx.mean_over_ranks(total) * world
+        ctx.check_step(loss_value, gnorm, step + 1)  # before the update: saved weights stay finite
         optimizer.step()
         model.zero_grad(set_to_none=True)
-        loss_value = ctx.mean_over_ranks(total) * world
-        if not math.isfinite(loss_value):
-            ctx.fail(f"loss became {loss_value}", step + 1)
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
             tok_s, mfu = meter.read()
             print0(f"[sft] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.4f} | "
