@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -44,7 +45,7 @@ def user_errors():
         typer.echo(f"error: {e}", err=True)
         if type(e).__name__ == "Interrupted":  # a clean stop: say how to continue
             argv = [a for a in sys.argv[1:] if a != "--resume"]
-            typer.echo(f"resume with: rlkit {' '.join(argv)} --resume", err=True)
+            typer.echo(f"resume with: rlkit {shlex.join(argv)} --resume", err=True)  # quoted: paste it as is
         raise typer.Exit(1) from None
 
 
@@ -94,7 +95,8 @@ def run(
 
 @app.command()
 def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: PluginOpt = None):
-    """Resolve the config and plugins, bind every plugin's args, print the resolved YAML; builds no model."""
+    """Resolve the config and plugins, bind every plugin's args, print the resolved YAML; builds no model
+    (each optimizer is tried once on a tiny stand-in)."""
     with user_errors():
         from omegaconf import OmegaConf
 

@@ -247,7 +247,7 @@ import rlkit
 
 @rlkit.hookimpl
 def rlkit_optimizers():
-    return {"sgd": sgd}
+    return {"plain_sgd": sgd}
 
 
 def sgd(model, lr=1.0):
@@ -273,7 +273,7 @@ def _one_sft_step(tmp_path, write_file, write_yaml, name, lr, device_batch_size)
             steps: 1
             examples_per_step: 8
             device_batch_size: {device_batch_size}
-            optimizer: {{name: sgd, args: {{lr: {lr}}}}}
+            optimizer: {{name: plain_sgd, args: {{lr: {lr}}}}}
             init_lr_frac: 1.0
             warmdown_frac: 0.0
             eval_examples: 0

@@ -1,5 +1,4 @@
 """Text sources (task, .txt, .jsonl, .parquet, folder, hub) and packing into shifted, rank-sliced batches."""
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -43,6 +43,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
         check_stage_plugins(cfg.stages[stage], f"{path}: stages.{stage}", plugins)
     check_values(cfg, path)
     check_algorithm(cfg, plugins, path)
+    check_optimizers(cfg, plugins, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
     check_batches(cfg, world, path)
     return cfg, plugins
@@ -107,6 +108,29 @@ def check_algorithm(cfg: DictConfig, plugins: Plugins, path) -> None:
     if rl.rollout.samples < need:
         raise RlkitError(f"{path}: stages.rl.rollout.samples: algorithm '{rl.algorithm.name}' needs at least "
                          f"{need} samples per prompt (got {rl.rollout.samples})")
+
+
+def check_optimizers(cfg: DictConfig, plugins: Plugins, path) -> None:
+    """Build each stage's optimizer once on a tiny stand-in model, so values it refuses (a negative learning
+    rate, say) fail up front; other failures (it needs a GPU or a process group) wait for the real model."""
+    import torch
+
+    from rlkit.core.model import GPT, GPTConfig
+
+    stand_in = None
+    for name in stages_to_run(cfg):
+        ref = cfg.stages[name].get("optimizer")
+        if ref is None:
+            continue
+        factory = plugins.get("optimizer", ref.name, f"{path}: stages.{name}.optimizer.name")
+        with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
+            stand_in = stand_in or GPT(GPTConfig(depth=1, vocab_size=64, seq_len=16))
+            try:
+                factory(stand_in, **OmegaConf.to_container(ref.args))
+            except (RlkitError, ValueError, TypeError) as e:
+                raise RlkitError(f"{path}: stages.{name}.optimizer.args: {e}") from e
+            except Exception:  # noqa: BLE001 -- not about the values: the stage reports it with the real model
+                pass
 
 
 def check_batches(cfg: DictConfig, world: int, path) -> None:
@@ -180,7 +204,7 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
     from rlkit.core.compare import config_diff
 
     before, now = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cfg)
-    changed = [row["key"] for row in config_diff([before, now])]
+    changed = [row["key"] for row in config_diff([before, now]) if row["key"] != "base_dir"]  # a moved folder
     if changed:
         raise RlkitError(f"--resume: the config differs from the run's {saved} in {', '.join(changed[:5])}"
                          f"{' ...' if len(changed) > 5 else ''}; resume with the same config, or start a new run")

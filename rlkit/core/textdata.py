@@ -84,7 +84,8 @@ def _jsonl(file: Path, text_field: str, where: str) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RlkitError(f"{file}:{number}: bad JSON ({e.msg}, column {e.colno})") from None
+                raise RlkitError(f"{where}: {file}:{number}: bad JSON ({e.msg}, column {e.colno}); "
+                                 "a .jsonl file holds one JSON object per line") from None
             if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
                 fields = sorted(row) if isinstance(row, dict) else type(row).__name__
                 raise RlkitError(f"{file}:{number}: no string field {text_field!r} (has {fields}); "

@@ -10,7 +10,6 @@ the model learns the format itself). Schedule and accumulation as pretrain.
 """
 from __future__ import annotations
 
-import math
 import random
 
 import torch
@@ -58,13 +57,12 @@ def run(ctx) -> None:
                 loss = train(x, y) / accum
             loss.backward()
             total += loss.detach()
-        gnorm = grad_norm(model)  # a tensor: read (synced) only when logged
+        gnorm = grad_norm(model)
+        loss_value = ctx.mean_over_ranks(total)
+        ctx.check_step(loss_value, gnorm, step + 1)  # before the update: saved weights stay finite
         optimizer.step()
         model.zero_grad(set_to_none=True)
         meter.add(accum * s.device_batch_size * seq_len)
-        loss_value = ctx.mean_over_ranks(total)
-        if not math.isfinite(loss_value):
-            ctx.fail(f"loss became {loss_value}", step + 1)
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
             tok_s, mfu = meter.read()
             print0(f"[midtrain] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "

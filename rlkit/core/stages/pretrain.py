@@ -17,6 +17,7 @@ import math
 import torch
 
 from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
 from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
@@ -40,7 +41,10 @@ def run(ctx) -> None:
     resumed = ctx.restore(optimizer)
     start_step, position = (resumed["step"], resumed["data_position"]) if resumed else (0, None)
     eval_split = "test" if s.data.source in ctx.plugins.tables["task"] else s.data.split
-    next(iter(texts(eval_split)()), None)  # a bad held-out split fails now, not after training
+    for split in dict.fromkeys((s.data.split, eval_split)):  # a bad or empty split fails now, not mid-run
+        if next(iter(texts(split)()), None) is None:
+            raise RlkitError(f"stages.pretrain.data.source: '{s.data.source}' gave no text (split '{split}'); "
+                             "point it at a task, a non-empty .txt/.jsonl/.parquet file or folder, or a dataset")
     batches = packed_batches(texts(s.data.split), tokenizer, s.device_batch_size, seq_len,
                              rank=ctx.dist.rank, world_size=world, position=position)
     token_bytes = tokenizer.token_bytes().to(ctx.device)
@@ -62,13 +66,12 @@ def run(ctx) -> None:
                 loss = train(x, y) / accum
             loss.backward()
             total += loss.detach()
-        gnorm = grad_norm(model)  # a tensor: read (synced) only when logged
+        gnorm = grad_norm(model)
+        loss_value = ctx.mean_over_ranks(total)
+        ctx.check_step(loss_value, gnorm, step + 1)  # before the update: saved weights stay finite
         optimizer.step()
         model.zero_grad(set_to_none=True)
         meter.add(accum * s.device_batch_size * seq_len)
-        loss_value = ctx.mean_over_ranks(total)
-        if not math.isfinite(loss_value):
-            ctx.fail(f"loss became {loss_value}", step + 1)
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
             tok_s, mfu = meter.read()

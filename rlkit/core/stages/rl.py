@@ -20,7 +20,6 @@ at the end, sampled at the rollout's temperature and top-k.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 
@@ -97,6 +96,7 @@ def run(ctx) -> None:
         loss_value = train_step(ctx, train, model, algorithm, reference, ids, mask,
                                 adv.to(ctx.device), extra, s.device_batch_size)
         gnorm = grad_norm(model)
+        ctx.check_step(ctx.mean_over_ranks(torch.tensor(loss_value, device=ctx.device)), gnorm, step + 1)
         optimizer.step()
         model.zero_grad(set_to_none=True)
         train_s = time.perf_counter() - t1
@@ -111,8 +111,6 @@ def run(ctx) -> None:
         stats.update(lr_mult=lrm, rollout_tok_s=n_gen * world / rollout_s,
                      train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak)
         tokens += useful * world
-        if not math.isfinite(stats["loss"]):
-            ctx.fail(f"loss became {stats['loss']}", step + 1)
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
             print0(f"[rl] step {done:4d}/{s.steps} | reward {stats['reward']:.3f} | len "
