@@ -209,6 +209,17 @@ class StageContext:
         barrier()
         return path
 
+    def log_step(self, done: int, meter, **values) -> None:
+        """Every `log_every` steps and at the last: one console line and one tracked write of the step's
+        values (loss, lr_mult, ...) plus tokens/s and MFU since the previous line."""
+        s = self.stage
+        if done % s.log_every and done != s.steps:
+            return
+        tok_s, mfu = meter.read()
+        print0(f"[{self.name}] step {done:5d}/{s.steps} | loss {values['loss']:.4f} | lr x{values['lr_mult']:.4f} | "
+               f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
+        self.tracker.metrics({**values, "tokens_per_s": tok_s, "mfu": mfu}, step=done, stage=self.name)
+
     def stop_if_requested(self, step: int, model: GPT, optimizer, extra: dict) -> None:
         """On Ctrl-C/SIGTERM (any rank): save this step's checkpoint and stop with the resume command."""
         if not interrupt.stop_requested(self.device):

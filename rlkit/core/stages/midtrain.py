@@ -63,12 +63,7 @@ def run(ctx) -> None:
         optimizer.step()
         model.zero_grad(set_to_none=True)
         meter.add(accum * s.device_batch_size * seq_len)
-        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
-            tok_s, mfu = meter.read()
-            print0(f"[midtrain] step {step + 1:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
-                   f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
-            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
-                                 "mfu": mfu}, step=step + 1, stage="midtrain")
+        ctx.log_step(step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 != s.steps:
             ctx.save(step + 1, model, optimizer, {})
         bar.update(step + 1, loss=loss_value)

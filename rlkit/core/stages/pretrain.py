@@ -73,12 +73,7 @@ def run(ctx) -> None:
         model.zero_grad(set_to_none=True)
         meter.add(accum * s.device_batch_size * seq_len)
         done = step + 1
-        if done % s.log_every == 0 or done == s.steps:
-            tok_s, mfu = meter.read()
-            print0(f"[pretrain] step {done:5d}/{s.steps} | loss {loss_value:.4f} | lr x{lrm:.3f} | "
-                   f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
-            ctx.tracker.metrics({"loss": loss_value, "lr_mult": lrm, "grad_norm": gnorm, "tokens_per_s": tok_s,
-                                 "mfu": mfu}, step=done, stage="pretrain")
+        ctx.log_step(done, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         if s.eval_every and done % s.eval_every == 0 and done != s.steps:
             bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
             print0(f"[pretrain] step {done:5d} | held-out bits/byte {bpb:.4f}")
