@@ -11,58 +11,13 @@ with torch.mm in the same dtype. Also times one sampling step on (256, vocab) lo
 """
 import argparse
 import contextlib
-import time
 
 import torch
 
+import timing
+from timing import matmul_peak, table, timed
 from rlkit.core.model import GPT, GPTConfig
 from rlkit.core.sampling import _candidates, _choose, _row_key, generate
-
-
-CPU_CLOCK = False  # --cpu-clock: time by this process's CPU time (per thread), not the wall clock
-
-
-def now():
-    return time.process_time() / torch.get_num_threads() if CPU_CLOCK else time.perf_counter()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeat=1):
-    """Best wall time (s) over `repeat` calls: the minimum is the least noisy figure on a shared CPU."""
-    best = float("inf")
-    for _ in range(repeat):
-        sync(device)
-        t0 = now()
-        fn()
-        sync(device)
-        best = min(best, now() - t0)
-    return best
-
-
-def matmul_peak(shapes, dtype, device):
-    """Best FLOP/s of torch.mm over the (M, K, N) shapes, in `dtype` on `device`."""
-    best = 0.0
-    for M, K, N in shapes:
-        a, b = torch.randn(M, K, device=device).to(dtype), torch.randn(K, N, device=device).to(dtype)
-        out = torch.empty(M, N, device=device, dtype=dtype)
-        iters = max(2, int(4e11 // (2 * M * K * N))) if device.type == "cuda" else max(1, int(2e9 // (2 * M * K * N)))
-        torch.mm(a, b, out=out)
-        seconds = timed(lambda: [torch.mm(a, b, out=out) for _ in range(iters)], device, repeat=5) / iters
-        best = max(best, 2 * M * K * N / seconds)
-    return best
-
-
-def table(header, rows):
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    for j, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 @torch.inference_mode()
@@ -119,8 +74,7 @@ def main():
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CPU_CLOCK
-    CPU_CLOCK = args.cpu_clock
+    timing.CPU_CLOCK = args.cpu_clock
     P, G, new, depth, vocab = (4, 4, 16, 2, 4096) if args.quick else (16, 16, 128, 4, 32768)
     nc_prompts, nc_new = (1, 4) if args.quick else ((4, 32) if device.type == "cuda" else (1, 16))
     repeat = 1 if args.quick else 2
@@ -139,7 +93,7 @@ def main():
 
     print(f"device {device}, depth {depth}, width {width}, vocab {vocab}, {matmul_weights / 1e6:.1f}M matmul weights, "
           f"{P} prompts x {G} samples x {new} new tokens, top-k {top_k}, T=1, threads {torch.get_num_threads()}, "
-          f"{'CPU' if CPU_CLOCK else 'wall'} clock, torch {torch.__version__}")
+          f"{'CPU' if timing.CPU_CLOCK else 'wall'} clock, torch {torch.__version__}")
     rows = []
     for dtype in [torch.bfloat16] + ([torch.float32] if args.fp32 else []):
         name = "bf16" if dtype == torch.bfloat16 else "fp32"

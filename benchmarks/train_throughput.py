@@ -12,41 +12,12 @@ used for every row). A step's time is the median over the timed steps.
 import argparse
 import contextlib
 import statistics
-import time
 
 import torch
 
+import timing
 from rlkit.core.model import GPT, GPTConfig
-
-
-CPU_CLOCK = False  # --cpu-clock: time by this process's CPU time (per thread), not the wall clock
-
-
-def now():
-    return time.process_time() / torch.get_num_threads() if CPU_CLOCK else time.perf_counter()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(shapes, dtype, device):
-    """Best FLOP/s of torch.mm over the (M, K, N) shapes, in `dtype` on `device` (best of 5 timings each)."""
-    best = 0.0
-    for M, K, N in shapes:
-        a, b = torch.randn(M, K, device=device).to(dtype), torch.randn(K, N, device=device).to(dtype)
-        out = torch.empty(M, N, device=device, dtype=dtype)
-        iters = max(2, int(4e11 // (2 * M * K * N))) if device.type == "cuda" else max(1, int(2e9 // (2 * M * K * N)))
-        torch.mm(a, b, out=out)
-        for _ in range(5):
-            sync(device)
-            t0 = now()
-            for _ in range(iters):
-                torch.mm(a, b, out=out)
-            sync(device)
-            best = max(best, 2 * M * K * N * iters / (now() - t0))
-    return best
+from timing import matmul_peak, now, sync, table
 
 
 def step_seconds(model, batch, seq_len, vocab, dtype, device, compiled, warmup, steps):
@@ -71,15 +42,6 @@ def step_seconds(model, batch, seq_len, vocab, dtype, device, compiled, warmup, 
     return statistics.median(times)
 
 
-def table(header, rows):
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    for j, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: depth 2, vocab 4096, seq 128, 1 step")
@@ -96,13 +58,12 @@ def main():
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CPU_CLOCK
-    CPU_CLOCK = args.cpu_clock
+    timing.CPU_CLOCK = args.cpu_clock
     batch = args.batch or (8 if device.type == "cpu" else 32)
     quick = ([2], 4096, 128, 1, 1)
     depths, vocab, seq_len, warmup, steps = quick if args.quick else (args.depths, 32768, 512, 2, args.steps)
     print(f"device {device}, batch {batch} x seq {seq_len} = {batch * seq_len} tokens a step, vocab {vocab}, "
-          f"threads {torch.get_num_threads()}, {'CPU' if CPU_CLOCK else 'wall'} clock, torch {torch.__version__}")
+          f"threads {torch.get_num_threads()}, {'CPU' if timing.CPU_CLOCK else 'wall'} clock, torch {torch.__version__}")
 
     # the peak of each dtype is measured again after every configuration and the best reading is used for
     # all rows: on shared cores a peak read in a busy moment would flatter the rows measured against it
