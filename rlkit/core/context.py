@@ -216,6 +216,7 @@ class StageContext:
         if done % s.log_every and done != s.steps:
             return
         tok_s, mfu = meter.read()
+        tok_s *= self.dist.world_size  # tokens/s of all ranks together; MFU stays per device
         print0(f"[{self.name}] step {done:5d}/{s.steps} | loss {values['loss']:.4f} | lr x{values['lr_mult']:.4f} | "
                f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
         self.tracker.metrics({**values, "tokens_per_s": tok_s, "mfu": mfu}, step=done, stage=self.name)
