@@ -76,7 +76,8 @@ def _txt(file: Path) -> Iterator[str]:
         yield "".join(paragraph).rstrip("\n")
 
 
-def _jsonl(file: Path, text_field: str, where: str) -> Iterator[str]:
+def jsonl_rows(file: Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each non-blank line of a .jsonl file; bad JSON or a non-object is one line."""
     with open(file, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -84,13 +85,22 @@ def _jsonl(file: Path, text_field: str, where: str) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RlkitError(f"{where}: {file}:{number}: bad JSON ({e.msg}, column {e.colno}); "
+                raise RlkitError(f"{file}:{number}: bad JSON ({e.msg}, column {e.colno}); "
                                  "a .jsonl file holds one JSON object per line") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                fields = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise RlkitError(f"{file}:{number}: no string field {text_field!r} (has {fields}); "
+            if not isinstance(row, dict):
+                raise RlkitError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield f"{file}:{number}", row
+
+
+def _jsonl(file: Path, text_field: str, where: str) -> Iterator[str]:
+    try:
+        for at, row in jsonl_rows(file):
+            if not isinstance(row.get(text_field), str):
+                raise RlkitError(f"{at}: no string field {text_field!r} (has {sorted(row)}); "
                                  f"set {where.rsplit('.', 1)[0]}.text_field")
             yield row[text_field]
+    except RlkitError as e:
+        raise RlkitError(f"{where}: {e}") from None
 
 
 def _parquet(file: Path, text_field: str, where: str) -> Iterator[str]:

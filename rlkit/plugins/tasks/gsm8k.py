@@ -9,13 +9,13 @@ against plain worked steps ending in "#### 72".
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import rlkit
 from rlkit.core.errors import RlkitError
 from rlkit.core.task import Task, make_example
+from rlkit.core.textdata import jsonl_rows
 
 ANNOTATION = re.compile(r"<<[^<>]*>>")
 
@@ -58,17 +58,7 @@ def _local_rows(folder: Path, split: str):
     file = folder / f"{split}.jsonl"
     if not file.is_file():
         raise RlkitError(f"gsm8k: {file} not found; the folder must hold train.jsonl and test.jsonl")
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RlkitError(f"{file}:{number}: bad JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise RlkitError(f"{file}:{number}: expected a JSON object with 'question' and 'answer'")
-            yield f"{file}:{number}", row
+    yield from jsonl_rows(file)
 
 
 def _hub_rows(source: str, split: str):
