@@ -19,8 +19,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
 from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
-from rlkit.core.stages.pretrain import grad_accum_steps
-from rlkit.core.track import grad_norm
+from rlkit.core.stages.pretrain import grad_accum_steps, packed_step
 
 
 def run(ctx) -> None:
@@ -50,18 +49,7 @@ def run(ctx) -> None:
     for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
-        total = torch.zeros((), device=ctx.device)
-        for micro in range(accum):
-            x, y = (t.to(ctx.device) for t in next(batches))
-            with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():
-                loss = train(x, y) / accum
-            loss.backward()
-            total += loss.detach()
-        gnorm = grad_norm(model)
-        loss_value = ctx.mean_over_ranks(total)
-        ctx.check_step(loss_value, gnorm, step + 1)  # before the update: saved weights stay finite
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
+        loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         ctx.log_step(step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 != s.steps:
@@ -79,7 +67,8 @@ def _forever(items):
 
 
 def pack(docs, batch_size: int, seq_len: int, rank: int, world_size: int):
-    """Concatenate token lists into a stream; yield this rank's (inputs (B, T), targets (B, T)) per step.
+    """Concatenate token lists into a stream; yield this rank's (inputs (B, T), targets (B, T), None) per step
+    (no position: a resumed midtrain replays the stream).
 
     A step takes B * T * world_size + 1 tokens; rank r gets rows [r*B, (r+1)*B) of them."""
     need, buffer = batch_size * seq_len * world_size + 1, []
@@ -88,4 +77,4 @@ def pack(docs, batch_size: int, seq_len: int, rank: int, world_size: int):
         while len(buffer) >= need:
             rows = torch.tensor(buffer[rank * batch_size * seq_len:(rank + 1) * batch_size * seq_len + 1])
             buffer = buffer[need - 1:]
-            yield rows[:-1].view(batch_size, seq_len), rows[1:].view(batch_size, seq_len)
+            yield rows[:-1].view(batch_size, seq_len), rows[1:].view(batch_size, seq_len), None

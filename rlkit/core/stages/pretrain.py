@@ -58,19 +58,7 @@ def run(ctx) -> None:
     for step in range(start_step, s.steps):
         lrm = lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
-        total = torch.zeros((), device=ctx.device)
-        for micro in range(accum):
-            x, y, position = next(batches)
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():
-                loss = train(x, y) / accum
-            loss.backward()
-            total += loss.detach()
-        gnorm = grad_norm(model)
-        loss_value = ctx.mean_over_ranks(total)
-        ctx.check_step(loss_value, gnorm, step + 1)  # before the update: saved weights stay finite
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
+        loss_value, gnorm, position = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         done = step + 1
         ctx.log_step(done, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
@@ -89,6 +77,26 @@ def run(ctx) -> None:
     ctx.tracker.metrics({"bpb": bpb}, step=s.steps, stage="pretrain")
     ctx.save(s.steps, model, optimizer, {"data_position": position}, done=True)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value, bpb=bpb)
+
+
+def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):
+    """One optimizer step over `accum` micro-batches (x, y, position) from `batches`: gradients accumulate
+    (DDP all-reduces only on the last pass), the loss and gradient are checked before the update so no
+    non-finite weights are ever saved. Returns (loss averaged over ranks, grad norm, position after)."""
+    total, position = torch.zeros((), device=ctx.device), None
+    for micro in range(accum):
+        x, y, position = next(batches)
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():
+            loss = train(x, y) / accum
+        loss.backward()
+        total += loss.detach()
+    gnorm = grad_norm(model)
+    loss_value = ctx.mean_over_ranks(total)
+    ctx.check_step(loss_value, gnorm, done)
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return loss_value, gnorm, position
 
 
 def grad_accum_steps(total_tokens: int, device_batch: int, seq_len: int, world: int) -> int:
