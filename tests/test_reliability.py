@@ -591,6 +591,19 @@ def test_bad_input_is_one_line_before_any_work(stages, files, parts, straight, r
     assert digest(straight / "runs/k") == before
 
 
+def test_a_run_folder_moved_elsewhere_still_finds_its_tokenizer(straight, tmp_path):
+    """A checkpoint's meta names its tokenizer folder relative to where it was trained; in a copy of the run
+    somewhere else that path is gone, so `init:` falls back to the `tokenizer` folder of the copied run."""
+    shutil.copytree(straight / "runs/k", tmp_path / "saved/k")
+    shutil.copy(straight / "cues.py", tmp_path / "cues.py")
+    (tmp_path / "moved.yaml").write_text(experiment("moved", rl_with("{samples: 2, max_new_tokens: 8}").replace(
+        "runs/k/pretrain", "saved/k/pretrain")))
+    code, out, err = invoke(tmp_path, "run", "moved.yaml")
+    assert code == 0, out + err
+    assert "starting from saved/k/pretrain/step_000008" in out
+    assert (tmp_path / "runs/moved/rl/step_000002").is_dir()
+
+
 # --------------------------------------------------------------------------- security
 
 def test_yaml_is_data_only_and_the_ui_stays_on_this_machine(tmp_path):

@@ -68,12 +68,18 @@ class StageContext:
 
     # --- tokenizer ---------------------------------------------------------
     def tokenizer_dir(self) -> Path:
-        """This run's tokenizer, else the one the `init:` checkpoint was trained with (from its meta)."""
+        """This run's tokenizer, else the one the `init:` checkpoint was trained with: the folder its meta names
+        or, when that run folder was moved or copied, the `tokenizer` folder of the run it sits in."""
         own = self.run_dir / "tokenizer"
         start = None if own.is_dir() else self.init_checkpoint()
-        if start is not None:
-            return Path(json.loads((start / "meta.json").read_text()).get("tokenizer_dir") or own)
-        return own
+        if start is None:
+            return own
+        named = json.loads((start / "meta.json").read_text()).get("tokenizer_dir")
+        beside = start.parent.parent / "tokenizer"  # <run>/<stage>/step_N -> <run>/tokenizer
+        for candidate in ([Path(named)] if named else []) + [beside]:
+            if candidate.is_dir():
+                return candidate
+        return Path(named) if named else own  # missing: Tokenizer.load names it
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_dir())
