@@ -130,9 +130,14 @@ def test_aim_holds_what_the_run_printed(tracked):
     lengths = printed(out, r"^\[rl\] step .*\| len ([\d.]+)")
     assert aim["metrics"]["reward@rl"][1] == pytest.approx(rewards, abs=6e-4)
     assert aim["metrics"]["completion_len@rl"][1] == pytest.approx(lengths, abs=0.06)
-    evals = re.findall(r"eval at step (\d+): pass@1 ([\d.]+) \| pass@2 ([\d.]+)", out)
-    assert [int(s) for s, _, _ in evals] == aim["metrics"]["pass@1@rl"][0]
-    assert aim["metrics"]["pass@2@rl"][1] == pytest.approx([float(p) for _, _, p in evals], abs=6e-4)
+    evals = re.findall(r"eval at step (\d+): pass@1 ([\d.]+)(?: \(([-+][\d.]+) ± [\d.]+ vs step 0\))? "
+                       r"\| pass@2 ([\d.]+)", out)
+    assert [int(s) for s, _, _, _ in evals] == aim["metrics"]["pass@1@rl"][0]
+    assert aim["metrics"]["pass@2@rl"][1] == pytest.approx([float(p) for _, _, _, p in evals], abs=6e-4)
+    # later evals show the paired change from step 0, which is the difference of the two pass@1 values
+    (_, p0, no_change, _), (_, p1, change, _) = evals
+    assert no_change == "" and float(change) == pytest.approx(float(p1) - float(p0), abs=1.5e-3)
+    assert aim["metrics"]["delta@1@rl"][1] == pytest.approx([float(change)], abs=6e-4)
 
 
 def test_report_card_has_every_item_with_the_run_values(tracked):
@@ -166,6 +171,8 @@ def test_report_card_has_every_item_with_the_run_values(tracked):
     assert re.search(rf"- reward: {reward[0]:.4g} \(step 1\) -> {reward[-1]:.4g} \(step 2\)", card)
     p2 = aim["metrics"]["pass@2@rl"][1]
     assert f"- held-out pass@2: {p2[0]:.4g} before -> {p2[-1]:.4g} after" in card
+    change = aim["metrics"]["delta@1@rl"][1][-1]
+    assert f"- pass@1 change: {change:+.4f} ± " in card
     length = aim["metrics"]["completion_len@rl"][1]
     assert f"- completion length (tokens): {length[0]:.4g} -> {length[-1]:.4g}" in card
 

@@ -6,6 +6,15 @@ binary reward, or > 0.5 in general), and estimate
     pass@j = 1 - C(n - c, j) / C(n, j)        for j = 1..n
 (the unbiased estimator of Chen et al., 2021), averaged over problems. Each
 rank scores its own slice of the problems; sums are all-reduced.
+
+Sample r of problem i is drawn with a seed fixed by (seed, i, r), so two
+evaluations with the same seed use the same random numbers (common random
+numbers): where two models agree on a token they draw the same one. Given
+`baseline` (this rank's per-problem pass@1 from an earlier evaluation with
+the same seed), the result also holds the paired change in pass@1 and its
+standard error, d_i = pass@1_i - baseline_i:
+    delta = mean(d),  se = std(d) / sqrt(n)
+which is far smaller than the error of either estimate alone.
 """
 from __future__ import annotations
 
@@ -26,14 +35,16 @@ def pass_at(n: int, c: int, k: int) -> float:
 
 @torch.no_grad()
 def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
-             top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0) -> dict:
-    """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...]}."""
+             top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
+             baseline: list[float] | None = None) -> dict:
+    """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
+    'per_problem': this rank's pass@1 per problem} and, with `baseline`, 'delta@1' and 'delta_se'."""
     model.eval()
     n = 1 if temperature == 0 else samples
     indices = list(range(min(examples, len(task))))[ctx.dist.rank::ctx.dist.world_size]
     stops = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
-    sums = torch.zeros(n + 3, dtype=torch.float64)  # pass@1..n, reward, length, count
-    shown = []
+    sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
+    shown, per_problem = [], []
     for start in range(0, len(indices), prompts_per_batch):
         batch = [task[i] for i in indices[start:start + prompts_per_batch]]
         prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
@@ -51,11 +62,21 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
             sums[n] += sum(scores) / n
             sums[n + 1] += sum(len(out.completions[r]) for r in rows) / n
             sums[n + 2] += 1
+            per_problem.append(correct / n)
+            if baseline is not None:
+                d = correct / n - baseline[len(per_problem) - 1]
+                sums[n + 3] += d
+                sums[n + 4] += d * d
             if len(shown) < 4:
                 shown.append((example["messages"][0]["content"], texts[0], scores[0]))
     model.train()
     sums = ctx.sum_over_ranks(sums.to(ctx.device)).cpu()
     count = max(sums[n + 2].item(), 1)
     result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
-    result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown)
+    result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown,
+                  per_problem=per_problem)
+    if baseline is not None:
+        mean = sums[n + 3].item() / count
+        var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)
+        result.update({"delta@1": mean, "delta_se": math.sqrt(var / count)})
     return result

@@ -109,6 +109,8 @@ def _stage_details(name: str, s: dict) -> list[str]:
         ks = sorted(int(k[5:]) for k in after if k.startswith("pass@"))
         for key in [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] if ks else []:  # pass@1 and pass@k
             out.append(f"- held-out {key}: {_fmt(before.get(key))} before -> {_fmt(after[key])} after")
+        if "delta@1" in after:  # paired over the same problems and random numbers (core/evaluate.py)
+            out.append(f"- pass@1 change: {after['delta@1']:+.4f} ± {after['delta_se']:.4f} (paired standard error)")
         if "completion_len" in t:
             c = t["completion_len"]
             out.append(f"- completion length (tokens): {_fmt(c['first'])} -> {_fmt(c['last'])}, mean {_fmt(c['mean'])}")

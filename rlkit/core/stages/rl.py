@@ -15,7 +15,9 @@ One step:
      `device_batch_size` sequences, the algorithm's loss with the step's token
      and sequence counts; one optimizer step, lr = init_lr_frac * (1 - step/steps).
 pass@1..k on held-out problems before training, every `eval.every` steps and
-at the end, sampled at the rollout's temperature and top-k.
+at the end, sampled at the rollout's temperature and top-k with the same
+random numbers each time, so each later pass@1 is also shown as a paired
+change from the start with its standard error.
 """
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ def run(ctx) -> None:
     check_fits(tokenizer, train_task, r.max_new_tokens, model.config.seq_len)
     print0(f"[rl] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
-    if start_step == 0:
-        run_eval(ctx, model, tokenizer, test_task, step=0)
+    start = run_eval(ctx, model, tokenizer, test_task, step=0) if start_step == 0 else None
+    baseline = start["per_problem"] if start else None  # per-problem pass@1 before RL (not kept across --resume)
 
     flops, peak = model.flops_per_token(), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
     tokens, bar = 0, progress("rl", s.steps, start=start_step)
@@ -119,14 +121,14 @@ def run(ctx) -> None:
         ctx.tracker.metrics(stats, step=done, stage="rl")
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
-            run_eval(ctx, model, tokenizer, test_task, step=done)
+            run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
         if s.save_every and done % s.save_every == 0 and done != s.steps:
             ctx.save(done, model, optimizer, algorithm_state(algorithm))
         ctx.stop_if_requested(done, model, optimizer, algorithm_state(algorithm))
     bar.close()
 
     ctx.save(s.steps, model, optimizer, algorithm_state(algorithm), done=True)
-    run_eval(ctx, model, tokenizer, test_task, step=s.steps)
+    run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
     ctx.summary.update(steps=s.steps, tokens=tokens)
 
 
@@ -190,19 +192,24 @@ def frozen_copy(model):
     return ref
 
 
-def run_eval(ctx, model, tokenizer, test_task, step: int) -> dict:
+def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
+    """pass@1..k on the held-out problems; the same seed every time (common random numbers), so the change
+    from `baseline` (per-problem pass@1 at step 0) is measured paired, with its standard error."""
     s, r = ctx.stage, ctx.stage.rollout
     reward = ctx.plugin_fn("reward", s.eval.reward)
     result = evaluate(ctx, model, tokenizer, test_task, reward, examples=s.eval.examples, samples=s.eval.k,
-                      temperature=r.temperature, top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=step)
+                      temperature=r.temperature, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                      seed=ctx.seed(), baseline=baseline)
     k = s.eval.k if r.temperature > 0 else 1
-    print0(f"[rl] eval at step {step}: pass@1 {result['pass@1']:.3f} | pass@{k} {result[f'pass@{k}']:.3f} | "
-           f"{s.eval.examples} held-out problems, T={r.temperature:g}")
-    ctx.tracker.metrics({key: v for key, v in result.items() if key.startswith("pass@")}, step=step, stage="rl")
+    change = f" ({result['delta@1']:+.3f} ± {result['delta_se']:.3f} vs step 0)" if "delta@1" in result else ""
+    print0(f"[rl] eval at step {step}: pass@1 {result['pass@1']:.3f}{change} | pass@{k} {result[f'pass@{k}']:.3f} "
+           f"| {s.eval.examples} held-out problems, T={r.temperature:g}")
+    tracked = {key: v for key, v in result.items() if key.startswith(("pass@", "delta"))}
+    ctx.tracker.metrics(tracked, step=step, stage="rl")
     for question, answer, value in result["samples"][:2]:
         ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {value:g}", step=step, stage="rl")
     key = "eval_before" if step == 0 else "eval_after"
-    ctx.summary[key] = {k_: v for k_, v in result.items() if k_ != "samples"}
+    ctx.summary[key] = {k_: v for k_, v in result.items() if k_ not in ("samples", "per_problem")}
     return result
 
 
