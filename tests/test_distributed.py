@@ -127,6 +127,9 @@ def test_two_ranks_match_one(experiment):
     reward1, reward2 = metrics(one, "rl", "reward"), metrics(two, "rl", "reward")
     assert len(reward1) == len(reward2) == 3
     assert reward2 == pytest.approx(reward1, abs=2e-3)  # same rollouts: per-row seeds
+    # held-out evals, before and after, with the paired change: ranks score disjoint problems, sums all-reduced
+    evals = r"eval at step (\d+): pass@1 ([\d.]+)(?: \(([-+][\d.]+) ± ([\d.]+) vs step 0\))?"
+    assert len(re.findall(evals, one)) == 2 and re.findall(evals, two) == re.findall(evals, one)
     records = [json.loads(line) for line in (experiment / "sync.jsonl").read_text().splitlines()]
     two_rank = [r for r in records if r["world"] == 2]
     assert len(two_rank) == 7 and all(r["identical"] for r in two_rank)  # 4 pretrain + 3 rl steps
