@@ -10,8 +10,8 @@ rank scores its own slice of the problems; sums are all-reduced.
 Sample r of problem i is drawn with a seed fixed by (seed, i, r), so two
 evaluations with the same seed use the same random numbers (common random
 numbers): where two models agree on a token they draw the same one. Given
-`baseline` (this rank's per-problem pass@1 from an earlier evaluation with
-the same seed), the result also holds the paired change in pass@1 and its
+`baseline` (the per-problem pass@1 of an earlier evaluation with the same
+seed, as its 'per_problem' gives them), the result also holds the paired change in pass@1 and its
 standard error, d_i = pass@1_i - baseline_i:
     delta = mean(d),  se = std(d) / sqrt(n)
 which is far smaller than the error of either estimate alone.
@@ -38,13 +38,13 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
              top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
              baseline: list[float] | None = None) -> dict:
     """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
-    'per_problem': this rank's pass@1 per problem} and, with `baseline`, 'delta@1' and 'delta_se'."""
+    'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'."""
     model.eval()
     n = 1 if temperature == 0 else samples
     indices = list(range(min(examples, len(task))))[ctx.dist.rank::ctx.dist.world_size]
     stops = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
     sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
-    shown, per_problem = [], []
+    shown, per_problem = [], torch.zeros(min(examples, len(task)), dtype=torch.float64)
     for start in range(0, len(indices), prompts_per_batch):
         batch = [task[i] for i in indices[start:start + prompts_per_batch]]
         prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
@@ -62,9 +62,10 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
             sums[n] += sum(scores) / n
             sums[n + 1] += sum(len(out.completions[r]) for r in rows) / n
             sums[n + 2] += 1
-            per_problem.append(correct / n)
+            i = indices[start + p]
+            per_problem[i] = correct / n
             if baseline is not None:
-                d = correct / n - baseline[len(per_problem) - 1]
+                d = correct / n - baseline[i]
                 sums[n + 3] += d
                 sums[n + 4] += d * d
             if len(shown) < 4:
@@ -74,7 +75,7 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
     count = max(sums[n + 2].item(), 1)
     result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
     result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown,
-                  per_problem=per_problem)
+                  per_problem=ctx.sum_over_ranks(per_problem.to(ctx.device)).cpu().tolist())  # ranks' are disjoint
     if baseline is not None:
         mean = sums[n + 3].item() / count
         var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)

@@ -17,7 +17,8 @@ One step:
 pass@1..k on held-out problems before training, every `eval.every` steps and
 at the end, sampled at the rollout's temperature and top-k with the same
 random numbers each time, so each later pass@1 is also shown as a paired
-change from the start with its standard error.
+change from the start with its standard error (the start's per-problem values
+are checkpointed, so this survives --resume).
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def run(ctx) -> None:
     check_fits(tokenizer, train_task, r.max_new_tokens, model.config.seq_len)
     print0(f"[rl] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
-    start = run_eval(ctx, model, tokenizer, test_task, step=0) if start_step == 0 else None
-    baseline = start["per_problem"] if start else None  # per-problem pass@1 before RL (not kept across --resume)
+    # per-problem pass@1 before RL, which later evals are paired with; checkpointed for --resume
+    baseline = resumed.get("eval_baseline") if resumed else \
+        run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"]
 
     flops, peak = model.flops_per_token(), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
     tokens, bar = 0, progress("rl", s.steps, start=start_step)
@@ -123,11 +125,11 @@ def run(ctx) -> None:
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
         if s.save_every and done % s.save_every == 0 and done != s.steps:
-            ctx.save(done, model, optimizer, algorithm_state(algorithm))
-        ctx.stop_if_requested(done, model, optimizer, algorithm_state(algorithm))
+            ctx.save(done, model, optimizer, saved_state(algorithm, baseline))
+        ctx.stop_if_requested(done, model, optimizer, saved_state(algorithm, baseline))
     bar.close()
 
-    ctx.save(s.steps, model, optimizer, algorithm_state(algorithm), done=True)
+    ctx.save(s.steps, model, optimizer, saved_state(algorithm, baseline), done=True)
     run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
     ctx.summary.update(steps=s.steps, tokens=tokens)
 
@@ -213,5 +215,7 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
     return result
 
 
-def algorithm_state(algorithm) -> dict:
-    return {"algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else {}
+def saved_state(algorithm, baseline) -> dict:
+    """What a checkpoint keeps besides weights and optimizer: the eval baseline and the algorithm's state."""
+    state = {"eval_baseline": baseline}
+    return {**state, "algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else state
