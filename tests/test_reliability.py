@@ -532,7 +532,13 @@ GSM8K_ROWS = [{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}, {"q
 BAD_INPUT = {  # id: (stages, {file: text}, parts of the one-line error)
     "data-missing": (
         tokenizer_on("nope.txt"), {},
-        ["stages.tokenizer.data.source: 'nope.txt' is neither a task (", "nor an existing path"]),
+        ["stages.tokenizer.data.source: no such file or folder ", "nope.txt (a source is a task: "]),
+    "data-missing-for-pretrain-after-a-good-tokenizer": (  # fails before the tokenizer stage trains
+        tokenizer_on("arithmetic").replace("{source: arithmetic}, steps", "{source: ./corpus/nope.jsonl}, steps"), {},
+        ["stages.pretrain.data.source: no such file or folder ", "corpus/nope.jsonl"]),
+    "data-neither-task-nor-path-nor-hub": (
+        tokenizer_on("no-such-hub-dataset-xyz"), {},
+        ["stages.tokenizer.data.source: 'no-such-hub-dataset-xyz' is neither a task (", "nor an existing path"]),
     "data-empty-for-the-tokenizer": (
         tokenizer_on("empty.txt"), {"empty.txt": ""},
         ["stages.tokenizer.data: the training text is empty; point data.source at some text"]),

@@ -18,6 +18,7 @@ from rlkit.core import config as config_lib
 from rlkit.core.config import stages_to_run
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
+from rlkit.core.textdata import check_source
 
 # stage key -> plugin kind, for every plugin reference a stage may hold
 PLUGIN_FIELDS = {"optimizer": "optimizer", "task": "task", "tasks": "task", "algorithm": "algorithm",
@@ -42,6 +43,10 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
     for stage in stages_to_run(cfg):
         check_stage_plugins(cfg.stages[stage], f"{path}: stages.{stage}", plugins)
     check_values(cfg, path)
+    for stage in stages_to_run(cfg):  # a missing local data file fails now, not when its stage starts
+        source = OmegaConf.select(cfg.stages[stage], "data.source")
+        if source is not None:
+            check_source(source, plugins.tables["task"], base_dir, f"{path}: stages.{stage}.data.source")
     check_algorithm(cfg, plugins, path)
     check_optimizers(cfg, plugins, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))

@@ -48,6 +48,16 @@ def iter_texts(source: str, *, tasks: Mapping[str, Callable], args: Mapping | No
     yield from _hub_texts(source, text_field, split, args, where, path, tasks)
 
 
+def check_source(source: str, tasks: Mapping[str, Callable], base_dir: Path | str, where: str) -> None:
+    """Before any work: a source written as a local file (a known suffix, or starting with '.', '/' or '~')
+    must exist. Anything else that is not a task may be a hub id, which only loading can tell."""
+    path = Path(base_dir) / source
+    looks_local = source.endswith(SUFFIXES) or source.startswith((".", "/", "~"))
+    if source not in tasks and looks_local and not path.exists():
+        raise RlkitError(f"{where}: no such file or folder {path} (a source is a task: "
+                         f"{', '.join(sorted(tasks)) or 'none registered'}, an existing path, or a hub dataset id)")
+
+
 def _path_texts(path: Path, text_field: str, where: str) -> Iterator[str]:
     files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()) if path.is_dir() else [path]
     if not files:
