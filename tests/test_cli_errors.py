@@ -191,7 +191,8 @@ def test_plugins_command_with_missing_file(cli, tmp_path):
     assert_one_line_error(cli("plugins", "--plugin", tmp_path / "nope.py"), "nope.py", "not found")
 
 
-def test_valid_experiment_passes_check(cli, write_yaml):
+def test_valid_experiment_passes_check(cli, write_yaml, write_file):
+    write_file("data.txt", "Some text to pretrain on.\n")  # check looks for local data files
     result = cli("check", write_yaml(PRETRAIN))
     assert result.exit_code == 0, result.stderr
     assert "optimizer:" in result.stdout and "name: adamw" in result.stdout
