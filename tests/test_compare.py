@@ -81,8 +81,8 @@ def test_table_shows_both_runs_their_metrics_and_the_seed_difference(two_runs):
     assert float(cells[0]) == pytest.approx(final_loss(printed["cmp-s1"]), abs=6e-4)
     assert float(cells[3]) == pytest.approx(final_loss(printed["cmp-s2"]), abs=6e-4)
     assert cells[0] != cells[3]  # different seeds, different runs
-    for row in ("pretrain bpb", "rl reward", "rl pass@1", "rl pass@2", "rl completion_len", "pretrain wall time (s)",
-                "rl wall time (s)"):
+    for row in ("pretrain bpb", "rl reward", "rl pass@1", "rl pass@2", "rl delta@1 (final)", "rl completion_len",
+                "pretrain wall time (s)", "rl wall time (s)"):
         assert any(line.startswith(row) for line in lines), row
     assert "config differences:" in result.output and re.search(r"^  name +cmp-s1 +cmp-s2$", result.output, re.M)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from rlkit.core.errors import RlkitError
 
 # shown by default, per stage, when a run tracked them; after reward: pass@ the smallest and largest k tracked
+# and delta@1, pass@1's paired change from step 0
 KEY_METRICS = ("loss", "bpb", "accuracy", "reward", "completion_len", "tokens_per_s", "rollout_tok_s", "mfu")
 LOWER_IS_BETTER = ("loss", "bpb")
-NO_BEST = ("completion_len", "lr_mult", "grad_norm", "adv_std", "vocab_size", "train_chars")
+NO_BEST = ("delta@1", "completion_len", "lr_mult", "grad_norm", "adv_std", "vocab_size", "train_chars")
 STAGE_ORDER = ("tokenizer", "pretrain", "midtrain", "sft", "rl")
 
 
@@ -97,7 +98,7 @@ def _metric_rows(series: list[dict], wanted: list[str] | None) -> list[tuple[str
     present = {key for s in series for key in s}
     if not wanted:  # the key metrics, with pass@ the smallest and largest k tracked after reward
         ks = sorted({int(m[5:]) for _, m in present if m.startswith("pass@") and m[5:].isdigit()})
-        passes = [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] if ks else []
+        passes = [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] + ["delta@1"] if ks else []  # + paired change
         names = [*KEY_METRICS[:4], *passes, *KEY_METRICS[4:]]
     else:
         names = list(wanted)
