@@ -287,6 +287,9 @@ def test_killed_in_pretrain_and_in_rl_then_resumed_equals_a_straight_run(straigh
     assert resumed["loss", "pretrain"][0] == list(range(1, 9))
     assert resumed["reward", "rl"][0] == [1, 2, 3, 4]
     assert resumed["pass@1", "rl"][0] == [0, 2, 4]
+    # the report's reward over the first and last steps covers steps from before the kill (kept in checkpoints)
+    summary = [json.loads((f / "runs/k/summary.json").read_text())["stages"]["rl"] for f in (folder, straight)]
+    assert summary[0]["reward_start"] == summary[1]["reward_start"] == resumed["reward", "rl"][1][0]
 
 
 # --------------------------------------------------------------------------- Ctrl-C

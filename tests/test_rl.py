@@ -137,7 +137,7 @@ def test_a_local_reward_plugin_is_used_and_tracked_in_aim(cli, write_file, write
     steps, rows = 4, 4 * 8  # examples_per_step x samples
     path = write_yaml(experiment(steps, f"[{{name: digits, weight: 2.0, args: {{log: '{log}'}}}}]",
                                  tracking="{repo: .aim}"))
-    result = cli("run", path)
+    result = cli("run", path, "stages.rl.log_every=3")
     assert result.exit_code == 0, result.output + result.stderr
 
     # the plugin saw every completion of every step, and its values are what the text says
@@ -154,7 +154,9 @@ def test_a_local_reward_plugin_is_used_and_tracked_in_aim(cli, write_file, write
     assert per_reward == pytest.approx(means, abs=1e-6)
     _, total = metrics["reward", rl]
     assert total == pytest.approx([2.0 * m for m in means], abs=1e-6)  # weight 2.0
-    assert total == pytest.approx(printed_rewards(result.stdout), abs=6e-4)  # printed with 3 decimals
+    # printed with 3 decimals, every 3 steps and at the last, as the mean of the steps since the line before
+    assert "| reward " + f"{sum(total[:3]) / 3:.3f} (3-step mean) |" in result.stdout
+    assert printed_rewards(result.stdout) == pytest.approx([sum(total[:3]) / 3, total[3]], abs=6e-4)
     assert hparams["stages"]["rl"]["rewards"][0]["name"] == "digits"
 
 

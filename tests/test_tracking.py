@@ -169,6 +169,7 @@ def test_report_card_has_every_item_with_the_run_values(tracked):
     # rl: reward first -> last, pass@k before -> after, completion length
     reward = aim["metrics"]["reward@rl"][1]
     assert re.search(rf"- reward: {reward[0]:.4g} \(step 1\) -> {reward[-1]:.4g} \(step 2\)", card)
+    assert f"- reward, mean of the first / last 1 steps: {reward[0]:.4g} -> {reward[-1]:.4g}" in card
     p2 = aim["metrics"]["pass@2@rl"][1]
     assert f"- held-out pass@2: {p2[0]:.4g} before -> {p2[-1]:.4g} after" in card
     change = aim["metrics"]["delta@1@rl"][1][-1]

@@ -105,6 +105,9 @@ def _stage_details(name: str, s: dict) -> list[str]:
         for metric in [m for m in t if m == "reward" or m.startswith("reward/")]:
             out.append(f"- {metric}: {_fmt(t[metric]['first'])} (step {t[metric]['first_step']}) -> "
                        f"{_fmt(t[metric]['last'])} (step {t[metric]['last_step']}), mean {_fmt(t[metric]['mean'])}")
+        if "reward_start" in s:  # single steps are noisy: the first and last tenth of the steps
+            out.append(f"- reward, mean of the first / last {s['reward_window']} steps: {_fmt(s['reward_start'])} -> "
+                       f"{_fmt(s['reward_end'])}")
         before, after = s.get("eval_before", {}), s.get("eval_after", {})
         ks = sorted(int(k[5:]) for k in after if k.startswith("pass@"))
         for key in [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] if ks else []:  # pass@1 and pass@k

@@ -62,9 +62,10 @@ def run(ctx) -> None:
     check_fits(tokenizer, train_task, r.max_new_tokens, model.config.seq_len)
     print0(f"[rl] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
-    # per-problem pass@1 before RL, which later evals are paired with; checkpointed for --resume
-    baseline = resumed.get("eval_baseline") if resumed else \
-        run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"]
+    # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards
+    kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", [])} if resumed else \
+        {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": []}
+    baseline, history = kept["eval_baseline"], kept["rewards"]
 
     flops, peak = model.flops_per_token(), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
     tokens, bar = 0, progress("rl", s.steps, start=start_step)
@@ -115,9 +116,12 @@ def run(ctx) -> None:
         stats.update(lr_mult=lrm, rollout_tok_s=n_gen * world / rollout_s,
                      train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak)
         tokens += useful * world
+        history.append(float(stats["reward"]))
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
-            print0(f"[rl] step {done:4d}/{s.steps} | reward {stats['reward']:.3f} | len "
+            recent = history[-(done % s.log_every or s.log_every):]  # a step is noisy: the mean since last line
+            reward = f"{sum(recent) / len(recent):.3f}" + (f" ({len(recent)}-step mean)" if len(recent) > 1 else "")
+            print0(f"[rl] step {done:4d}/{s.steps} | reward {reward} | len "
                    f"{stats['completion_len']:.1f} | rollout {stats['rollout_tok_s']:,.0f} tok/s | "
                    f"train {stats['train_tok_s']:,.0f} tok/s | lr x{lrm:.4f}")
         ctx.tracker.metrics(stats, step=done, stage="rl")
@@ -125,13 +129,15 @@ def run(ctx) -> None:
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
         if s.save_every and done % s.save_every == 0 and done != s.steps:
-            ctx.save(done, model, optimizer, saved_state(algorithm, baseline))
-        ctx.stop_if_requested(done, model, optimizer, saved_state(algorithm, baseline))
+            ctx.save(done, model, optimizer, saved_state(algorithm, kept))
+        ctx.stop_if_requested(done, model, optimizer, saved_state(algorithm, kept))
     bar.close()
 
-    ctx.save(s.steps, model, optimizer, saved_state(algorithm, baseline), done=True)
+    ctx.save(s.steps, model, optimizer, saved_state(algorithm, kept), done=True)
     run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
-    ctx.summary.update(steps=s.steps, tokens=tokens)
+    tenth = max(1, len(history) // 10)
+    ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
+                       reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
 
 
 def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:
@@ -215,7 +221,6 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
     return result
 
 
-def saved_state(algorithm, baseline) -> dict:
-    """What a checkpoint keeps besides weights and optimizer: the eval baseline and the algorithm's state."""
-    state = {"eval_baseline": baseline}
-    return {**state, "algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else state
+def saved_state(algorithm, kept: dict) -> dict:
+    """What a checkpoint keeps besides weights and optimizer: `kept` and the algorithm's state."""
+    return {**kept, "algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else dict(kept)
