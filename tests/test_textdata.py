@@ -7,7 +7,7 @@ import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.task import example_text
-from rlkit.core.textdata import iter_texts, packed_batches
+from rlkit.core.textdata import check_source, iter_texts, packed_batches
 from rlkit.plugins.tasks.arithmetic import arithmetic
 
 TASKS = {"arithmetic": arithmetic}
@@ -25,6 +25,17 @@ def test_task_source_gives_example_texts():
 def test_txt_is_one_document_per_paragraph(tmp_path):
     (tmp_path / "a.txt").write_text("first line\nsame doc\n\n\n\nsecond doc\n\nthird\n")
     assert texts("a.txt", base_dir=tmp_path) == ["first line\nsame doc", "second doc", "third"]
+
+
+def test_a_home_relative_path_is_expanded_and_a_missing_local_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "corpus.txt").write_text("one\n\ntwo\n")
+    assert texts("~/corpus.txt", base_dir="/somewhere/else") == ["one", "two"]
+    check_source("~/corpus.txt", TASKS, "/somewhere/else", "data.source")  # exists: no error
+    check_source("org/dataset", TASKS, tmp_path, "data.source")  # may be a hub id: only loading can tell
+    with pytest.raises(RlkitError, match=r"^data.source: no such file or folder .*nope\.jsonl \(a source is a task: "
+                                         r"arithmetic, an existing path, or a hub dataset id\)$"):
+        check_source("data/nope.jsonl", TASKS, tmp_path, "data.source")
 
 
 def test_jsonl_reads_the_text_field(tmp_path):

@@ -10,9 +10,9 @@ rank scores its own slice of the problems; sums are all-reduced.
 Sample r of problem i is drawn with a seed fixed by (seed, i, r), so two
 evaluations with the same seed use the same random numbers (common random
 numbers): where two models agree on a token they draw the same one. Given
-`baseline` (the per-problem pass@1 of an earlier evaluation with the same
-seed, as its 'per_problem' gives them), the result also holds the paired change in pass@1 and its
-standard error, d_i = pass@1_i - baseline_i:
+`baseline`, the per-problem pass@1 of an earlier evaluation with the same
+seed (its 'per_problem'), the result also holds the paired change in pass@1
+and its standard error, with d_i = pass@1_i - baseline_i:
     delta = mean(d),  se = std(d) / sqrt(n)
 which is far smaller than the error of either estimate alone.
 """

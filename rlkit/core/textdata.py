@@ -38,7 +38,7 @@ def iter_texts(source: str, *, tasks: Mapping[str, Callable], args: Mapping | No
         for example in tasks[source](split, **args):
             yield example_text(example)
         return
-    path = Path(base_dir) / source
+    path = Path(base_dir) / Path(source).expanduser()  # an absolute or ~ path stays as it is
     if path.exists():
         if args:
             raise RlkitError(f"{where}: args {sorted(args)} only apply to tasks and hub datasets, "
@@ -51,7 +51,7 @@ def iter_texts(source: str, *, tasks: Mapping[str, Callable], args: Mapping | No
 def check_source(source: str, tasks: Mapping[str, Callable], base_dir: Path | str, where: str) -> None:
     """Before any work: a source written as a local file (a known suffix, or starting with '.', '/' or '~')
     must exist. Anything else that is not a task may be a hub id, which only loading can tell."""
-    path = Path(base_dir) / source
+    path = Path(base_dir) / Path(source).expanduser()
     looks_local = source.endswith(SUFFIXES) or source.startswith((".", "/", "~"))
     if source not in tasks and looks_local and not path.exists():
         raise RlkitError(f"{where}: no such file or folder {path} (a source is a task: "
