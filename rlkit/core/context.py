@@ -227,6 +227,14 @@ class StageContext:
                f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
         self.tracker.metrics({**values, "tokens_per_s": tok_s, "mfu": mfu}, step=done, stage=self.name)
 
+    def end_step(self, done: int, model: GPT, optimizer, extra: dict) -> None:
+        """After step `done`: the `save_every` checkpoint (the last step's is the stage's own, saved as done),
+        then a requested stop."""
+        every = self.stage.save_every
+        if every and done % every == 0 and done != self.stage.steps:
+            self.save(done, model, optimizer, extra)
+        self.stop_if_requested(done, model, optimizer, extra)
+
     def stop_if_requested(self, step: int, model: GPT, optimizer, extra: dict) -> None:
         """On Ctrl-C/SIGTERM (any rank): save this step's checkpoint and stop with the resume command."""
         if not interrupt.stop_requested(self.device):

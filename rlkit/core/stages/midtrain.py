@@ -52,10 +52,8 @@ def run(ctx) -> None:
         loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         ctx.log_step(step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
-        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 != s.steps:
-            ctx.save(step + 1, model, optimizer, {})
         bar.update(step + 1, loss=loss_value)
-        ctx.stop_if_requested(step + 1, model, optimizer, {})
+        ctx.end_step(step + 1, model, optimizer, {})
     bar.close()
     ctx.save(s.steps, model, optimizer, {}, done=True)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)

@@ -66,10 +66,8 @@ def run(ctx) -> None:
             bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
             print0(f"[pretrain] step {done:5d} | held-out bits/byte {bpb:.4f}")
             ctx.tracker.metrics({"bpb": bpb}, step=done, stage="pretrain")
-        if s.save_every and done % s.save_every == 0 and done != s.steps:
-            ctx.save(done, model, optimizer, {"data_position": position})
         bar.update(done, loss=loss_value)
-        ctx.stop_if_requested(done, model, optimizer, {"data_position": position})
+        ctx.end_step(done, model, optimizer, {"data_position": position})
     bar.close()
 
     bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)

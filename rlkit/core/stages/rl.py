@@ -128,9 +128,7 @@ def run(ctx) -> None:
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
-        if s.save_every and done % s.save_every == 0 and done != s.steps:
-            ctx.save(done, model, optimizer, saved_state(algorithm, kept))
-        ctx.stop_if_requested(done, model, optimizer, saved_state(algorithm, kept))
+        ctx.end_step(done, model, optimizer, saved_state(algorithm, kept))
     bar.close()
 
     ctx.save(s.steps, model, optimizer, saved_state(algorithm, kept), done=True)

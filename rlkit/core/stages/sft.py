@@ -67,10 +67,8 @@ def run(ctx) -> None:
         optimizer.step()
         model.zero_grad(set_to_none=True)
         ctx.log_step(step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
-        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 != s.steps:
-            ctx.save(step + 1, model, optimizer, {})
         bar.update(step + 1, loss=loss_value)
-        ctx.stop_if_requested(step + 1, model, optimizer, {})
+        ctx.end_step(step + 1, model, optimizer, {})
     bar.close()
 
     ctx.save(s.steps, model, optimizer, {}, done=True)
