@@ -16,7 +16,7 @@ import torch
 
 import timing
 from timing import matmul_peak, table, timed
-from rlkit.core.model import GPT, GPTConfig
+from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.sampling import _candidates, _choose, _row_key, generate
 
 

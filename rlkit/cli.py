@@ -61,7 +61,8 @@ def main_options(
                                           help="Print rlkit's version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
 ):
-    """rlkit: compose tokenizer, pretrain, midtrain, sft and rl stages from plugins in one YAML file."""
+    """rlkit: compose a pipeline of stages (tokenizer, pretrain, midtrain, sft, rl, your own) from plugins in
+    one YAML file."""
     _state["debug"] = debug
 
 
@@ -100,11 +101,11 @@ def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: Plu
     with user_errors():
         from omegaconf import OmegaConf
 
-        from rlkit.core import pipeline
+        from rlkit.core import config, pipeline
 
         cfg, _ = pipeline.prepare(experiment, overrides or [], plugin or [])
         typer.echo(OmegaConf.to_yaml(cfg), nl=False)
-        typer.echo(f"# ok: stages {', '.join(pipeline.stages_to_run(cfg)) or '(none)'}", err=True)
+        typer.echo(f"# ok: stages {', '.join(config.stages_to_run(cfg))}", err=True)
 
 
 @app.command()

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlkit.core import config as config_lib
-from rlkit.core.context import StageContext
-from rlkit.core.dist import DistInfo
 from rlkit.core.errors import RlkitError
-from rlkit.core.model import GPT, GPTConfig
+from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
-from rlkit.core.stages.rl import train_step
-from rlkit.core.track import Tracker
+from rlkit.plugins.stages.rl import train_step
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 
@@ -107,7 +103,7 @@ def test_reinforce_rejects_bad_args(args, bad):
 
 # --------------------------------------------------------------------------- gradient vs device batch size
 
-def _ctx(write_yaml, tmp_path) -> StageContext:
+def _ctx(write_yaml, tmp_path, stage_ctx):
     """A real rl StageContext on CPU in float32 (autocast is then a no-op)."""
     path = write_yaml("""\
         name: grad
@@ -116,10 +112,7 @@ def _ctx(write_yaml, tmp_path) -> StageContext:
             task: {name: arithmetic}
             rewards: [{name: gsm8k}]
         """)
-    cfg = config_lib.load(path)
-    plugins = load_plugins()
-    return StageContext(cfg, "rl", plugins, Path(tmp_path) / "runs", torch.device("cpu"), torch.float32,
-                        DistInfo(), Tracker())
+    return stage_ctx(path, "rl", Path(tmp_path) / "runs")
 
 
 def _rollout_batch(n=8, length=40, vocab=300, seed=0):
@@ -136,8 +129,8 @@ def _rollout_batch(n=8, length=40, vocab=300, seed=0):
 
 
 @pytest.mark.parametrize("name", ["grpo", "reinforce"])
-def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_path):
-    ctx = _ctx(write_yaml, tmp_path)
+def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_path, stage_ctx):
+    ctx = _ctx(write_yaml, tmp_path, stage_ctx)
     torch.manual_seed(0)
     model = GPT(GPTConfig(depth=2, vocab_size=300, seq_len=64))
     with torch.no_grad():  # leave the init's zero output projections: every parameter then gets a gradient
@@ -163,9 +156,9 @@ def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_pat
     assert losses[3] == pytest.approx(losses[8], abs=1e-5)
 
 
-def test_gradient_is_the_hand_written_objective(write_yaml, tmp_path):
+def test_gradient_is_the_hand_written_objective(write_yaml, tmp_path, stage_ctx):
     """train_step's backward equals the gradient of grpo's objective written out in full."""
-    ctx = _ctx(write_yaml, tmp_path)
+    ctx = _ctx(write_yaml, tmp_path, stage_ctx)
     torch.manual_seed(0)
     model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
     with torch.no_grad():

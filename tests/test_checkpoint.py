@@ -11,9 +11,10 @@ import torch.nn as nn
 
 from rlkit.core import checkpoint as ckpt
 from rlkit.core.checkpoint import (
-    keep_last, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, verify_checkpoint,
+    latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint,
 )
 from rlkit.core.errors import RlkitError
+from rlkit.core.rng import rng_state, set_rng_state
 
 
 def tiny(seed=0):
@@ -187,19 +188,6 @@ def test_resaving_a_step_replaces_it(tmp_path):
     state, _, meta = load_checkpoint(path)
     assert torch.equal(state["w"], torch.ones(2)) and meta == {"v": 2}
     assert os.listdir(tmp_path) == ["step_000005"]
-
-
-def test_keep_last_prunes_but_keeps_newest_valid(tmp_path):
-    for s in (1, 2, 3, 1000000):   # steps past the 6-digit padding still sort by number
-        save_checkpoint(tmp_path, s, {"w": torch.full((4,), float(s))}, None, {})
-    deleted = keep_last(tmp_path, 2)
-    assert [p.name for p in deleted] == ["step_000001", "step_000002"]
-    assert sorted(os.listdir(tmp_path)) == ["step_000003", "step_1000000"]
-    (tmp_path / "step_1000000" / "model.safetensors").write_bytes(b"")  # newest damaged
-    keep_last(tmp_path, 1)
-    assert sorted(os.listdir(tmp_path)) == ["step_000003", "step_1000000"]
-    with pytest.raises(RlkitError, match=">= 1"):
-        keep_last(tmp_path, 0)
 
 
 def test_rng_state_round_trips_through_json():

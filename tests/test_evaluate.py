@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from rlkit.core.evaluate import evaluate, pass_at
-from rlkit.core.model import GPT, GPTConfig
+from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.task import make_example
 from rlkit.core.tokenizer import train_tokenizer
 
-CTX = SimpleNamespace(dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,
+CTX = SimpleNamespace(name="eval", dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,
                       sum_over_ranks=lambda t: t, device=torch.device("cpu"))
 PROBLEMS = [make_example(f"What is {i} + {i}?", f"#### {2 * i}", hits=hits) for i, hits in enumerate([4, 2, 1, 0])]
 

@@ -2,6 +2,7 @@
 registered the way a user's would be, through an entry point in group `rlkit`.
 """
 import ast
+import re
 import importlib.metadata as metadata
 import tomllib
 from pathlib import Path
@@ -103,3 +104,36 @@ def test_installed_metadata_matches_pyproject():
     """An editable install keeps the entry points of the day it was installed: refresh it when they change."""
     installed = {ep.name: ep.value for ep in metadata.distribution("rlkit").entry_points if ep.group == "rlkit"}
     assert installed == declared_entry_points(), "run `pip install -e . --no-deps` to refresh the entry points"
+
+
+def built_in_names() -> set[str]:
+    """Every name rlkit's own plugins register, of every kind (stages, models, rewards, ...)."""
+    from rlkit.core.plugins import load_plugins
+
+    found = load_plugins()
+    own = {i.name for i in found.infos if i.source.startswith("rlkit ")}
+    return {n for i in found.infos if i.name in own for names in i.provides.values() for n in names}
+
+
+# core's own vocabulary that a built-in plugin is also named after: the tokenizer stage trains core's
+# tokenizer (rlkit/core/tokenizer.py), which checkpoints and model factories refer to by that word
+CORE_WORDS = {"tokenizer"}
+
+
+def test_core_names_no_plugin_even_as_a_string():
+    """Not even a default: a plugin's name in core's code (a string constant equal to it, or one that starts
+    with it and a space or a dot, as in an error text) means core knows that plugin."""
+    names = built_in_names() - CORE_WORDS
+    assert {"gpt", "rl", "muon", "gsm8k", "arithmetic"} <= names  # the walk finds real plugins
+    offences = []
+    for path in sorted(CORE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+            n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                words = set(re.findall(r"[A-Za-z_][\w-]*", node.value)) if len(node.value) < 40 else set()
+                hit = sorted((words if node.value.strip() == node.value and " " not in node.value else set())
+                             & names) or sorted({node.value} & names)
+                offences += [f"{path.relative_to(ROOT)}:{node.lineno} names {h!r} in {node.value!r}" for h in hit]
+    assert not offences, "rlkit/core must not name plugins:\n" + "\n".join(offences)

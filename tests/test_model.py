@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.model import GPT, GPTConfig, KVCache
+from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_decode import KVCache
 
 
 def tiny(depth=2, vocab_size=100, seq_len=32, seed=0):

@@ -577,7 +577,7 @@ BAD_INPUT = {  # id: (stages, {file: text}, parts of the one-line error)
         ["stages.rl.rollout.top_k: -1 must not be negative"]),
     "init-of-another-shape": (
         pretrain_on("arithmetic"), {},
-        ["stages.pretrain.init: checkpoint runs/k/pretrain/step_000008 holds a depth-1 model but model.depth is 2; "
+        ["stages.pretrain.init: checkpoint runs/k/pretrain/step_000008 holds a gpt model with depth=1 but model.depth is 2; "
          "set model.depth=1"]),
 }
 

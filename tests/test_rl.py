@@ -91,7 +91,7 @@ def test_rl_raises_the_mean_reward(write_file, write_yaml, tmp_path, monkeypatch
     # a random model writes ~3% digits; 16 steps of grpo must make digits a large share
     assert first < 0.15, rewards
     assert last > first + 0.3 and last > 3 * first, rewards
-    assert "[rl] new model: depth 1" in out and "[rl] eval at step 16:" in out
+    assert "[rl] new gpt model:" in out and "[rl] eval at step 16:" in out
     found = latest_checkpoint(tmp_path / "runs/rl-tiny/rl")
     assert found is not None and json.loads((found / "meta.json").read_text())["done"] is True
 
@@ -167,8 +167,8 @@ def test_a_reward_that_returns_no_number_is_named():
         return None
     example = {"messages": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "#### 4"}
     with pytest.raises(RlkitError, match=r"reward 'broken' at rl step 3 on example 'What is 2 \+ 2\?': returned None"):
-        score([("broken", 1.0, broken)], ["4"], [example], step=2)
-    assert torch.equal(score([("ok", 1.0, lambda c, e: 1)], ["x"], [example], 0)["ok"], torch.tensor([1.0]))
+        score([("broken", 1.0, broken)], ["4"], [example], "at rl step 3")
+    assert torch.equal(score([("ok", 1.0, lambda c, e: 1)], ["x"], [example], "at rl step 1")["ok"], torch.tensor([1.0]))
 
 
 @pytest.mark.parametrize("reward, said", [
@@ -180,7 +180,7 @@ def test_a_reward_that_returns_no_number_is_named():
 def test_a_faulty_reward_is_named_with_what_it_did(reward, said):
     example = {"messages": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "#### 4"}
     with pytest.raises(RlkitError, match=rf"reward 'bad' at rl step 1 on example 'What is 2 \+ 2\?': {said}"):
-        score([("bad", 1.0, reward)], ["4"], [example], step=0)
+        score([("bad", 1.0, reward)], ["4"], [example], "at rl step 1")
 
 
 def test_a_reward_that_hangs_is_stopped_after_its_time_limit():
@@ -189,7 +189,8 @@ def test_a_reward_that_hangs_is_stopped_after_its_time_limit():
     example = {"messages": [{"role": "user", "content": "Q"}], "answer": "#### 4"}
     start = time.perf_counter()
     with pytest.raises(RlkitError, match=r"reward 'slow' .* took longer than 0.2s \(stages.rl.reward_timeout\)"):
-        score([("slow", 1.0, lambda c, e: time.sleep(30))], ["4"], [example], step=0, timeout=0.2)
+        score([("slow", 1.0, lambda c, e: time.sleep(30))], ["4"], [example], "at rl step 1", timeout=0.2,
+              timeout_key="stages.rl.reward_timeout")
     assert time.perf_counter() - start < 5
 
 

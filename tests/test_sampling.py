@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.model import GPT, GPTConfig
+from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.sampling import _top_k, generate
 
 V = 100
@@ -123,7 +123,7 @@ def test_mistakes_raise_rlkit_errors(model):
         generate(model, PROMPTS, samples=2, max_new_tokens=4, seeds=[1, 2])
     with pytest.raises(RlkitError, match="empty"):
         generate(model, [[1], []], samples=1, max_new_tokens=4)
-    with pytest.raises(RlkitError, match="rotary"):
+    with pytest.raises(RlkitError, match="640 positions"):
         generate(model, PROMPTS, samples=1, max_new_tokens=10_000)
 
 

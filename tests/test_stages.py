@@ -14,18 +14,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlkit.core import config as config_lib
 from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
-from rlkit.core.context import StageContext, stage_done
-from rlkit.core.dist import DistInfo
+from rlkit.core import handoff
 from rlkit.core.errors import RlkitError
-from rlkit.core.model import GPT, GPTConfig
+from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
-from rlkit.core.stages.sft import collate
+from rlkit.plugins.stages.sft import collate
 from rlkit.core.task import example_text
 from rlkit.core.tokenizer import train_tokenizer
-from rlkit.core.track import Tracker
 
 PIPELINE = """\
 # tiny supervised pipeline for tests: rlkit run experiment.yaml
@@ -114,7 +111,8 @@ def test_pretrain_loss_falls_and_ends_in_a_done_checkpoint(finished):
     assert found is not None and found.name == "step_000040"
     meta = json.loads((found / "meta.json").read_text())
     assert meta["done"] is True and meta["step"] == 40
-    assert meta["model_config"]["depth"] == 1 and meta["model_config"]["vocab_size"] == 512
+    assert meta["model"] == {"name": "gpt", "args": {"depth": 1, "head_dim": 64, "softcap": 15.0}}
+    assert meta["tokenizer"] == "../../tokenizer"  # relative to the checkpoint: a moved run still loads
 
 
 def test_each_stage_starts_from_the_previous_checkpoint(finished):
@@ -122,7 +120,8 @@ def test_each_stage_starts_from_the_previous_checkpoint(finished):
     assert "[midtrain] starting from runs/tiny/pretrain/step_000040" in result.output
     assert "[sft] starting from runs/tiny/midtrain/step_000010" in result.output
     run_dir = folder / "runs/tiny"
-    assert all(stage_done(run_dir, s) for s in STAGES)
+    assert all(handoff.finished(run_dir / s) is not None for s in STAGES)
+    assert handoff.read_output(run_dir / "sft").path == run_dir / "sft/step_000010"
     assert (run_dir / "config.yaml").is_file()
     assert _losses(result.output, "sft"), "sft printed no loss lines"
 
@@ -204,37 +203,36 @@ def test_sft_masked_positions_get_no_gradient(tokenizer):
     assert torch.all(per_token[y == -1] == 0)
 
 
-def _ctx(cfg, name, run_dir):
-    return StageContext(cfg, name, load_plugins(), run_dir, torch.device("cpu"), torch.float32,
-                        DistInfo(), Tracker())
-
-
-def test_checkpoint_reloads_to_bit_identical_logits(tokenizer, write_yaml, tmp_path):
-    cfg = config_lib.load(write_yaml("""\
+def test_checkpoint_reloads_to_bit_identical_logits(tokenizer, write_yaml, tmp_path, stage_ctx):
+    path = write_yaml("""\
         name: ck
         model: {depth: 1, seq_len: 128}
         stages:
           pretrain: {data: {source: arithmetic}, optimizer: {name: adamw}}
           sft: {task: {name: arithmetic}, optimizer: {name: adamw}}
-        """))
+        """)
     run_dir = tmp_path / "runs/ck"
     tokenizer.save(run_dir / "tokenizer")
-    pre = _ctx(cfg, "pretrain", run_dir)
-    model = _perturbed_gpt(tokenizer.vocab_size)
-    optimizer = pre.build_optimizer(model)
+    pre = stage_ctx(path, "pretrain", run_dir)
+    model, _ = pre.load_model(handoff.Checkpoint(None, None, run_dir / "tokenizer"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    optimizer = pre.optimizer(pre.cfg.optimizer, model)
     ids = torch.tensor([tokenizer.encode("Mia has 12 apples. She buys 7 more.\n#### 19")])
     with torch.no_grad():
         before = model(ids)
-    path = pre.save(7, model, optimizer, {"data_position": None}, done=True)
+    handle = pre.save(7, model, optimizer, {"data_position": None}, done=True)
 
-    state, opt_state, meta = load_checkpoint(path)
+    state, opt_state, meta = load_checkpoint(handle.path)
     assert meta["step"] == 7 and meta["done"] is True and opt_state is not None
-    again = GPT(GPTConfig(**meta["model_config"]))
+    again = GPT(GPTConfig(**meta["model"]["args"], vocab_size=tokenizer.vocab_size, seq_len=128))
     again.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(again(ids), before)
-    # the next stage builds the same model from that checkpoint
-    nxt = _ctx(cfg, "sft", run_dir).build_model(tokenizer.vocab_size)
+    # the next stage builds the same model from that checkpoint, found by its path alone
+    nxt, tok = stage_ctx(path, "sft", run_dir).load_model(handoff.Checkpoint.open(handle.path))
+    assert tok.vocab_size == tokenizer.vocab_size
     with torch.no_grad():
         assert torch.equal(nxt(ids), before)
 

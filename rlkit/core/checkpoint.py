@@ -1,4 +1,4 @@
-"""Atomic checkpoints for one stage: save, verify, load, find the latest, prune; RNG state as JSON.
+"""Atomic checkpoints for one stage: save, verify, load, find the latest.
 
 Layout (a stage folder such as runs/<name>/pretrain/):
 
@@ -18,13 +18,11 @@ edited file, a bad disk) is caught by the sizes and hashes in meta.json: load_ch
 naming the file, and latest_checkpoint skips to the newest checkpoint that is still whole.
 
 Loading never unpickles arbitrary objects: safetensors + torch.load(weights_only=True) + json.
-Only rank 0 should call save_checkpoint / keep_last.
+Only rank 0 should call save_checkpoint.
 """
-import base64
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import warnings
@@ -224,21 +222,25 @@ def verify_checkpoint(path, files: list[str] | None = None) -> dict:
     return meta
 
 
-def load_checkpoint(path, device="cpu", load_optimizer: bool = True) -> tuple[dict, dict | None, dict]:
-    """Verify, then read a checkpoint folder: (model_state, optimizer_state or None, meta).
+def load_checkpoint(path, device="cpu", load_optimizer: bool = True, load_model: bool = True,
+                    verify: bool = True) -> tuple[dict | None, dict | None, dict]:
+    """Verify, then read a checkpoint folder: (model_state or None, optimizer_state or None, meta).
 
     model_state tensors are placed on `device`; optimizer tensors too (optimizer.load_state_dict then
     moves them next to their parameters). meta is the dict given to save_checkpoint (after JSON).
+    verify=False skips the hashes of files latest_checkpoint(verify=True) has just checked.
     """
     path = Path(path)
-    meta = verify_checkpoint(path, files=[MODEL_FILE])
+    meta = verify_checkpoint(path, files=[MODEL_FILE] if load_model and verify else [])
     has_opt = OPTIMIZER_FILE in meta["checkpoint"]["files"]
-    if load_optimizer and has_opt:
+    if load_optimizer and has_opt and verify:
         verify_checkpoint(path, files=[OPTIMIZER_FILE])
-    try:
-        model_state = load_file(str(path / MODEL_FILE), device=str(device))
-    except Exception as e:  # noqa: BLE001 -- whatever safetensors says, name the file
-        raise RlkitError(f"{path / MODEL_FILE} cannot be read ({e})") from None
+    model_state = None
+    if load_model:
+        try:
+            model_state = load_file(str(path / MODEL_FILE), device=str(device))
+        except Exception as e:  # noqa: BLE001 -- whatever safetensors says, name the file
+            raise RlkitError(f"{path / MODEL_FILE} cannot be read ({e})") from None
     optimizer_state = None
     if load_optimizer and has_opt:
         try:
@@ -249,7 +251,7 @@ def load_checkpoint(path, device="cpu", load_optimizer: bool = True) -> tuple[di
     return model_state, optimizer_state, meta
 
 
-# ----------------------------------------------------------------------------- find / prune
+# ----------------------------------------------------------------------------- find
 
 def _step_dirs(stage_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every step_N folder, oldest first; tmp folders start with '.' and never match."""
@@ -286,66 +288,3 @@ def latest_checkpoint(stage_dir, verify: bool = True, warn: Callable[[str], None
     for bad, why in damaged:
         warn(f"checkpoint {bad} is damaged ({why}); no complete checkpoint left")
     return None
-
-
-def keep_last(stage_dir, n: int) -> list[Path]:
-    """Delete all but the newest n checkpoints, never the newest valid one; return the deleted paths."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise RlkitError(f"keep_last: n must be an int >= 1, got {n!r}")
-    stage_dir = Path(stage_dir)
-    keep = {p for _, p in _step_dirs(stage_dir)[-n:]}
-    keep.add(latest_checkpoint(stage_dir, verify=True, warn=lambda _: None))
-    deleted = []
-    for _, p in _step_dirs(stage_dir):
-        if p not in keep:
-            doomed = stage_dir / f".tmp-deleting-{p.name}-{os.getpid()}"
-            os.rename(p, doomed)  # out of sight first, so a crash mid-delete leaves no half checkpoint
-            shutil.rmtree(doomed, ignore_errors=True)
-            deleted.append(p)
-    return deleted
-
-
-# ----------------------------------------------------------------------------- RNG state
-
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
-
-
-def rng_state() -> dict:
-    """Python, numpy, torch CPU and CUDA/MPS generator states as a JSON-serialisable dict (for meta.json)."""
-    version, internal, gauss = random.getstate()
-    state = {"python": [version, list(internal), gauss], "torch": _b64(torch.get_rng_state())}
-    try:
-        import numpy as np
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]  # one per visible device
-    if hasattr(torch, "mps") and torch.backends.mps.is_available():
-        state["mps"] = _b64(torch.mps.get_rng_state())
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned; generators absent here (no CUDA now, say) are skipped."""
-    try:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(_unb64(state["torch"]))
-        if "numpy" in state:
-            import numpy as np
-            kind, keys, pos, has_gauss, cached = state["numpy"]
-            np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-        if "cuda" in state and torch.cuda.is_available():
-            for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(_unb64(s), i)
-        if "mps" in state and hasattr(torch, "mps") and torch.backends.mps.is_available():
-            torch.mps.set_rng_state(_unb64(state["mps"]))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise RlkitError(f"set_rng_state: not a state from rng_state() ({type(e).__name__}: {e})") from None

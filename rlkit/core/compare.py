@@ -22,7 +22,6 @@ from rlkit.core.errors import RlkitError
 KEY_METRICS = ("loss", "bpb", "accuracy", "reward", "completion_len", "tokens_per_s", "rollout_tok_s", "mfu")
 LOWER_IS_BETTER = ("loss", "bpb")
 NO_BEST = ("delta@1", "completion_len", "lr_mult", "grad_norm", "adv_std", "vocab_size", "train_chars")
-STAGE_ORDER = ("tokenizer", "pretrain", "midtrain", "sft", "rl")
 
 
 def compare(repo: str | Path, refs: list[str], metrics: list[str] | None = None) -> dict:
@@ -31,14 +30,16 @@ def compare(repo: str | Path, refs: list[str], metrics: list[str] | None = None)
     runs = find_runs(open_repo(repo), refs)
     infos = [{"name": r.name, "hash": r.hash, "experiment": r.experiment, "created": r.creation_time} for r in runs]
     series = [read_metrics(r) for r in runs]
+    hparams = [_param(r, "hparams") or {} for r in runs]
+    order = list(dict.fromkeys(entry for h in hparams for entry in (h.get("stages") or {})))  # the YAMLs' order
     rows = []
-    for stage, metric in _metric_rows(series, metrics):
-        values = [_final_best(s.get((stage, metric)), metric, stage) for s in series]
+    for stage, metric in _metric_rows(series, metrics, order):
+        values = [_final_best(s.get((stage, metric)), metric, policy=(stage, "reward") in s) for s in series]
         rows.append({"stage": stage, "metric": metric, "values": values})
     summaries = [_param(r, "summary") or {} for r in runs]
-    stages = _ordered({st for s in summaries for st in s})
+    stages = _ordered({st for s in summaries for st in s}, order)
     wall = [{"stage": st, "values": [s.get(st, {}).get("wall_s") for s in summaries]} for st in stages]
-    diff = config_diff([_param(r, "hparams") or {} for r in runs])
+    diff = config_diff(hparams)
     return {"runs": infos, "metrics": rows, "wall_s": wall, "config": diff}
 
 
@@ -94,7 +95,7 @@ def read_metrics(run) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
     return out
 
 
-def _metric_rows(series: list[dict], wanted: list[str] | None) -> list[tuple[str, str]]:
+def _metric_rows(series: list[dict], wanted: list[str] | None, order: list[str]) -> list[tuple[str, str]]:
     present = {key for s in series for key in s}
     if not wanted:  # the key metrics, with pass@ the smallest and largest k tracked after reward
         ks = sorted({int(m[5:]) for _, m in present if m.startswith("pass@") and m[5:].isdigit()})
@@ -106,15 +107,16 @@ def _metric_rows(series: list[dict], wanted: list[str] | None) -> list[tuple[str
         if unknown:
             known = sorted({name for _, name in present})
             raise RlkitError(f"--metric: {', '.join(unknown)} not tracked by these runs (tracked: {', '.join(known)})")
-    return [(stage, m) for stage in _ordered({st for st, _ in present}) for m in names if (stage, m) in present]
+    return [(stage, m) for stage in _ordered({st for st, _ in present}, order) for m in names if (stage, m) in present]
 
 
-def _final_best(points, metric: str, stage: str) -> dict | None:
+def _final_best(points, metric: str, policy: bool) -> dict | None:
+    """Final and best value; `policy`: the stage tracked a reward, so its loss is a policy loss with no "best"."""
     if points is None:
         return None
     steps, values = points
     finite = [v for v in values if v == v]
-    no_best = metric in NO_BEST or (stage, metric) == ("rl", "loss") or not finite  # a policy loss has no "best"
+    no_best = metric in NO_BEST or (policy and metric == "loss") or not finite
     best = None if no_best else (min if metric in LOWER_IS_BETTER else max)(finite)
     return {"final": values[-1], "best": best, "last_step": steps[-1]}
 
@@ -137,8 +139,9 @@ def config_diff(values: list, prefix: str = "") -> list[dict]:
     return [{"key": prefix.rstrip("."), "values": values}]
 
 
-def _ordered(stages: set[str]) -> list[str]:
-    return sorted(stages, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+def _ordered(stages: set[str], order: list[str]) -> list[str]:
+    """Stage entries in the runs' YAML order; any the configs do not list, after them by name."""
+    return sorted(stages, key=lambda s: (order.index(s) if s in order else len(order), s))
 
 
 def render(result: dict) -> str:

@@ -23,9 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.core.errors import RlkitError
-
-STAGE_ORDER = ("tokenizer", "pretrain", "midtrain", "sft", "rl")
-
+from rlkit.core.yamlfile import StrictLoader, read_yaml
 
 @dataclass
 class PluginRef:
@@ -38,17 +36,21 @@ class RewardRef(PluginRef):
     weight: float = 1.0  # the total reward is the weighted sum
 
 
-@dataclass
-class TextData:
-    source: str = MISSING  # a task name, a local path (relative to the YAML), or a hub dataset id
-    args: dict[str, Any] = field(default_factory=dict)  # task args, or load_dataset kwargs
-    text_field: str = "text"  # the column holding text in JSONL/parquet/hub data
-    split: str = "train"
+def plugin(kind: str, name: str = MISSING, ref: type = PluginRef):
+    """A stage config field holding one plugin reference of `kind`; core checks its name and args up
+    front. `name` is the plugin's default, MISSING to make the YAML choose one."""
+    return field(default_factory=lambda: ref(name=name), metadata={"kind": kind})
+
+
+def plugin_list(kind: str):
+    """A stage config field holding a list of plugin references of `kind` (e.g. rewards, tasks)."""
+    return field(default_factory=list, metadata={"kind": kind})
 
 
 @dataclass
 class ModelConfig:
-    depth: int = 4  # the one dial: width = depth*64, heads = width/64
+    name: Optional[str] = None  # a model plugin; left out: the one plugin whose args the other keys are
+    args: dict[str, Any] = field(default_factory=dict)  # the model plugin's own arguments (e.g. depth)
     seq_len: int = 512  # context length
     dtype: str = "auto"  # auto (bf16 where fast) | float32 | bfloat16
     compile: str = "auto"  # torch.compile the training forward: auto (on CUDA, where it pays) | true | false
@@ -61,106 +63,6 @@ class TrackingConfig:
 
 
 @dataclass
-class TokenizerStage:
-    vocab_size: int = 32768  # includes the special tokens
-    data: TextData = field(default_factory=TextData)
-    max_chars: int = 2_000_000_000  # stop reading text after this many characters
-
-
-@dataclass
-class PretrainStage:
-    data: TextData = field(default_factory=TextData)
-    steps: int = 1000  # optimizer steps
-    total_batch_tokens: int = 524288  # tokens per optimizer step, all ranks; accumulation is derived
-    device_batch_size: int = 32  # rows per forward pass
-    optimizer: PluginRef = field(default_factory=lambda: PluginRef(name="muon"))
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2  # fraction of steps at the end where lr falls linearly
-    final_lr_frac: float = 0.0
-    eval_every: int = 250  # bits-per-byte on held-out text every N steps (0: only at the end)
-    eval_tokens: int = 65536
-    log_every: int = 10
-    save_every: int = 0  # checkpoint every N steps (0: only at the end)
-    init: Optional[str] = None  # start from this checkpoint instead of the previous stage
-
-
-@dataclass
-class MidtrainStage:
-    tasks: list[PluginRef] = field(default_factory=list)  # conversation mixture, packed
-    steps: int = 200
-    total_batch_tokens: int = 524288
-    device_batch_size: int = 32
-    optimizer: PluginRef = field(default_factory=lambda: PluginRef(name="muon"))
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2
-    final_lr_frac: float = 0.0
-    init_lr_frac: float = 1.0  # scale every group's lr by this
-    log_every: int = 10
-    save_every: int = 0
-    init: Optional[str] = None
-
-
-@dataclass
-class SFTStage:
-    task: PluginRef = field(default_factory=PluginRef)
-    steps: int = 200
-    examples_per_step: int = 32  # conversations per optimizer step, all ranks
-    device_batch_size: int = 8
-    optimizer: PluginRef = field(default_factory=lambda: PluginRef(name="muon"))
-    init_lr_frac: float = 0.02
-    warmdown_frac: float = 1.0  # nanochat's sft ramps lr down linearly over the whole stage
-    eval_examples: int = 200  # greedy accuracy on held-out problems at the end (0: skip)
-    eval_reward: PluginRef = field(default_factory=lambda: PluginRef(name="gsm8k"))  # scores that accuracy
-    eval_max_new_tokens: int = 128
-    log_every: int = 10
-    save_every: int = 0
-    init: Optional[str] = None
-
-
-@dataclass
-class Rollout:
-    samples: int = 16  # completions per prompt (the group size G)
-    temperature: float = 1.0
-    top_k: int = 50  # 0 keeps the whole vocabulary
-    max_new_tokens: int = 256
-
-
-@dataclass
-class RLEval:
-    every: int = 60  # pass@k on held-out problems every N steps (0: only before and after)
-    examples: int = 400
-    k: int = 8  # samples per problem: pass@1..k
-    reward: PluginRef = field(default_factory=lambda: PluginRef(name="gsm8k"))  # decides "correct"
-
-
-@dataclass
-class RLStage:
-    task: PluginRef = field(default_factory=PluginRef)
-    algorithm: PluginRef = field(default_factory=lambda: PluginRef(name="grpo"))
-    rewards: list[RewardRef] = field(default_factory=list)
-    optimizer: PluginRef = field(default_factory=lambda: PluginRef(name="muon"))
-    rollout: Rollout = field(default_factory=Rollout)
-    steps: int = 500
-    examples_per_step: int = 16  # prompts per step, all ranks
-    device_batch_size: int = 8  # sequences per forward/backward micro-batch
-    init_lr_frac: float = 0.05
-    reward_timeout: float = 10.0  # seconds one reward call may take on one completion (0: no limit)
-    log_every: int = 1
-    save_every: int = 60
-    eval: RLEval = field(default_factory=RLEval)
-    init: Optional[str] = None
-
-
-@dataclass
-class Stages:
-    tokenizer: Optional[TokenizerStage] = None
-    pretrain: Optional[PretrainStage] = None
-    midtrain: Optional[MidtrainStage] = None
-    sft: Optional[SFTStage] = None
-    rl: Optional[RLStage] = None
-
-
-@dataclass
 class Experiment:
     name: str = MISSING
     seed: int = 42  # fixes data order, sampling and init
@@ -169,94 +71,127 @@ class Experiment:
     plugins: list[str] = field(default_factory=list)  # local plugin files, relative to the YAML
     model: ModelConfig = field(default_factory=ModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    stages: Stages = field(default_factory=Stages)
+    # entry name -> {kind: <stage plugin> (default: the name), init: PATH, ...the stage's own keys};
+    # run in this order; each entry is checked against its stage's config dataclass (entry_config)
+    stages: dict[str, Any] = field(default_factory=dict)
+
+
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+ENTRY_KEYS = ("kind", "init")  # keys every stage entry may hold, besides its stage's own
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
-    """Read an experiment file, apply `key=value` overrides, validate against the schema."""
+    """Read an experiment file, apply `key=value` overrides, validate the top level against the schema.
+    Stage entries are checked against their stage's own dataclass once plugins are known (entry_config)."""
     path = Path(path)
     if not path.is_file():
         raise RlkitError(f"{path}: experiment file not found")
-    user = _read_yaml(path)
+    user = read_yaml(path)
     _check_shapes(Experiment, user, f"{path}: ")
+    if isinstance(user.get("model"), dict):  # the flat form `model: {depth: 4}`: other keys are the args
+        user["model"] = _nest_model_args(user["model"])
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Experiment), OmegaConf.create(user))
     except OmegaConfBaseException as e:
-        raise RlkitError(f"{path}: {_explain(e)}") from None
+        raise RlkitError(f"{path}: {_explain(e, Experiment)}") from None
+    OmegaConf.set_struct(cfg.stages, False)  # entries are free-form here: their stage's schema checks them
     for item in overrides:
         _apply_override(cfg, item)
     try:
         _check_missing(cfg, f"{path}: ")
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
-        raise RlkitError(f"{path}: {_explain(e)}") from None
+        raise RlkitError(f"{path}: {_explain(e, Experiment)}") from None
     cfg._set_flag("readonly", False)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
+def _nest_model_args(model: dict) -> dict:
+    flat = {k: v for k, v in model.items() if k not in MODEL_KEYS}
+    return {k: v for k, v in model.items() if k in MODEL_KEYS} | ({"args": {**model.get("args", {}), **flat}}
+                                                                   if flat else {})
+
+
 def _apply_override(cfg: DictConfig, item: str) -> None:
     """Apply one `key=value` (value parsed as YAML) onto the validated config."""
     key, eq, text = item.partition("=")
-    if not eq or not key.strip():
+    key = key.strip()
+    if not eq or not key:
         raise RlkitError(f"command line: '{item}' is not an override; write key=value, e.g. seed=1")
+    parts = key.split(".")
+    if parts[0] == "model" and len(parts) > 1 and parts[1] not in MODEL_KEYS:  # model.depth: a model arg
+        key = ".".join(["model", "args", *parts[1:]])
     try:
-        value = yaml.load(text, Loader=_StrictLoader) if text.strip() else ""
+        value = yaml.load(text, Loader=StrictLoader) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     try:
-        OmegaConf.update(cfg, key.strip(), value, merge=True)
+        OmegaConf.update(cfg, key, value, merge=True)
     except (OmegaConfBaseException, TypeError, ValueError, IndexError) as e:
         none_parent = re.search(r"because '([^']+)' is None", str(e))
         if none_parent:
             raise RlkitError(f"command line: {key}: '{none_parent.group(1)}' is not in the experiment file; "
                              "add it there first") from None
         if isinstance(e, OmegaConfBaseException):
-            raise RlkitError(f"command line: {_explain(e)}") from None
+            raise RlkitError(f"command line: {_explain(e, Experiment)}") from None
         raise RlkitError(f"command line: {key}: cannot set to {text!r} ({_first_line(e)})") from None
 
 
 def stages_to_run(cfg: DictConfig) -> list[str]:
-    """The configured stages in pipeline order."""
-    return [s for s in STAGE_ORDER if cfg.stages.get(s) is not None]
+    """The configured stage entries in YAML order (an entry set to null is left out)."""
+    return [name for name in cfg.stages if cfg.stages[name] is not None]
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.safe_load (data only: no tags that build Python objects) that rejects duplicate keys and, like
-    OmegaConf's loader, reads 1e-4 as a float (YAML 1.1 alone wants 1.0e-4)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+def entry_kind(cfg: DictConfig, name: str) -> str:
+    """An entry's stage kind: its `kind:` key, else its name."""
+    entry = cfg.stages[name]
+    return str(entry.get("kind") or name) if isinstance(entry, DictConfig) else name
 
 
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+def entry_config(schema: type, name: str, entry, where: str, kinds: dict[str, dict]):
+    """Check one stage entry against its stage's dataclass: (typed config object, merged DictConfig).
 
-
-def _read_yaml(path: Path) -> dict:
-    text = path.read_text()
+    `where` prefixes errors (file: stages.<name>); `kinds` maps plugin kind -> installed names, so a
+    missing plugin choice lists what could go there."""
+    raw = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry or {})
+    if not isinstance(raw, dict):
+        raise RlkitError(f"{where}: expected a mapping of the stage's keys, got {raw!r}")
+    raw = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
+    _check_shapes(schema, raw, f"{where}.")
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RlkitError(f"{path}: YAML syntax error{line}: {problem}") from None
-    if data is None:
-        raise RlkitError(f"{path}: the file is empty; it needs at least `name:` and `stages:`")
-    if not isinstance(data, dict):
-        raise RlkitError(f"{path}: expected a mapping of keys (name, seed, model, stages, ...) at the top")
-    return data
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(raw))
+    except OmegaConfBaseException as e:
+        raise RlkitError(f"{where}.{_explain(e, schema, extra=ENTRY_KEYS)}") from None
+    _check_choices(schema, merged, f"{where}.", kinds)
+    try:
+        _check_missing(merged, f"{where}.")
+        return OmegaConf.to_object(merged), merged
+    except OmegaConfBaseException as e:
+        raise RlkitError(f"{where}.{_explain(e, schema)}") from None
+
+
+def plugin_refs(obj, prefix: str = ""):
+    """(key, kind, PluginRef) for every plugin reference a typed stage config holds, nested ones included."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if "kind" in f.metadata:
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+            yield from ((at, f.metadata["kind"], ref) for at, ref in items)
+        elif dataclasses.is_dataclass(value):
+            yield from plugin_refs(value, key + ".")
+
+
+def _check_choices(schema: type, node: DictConfig, prefix: str, kinds: dict[str, dict]) -> None:
+    """A plugin reference left without a name: say which plugins could go there."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind, sub, sub_type = f.metadata.get("kind"), node.get(f.name), _unwrap_optional(hints[f.name])
+        if kind and isinstance(sub, DictConfig) and OmegaConf.is_missing(sub, "name"):
+            names = ", ".join(sorted(kinds.get(kind, ()))) or "none are installed"
+            raise RlkitError(f"{prefix}{f.name}.name: missing; choose a {kind} plugin ({names})")
+        if not kind and dataclasses.is_dataclass(sub_type) and isinstance(sub, DictConfig):
+            _check_choices(sub_type, sub, f"{prefix}{f.name}.", kinds)
 
 
 def _check_shapes(schema: type, data: dict, prefix: str) -> None:
@@ -292,7 +227,7 @@ def _check_item(kind: type, item, where: str) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(kind), item)
     except OmegaConfBaseException as e:
-        raise RlkitError(f"{where}.{_explain(e)}") from None
+        raise RlkitError(f"{where}.{_explain(e, kind)}") from None
 
 
 def _unwrap_optional(kind):
@@ -317,8 +252,8 @@ def _check_missing(cfg: DictConfig, prefix: str) -> None:
                     _check_missing(item, f"{full}[{i}].")
 
 
-def _explain(e: OmegaConfBaseException) -> str:
-    """One line: the full key and what is wrong, with a 'did you mean' for unknown keys."""
+def _explain(e: OmegaConfBaseException, schema: type, extra: tuple = ()) -> str:
+    """One line: the full key and what is wrong, with a 'did you mean' for unknown keys of `schema`."""
     key = getattr(e, "full_key", None) or ""
     msg = _first_line(e)
     if isinstance(e, RlkitError):
@@ -326,7 +261,7 @@ def _explain(e: OmegaConfBaseException) -> str:
     unknown = re.match(r"Key '([^']+)' not in '([^']+)'", msg)
     if unknown:
         bad = unknown.group(1)
-        valid = _valid_keys(key)
+        valid = _valid_keys(schema, key) + (list(extra) if "." not in key else [])
         close = difflib.get_close_matches(bad, valid, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
         return f"{key}: no such key ({hint})"
@@ -337,16 +272,11 @@ def _explain(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
-def _valid_keys(full_key: str) -> list[str]:
-    """The schema's keys at the parent of `full_key` (e.g. stages.rl.stepz -> RLStage fields)."""
-    node: Any = OmegaConf.structured(Experiment)
-    parts = [p for p in re.split(r"\.|\[\d+\]", full_key) if p][:-1]
-    types = {"tokenizer": TokenizerStage, "pretrain": PretrainStage, "midtrain": MidtrainStage,
-             "sft": SFTStage, "rl": RLStage}
-    for part in parts:
-        if part in types and isinstance(node, DictConfig) and part in node and node[part] is None:
-            node = OmegaConf.structured(types[part])
-        elif isinstance(node, DictConfig) and part in node:
+def _valid_keys(schema: type, full_key: str) -> list[str]:
+    """The schema's keys at the parent of `full_key` (e.g. rollout.samplez -> Rollout's fields)."""
+    node: Any = OmegaConf.structured(schema)
+    for part in [p for p in re.split(r"\.|\[\d+\]", full_key) if p][:-1]:
+        if isinstance(node, DictConfig) and part in node:
             node = node[part]
         else:
             return []

@@ -1,51 +1,54 @@
-"""What a stage gets: the config, the plugins, the device, the tracker, and the
-few helpers every stage needs (its tokenizer, its model from the previous
-stage's checkpoint, an optimizer from a plugin, saving and resuming).
+"""What a stage's run(ctx, start) gets: runtime services, nothing about any particular stage.
 
-A stage is a module in rlkit/core/stages with `run(ctx: StageContext)`; it
-reads as one loop top to bottom and leaves bookkeeping to this file.
+    resume = ctx.resume_point()                        # this entry's own last checkpoint (--resume)
+    model, tokenizer = ctx.load_model(resume or start)  # from a checkpoint, else a fresh model
+    optimizer = ctx.optimizer(cfg.optimizer, model)
+    meta = ctx.restore(resume, optimizer)              # optimizer, RNG and algorithm state; {} if new
+    ...
+    return ctx.save(step, model, optimizer, extra, done=True)   # the handle the next entry starts from
+
+The loop helpers that stages share (log line, checks before the update, save_every) are in
+rlkit.core.training.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core import checkpoint as ckpt
-from rlkit.core import interrupt
+from rlkit.core import interrupt, policy, rng
 from rlkit.core.dist import DistInfo, all_reduce_sum, barrier, print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.model import GPT, GPTConfig
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.plugins import Plugins
 from rlkit.core.tokenizer import Tokenizer
-
-MODEL_STAGES = ("pretrain", "midtrain", "sft", "rl")
 
 
 @dataclass
 class StageContext:
-    cfg: DictConfig  # the whole resolved experiment
-    name: str  # this stage: tokenizer | pretrain | midtrain | sft | rl
+    name: str  # this entry's name: its folder runs/<name>/<entry>, its Aim context, its report section
+    cfg: Any  # this entry's typed config (its stage's dataclass)
+    experiment: DictConfig  # the whole resolved experiment (seed, model, ...)
+    index: int  # the entry's position in the YAML order
     plugins: Plugins
     run_dir: Path
     device: torch.device
     dtype: torch.dtype  # compute dtype for autocast
     dist: DistInfo
-    tracker: object  # AimTracker or NullTracker
+    tracker: Any  # rlkit.core.track.Tracker
     resume: bool = False
     summary: dict = field(default_factory=dict)  # what the stage reports at its end (report card)
-
-    @property
-    def stage(self) -> DictConfig:
-        return self.cfg.stages[self.name]
+    init: str | None = None  # the entry's `init:`, if it has one (named in errors about its start)
+    start_path: Path | None = None  # the checkpoint the entry started from (named when a step fails)
+    model_name: str | None = None  # set by load_model: what save() records with the weights
+    tokenizer_dir: Path | None = None  # set by load_model: the rlkit tokenizer folder, if one is used
 
     @property
     def stage_dir(self) -> Path:
@@ -53,7 +56,16 @@ class StageContext:
 
     @property
     def base_dir(self) -> Path:
-        return Path(self.cfg.base_dir)
+        return Path(self.experiment.base_dir)
+
+    @property
+    def seq_len(self) -> int:
+        return self.experiment.model.seq_len
+
+    def seed(self, offset: int = 0) -> int:
+        """This entry's seed, from the experiment's one seed and the entry's position (entry i gets
+        seed * 1000 + 100 * (i - 1): the first build's seeds for tokenizer, pretrain, ..., rl)."""
+        return self.experiment.seed * 1000 + 100 * (self.index - 1) + offset
 
     def autocast(self):
         """bf16 autocast when the compute dtype is bf16; a no-op context in fp32."""
@@ -61,121 +73,95 @@ class StageContext:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def seed(self, offset: int = 0) -> int:
-        """A per-stage seed derived from the experiment's one seed."""
-        return self.cfg.seed * 1000 + MODEL_STAGES.index(self.name) * 100 + offset if self.name in MODEL_STAGES \
-            else self.cfg.seed
-
-    # --- tokenizer ---------------------------------------------------------
-    def tokenizer_dir(self) -> Path:
-        """This run's tokenizer, else the one the `init:` checkpoint was trained with: the folder its meta names
-        or, when that run folder was moved or copied, the `tokenizer` folder of the run it sits in."""
-        own = self.run_dir / "tokenizer"
-        start = None if own.is_dir() else self.init_checkpoint()
-        if start is None:
-            return own
-        named = json.loads((start / "meta.json").read_text()).get("tokenizer_dir")
-        beside = start.parent.parent / "tokenizer"  # <run>/<stage>/step_N -> <run>/tokenizer
-        for candidate in ([Path(named)] if named else []) + [beside]:
-            if candidate.is_dir():
-                return candidate
-        return Path(named) if named else own  # missing: Tokenizer.load names it
-
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.tokenizer_dir())
-
     # --- plugins -----------------------------------------------------------
-    def plugin_fn(self, kind: str, ref: DictConfig):
-        """The plugin callable for a {name, args} reference, with its args bound (args already validated)."""
+    def plugin(self, kind: str, ref):
+        """The plugin callable for a {name, args} reference, its args bound (they were checked up front)."""
         fn = self.plugins.get(kind, ref.name, f"stages.{self.name}")
-        args = OmegaConf.to_container(ref.args)
-        return functools.partial(fn, **args) if args else fn
+        return functools.partial(fn, **ref.args) if ref.args else fn
 
-    def task(self, ref: DictConfig, split: str):
+    def call(self, key: str, kind: str, ref, *args):
+        """Call a plugin factory (a task, an optimizer, an algorithm); its failure becomes one line naming `key`."""
+        return call_plugin(f"stages.{self.name}.{key}", ref.name, self.plugin(kind, ref), *args)
+
+    def task(self, ref, split: str, key: str = "task"):
         """A task plugin's examples for `split`; an empty task is a user error."""
-        task = call_plugin(f"stages.{self.name}.task", ref.name, self.plugin_fn("task", ref), split)
+        task = self.call(key, "task", ref, split)
         if len(task) == 0:
-            raise RlkitError(f"stages.{self.name}.task: task '{ref.name}' has no {split} examples")
+            raise RlkitError(f"stages.{self.name}.{key}: task '{ref.name}' has no {split} examples")
         return task
 
-    # --- model -------------------------------------------------------------
-    def init_checkpoint(self) -> Path | None:
-        """Where this stage starts: its own `init:`, else the last checkpoint of the nearest earlier stage."""
-        if self.stage.get("init"):
-            path = Path(self.stage.init)  # a run output: relative to where rlkit runs, like run_dir
-            found = ckpt.latest_checkpoint(path) if not (path / "meta.json").exists() else path
-            if found is None:
-                raise RlkitError(f"stages.{self.name}.init: no checkpoint at {path}")
-            return found
-        earlier = MODEL_STAGES[:MODEL_STAGES.index(self.name)]
-        for stage in reversed(earlier):
-            found = ckpt.latest_checkpoint(self.run_dir / stage, warn=print0)
-            if found is not None:
-                return found
-        return None
-
-    def build_model(self, vocab_size: int) -> GPT:
-        """The model this stage trains, on device: from this stage's own last checkpoint (--resume), else
-        from `init:` or the previous stage's last checkpoint, else freshly initialised from the seed."""
-        own = ckpt.latest_checkpoint(self.stage_dir, warn=print0) if self.resume else None
-        start = own or self.init_checkpoint()
-        mc = self.cfg.model
-        if start is None:
-            config = GPTConfig(depth=mc.depth, vocab_size=vocab_size, seq_len=mc.seq_len)
-            torch.manual_seed(self.cfg.seed)
-            model = GPT(config)
-            model.init_weights()
-            print0(f"[{self.name}] new model: depth {config.depth}, width {config.width}, "
-                   f"{sum(p.numel() for p in model.parameters()):,} parameters")
-            return model.to(self.device)
-        state, opt_state, meta = ckpt.load_checkpoint(start, load_optimizer=own is not None)
-        config = GPTConfig(**{**meta["model_config"], "seq_len": mc.seq_len})
-        key = f"stages.{self.name}.init" if self.stage.get("init") else "model.depth"
-        if config.depth != mc.depth:
-            raise RlkitError(f"{key}: checkpoint {start} holds a depth-{config.depth} model but model.depth is "
-                             f"{mc.depth}; set model.depth={config.depth} or start from a matching checkpoint")
-        if config.vocab_size != vocab_size:
-            raise RlkitError(f"{key}: checkpoint {start} has vocab {config.vocab_size} but the tokenizer has "
-                             f"{vocab_size}; they must come from the same run")
-        model = GPT(config)
-        model.load_state_dict(state)
-        self._own_checkpoint = (opt_state, meta) if own is not None else None
-        print0(f"[{self.name}] {'resuming from' if own else 'starting from'} {start}")
-        return model.to(self.device)
-
-    def restore(self, optimizer, algorithm=None) -> dict | None:
-        """After build_model/build_optimizer on --resume: load the optimizer state, the RNG states and an
-        algorithm's state from this stage's own checkpoint; returns its meta (step, data position), or None."""
-        found = getattr(self, "_own_checkpoint", None)
-        if found is None:
-            return None
-        opt_state, meta = found
-        optimizer.load_state_dict(opt_state)
-        ckpt.set_rng_state(meta["rng"])
-        if algorithm is not None and "algorithm" in meta and hasattr(algorithm, "load_state_dict"):
-            algorithm.load_state_dict(meta["algorithm"])
-        print0(f"[{self.name}] resuming at step {meta['step']}")
-        return meta
-
-    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        ref = self.stage.optimizer
-        factory = self.plugins.get("optimizer", ref.name, f"stages.{self.name}.optimizer.name")
-        optimizer = call_plugin(f"stages.{self.name}.optimizer", ref.name, factory, model,
-                                **OmegaConf.to_container(ref.args))
+    def optimizer(self, ref, model: torch.nn.Module) -> torch.optim.Optimizer:
+        optimizer = self.call("optimizer", "optimizer", ref, model)
         for group in optimizer.param_groups:
             if "initial_lr" not in group:
                 raise RlkitError(f"optimizer plugin '{ref.name}': every param group needs 'initial_lr'")
         return optimizer
 
-    def maybe_compile(self, model: torch.nn.Module, dynamic: bool = False):
-        """torch.compile the training forward per `model.compile`: auto compiles on CUDA only (on a CPU
-        the compile time outweighs the gain for the minutes-long runs rlkit makes there)."""
-        choice = str(self.cfg.model.compile).lower()
-        if choice not in ("auto", "true", "false"):
-            raise RlkitError(f"model.compile: '{self.cfg.model.compile}' is not valid (valid: auto, true, false)")
-        if choice == "false" or (choice == "auto" and self.device.type != "cuda"):
-            return model
-        return torch.compile(model, dynamic=dynamic)  # dynamic: one graph for batches of varying length
+    # --- model and checkpoints ---------------------------------------------
+    def resume_point(self) -> Checkpoint | None:
+        """Under --resume, this entry's own newest whole checkpoint (only its own folder is looked in)."""
+        found = ckpt.latest_checkpoint(self.stage_dir, warn=print0) if self.resume else None
+        return None if found is None else Checkpoint.from_step(found, f"stages.{self.name}", verified=True)
+
+    def load_model(self, start: Checkpoint | None):
+        """(model on device, tokenizer): the weights of `start`, else a new model from `model:` and the seed."""
+        mc, where = self.experiment.model, f"stages.{self.name}"
+        self.tokenizer_dir = start.tokenizer if start is not None else None
+        tokenizer = Tokenizer.load(self.tokenizer_dir) if self.tokenizer_dir is not None else None
+        args = OmegaConf.to_container(mc.args)
+        if start is None or start.path is None:
+            self.model_name = mc.name or policy.model_name(self.plugins, None, args, "model")
+            torch.manual_seed(self.experiment.seed)  # one seed, one init, whatever the entry
+            model, tokenizer = policy.build(self.plugins, self.model_name, args, tokenizer, mc.seq_len, "model")
+            print0(f"[{self.name}] new {self.model_name} model: {sum(p.numel() for p in model.parameters()):,} "
+                   "parameters")
+            return model.to(self.device), tokenizer
+        self.model_name, spec = start.model["name"], start.model["args"]
+        key = f"{where}.init" if self.init else "model"
+        if mc.name not in (None, self.model_name):
+            raise RlkitError(f"{key}: checkpoint {start.path} holds a {self.model_name} model but model.name is "
+                             f"{mc.name}; set model.name={self.model_name} or start from a matching checkpoint")
+        for k, v in args.items():
+            if k in spec and spec[k] != v:
+                raise RlkitError(f"{key}: checkpoint {start.path} holds a {self.model_name} model with {k}={spec[k]} "
+                                 f"but model.{k} is {v}; set model.{k}={spec[k]} or start from a matching checkpoint")
+        model, tokenizer = policy.build(self.plugins, self.model_name, spec, tokenizer, mc.seq_len, key)
+        state, _, _ = ckpt.load_checkpoint(start.path, load_optimizer=False, verify=not start.verified)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise RlkitError(f"{key}: checkpoint {start.path} does not fit the model "
+                             f"({str(e).splitlines()[0]}); the vocabulary or shape differs") from None
+        own = start.path.parent == self.stage_dir  # this entry's own checkpoint: --resume
+        print0(f"[{self.name}] {'resuming from' if own else 'starting from'} {start.path}")
+        return model.to(self.device), tokenizer
+
+    def restore(self, resume: Checkpoint | None, optimizer, algorithm=None) -> dict:
+        """From this entry's own checkpoint: optimizer, RNG and algorithm state; returns its meta ({} if none)."""
+        if resume is None:
+            return {}
+        _, opt_state, meta = ckpt.load_checkpoint(resume.path, load_model=False, verify=not resume.verified)
+        if optimizer is not None and opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        rng.set_rng_state(meta["rng"])
+        if algorithm is not None and "algorithm" in meta and hasattr(algorithm, "load_state_dict"):
+            algorithm.load_state_dict(meta["algorithm"])
+        print0(f"[{self.name}] resuming at step {meta['step']}")
+        return meta
+
+    def save(self, step: int, model, optimizer, extra: dict, done: bool = False) -> Checkpoint:
+        """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle."""
+        step_dir = self.stage_dir / f"step_{step:06d}"
+        handle = Checkpoint(step_dir, {"name": self.model_name, "args": model.spec()}, self.tokenizer_dir)
+        if self.dist.is_main:
+            record = handle.record(step_dir)
+            meta = {"stage": self.name, "step": step, "done": done, "model": record["model"],
+                    "tokenizer": record["tokenizer"], "rng": rng.rng_state(), "saved_at": time.time(), **extra}
+            state = {k: v.detach() for k, v in model.state_dict().items()}
+            opt_state = optimizer.state_dict() if optimizer is not None else None
+            ckpt.save_checkpoint(self.stage_dir, step, state, opt_state, meta)
+        barrier()  # the next entry on every rank reads what rank 0 writes
+        return handle
 
     # --- distributed -------------------------------------------------------
     def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -199,62 +185,12 @@ class StageContext:
     def mean_over_ranks(self, t: torch.Tensor) -> float:
         return all_reduce_sum(t.detach().clone().float()).item() / self.dist.world_size
 
-    # --- checkpoints -------------------------------------------------------
-    def save(self, step: int, model: GPT, optimizer, extra: dict, done: bool = False) -> Path | None:
-        """Rank 0 writes an atomic checkpoint of this stage; other ranks do nothing."""
-        if not self.dist.is_main:
-            barrier()  # the next stage on every rank reads what rank 0 writes
-            return None
-        meta = {"stage": self.name, "step": step, "done": done,
-                "tokenizer_dir": str(self.tokenizer_dir()),  # relative to the working directory, like run_dir
-                "model_config": dataclasses.asdict(model.config),
-                "rng": ckpt.rng_state(), "saved_at": time.time(), **extra}
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        opt_state = optimizer.state_dict() if optimizer is not None else None
-        path = ckpt.save_checkpoint(self.stage_dir, step, state, opt_state, meta)
-        barrier()
-        return path
-
-    def log_step(self, done: int, meter, **values) -> None:
-        """Every `log_every` steps and at the last: one console line and one tracked write of the step's
-        values (loss, lr_mult, ...) plus tokens/s and MFU since the previous line."""
-        s = self.stage
-        if done % s.log_every and done != s.steps:
-            return
-        tok_s, mfu = meter.read()
-        tok_s *= self.dist.world_size  # tokens/s of all ranks together; MFU stays per device
-        print0(f"[{self.name}] step {done:5d}/{s.steps} | loss {values['loss']:.4f} | lr x{values['lr_mult']:.4f} | "
-               f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
-        self.tracker.metrics({**values, "tokens_per_s": tok_s, "mfu": mfu}, step=done, stage=self.name)
-
-    def end_step(self, done: int, model: GPT, optimizer, extra: dict) -> None:
-        """After step `done`: the `save_every` checkpoint (the last step's is the stage's own, saved as done),
-        then a requested stop."""
-        every = self.stage.save_every
-        if every and done % every == 0 and done != self.stage.steps:
-            self.save(done, model, optimizer, extra)
-        self.stop_if_requested(done, model, optimizer, extra)
-
-    def stop_if_requested(self, step: int, model: GPT, optimizer, extra: dict) -> None:
+    def stop_if_requested(self, step: int, model, optimizer, extra: dict) -> None:
         """On Ctrl-C/SIGTERM (any rank): save this step's checkpoint and stop with the resume command."""
         if not interrupt.stop_requested(self.device):
             return
-        path = self.save(step, model, optimizer, extra)
-        raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {path or self.stage_dir}")
-
-    def check_step(self, loss: float, gnorm: torch.Tensor, step: int) -> None:
-        """Before optimizer.step(): a non-finite loss or gradient stops the run while the weights are still
-        the last finite ones, so no checkpoint ever holds them. `loss` must be the same on every rank."""
-        if not math.isfinite(loss):
-            self.fail(f"loss became {loss}", step)
-        if not math.isfinite(g := float(gnorm)):  # DDP has averaged the gradients: the same on every rank
-            self.fail(f"the gradient norm became {g}", step)
-
-    def fail(self, what: str, step: int) -> None:
-        """Stop on a numerical failure, naming the step and the last good checkpoint, which stays as it was."""
-        last = ckpt.latest_checkpoint(self.stage_dir, verify=False) or self.init_checkpoint()
-        raise RlkitError(f"stages.{self.name}: {what} at step {step}; the last good checkpoint is "
-                         f"{last or '(none yet)'}; lower the learning rate (optimizer args / init_lr_frac)")
+        handle = self.save(step, model, optimizer, extra)
+        raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {handle.path}")
 
 
 def call_plugin(where: str, name: str, fn, *args, **kwargs):
@@ -265,11 +201,3 @@ def call_plugin(where: str, name: str, fn, *args, **kwargs):
         raise RlkitError(f"{where}: {e}") from e  # the plugin's own message, with the key it came from
     except Exception as e:
         raise RlkitError(f"{where}: plugin '{name}' failed: {type(e).__name__}: {e}") from e
-
-
-def stage_done(run_dir: Path, name: str) -> bool:
-    """Whether a stage finished in an earlier invocation of this run (used by --resume)."""
-    if name == "tokenizer":
-        return (run_dir / "tokenizer").is_dir() and any((run_dir / "tokenizer").iterdir())
-    found = ckpt.latest_checkpoint(run_dir / name, warn=lambda _: None)  # a damaged last one: not done
-    return found is not None and json.loads((found / "meta.json").read_text()).get("done", False)

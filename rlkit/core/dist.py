@@ -115,10 +115,3 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch_dist.is_initialized():
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if torch_dist.is_initialized():
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
-        t /= torch_dist.get_world_size()
-    return t

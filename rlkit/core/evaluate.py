@@ -23,6 +23,7 @@ import math
 import torch
 
 from rlkit.core.sampling import generate
+from rlkit.core.scoring import score
 from rlkit.core.task import prompt_messages
 
 
@@ -36,13 +37,13 @@ def pass_at(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
              top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
-             baseline: list[float] | None = None) -> dict:
+             baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0) -> dict:
     """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
     'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'."""
     model.eval()
     n = 1 if temperature == 0 else samples
     indices = list(range(min(examples, len(task))))[ctx.dist.rank::ctx.dist.world_size]
-    stops = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
+    stops = tokenizer.stop_ids
     sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
     shown, per_problem = [], torch.zeros(min(examples, len(task)), dtype=torch.float64)
     for start in range(0, len(indices), prompts_per_batch):
@@ -55,7 +56,8 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
         for p, example in enumerate(batch):
             rows = range(p * n, (p + 1) * n)
             texts = [tokenizer.decode([t for t in out.completions[r] if t not in stops]) for r in rows]
-            scores = [float(reward(text, example)) for text in texts]
+            scores = score([(reward_name, 1.0, reward)], texts, [example] * n, f"in the {ctx.name} eval",
+                           timeout)[reward_name].tolist()  # guarded like training rewards
             correct = sum(score > 0.5 for score in scores)
             for j in range(1, n + 1):
                 sums[j - 1] += pass_at(n, correct, j)

@@ -1,15 +1,40 @@
 """The plugin contract: one registration hook per plugin kind.
 
 Each hook is collected from every plugin once at start-up and returns a table
-`{name: callable}`. Training loops call the returned callables directly, never
-`pm.hook`, so a plugin costs nothing per step. The docstrings below are the
-contract; docs/plugins.md documents each hook under its exact signature.
+`{name: callable}` (for stages, `{name: Stage}`). Training loops call the
+returned callables directly, never `pm.hook`, so a plugin costs nothing per
+step. The docstrings below are the contract; docs/plugins.md documents each
+hook under its exact signature, with a complete example.
 """
 from __future__ import annotations
 
 import pluggy
 
 hookspec = pluggy.HookspecMarker("rlkit")
+
+
+@hookspec
+def rlkit_stages() -> dict:
+    """Return {name: rlkit.core.stage.Stage}: one step of the pipeline (pretrain, sft, rl, ...).
+
+    A Stage holds `config` (a dataclass: the keys of its YAML entry, besides `kind` and `init`),
+    `run(ctx: StageContext, start: Checkpoint | None) -> Checkpoint` (start: what the previous
+    entry, or `init:`, handed on), and optionally `check(cfg, setup: StageSetup) -> None` (every
+    value it will use, before any stage runs) and `report(summary, tracked) -> list[str]` (its
+    lines on the report card). Plugin references in `config` are declared with
+    rlkit.core.config.plugin(kind) / plugin_list(kind), so core checks their names and args.
+    """
+
+
+@hookspec
+def rlkit_models() -> dict:
+    """Return {name: factory}; factory(tokenizer, seq_len, **args) -> Policy (rlkit.core.policy).
+
+    `tokenizer` is the run's tokenizer, or None when the model brings its own (then the Policy has
+    a `tokenizer` attribute). A Policy is an nn.Module with the training forward
+    `model(idx, targets, loss_reduction)`, `param_roles()`, `flops_per_token()`, `spec()` (the
+    JSON args that rebuild it with the same factory) and `decoder(dtype)` for the sampler.
+    """
 
 
 @hookspec

@@ -90,3 +90,19 @@ def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
             raise RlkitError(f"{type(optimizer).__name__} param group {i} has no 'initial_lr': "
                              "an optimizer plugin must set it on every group")
         group["lr"] = group["initial_lr"] * multiplier
+
+
+class _StandIn(nn.Module):
+    """A few parameters of every role: what stage checks build an optimizer on, before any real model."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte, self.proj, self.lm_head = nn.Embedding(64, 16), nn.Linear(16, 16, bias=False), nn.Linear(16, 64)
+
+    def param_roles(self):
+        return {"matrix": [self.proj.weight], "embedding": [self.wte.weight], "unembedding": [self.lm_head.weight],
+                "scalar": [self.lm_head.bias]}
+
+
+def stand_in_model() -> nn.Module:
+    return _StandIn()

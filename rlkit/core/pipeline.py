@@ -1,33 +1,47 @@
-"""Runs an experiment: validate everything first, then the stages in order.
+"""Runs an experiment: check every entry first, then run the entries in YAML order, handing each
+the previous one's checkpoint.
 
     cfg, plugins = prepare("experiments/quickstart.yaml", ["seed=1"], [])
     run(cfg, plugins)
 
-`prepare` loads the YAML, loads every plugin (built-in, installed, local
-files), and binds each plugin reference's `args` to the plugin's signature,
-so a typo fails in a second, before any model is built.
+`prepare` loads the YAML and every plugin (built-in, installed, local files), checks each stage
+entry against its stage's config dataclass, binds every plugin reference's `args` to the plugin's
+signature and runs each stage's own `check`, so a mistake fails in a second, before any model is
+built. `run` then calls each entry's `stage.run(ctx, start)` and records the Checkpoint it returns
+as runs/<name>/<entry>/output.json (what `--resume` and the next entry start from).
 """
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core import config as config_lib
-from rlkit.core.config import stages_to_run
+from rlkit.core import handoff, policy
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
-from rlkit.core.textdata import check_source
+from rlkit.core.stage import Stage, StageSetup
 
-# stage key -> plugin kind, for every plugin reference a stage may hold
-PLUGIN_FIELDS = {"optimizer": "optimizer", "task": "task", "tasks": "task", "algorithm": "algorithm",
-                 "rewards": "reward", "eval_reward": "reward", "eval.reward": "reward"}
+CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
+           "model.compile": ("auto", "true", "false")}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # the YAML key: its folder, Aim context and report section
+    kind: str  # the stage plugin
+    stage: Stage
+    cfg: Any  # the stage's typed config
+    init: str | None  # start from this checkpoint instead of the previous entry's
 
 
 def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
             world_size: int | None = None) -> tuple[DictConfig, Plugins]:
-    """Load and validate the experiment and its plugins for `world_size` processes (default: torchrun's
+    """Load and check the experiment and its plugins for `world_size` processes (default: torchrun's
     WORLD_SIZE, else 1); returns (config, plugin tables)."""
     path = Path(path)
     cfg = config_lib.load(path, overrides)
@@ -40,133 +54,70 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
     with _writable(cfg):
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
         cfg.experiment = str(OmegaConf.load(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
-    for stage in stages_to_run(cfg):
-        check_stage_plugins(cfg.stages[stage], f"{path}: stages.{stage}", plugins)
     check_values(cfg, path)
-    for stage in stages_to_run(cfg):  # a missing local data file fails now, not when its stage starts
-        source = OmegaConf.select(cfg.stages[stage], "data.source")
-        if source is not None:
-            check_source(source, plugins.tables["task"], base_dir, f"{path}: stages.{stage}.data.source")
-    check_algorithm(cfg, plugins, path)
-    check_optimizers(cfg, plugins, path)
+    _name_model(cfg, plugins, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
-    check_batches(cfg, world, path)
+    found = entries(cfg, plugins, path)
+    if not found:
+        raise RlkitError(f"{path}: stages: empty; list at least one stage entry "
+                         f"(installed stages: {', '.join(sorted(plugins.tables['stage'])) or 'none'})")
+    for i, e in enumerate(found):
+        where = f"{path}: stages.{e.name}"
+        if e.init is not None:  # a missing start fails now, not after the entries before it
+            handoff.Checkpoint.open(e.init, f"{where}.init")
+        if e.stage.check is not None:
+            setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None)
+            e.stage.check(e.cfg, setup)
     return cfg, plugins
 
 
-def check_stage_plugins(stage_cfg: DictConfig, where: str, plugins: Plugins) -> None:
-    """Every plugin reference in a stage names a known plugin and passes args it accepts."""
-    for key, kind in PLUGIN_FIELDS.items():
-        refs = OmegaConf.select(stage_cfg, key)
-        if refs is None:
-            continue
-        items = [(f"{where}.{key}", refs)] if not OmegaConf.is_list(refs) else \
-            [(f"{where}.{key}[{i}]", r) for i, r in enumerate(refs)]
-        for at, ref in items:
-            fn = plugins.get(kind, ref.name, f"{at}.name")
-            bind_args(kind, ref.name, fn, ref.args, f"{at}.args")
-    data = stage_cfg.get("data")
-    if data is not None and data.source in plugins.tables["task"]:  # text from a task
-        bind_args("task", data.source, plugins.tables["task"][data.source], data.args, f"{where}.data.args")
-
-
-CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
-           "model.compile": ("auto", "true", "false")}
-POSITIVE = ("model.depth", "model.seq_len", "stages.tokenizer.vocab_size", "stages.rl.rollout.samples",
-            "stages.rl.rollout.max_new_tokens", "stages.rl.eval.k") + tuple(
-    f"stages.{stage}.{key}" for stage in ("pretrain", "midtrain", "sft", "rl")
-    for key in ("steps", "device_batch_size", "total_batch_tokens", "examples_per_step"))
-NON_NEGATIVE = ("stages.rl.rollout.temperature", "stages.rl.rollout.top_k", "stages.rl.init_lr_frac",
-                "stages.sft.init_lr_frac", "stages.midtrain.init_lr_frac")
+def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]:
+    """Every stage entry checked against its stage's dataclass, plugin names and args bound; the resolved
+    entry (defaults filled in, `kind` explicit) replaces the YAML's in `cfg`, so config.yaml shows it."""
+    found = []
+    for name in config_lib.stages_to_run(cfg):
+        where, kind = f"{path}: stages.{name}", config_lib.entry_kind(cfg, name)
+        key = f"{where}.kind" if cfg.stages[name].get("kind") else where
+        stage = plugins.get("stage", kind, key)
+        typed, merged = config_lib.entry_config(stage.config, name, cfg.stages[name], where, plugins.tables)
+        for at, plugin_kind, ref in config_lib.plugin_refs(typed):
+            fn = plugins.get(plugin_kind, ref.name, f"{where}.{at}.name")
+            bind_args(plugin_kind, ref.name, fn, ref.args, f"{where}.{at}.args")
+        init = cfg.stages[name].get("init")
+        with _writable(cfg):
+            cfg.stages[name] = OmegaConf.merge({"kind": kind, "init": init}, merged)
+        found.append(Entry(name, kind, stage, typed, None if init is None else str(init)))
+    return found
 
 
 def check_values(cfg: DictConfig, path) -> None:
-    """Out-of-range values fail before any work, naming the key and what is valid."""
+    """Top-level choices and the context length, before any work."""
     for key, valid in CHOICES.items():
         value = str(OmegaConf.select(cfg, key)).lower()
         if value not in valid:
             raise RlkitError(f"{path}: {key}: '{value}' is not valid (valid: {', '.join(valid)})")
-    for key in POSITIVE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            raise RlkitError(f"{path}: {key}: {value} must be at least 1")
-    for key in NON_NEGATIVE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 0:
-            raise RlkitError(f"{path}: {key}: {value} must not be negative")
+    if cfg.model.seq_len < 1:
+        raise RlkitError(f"{path}: model.seq_len: {cfg.model.seq_len} must be at least 1")
 
 
-def check_algorithm(cfg: DictConfig, plugins: Plugins, path) -> None:
-    """Build the RL algorithm once (cheap, no model) so its own checks and `min_samples` apply up front."""
-    rl = cfg.stages.get("rl")
-    if rl is None:
-        return
-    factory = plugins.get("algorithm", rl.algorithm.name, f"{path}: stages.rl.algorithm.name")
-    try:
-        algorithm = factory(**OmegaConf.to_container(rl.algorithm.args))
-    except RlkitError:
-        raise
-    except Exception as e:
-        raise RlkitError(f"{path}: stages.rl.algorithm: plugin '{rl.algorithm.name}' failed: "
-                         f"{type(e).__name__}: {e}") from e
-    need = getattr(algorithm, "min_samples", 1)
-    if rl.rollout.samples < need:
-        raise RlkitError(f"{path}: stages.rl.rollout.samples: algorithm '{rl.algorithm.name}' needs at least "
-                         f"{need} samples per prompt (got {rl.rollout.samples})")
-
-
-def check_optimizers(cfg: DictConfig, plugins: Plugins, path) -> None:
-    """Build each stage's optimizer once on a tiny stand-in model, so values it refuses (a negative learning
-    rate, say) fail up front; other failures (it needs a GPU or a process group) wait for the real model."""
-    import torch
-
-    from rlkit.core.model import GPT, GPTConfig
-
-    stand_in = None
-    for name in stages_to_run(cfg):
-        ref = cfg.stages[name].get("optimizer")
-        if ref is None:
-            continue
-        factory = plugins.get("optimizer", ref.name, f"{path}: stages.{name}.optimizer.name")
-        with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
-            stand_in = stand_in or GPT(GPTConfig(depth=1, vocab_size=64, seq_len=16))
-            try:
-                factory(stand_in, **OmegaConf.to_container(ref.args))
-            except (RlkitError, ValueError, TypeError) as e:
-                raise RlkitError(f"{path}: stages.{name}.optimizer.args: {e}") from e
-            except Exception:  # noqa: BLE001 -- not about the values: the stage reports it with the real model
-                pass
-
-
-def check_batches(cfg: DictConfig, world: int, path) -> None:
-    """Global batch sizes must split evenly over `world` processes; say which values fit."""
-    st, seq_len = cfg.stages, cfg.model.seq_len
-    for name in ("pretrain", "midtrain"):
-        s = st.get(name)
-        if s is not None and s.total_batch_tokens % (unit := s.device_batch_size * seq_len * world):
-            raise RlkitError(f"{path}: stages.{name}.total_batch_tokens: {s.total_batch_tokens} must be a multiple "
-                             f"of device_batch_size x seq_len x processes = {s.device_batch_size} x {seq_len} x "
-                             f"{world} = {unit} (e.g. {unit}, {2 * unit}, {4 * unit})")
-    if st.get("sft") is not None and st.sft.examples_per_step % (unit := st.sft.device_batch_size * world):
-        raise RlkitError(f"{path}: stages.sft.examples_per_step: {st.sft.examples_per_step} must be a multiple of "
-                         f"device_batch_size x processes = {st.sft.device_batch_size} x {world} = {unit} "
-                         f"(e.g. {unit}, {2 * unit}, {4 * unit})")
-    if st.get("rl") is not None and st.rl.examples_per_step % world:
-        raise RlkitError(f"{path}: stages.rl.examples_per_step: {st.rl.examples_per_step} must be a multiple of "
-                         f"the number of processes ({world}), e.g. {world}, {2 * world}, {4 * world}")
+def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
+    """Resolve `model.name` (checking `model.args` against the plugin) when the section says enough to."""
+    args = OmegaConf.to_container(cfg.model.args)
+    if cfg.model.name is None and not args and len(plugins.tables["model"]) != 1:
+        return  # nothing to go by: a model built from scratch must then name its plugin (context.load_model)
+    with _writable(cfg):
+        cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
-    """Run the configured stages in order, each starting from the previous one's checkpoint."""
-    import importlib
-    import time
-
+    """Run the entries in order, each starting from the previous one's checkpoint (or its own `init:`)."""
     from rlkit.core import dist, interrupt, report, track
-    from rlkit.core.context import StageContext, stage_done
+    from rlkit.core.context import StageContext
 
     info, device = dist.init(cfg.device)
     dtype = dist.compute_dtype(cfg.model.dtype, device)
     run_dir = Path(cfg.run_dir)
+    found = entries(cfg, plugins)
     _check_run_dir(run_dir, cfg, resume)
     tracker = track.open_run(cfg, run_dir, info, resume)
     env, began = track.environment(device, dtype, info.world_size), time.time()
@@ -176,19 +127,31 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, run_dir / "config.yaml")
         tracker.params({"hparams": OmegaConf.to_container(cfg), "env": env})
-        dist.print0(f"rlkit: {cfg.name}: stages {', '.join(stages_to_run(cfg))} on {device} ({dtype}), "
+        dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
                     f"world size {info.world_size}, run dir {run_dir}")
-        for name in stages_to_run(cfg):
-            if resume and stage_done(run_dir, name):
-                dist.print0(f"[{name}] already finished: skipping (--resume)")
+        start = None
+        for index, e in enumerate(found):
+            done = handoff.finished(run_dir / e.name) if resume else None
+            if done is not None:
+                start = done
+                dist.print0(f"[{e.name}] already finished: skipping (--resume)")
                 continue
-            ctx = StageContext(cfg, name, plugins, run_dir, device, dtype, info, tracker, resume=resume)
+            if e.init is not None:
+                start = handoff.Checkpoint.open(e.init, f"stages.{e.name}.init")
+            ctx = StageContext(e.name, e.cfg, cfg, index, plugins, run_dir, device, dtype, info, tracker,
+                               resume=resume, init=e.init, start_path=start.path if start else None)
             dist.seed_everything(ctx.seed())
-            start = time.time()
-            importlib.import_module(f"rlkit.core.stages.{name}").run(ctx)
-            seconds = time.time() - start
-            dist.print0(f"[{name}] done in {seconds:.1f}s")
-            report.stage_done(ctx, seconds, env)  # report.md after every stage
+            began_stage = time.time()
+            start = e.stage.run(ctx, start)
+            if not isinstance(start, handoff.Checkpoint):
+                raise RlkitError(f"stages.{e.name}: stage '{e.kind}' returned {type(start).__name__} from run(); "
+                                 "it must return a Checkpoint (rlkit.core.handoff), e.g. ctx.save(...)")
+            if info.is_main:
+                handoff.write_output(run_dir / e.name, start)
+            dist.barrier()
+            seconds = time.time() - began_stage
+            dist.print0(f"[{e.name}] done in {seconds:.1f}s")
+            report.stage_done(ctx, seconds, env, e.stage)  # report.md after every entry
         report.run_done(cfg, run_dir, tracker, env, time.time() - began)
         dist.barrier()  # leave together: a rank tearing down gloo while a peer is still busy can abort
     finally:
@@ -200,7 +163,7 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
 def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
     """Never overwrite a run by accident, and resume only the run that was started."""
     saved = run_dir / "config.yaml"
-    holds_work = (run_dir / "tokenizer").is_dir() or any(run_dir.glob("*/step_*"))
+    holds_work = any(run_dir.glob(f"*/{handoff.OUTPUT_FILE}")) or any(run_dir.glob("*/step_*"))
     if not saved.exists() or (not resume and not holds_work):  # nothing saved yet: nothing to lose
         return
     if not resume:

@@ -30,6 +30,8 @@ from rlkit.core.errors import RlkitError
 
 GROUP = "rlkit"
 KINDS = {  # kind -> (hook name, the leading arguments core passes before **args)
+    "stage": ("rlkit_stages", ()),
+    "model": ("rlkit_models", ("tokenizer", "seq_len")),
     "algorithm": ("rlkit_algorithms", ()),
     "reward": ("rlkit_rewards", ("completion", "example")),
     "optimizer": ("rlkit_optimizers", ("model",)),
@@ -99,12 +101,19 @@ def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
                 if (kind, name) in owner:
                     raise RlkitError(f"{kind} '{name}' is defined by two plugins: {owner[kind, name]} and "
                                      f"{impl.plugin_name}; rename one of them")
-                if not callable(fn):
-                    raise RlkitError(f"plugin {impl.plugin_name}: {kind} '{name}' is not callable")
+                if not _valid(kind, fn):
+                    what = "a Stage (with config and run)" if kind == "stage" else "callable"
+                    raise RlkitError(f"plugin {impl.plugin_name}: {kind} '{name}' is not {what}")
                 owner[kind, name] = impl.plugin_name
                 tables[kind][name] = fn
                 infos[impl.plugin_name].provides.setdefault(kind, []).append(name)
     return Plugins(tables, list(infos.values()))
+
+
+def _valid(kind: str, fn) -> bool:
+    if kind == "stage":  # a Stage is a record, not a callable: it needs its config dataclass and run
+        return callable(getattr(fn, "run", None)) and isinstance(getattr(fn, "config", None), type)
+    return callable(fn)
 
 
 def load_plugins(local_files: list[Path] = ()) -> Plugins:

@@ -7,10 +7,10 @@ Each stage's figures (what the stage put in ctx.summary, its wall time, and
 first/last/mean of every metric it tracked) are kept in runs/<name>/summary.json,
 so a resumed run's card still shows the stages finished before, and are set
 as the Aim run's `summary` param (what `rlkit compare` reads for wall times).
-The card: environment; per stage steps, tokens, wall time, tokens/s, MFU,
-final loss and bits-per-byte; for rl reward first -> last, pass@k before ->
-after and completion length; the Aim run hash and how to open it; the
-resolved config.
+The card: environment; per entry steps, tokens, wall time, tokens/s, MFU,
+final loss and bits-per-byte; below it the lines each entry's stage gives
+(its `report`: an rl stage's reward and pass@k, say); the Aim run hash and
+how to open it; the resolved config.
 """
 from __future__ import annotations
 
@@ -25,16 +25,19 @@ SUMMARY_FILE = "summary.json"
 UI_PORT = 43800  # `rlkit ui`'s default port
 
 
-def stage_done(ctx, seconds: float, env: dict) -> None:
-    """Record a finished stage in summary.json and the Aim run, then rewrite report.md (rank 0 only)."""
+def stage_done(ctx, seconds: float, env: dict, stage) -> None:
+    """Record a finished entry in summary.json and the Aim run, with the lines its stage's `report` gives,
+    then rewrite report.md (rank 0 only)."""
     if not ctx.dist.is_main:
         return
     data = _load(ctx.run_dir)
-    data["stages"][ctx.name] = dict(ctx.summary) | {"wall_s": seconds, "tracked": ctx.tracker.stage_stats(ctx.name)}
+    tracked = ctx.tracker.stage_stats(ctx.name)
+    lines = list(stage.report(dict(ctx.summary), tracked)) if stage.report is not None else []
+    data["stages"][ctx.name] = dict(ctx.summary) | {"wall_s": seconds, "tracked": tracked, "lines": lines}
     data.update(env=env, aim={"hash": ctx.tracker.hash, "repo": _repo(ctx.tracker)})
     _save(ctx.run_dir, data)
     ctx.tracker.params({"summary": {name: _headline(s) for name, s in data["stages"].items()}})
-    write(ctx.run_dir, ctx.cfg, data)
+    write(ctx.run_dir, ctx.experiment, data)
 
 
 def run_done(cfg, run_dir: Path, tracker, env: dict, seconds: float) -> None:
@@ -83,46 +86,28 @@ def _aim_lines(cfg, aim: dict) -> list[str]:
 
 def _stage_row(name: str, s: dict) -> str:
     t = s.get("tracked", {})
-    if name == "rl":
-        speed = f"rollout {_fmt(_mean(t, 'rollout_tok_s'))}, train {_fmt(_mean(t, 'train_tok_s'))}"
-    else:
-        speed = _fmt(_mean(t, "tokens_per_s"))
     loss = s.get("final_loss", _last(t, "loss"))
     wall = "-" if s.get("wall_s") is None else f"{s['wall_s']:.1f}"
-    cells = [name, _fmt(s.get("steps")), _fmt(s.get("tokens")), wall, speed, _pct(_mean(t, "mfu")),
-             _fmt(loss), _fmt(s.get("bpb"))]
+    cells = [name, fmt(s.get("steps")), fmt(s.get("tokens")), wall, fmt(_mean(t, "tokens_per_s")),
+             _pct(_mean(t, "mfu")), fmt(loss), fmt(s.get("bpb"))]
     return "| " + " | ".join(cells) + " |"
 
 
 def _stage_details(name: str, s: dict) -> list[str]:
-    """Per-stage lines below the table: what matters beyond loss and speed."""
-    t, out = s.get("tracked", {}), []
-    if name == "tokenizer":
-        out.append(f"- vocabulary {_fmt(s.get('vocab_size'))} tokens, trained on {_fmt(s.get('chars'))} characters")
-    if name == "sft" and "accuracy" in s:
-        out.append(f"- held-out greedy accuracy {_fmt(s['accuracy'])}")
-    if name == "rl":
-        for metric in [m for m in t if m == "reward" or m.startswith("reward/")]:
-            out.append(f"- {metric}: {_fmt(t[metric]['first'])} (step {t[metric]['first_step']}) -> "
-                       f"{_fmt(t[metric]['last'])} (step {t[metric]['last_step']}), mean {_fmt(t[metric]['mean'])}")
-        if "reward_start" in s:  # single steps are noisy: the first and last tenth of the steps
-            out.append(f"- reward, mean of the first / last {s['reward_window']} steps: {_fmt(s['reward_start'])} -> "
-                       f"{_fmt(s['reward_end'])}")
-        before, after = s.get("eval_before", {}), s.get("eval_after", {})
-        ks = sorted(int(k[5:]) for k in after if k.startswith("pass@"))
-        for key in [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] if ks else []:  # pass@1 and pass@k
-            out.append(f"- held-out {key}: {_fmt(before.get(key))} before -> {_fmt(after[key])} after")
-        if "delta@1" in after:  # paired over the same problems and random numbers (core/evaluate.py)
-            out.append(f"- pass@1 change: {after['delta@1']:+.4f} ± {after['delta_se']:.4f} (paired standard error)")
-        if "completion_len" in t:
-            c = t["completion_len"]
-            out.append(f"- completion length (tokens): {_fmt(c['first'])} -> {_fmt(c['last'])}, mean {_fmt(c['mean'])}")
+    """The lines the entry's stage gave for the card (its `report`), below the table."""
+    out = [f"- {line}" for line in s.get("lines", [])]
     return [f"### {name}", ""] + out + [""] if out else []
+
+
+def tracked_change(t: dict, metric: str) -> str:
+    """'first (step a) -> last (step b), mean m' of a tracked metric, for a stage's report lines."""
+    m = t[metric]
+    return f"{fmt(m['first'])} (step {m['first_step']}) -> {fmt(m['last'])} (step {m['last_step']}), mean {fmt(m['mean'])}"
 
 
 def _headline(s: dict) -> dict:
     """A stage's summary without the per-metric statistics (kept in Aim as the `summary` param)."""
-    return {k: v for k, v in s.items() if k != "tracked"}
+    return {k: v for k, v in s.items() if k not in ("tracked", "lines")}
 
 
 def _repo(tracker) -> str | None:
@@ -155,7 +140,7 @@ def _last(t: dict, metric: str):
     return t[metric]["last"] if metric in t else None
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 100):

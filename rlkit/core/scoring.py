@@ -22,18 +22,20 @@ class RewardTimeout(Exception):
     pass
 
 
-def score(rewards, texts: list[str], examples: list, step: int, timeout: float = 10.0) -> dict[str, torch.Tensor]:
-    """rewards: [(name, weight, fn)] -> {name: (N,) float tensor of each reward on each completion}."""
+def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 10.0,
+          timeout_key: str = "reward_timeout") -> dict[str, torch.Tensor]:
+    """rewards: [(name, weight, fn)] -> {name: (N,) float tensor of each reward on each completion}.
+    `at` says where in the run, e.g. "at rl step 3"; `timeout_key` is the config key that sets `timeout`."""
     out = {}
     for name, _, fn in rewards:
         values = []
         for text, example in zip(texts, examples):
-            where = f"reward '{name}' at rl step {step + 1} on example {_question(example)!r}"
+            where = f"reward '{name}' {at} on example {_question(example)!r}"
             try:
                 with time_limit(timeout):
                     value = fn(text, example)
             except RewardTimeout:
-                raise RlkitError(f"{where}: took longer than {timeout:g}s (stages.rl.reward_timeout)") from None
+                raise RlkitError(f"{where}: took longer than {timeout:g}s ({timeout_key})") from None
             except RlkitError:
                 raise
             except Exception as e:

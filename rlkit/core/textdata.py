@@ -1,7 +1,7 @@
 """Plain text for the tokenizer and pretraining stages, and its packing into (inputs, targets) batches.
 
 `iter_texts(source, ...)` yields documents. One key, `source`, names three kinds, tried in order:
-  1. a registered task ("arithmetic"): each example's question + "\\n" + solution, from tasks[source](split, **args);
+  1. a registered task (e.g. a task plugin named in the YAML): each example's question + "\\n" + solution, from tasks[source](split, **args);
   2. a local path, relative to base_dir (the experiment file's folder):
        .txt      one document per paragraph (paragraphs are separated by blank lines),
        .jsonl    one document per line, from the field `text_field`,
@@ -21,13 +21,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.task import example_text
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass
+class TextData:
+    """The `data:` block of a stage that reads plain text."""
+    source: str = MISSING  # a task name, a local path (relative to the YAML), or a hub dataset id
+    args: dict[str, Any] = field(default_factory=dict)  # task args, or load_dataset kwargs
+    text_field: str = "text"  # the column holding text in JSONL/parquet/hub data
+    split: str = "train"
+
+
+def check_data(data: TextData, setup, key: str = "data") -> None:
+    """Before any work: a task source takes its args, a local file exists (see check_source)."""
+    from rlkit.core.plugins import bind_args
+
+    tasks = setup.plugins.tables["task"]
+    if data.source in tasks:
+        bind_args("task", data.source, tasks[data.source], data.args, f"{setup.where}.{key}.args")
+    check_source(data.source, tasks, setup.base_dir, f"{setup.where}.{key}.source")
 
 
 def iter_texts(source: str, *, tasks: Mapping[str, Callable], args: Mapping | None = None, text_field: str = "text",

@@ -89,6 +89,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.enc.n_vocab
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """Tokens that end a sampled assistant reply: <|assistant_end|>, and <|bos|> (a new document)."""
+        return [self.token_id("<|assistant_end|>"), self.bos_id]
+
     def token_id(self, name: str) -> int:
         """Id of a special token, given as "<|user_start|>" or "user_start"."""
         full = name if name.startswith("<|") else f"<|{name}|>"

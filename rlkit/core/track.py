@@ -79,9 +79,6 @@ class Tracker:
         pass
 
 
-NullTracker = Tracker  # the name other ranks' tracker went by
-
-
 class AimTracker(Tracker):
     """Writes to an aim.Run; each `metrics` call is one write (all values at once) from the main loop."""
 

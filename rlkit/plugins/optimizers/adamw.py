@@ -3,8 +3,8 @@
 Weight decay (decoupled, as in AdamW) applies to the "matrix" and "unembedding" weights only;
 embeddings, norms, biases and other scalars are never decayed. Each role may have its own lr
 (default: `lr` for all). Every group carries "role" and "initial_lr" (what set_lr scales).
-`init_lr_frac` scales every rate at once, e.g. 0.05 to fine-tune with RL at a fraction of the
-pretraining rates. Under DDP the gradients arrive averaged, so every rank takes the same step.
+A stage's `init_lr_frac` scales every rate at once (e.g. 0.05 to fine-tune with RL at a fraction
+of the pretraining rates). Under DDP the gradients arrive averaged, so every rank takes the same step.
 """
 from __future__ import annotations
 
@@ -24,12 +24,11 @@ def rlkit_optimizers():
 
 def adamw(model: torch.nn.Module, lr: float = 3e-4, embedding_lr: float | None = None,
           unembedding_lr: float | None = None, scalar_lr: float | None = None,
-          weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-          init_lr_frac: float = 1.0) -> torch.optim.AdamW:
+          weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over the model's parameter roles; per-role lrs default to `lr`."""
     lrs = {"matrix": lr, "embedding": embedding_lr, "unembedding": unembedding_lr, "scalar": scalar_lr}
-    lrs = {role: (lr if role_lr is None else role_lr) * init_lr_frac for role, role_lr in lrs.items()}
-    for name, value in dict(lr=lr, weight_decay=weight_decay, eps=eps, init_lr_frac=init_lr_frac).items():
+    lrs = {role: (lr if role_lr is None else role_lr) for role, role_lr in lrs.items()}
+    for name, value in dict(lr=lr, weight_decay=weight_decay, eps=eps).items():
         if value < 0:
             raise RlkitError(f"optimizer adamw: {name}={value} must be >= 0")
     if any(r < 0 for r in lrs.values()):

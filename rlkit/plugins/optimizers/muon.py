@@ -18,7 +18,7 @@ scalar_lr is used as given. nanochat gives its residual gains 0.005 and its x0 g
 for all scalars must sit between: at 0.5 the residual gains swing negative and a depth-8 model
 trained worse (held-out 0.230 vs ~0.212 in one of two seeds; arithmetic text, 600 steps), while
 0.05 did as well as nanochat's split.
-`init_lr_frac` scales every rate (e.g. 0.05 for RL after SFT).
+A stage's `init_lr_frac` scales every rate (e.g. 0.05 for RL after SFT).
 
 Every group carries "kind" ("muon" | "adamw"), "role" and "initial_lr". The state is plain tensors
 and numbers, so `torch.save(opt.state_dict())` loads back with `weights_only=True`.
@@ -51,10 +51,10 @@ def rlkit_optimizers():
 def muon(model: torch.nn.Module, matrix_lr: float = 0.02, embedding_lr: float = 0.2,
          unembedding_lr: float = 0.004, scalar_lr: float = 0.05, momentum: float = 0.95,
          weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.8, 0.95), adam_eps: float = 1e-10,
-         ns_steps: int = 5, init_lr_frac: float = 1.0) -> "MuonAdamW":
+         ns_steps: int = 5) -> "MuonAdamW":
     """Muon for the model's "matrix" parameters, AdamW for its embedding, unembedding and scalars."""
     lrs = dict(matrix_lr=matrix_lr, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr,
-               scalar_lr=scalar_lr, weight_decay=weight_decay, adam_eps=adam_eps, init_lr_frac=init_lr_frac)
+               scalar_lr=scalar_lr, weight_decay=weight_decay, adam_eps=adam_eps)
     for name, value in lrs.items():
         if value < 0:
             raise RlkitError(f"optimizer muon: {name}={value} must be >= 0")
@@ -69,7 +69,7 @@ def muon(model: torch.nn.Module, matrix_lr: float = 0.02, embedding_lr: float = 
     width_scale = (_width(model, roles) / 768) ** -0.5
     groups = []
     for shape in sorted({tuple(p.shape) for p in roles["matrix"]}):
-        lr = matrix_lr * init_lr_frac
+        lr = matrix_lr
         groups.append(dict(params=[p for p in roles["matrix"] if tuple(p.shape) == shape], kind="muon",
                            role="matrix", lr=lr, initial_lr=lr, momentum=momentum,
                            weight_decay=weight_decay, ns_steps=ns_steps))
@@ -77,7 +77,6 @@ def muon(model: torch.nn.Module, matrix_lr: float = 0.02, embedding_lr: float = 
                     scalar=scalar_lr)
     for role, lr in adam_lrs.items():
         if roles[role]:
-            lr = lr * init_lr_frac
             groups.append(dict(params=roles[role], kind="adamw", role=role, lr=lr, initial_lr=lr,
                                betas=tuple(adam_betas), eps=adam_eps, weight_decay=0.0))
     if not groups:

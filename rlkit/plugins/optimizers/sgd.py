@@ -20,13 +20,13 @@ def rlkit_optimizers():
 
 def sgd(model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
         weight_decay: float = 0.0, embedding_lr: float | None = None, unembedding_lr: float | None = None,
-        scalar_lr: float | None = None, init_lr_frac: float = 1.0) -> torch.optim.SGD:
+        scalar_lr: float | None = None) -> torch.optim.SGD:
     """torch.optim.SGD with one group per role; each group keeps `initial_lr` for the stage's schedule."""
     role_lr = {"matrix": lr, "embedding": embedding_lr, "unembedding": unembedding_lr, "scalar": scalar_lr}
     groups = []
     for role, params in param_roles(model).items():
         if params:
-            group_lr = (lr if role_lr[role] is None else role_lr[role]) * init_lr_frac
+            group_lr = lr if role_lr[role] is None else role_lr[role]
             groups.append({"params": params, "lr": group_lr, "initial_lr": group_lr, "role": role,
                            "weight_decay": weight_decay if role == "matrix" else 0.0})
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)

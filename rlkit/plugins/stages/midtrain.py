@@ -1,4 +1,4 @@
-"""Stage 3, midtrain: teach the base model the chat format on a mixture of conversations.
+"""Stage midtrain: teach the base model the chat format on a mixture of conversations.
 
     stages:
       midtrain: {tasks: [{name: arithmetic}], steps: 100, total_batch_tokens: 8192}
@@ -11,52 +11,81 @@ the model learns the format itself). Schedule and accumulation as pretrain.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 
+import rlkit
+from rlkit.core import training
+from rlkit.core.config import PluginRef, plugin, plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.policy import flops_per_token
 from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
-from rlkit.core.stages.pretrain import grad_accum_steps, packed_step
+from rlkit.core.stage import Stage, at_least, check_optimizer
+from rlkit.plugins.stages.pretrain import check_batch_tokens, grad_accum_steps, packed_step
 
 
-def run(ctx) -> None:
-    s = ctx.stage
-    if not s.tasks:
-        raise RlkitError("stages.midtrain.tasks: empty; list at least one task, e.g. [{name: arithmetic}]")
-    tokenizer = ctx.tokenizer()
-    model = ctx.build_model(tokenizer.vocab_size)
-    optimizer = ctx.build_optimizer(model)
-    seq_len, world = model.config.seq_len, ctx.dist.world_size
+@dataclass
+class MidtrainConfig:
+    tasks: list[PluginRef] = plugin_list("task")  # conversation mixture, packed
+    steps: int = 200
+    total_batch_tokens: int = 524288
+    device_batch_size: int = 32
+    optimizer: PluginRef = plugin("optimizer", "muon")
+    warmup_steps: int = 0
+    warmdown_frac: float = 0.2
+    final_lr_frac: float = 0.0
+    init_lr_frac: float = 1.0  # scale every group's lr by this
+    log_every: int = 10
+    save_every: int = 0
+
+
+def check(cfg: MidtrainConfig, setup) -> None:
+    if not cfg.tasks:
+        raise RlkitError(f"{setup.where}.tasks: empty; list at least one task, e.g. [{{name: <task>}}] "
+                         f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
+    at_least(cfg, setup, 1, "steps", "total_batch_tokens", "device_batch_size", "log_every")
+    at_least(cfg, setup, 0, "warmup_steps", "warmdown_frac", "final_lr_frac", "init_lr_frac", "save_every")
+    check_batch_tokens(cfg, setup)
+    check_optimizer(cfg.optimizer, setup)
+
+
+def run(ctx, start):
+    s = ctx.cfg
+    resume = ctx.resume_point()
+    model, tokenizer = ctx.load_model(resume or start)
+    optimizer = ctx.optimizer(s.optimizer, model)
+    seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
-    tasks = [ctx.task(ref, "train") for ref in s.tasks]
+    tasks = [ctx.task(ref, "train", f"tasks[{i}]") for i, ref in enumerate(s.tasks)]
     mixture = [(t, i) for t, task in enumerate(tasks) for i in range(len(task))]
     random.Random(ctx.seed()).shuffle(mixture)
     conversations = (tokenizer.render_conversation(tasks[t][i]["messages"])[0] for t, i in _forever(mixture))
     batches = pack(conversations, s.device_batch_size, seq_len, ctx.dist.rank, world)
-    resumed = ctx.restore(optimizer)
+    resumed = ctx.restore(resume, optimizer)
     start_step = resumed["step"] if resumed else 0
     for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
         next(batches)
-    train = ctx.ddp(ctx.maybe_compile(model))
-    meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
-    print0(f"[midtrain] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
+    train = ctx.ddp(training.maybe_compile(ctx, model))
+    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
+    print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 
-    loss_value, bar = float("nan"), progress("midtrain", s.steps, start=start_step)
+    loss_value, bar = float("nan"), progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
         loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
-        ctx.log_step(step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
+        training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         bar.update(step + 1, loss=loss_value)
-        ctx.end_step(step + 1, model, optimizer, {})
+        training.end_step(ctx, step + 1, model, optimizer, {})
     bar.close()
-    ctx.save(s.steps, model, optimizer, {}, done=True)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)
+    return ctx.save(s.steps, model, optimizer, {}, done=True)
 
 
 def _forever(items):
@@ -76,3 +105,8 @@ def pack(docs, batch_size: int, seq_len: int, rank: int, world_size: int):
             rows = torch.tensor(buffer[rank * batch_size * seq_len:(rank + 1) * batch_size * seq_len + 1])
             buffer = buffer[need - 1:]
             yield rows[:-1].view(batch_size, seq_len), rows[1:].view(batch_size, seq_len), None
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"midtrain": Stage(config=MidtrainConfig, run=run, check=check)}

@@ -1,4 +1,4 @@
-"""Stage 2, pretrain: next-token prediction on a packed token stream.
+"""Stage pretrain: next-token prediction on a packed token stream.
 
     stages:
       pretrain: {data: {source: arithmetic}, steps: 600, total_batch_tokens: 8192, device_batch_size: 32}
@@ -13,68 +13,106 @@ every `eval_every` steps and at the end.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
+import rlkit
+from rlkit.core import training
+from rlkit.core.config import PluginRef, plugin
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.policy import flops_per_token
 from rlkit.core.progress import progress
 from rlkit.core.speed import Meter
-from rlkit.core.textdata import iter_texts, packed_batches
+from rlkit.core.stage import Stage, at_least, check_optimizer, divides
+from rlkit.core.textdata import TextData, check_data, iter_texts, packed_batches
 from rlkit.core.track import grad_norm
 
 
-def run(ctx) -> None:
-    s = ctx.stage
-    tokenizer = ctx.tokenizer()
-    model = ctx.build_model(tokenizer.vocab_size)
-    optimizer = ctx.build_optimizer(model)
-    seq_len, world = model.config.seq_len, ctx.dist.world_size
+@dataclass
+class PretrainConfig:
+    data: TextData = field(default_factory=TextData)
+    steps: int = 1000  # optimizer steps
+    total_batch_tokens: int = 524288  # tokens per optimizer step, all ranks; accumulation is derived
+    device_batch_size: int = 32  # rows per forward pass
+    optimizer: PluginRef = plugin("optimizer", "muon")
+    warmup_steps: int = 0
+    warmdown_frac: float = 0.2  # fraction of steps at the end where lr falls linearly
+    final_lr_frac: float = 0.0
+    eval_every: int = 250  # bits-per-byte on held-out text every N steps (0: only at the end)
+    eval_tokens: int = 65536
+    log_every: int = 10
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+
+
+def check(cfg: PretrainConfig, setup) -> None:
+    at_least(cfg, setup, 1, "steps", "total_batch_tokens", "device_batch_size", "log_every")
+    at_least(cfg, setup, 0, "warmup_steps", "warmdown_frac", "final_lr_frac", "eval_every", "eval_tokens",
+             "save_every")
+    check_batch_tokens(cfg, setup)
+    check_data(cfg.data, setup)
+    check_optimizer(cfg.optimizer, setup)
+
+
+def check_batch_tokens(cfg, setup) -> None:
+    """Global batches of packed rows must split evenly over device batches on every process."""
+    seq_len, world = setup.model.seq_len, setup.world_size
+    divides(setup, "total_batch_tokens", cfg.total_batch_tokens, cfg.device_batch_size * seq_len * world,
+            f"device_batch_size x seq_len x processes = {cfg.device_batch_size} x {seq_len} x {world}")
+
+
+def run(ctx, start):
+    s = ctx.cfg
+    resume = ctx.resume_point()
+    model, tokenizer = ctx.load_model(resume or start)
+    optimizer = ctx.optimizer(s.optimizer, model)
+    seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
 
     def texts(split):
-        return lambda: iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=dict(s.data.args),
+        return lambda: iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=s.data.args,
                                   text_field=s.data.text_field, split=split, base_dir=ctx.base_dir,
-                                  where="stages.pretrain.data.source")
+                                  where=f"stages.{ctx.name}.data.source")
 
-    resumed = ctx.restore(optimizer)
+    resumed = ctx.restore(resume, optimizer)
     start_step, position = (resumed["step"], resumed["data_position"]) if resumed else (0, None)
     eval_split = "test" if s.data.source in ctx.plugins.tables["task"] else s.data.split
     for split in dict.fromkeys((s.data.split, eval_split)):  # a bad or empty split fails now, not mid-run
         if next(iter(texts(split)()), None) is None:
-            raise RlkitError(f"stages.pretrain.data.source: '{s.data.source}' gave no text (split '{split}'); "
+            raise RlkitError(f"stages.{ctx.name}.data.source: '{s.data.source}' gave no text (split '{split}'); "
                              "point it at a task, a non-empty .txt/.jsonl/.parquet file or folder, or a dataset")
     batches = packed_batches(texts(s.data.split), tokenizer, s.device_batch_size, seq_len,
                              rank=ctx.dist.rank, world_size=world, position=position)
     token_bytes = tokenizer.token_bytes().to(ctx.device)
-    forward = ctx.maybe_compile(model)
-    train = ctx.ddp(forward)
-    meter = Meter(ctx.device, ctx.dtype, model.flops_per_token())
-    print0(f"[pretrain] {s.steps} steps x {s.total_batch_tokens:,} tokens ({accum} accumulation passes "
-           f"of {s.device_batch_size} x {seq_len}), {model.flops_per_token():,} FLOPs/token")
+    train = ctx.ddp(training.maybe_compile(ctx, model))
+    flops = flops_per_token(model)
+    meter = Meter(ctx.device, ctx.dtype, flops)
+    print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens ({accum} accumulation passes "
+           f"of {s.device_batch_size} x {seq_len}), {flops:,} FLOPs/token")
 
-    loss_value, bar = float("nan"), progress("pretrain", s.steps, start=start_step)
+    loss_value, bar = float("nan"), progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
         set_lr(optimizer, lrm)
         loss_value, gnorm, position = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         done = step + 1
-        ctx.log_step(done, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
+        training.log_step(ctx, done, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         if s.eval_every and done % s.eval_every == 0 and done != s.steps:
             bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
-            print0(f"[pretrain] step {done:5d} | held-out bits/byte {bpb:.4f}")
-            ctx.tracker.metrics({"bpb": bpb}, step=done, stage="pretrain")
+            print0(f"[{ctx.name}] step {done:5d} | held-out bits/byte {bpb:.4f}")
+            ctx.tracker.metrics({"bpb": bpb}, step=done, stage=ctx.name)
         bar.update(done, loss=loss_value)
-        ctx.end_step(done, model, optimizer, {"data_position": position})
+        training.end_step(ctx, done, model, optimizer, {"data_position": position})
     bar.close()
 
     bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
-    print0(f"[pretrain] final | loss {loss_value:.4f} | held-out bits/byte {bpb:.4f}")
-    ctx.tracker.metrics({"bpb": bpb}, step=s.steps, stage="pretrain")
-    ctx.save(s.steps, model, optimizer, {"data_position": position}, done=True)
+    print0(f"[{ctx.name}] final | loss {loss_value:.4f} | held-out bits/byte {bpb:.4f}")
+    ctx.tracker.metrics({"bpb": bpb}, step=s.steps, stage=ctx.name)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value, bpb=bpb)
+    return ctx.save(s.steps, model, optimizer, {"data_position": position}, done=True)
 
 
 def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):
@@ -91,7 +129,7 @@ def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):
         total += loss.detach()
     gnorm = grad_norm(model)
     loss_value = ctx.mean_over_ranks(total)
-    ctx.check_step(loss_value, gnorm, done)
+    training.check_step(ctx, loss_value, gnorm, done)
     optimizer.step()
     model.zero_grad(set_to_none=True)
     return loss_value, gnorm, position
@@ -99,7 +137,7 @@ def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):
 
 def grad_accum_steps(total_tokens: int, device_batch: int, seq_len: int, world: int) -> int:
     """Forward passes per optimizer step so that all ranks together see `total_tokens`
-    (divisibility is checked with the config, before any work: pipeline.check_batches)."""
+    (divisibility is checked with the config, before any work: check_batch_tokens)."""
     return total_tokens // (device_batch * seq_len * world)
 
 
@@ -109,7 +147,7 @@ def evaluate_bpb(ctx, model, tokenizer, texts, token_bytes, max_tokens: int) -> 
 
     Special tokens (0 bytes) are left out of both sums, so the figure does not depend on the tokenizer."""
     model.eval()
-    batch, seq_len = 8, model.config.seq_len
+    batch, seq_len = 8, ctx.seq_len
     rows = max(1, max_tokens // (batch * seq_len * ctx.dist.world_size))
     nats = torch.zeros((), device=ctx.device, dtype=torch.float64)
     nbytes = torch.zeros((), device=ctx.device, dtype=torch.float64)
@@ -125,3 +163,8 @@ def evaluate_bpb(ctx, model, tokenizer, texts, token_bytes, max_tokens: int) -> 
     model.train()
     nats, nbytes = ctx.sum_over_ranks(nats), ctx.sum_over_ranks(nbytes)
     return (nats / (math.log(2) * nbytes.clamp(min=1))).item()
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"pretrain": Stage(config=PretrainConfig, run=run, check=check)}

@@ -17,14 +17,14 @@ Init (deterministic given torch.manual_seed): wte ~ N(0, 1) (it is normed right 
 input ~ U(-a, a) with a = sqrt(3 / width) (std 1/sqrt(width)); both output projections zero, so each block
 starts as the identity; lm_head ~ N(0, 0.001), so the first logits are near uniform.
 
-KV cache (for sampling): KVCache preallocates keys and values for every layer as (n_layer, B, T_max, H, D)
-and a per-row position `pos` (B,). A forward with a cache writes each row's new keys at its own positions
-pos[b] .. pos[b]+T-1 and lets query i of row b see keys 0 .. pos[b]+i (a boolean mask), with rotary angles
-taken at those per-row positions. So prompts of different lengths are right-padded and prefilled together
-(a prefill into an empty cache is plain causal attention; the sampler then sets pos to each prompt's true
-length, and the padding keys are masked until overwritten). Nothing grows by concatenation.
+Sampling: `decoder(dtype)` hands rlkit's sampler a GPTDecoder (gpt_decode.py) over a KV cache this
+model owns; attention calls `kv_cache.attend(layer, q, k, v)`, and `trunk(idx, kv_cache)` takes each
+row's rotary positions from `kv_cache.begin(T)`.
+
+Registered as the model plugin `gpt`: `model: {name: gpt, args: {depth: 4}, seq_len: 512}`.
 """
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import rlkit
 from rlkit.core.errors import RlkitError
 
 
@@ -87,64 +88,6 @@ def apply_rotary(x, cos, sin):
     x1, x2 = x[..., :d], x[..., d:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class KVCache:
-    """Preallocated keys and values for all layers, written in place by GPT.forward(..., kv_cache=cache).
-
-    k, v: (n_layer, batch, max_len, n_head, head_dim); pos: (batch,) tokens already cached per row (the
-    caller may set it, e.g. to each prompt's true length after a right-padded prefill); length: a host-side
-    bound on max(pos), so attention reads only keys[:, :length + T]. GPT.forward calls begin(T), then
-    attend(layer, q, k, v) in each layer, then end(T): any object with these three methods can stand in
-    for this class (rlkit.core.sampling.SharedPrefixCache does).
-    """
-
-    def __init__(self, config, batch, max_len, dtype=torch.float32, device=None):
-        shape = (config.n_layer, batch, max_len, config.n_head, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.pos = torch.zeros(batch, dtype=torch.long, device=device)
-        self.length = 0
-        self.mask = None  # (B, 1, T, length + T) bool, set once per forward by begin()
-
-    @property
-    def max_len(self):
-        return self.k.size(2)
-
-    def begin(self, T):
-        """Called by GPT.forward before the layers: positions (B, T) of the T new tokens, and the mask."""
-        if self.length + T > self.max_len:
-            raise RlkitError(f"KV cache: {self.length + T} positions needed but the cache holds {self.max_len}")
-        positions = self.pos[:, None] + torch.arange(T, device=self.pos.device)  # (B, T)
-        keys = torch.arange(self.length + T, device=self.pos.device)
-        self.mask = None if self.length == 0 else (keys <= positions[:, :, None])[:, None]  # (B, 1, T, Tk)
-        return positions
-
-    def attend(self, layer, q, k, v):
-        """Write k, v (B, T, H, D) at each row's positions, then attend with q (B, T, H, D) -> (B, H, T, D)."""
-        B, T = q.shape[:2]
-        K, V = self.k[layer, :B], self.v[layer, :B]  # (B, max_len, H, D) views
-        if self.length == 0:  # prefill into an empty cache: the new block is all there is
-            K[:, :T] = k
-            V[:, :T] = v
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        rows = torch.arange(B, device=q.device)
-        if T == 1:
-            K[rows, self.pos] = k[:, 0]
-            V[rows, self.pos] = v[:, 0]
-        else:
-            where = self.pos[:, None] + torch.arange(T, device=q.device)  # (B, T)
-            K[rows[:, None], where] = k
-            V[rows[:, None], where] = v
-        Tk = self.length + T
-        return F.scaled_dot_product_attention(q.transpose(1, 2), K[:, :Tk].transpose(1, 2),
-                                              V[:, :Tk].transpose(1, 2), attn_mask=self.mask)
-
-    def end(self, T):
-        """Called by GPT.forward after the layers: every row advanced by T tokens."""
-        self.pos += T
-        self.length += T
 
 
 class Attention(nn.Module):
@@ -268,6 +211,18 @@ class GPT(nn.Module):
         matmul = sum(p.numel() for p in self.param_roles()["matrix"]) + self.lm_head.weight.numel()
         return 6 * matmul + 12 * c.n_layer * c.width * c.seq_len
 
+    def spec(self) -> dict:
+        """The factory args that rebuild this architecture (vocab_size and seq_len come from the run)."""
+        c = dataclasses.asdict(self.config)
+        return {k: c[k] for k in ("depth", "head_dim", "softcap")}
+
+    def decoder(self, dtype):
+        """The sampler's prefill/decode over this model's KV cache, with matmul weights in `dtype`."""
+        from rlkit.plugins.models.gpt_decode import GPTDecoder
+
+        same = dtype == self.lm_head.weight.dtype
+        return GPTDecoder(self if same else self.inference_copy(dtype), dtype)
+
     def inference_copy(self, dtype):
         """A copy whose matmul weights (blocks and lm_head) are stored in `dtype` (e.g. bfloat16), for sampling
         under torch.autocast(dtype): the same numbers as autocasting the float32 weights, without recasting
@@ -277,3 +232,18 @@ class GPT(nn.Module):
             if isinstance(m, nn.Linear):
                 memo[id(m.weight)] = nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
         return copy.deepcopy(self, memo)
+
+
+def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0) -> GPT:
+    """The model plugin: a GPT for `tokenizer`'s vocabulary (rlkit's BPE: no tokenizer of its own)."""
+    if tokenizer is None:
+        raise RlkitError("model 'gpt' brings no tokenizer: put a tokenizer stage first (or init: a run that has one)")
+    model = GPT(GPTConfig(depth=depth, vocab_size=tokenizer.vocab_size, seq_len=seq_len, head_dim=head_dim,
+                          softcap=softcap))
+    model.init_weights()  # a second draw, as the first build made it: the same seed gives the same weights
+    return model
+
+
+@rlkit.hookimpl
+def rlkit_models():
+    return {"gpt": gpt}

@@ -1,0 +1,105 @@
+"""The policy contract: what stages and the sampler may ask of a model plugin, and nothing more.
+
+A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch nn.Module with
+    model(idx (B, T), targets (B, T) | None, loss_reduction="mean" | "none")
+        -> logits (B, T, V) float32, or the cross-entropy loss: the mean over targets != -1, or
+           with "none" a (B, T) tensor that is 0 where the target is -1 (minus the sampled
+           tokens' log-probs, which RL trains on);
+    param_roles() -> {"matrix" | "embedding" | "unembedding" | "scalar": [Parameter]}  (optional:
+        rlkit.core.optim guesses from module types otherwise);
+    flops_per_token() -> int: training FLOPs per token, for MFU (optional: 6 x parameters);
+    spec() -> dict: JSON-serialisable args with which the same factory rebuilds the same
+        architecture (the checkpoint stores them; weights come from the state dict);
+    decoder(dtype) -> Decoder: the sampler's access to generation (below);
+    tokenizer: only when the plugin brings its own (factory called with tokenizer=None).
+Nothing outside the model plugin touches a model's modules or buffers.
+
+A Decoder owns its KV cache; rlkit.core.sampling drives it, one batch of prompts at a time:
+    prefill(idx (P, Tp) right-padded, lens (P,), samples G, max_new) -> logits (P, V) float32 of
+        each prompt's first new token; the P * G rows that follow (prompt-major) share the prompt;
+    step(tokens (n,)) -> logits (n, V) float32 after each active row's newest token;
+    keep(rows (m,)) -> None: only these active rows (indices into the active rows) go on;
+    max_len: positions a prompt plus its completion may take;
+    logit_softcap: float or None: the sampler applies softcap * tanh(logit / softcap) to the
+        top-k candidates only (monotone: the same candidates), so logits come before the cap.
+Returned logits may live in a buffer reused by the next call.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from rlkit.core.errors import RlkitError
+from rlkit.core.plugins import Plugins, bind_args
+
+
+class Decoder(Protocol):
+    max_len: int
+    logit_softcap: float | None
+
+    def prefill(self, idx: torch.Tensor, lens: torch.Tensor, samples: int, max_new: int) -> torch.Tensor: ...
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def keep(self, rows: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    def __call__(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                 loss_reduction: str = "mean") -> torch.Tensor: ...
+
+    def spec(self) -> dict: ...
+
+    def decoder(self, dtype: torch.dtype) -> Decoder: ...
+
+
+def flops_per_token(model) -> int:
+    """The model's own count, else 6 x parameters (forward + backward of every weight, attention left out)."""
+    own = getattr(model, "flops_per_token", None)
+    return int(own()) if callable(own) else 6 * sum(p.numel() for p in model.parameters())
+
+
+def model_name(plugins: Plugins, name: str | None, args: dict, where: str) -> str:
+    """The model plugin to use: `name`, else the one installed model plugin whose arguments `args` are
+    (so the flat `model: {depth: 4}` picks the plugin that takes `depth`)."""
+    table = plugins.tables["model"]
+    if name is not None:
+        bind_args("model", name, plugins.get("model", name, f"{where}.name"), args, f"{where}.args")
+        return name
+    fits = [n for n, fn in sorted(table.items()) if _accepts(fn, args)]
+    if len(fits) == 1:
+        return fits[0]
+    which = f"these take {', '.join(sorted(args))}: {', '.join(fits)}" if fits else \
+        f"none takes {', '.join(sorted(args))}; installed: {', '.join(sorted(table)) or 'none'}"
+    raise RlkitError(f"{where}.name: missing; name the model plugin ({which})")
+
+
+def _accepts(fn, args: dict) -> bool:
+    try:
+        inspect.signature(fn).bind(None, None, **args)
+        return True
+    except TypeError:
+        return False
+
+
+def build(plugins: Plugins, name: str, args: dict, tokenizer, seq_len: int, where: str):
+    """factory(tokenizer, seq_len, **args) -> (policy, tokenizer): the run's, or the one the model brings."""
+    factory = plugins.get("model", name, f"{where}.name")
+    try:
+        model = factory(tokenizer, seq_len, **args)
+    except RlkitError as e:
+        raise RlkitError(f"{where}: {e}") from e
+    except Exception as e:
+        raise RlkitError(f"{where}: model plugin '{name}' failed: {type(e).__name__}: {e}") from e
+    for method in ("spec", "decoder"):
+        if not callable(getattr(model, method, None)):
+            raise RlkitError(f"{where}: model plugin '{name}' returned a {type(model).__name__} without {method}(); "
+                             "see the Policy contract in docs/plugins.md")
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise RlkitError(f"{where}: no tokenizer: put a tokenizer stage before this one, start from a "
+                         f"checkpoint that has one (init:), or use a model plugin that brings its own")
+    return model, tokenizer

@@ -1,0 +1,82 @@
+"""The stage contract: what a `rlkit_stages` plugin registers, and what its `check` is shown.
+
+    @rlkit.hookimpl
+    def rlkit_stages():
+        return {"noise": Stage(config=NoiseConfig, run=run, check=check, report=report)}
+
+- config: a dataclass; its fields are the keys of the stage's YAML entry (besides `kind` and
+  `init`, which every entry may hold). Plugin references are declared with
+  rlkit.core.config.plugin(kind) / plugin_list(kind), so core checks their names and args.
+- run(ctx: StageContext, start: Checkpoint | None) -> Checkpoint: does the work. `start` is what
+  the previous entry (or `init:`) handed on, None for a first entry; the returned handle goes to
+  the next entry (a stage that trains nothing may return `start`).
+- check(cfg, setup: StageSetup) -> None: every value run() will use, before any entry runs;
+  raise RlkitError naming `setup.where + ".key"` and what would be valid.
+- report(summary: dict, tracked: dict) -> list[str]: the stage's lines on the report card
+  (summary: what run() put in ctx.summary; tracked: {metric: {first, last, min, max, mean, ...}}).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from rlkit.core.errors import RlkitError
+from rlkit.core.plugins import Plugins
+
+
+@dataclass(frozen=True)
+class StageSetup:
+    """The experiment-level facts a stage's check may use (no model, no device)."""
+    where: str  # "<file>: stages.<entry>", the prefix of every error about this entry
+    plugins: Plugins
+    world_size: int  # processes the run will use
+    model: Any  # the experiment's `model:` section (name, args, seq_len, dtype, compile)
+    base_dir: Path  # the experiment file's folder: relative data paths start here
+    has_start: bool  # whether a checkpoint (an earlier entry or init:) will be handed in
+
+
+@dataclass(frozen=True)
+class Stage:
+    config: type
+    run: Callable  # (ctx, start) -> Checkpoint
+    check: Optional[Callable] = None  # (cfg, setup) -> None
+    report: Optional[Callable] = None  # (summary, tracked) -> list[str]
+
+
+# --- helpers for a stage's check -------------------------------------------------------------------
+
+def at_least(cfg, setup: StageSetup, low, *keys: str) -> None:
+    """Each dotted key of `cfg` (e.g. "rollout.samples") must be a finite number >= low."""
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+            need = "not be negative" if low == 0 else f"be at least {low}"
+            raise RlkitError(f"{setup.where}.{key}: {value} must {need}")
+
+
+def divides(setup: StageSetup, key: str, total: int, unit: int, unit_text: str) -> None:
+    """`total` (the value of `key`) must split into whole `unit`s (e.g. device batches over all ranks)."""
+    if total % unit:
+        raise RlkitError(f"{setup.where}.{key}: {total} must be a multiple of {unit_text} = {unit} "
+                         f"(e.g. {unit}, {2 * unit}, {4 * unit})")
+
+
+def check_optimizer(ref, setup: StageSetup, key: str = "optimizer") -> None:
+    """Build the optimizer once on a tiny stand-in model, so values it refuses (a negative learning rate,
+    say) fail up front; other failures (it needs a GPU or a process group) wait for the real model."""
+    import torch
+
+    from rlkit.core.optim import stand_in_model
+
+    factory = setup.plugins.get("optimizer", ref.name, f"{setup.where}.{key}.name")
+    with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
+        try:
+            factory(stand_in_model(), **ref.args)
+        except (RlkitError, ValueError, TypeError) as e:
+            raise RlkitError(f"{setup.where}.{key}.args: {e}") from e
+        except Exception:  # noqa: BLE001 -- not about the values: the stage reports it with the real model
+            pass

@@ -1,0 +1,186 @@
+"""The GPT's side of sampling: its KV caches and the Decoder that rlkit's sampler drives.
+
+GPTDecoder.prefill(idx, lens, G, max_new) runs the P right-padded prompts through the model once,
+together, into a KVCache of P rows, and returns each prompt's logits at its last real position; a
+SharedPrefixCache then keeps each prompt's keys and values once for its G samples and gives every
+sample row its own preallocated suffix. step(tokens) decodes one token per active row; keep(rows)
+compacts the rows. Logits come back before the soft cap (the sampler caps the top-k candidates),
+as float32 in buffers reused every step.
+
+KVCache preallocates keys and values for every layer as (n_layer, B, T_max, H, D) and a per-row
+position `pos` (B,). A forward with a cache writes each row's new keys at its own positions pos[b] ..
+pos[b]+T-1 and lets query i of row b see keys 0 .. pos[b]+i (a boolean mask), with rotary angles taken
+at those per-row positions. So prompts of different lengths are right-padded and prefilled together
+(a prefill into an empty cache is plain causal attention; the padding keys are masked until
+overwritten). Nothing grows by concatenation.
+"""
+import torch
+import torch.nn.functional as F
+
+from rlkit.core.errors import RlkitError
+
+
+class GPTDecoder:
+    """rlkit.core.policy.Decoder for a GPT whose matmul weights are stored in `dtype`."""
+
+    def __init__(self, net, dtype):
+        self.net, self.dtype = net, dtype
+        self.max_len = net.cos.size(0)  # rotary positions: 10 x seq_len
+        self.logit_softcap = net.config.softcap
+        self.weight = net.lm_head.weight[:net.config.vocab_size]  # (V, C): padded rows are never sampled
+        self.cache = None
+
+    def prefill(self, idx, lens, samples, max_new):
+        """idx (P, Tp) right-padded, lens (P,) -> raw logits (P, V) of each prompt's first new token."""
+        P, Tp = idx.shape
+        device, V = idx.device, self.weight.size(0)
+        self.logits_lo = torch.empty(P * samples, V, dtype=self.weight.dtype, device=device)  # reused each step
+        self.logits32 = torch.empty(P * samples, V, dtype=torch.float32, device=device)
+        pre = KVCache(self.net.config, P, Tp, self.dtype, device)
+        h = self.net.trunk(idx, kv_cache=pre)  # (P, Tp, C)
+        first = self._logits(h[torch.arange(P, device=device), lens - 1])  # (P, V)
+        self.cache = SharedPrefixCache(pre, lens, samples, max_new, self.dtype)  # the G samples share it
+        return first
+
+    def step(self, tokens):
+        """tokens (n,) -> raw logits (n, V) after each active row's newest token."""
+        h = self.net.trunk(tokens[:, None], kv_cache=self.cache)  # (n, 1, C)
+        return self._logits(h[:, 0])
+
+    def keep(self, rows):
+        self.cache.keep(rows)
+
+    def _logits(self, h):
+        """h (n, C) -> raw logits (n, V) float32, before the softcap, in the reused buffers."""
+        n = h.size(0)
+        with torch.autocast(h.device.type, enabled=False):
+            if self.weight.dtype == torch.float32:
+                return torch.mm(h.float(), self.weight.t(), out=self.logits32[:n])
+            torch.mm(h.to(self.weight.dtype), self.weight.t(), out=self.logits_lo[:n])
+            return self.logits32[:n].copy_(self.logits_lo[:n])
+
+
+class KVCache:
+    """Preallocated keys and values for all layers, written in place by GPT.forward(..., kv_cache=cache).
+
+    k, v: (n_layer, batch, max_len, n_head, head_dim); pos: (batch,) tokens already cached per row (the
+    caller may set it, e.g. to each prompt's true length after a right-padded prefill); length: a host-side
+    bound on max(pos), so attention reads only keys[:, :length + T]. GPT.forward calls begin(T), then
+    attend(layer, q, k, v) in each layer, then end(T): any object with these three methods can stand in
+    for this class (SharedPrefixCache below does).
+    """
+
+    def __init__(self, config, batch, max_len, dtype=torch.float32, device=None):
+        shape = (config.n_layer, batch, max_len, config.n_head, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0
+        self.mask = None  # (B, 1, T, length + T) bool, set once per forward by begin()
+
+    @property
+    def max_len(self):
+        return self.k.size(2)
+
+    def begin(self, T):
+        """Called by GPT.forward before the layers: positions (B, T) of the T new tokens, and the mask."""
+        if self.length + T > self.max_len:
+            raise RlkitError(f"KV cache: {self.length + T} positions needed but the cache holds {self.max_len}")
+        positions = self.pos[:, None] + torch.arange(T, device=self.pos.device)  # (B, T)
+        keys = torch.arange(self.length + T, device=self.pos.device)
+        self.mask = None if self.length == 0 else (keys <= positions[:, :, None])[:, None]  # (B, 1, T, Tk)
+        return positions
+
+    def attend(self, layer, q, k, v):
+        """Write k, v (B, T, H, D) at each row's positions, then attend with q (B, T, H, D) -> (B, H, T, D)."""
+        B, T = q.shape[:2]
+        K, V = self.k[layer, :B], self.v[layer, :B]  # (B, max_len, H, D) views
+        if self.length == 0:  # prefill into an empty cache: the new block is all there is
+            K[:, :T] = k
+            V[:, :T] = v
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        rows = torch.arange(B, device=q.device)
+        if T == 1:
+            K[rows, self.pos] = k[:, 0]
+            V[rows, self.pos] = v[:, 0]
+        else:
+            where = self.pos[:, None] + torch.arange(T, device=q.device)  # (B, T)
+            K[rows[:, None], where] = k
+            V[rows[:, None], where] = v
+        Tk = self.length + T
+        return F.scaled_dot_product_attention(q.transpose(1, 2), K[:, :Tk].transpose(1, 2),
+                                              V[:, :Tk].transpose(1, 2), attn_mask=self.mask)
+
+    def end(self, T):
+        """Called by GPT.forward after the layers: every row advanced by T tokens."""
+        self.pos += T
+        self.length += T
+
+
+
+class SharedPrefixCache:
+    """Decode-time KV cache for G samples of each of P prompts: each prompt's keys/values are stored once.
+
+    prefix k/v: (n_layer, P, H, Tp, D) from the prefill, prompt p's padding masked; suffix k/v: (n_layer, N, H,
+    max_new, D), one row per sample, all rows in step (t tokens each). A row's query is scored against its
+    prompt's prefix (one (G, D) x (D, Tp) matmul per prompt and head, so the prefix is read once per prompt,
+    not G times) and against its own suffix; one softmax runs over both. GPT.forward drives it through
+    begin / attend / end, like KVCache; keep(rows) compacts the rows.
+    """
+
+    def __init__(self, prefill, lens, G, max_new, dtype):
+        L, P, Tp, H, D = prefill.k.shape
+        self.P, self.G, self.Tp = P, G, Tp
+        self.pk = prefill.k.transpose(2, 3).contiguous()  # (L, P, H, Tp, D)
+        self.pv = prefill.v.transpose(2, 3).contiguous()
+        self.k = torch.zeros(L, P * G, H, max_new, D, dtype=dtype, device=lens.device)
+        self.v = torch.zeros_like(self.k)
+        self.rows = torch.arange(P * G, device=lens.device)  # original row (p * G + g) of each active row
+        self.pos = lens.repeat_interleave(G)  # (n,): rotary position of each row's next token
+        pad = torch.arange(Tp, device=lens.device) >= lens[:, None]  # (P, Tp): True on prompt padding
+        self.pad = pad.repeat_interleave(G, dim=0)[:, None]  # (n, 1, Tp)
+        self.t = 0
+        self.scale = D**-0.5
+
+    def begin(self, T):
+        assert T == 1, "SharedPrefixCache decodes one token per row per forward"
+        return self.pos[:, None]  # (n, 1)
+
+    def attend(self, layer, q, k, v):
+        """q, k, v (n, 1, H, D) -> (n, H, 1, D), like F.scaled_dot_product_attention's output."""
+        n, _, H, D = q.shape
+        P, G, Tp, t = self.P, self.G, self.Tp, self.t
+        self.k[layer, :n, :, t] = k[:, 0]
+        self.v[layer, :n, :, t] = v[:, 0]
+        q = q[:, 0]  # (n, H, D)
+        grid = q.new_zeros(P * G, H, D)
+        grid[self.rows] = q  # queries by prompt: (P, G) slots, finished rows left zero
+        s_pre = grid.view(P, G, H, D).transpose(1, 2) @ self.pk[layer].transpose(-1, -2)  # (P, H, G, Tp)
+        s_pre = s_pre.transpose(1, 2).reshape(P * G, H, Tp)[self.rows]  # (n, H, Tp)
+        # CPU matmuls copy a strided slice of the suffix first, so on CPU score all max_new slots (contiguous)
+        # and mask the unwritten ones; elsewhere read just the t + 1 written slots
+        S = self.k.size(3) if q.device.type == "cpu" else t + 1
+        s_suf = q[:, :, None] @ self.k[layer, :n, :, :S].transpose(-1, -2)  # (n, H, 1, S)
+        s_suf = s_suf[:, :, 0].float()
+        if S > t + 1:
+            s_suf[..., t + 1:] = float("-inf")
+        s = torch.cat([s_pre.float().masked_fill_(self.pad, float("-inf")), s_suf], dim=-1)
+        p = torch.softmax(s * self.scale, dim=-1).to(q.dtype)  # (n, H, Tp + S)
+        p_grid = p.new_zeros(P * G, H, Tp)
+        p_grid[self.rows] = p[..., :Tp]
+        y_pre = p_grid.view(P, G, H, Tp).transpose(1, 2) @ self.pv[layer]  # (P, H, G, D)
+        y_pre = y_pre.transpose(1, 2).reshape(P * G, H, D)[self.rows]  # (n, H, D)
+        y_suf = p[:, :, None, Tp:] @ self.v[layer, :n, :, :S]  # (n, H, 1, D)
+        return y_pre[:, :, None] + y_suf
+
+    def end(self, T):
+        self.pos += T
+        self.t += T
+
+    def keep(self, rows):
+        """Keep only active rows `rows` (LongTensor of indices into the active rows), in that order."""
+        n, t = rows.numel(), self.t
+        self.k[:, :n, :, :t] = self.k[:, rows, :, :t]
+        self.v[:, :n, :, :t] = self.v[:, rows, :, :t]
+        self.rows, self.pos, self.pad = self.rows[rows], self.pos[rows], self.pad[rows]

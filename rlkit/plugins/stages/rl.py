@@ -1,0 +1,333 @@
+"""Stage rl: on-policy reinforcement learning from rewards, with any algorithm plugin.
+
+    stages:
+      rl: {task: {name: arithmetic}, algorithm: {name: grpo}, rewards: [{name: gsm8k}], steps: 100}
+
+One step:
+  1. rollouts: `examples_per_step` training prompts (split across ranks) x
+     `rollout.samples` completions each, sampled with the KV cache (each prompt
+     prefilled once, its cache shared by its samples);
+  2. rewards: every reward plugin scores every decoded completion; the total
+     is the weighted sum, each reward's mean is tracked on its own;
+  3. advantages: the algorithm turns the (P, G) rewards of the whole step (all
+     ranks, gathered) into advantages, so they never depend on the world size;
+  4. loss: log-probs of the sampled tokens, micro-batches of
+     `device_batch_size` sequences, the algorithm's loss with the step's token
+     and sequence counts; one optimizer step, lr = init_lr_frac * (1 - step/steps).
+pass@1..k on held-out problems before training, every `eval.every` steps and
+at the end, sampled at the rollout's temperature and top-k with the same
+random numbers each time, so each later pass@1 is also shown as a paired
+change from the start with its standard error (the start's per-problem values
+are checkpointed, so this survives --resume).
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as torch_dist
+
+import rlkit
+from rlkit.core import training
+from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.evaluate import evaluate
+from rlkit.core.optim import set_lr
+from rlkit.core.policy import flops_per_token
+from rlkit.core.progress import progress
+from rlkit.core.report import fmt, tracked_change
+from rlkit.core.sampling import generate
+from rlkit.core.scoring import score
+from rlkit.core.speed import matmul_peak
+from rlkit.core.stage import Stage, at_least, check_optimizer, divides
+from rlkit.core.task import prompt_messages
+from rlkit.core.track import grad_norm
+
+
+@dataclass
+class Rollout:
+    samples: int = 16  # completions per prompt (the group size G)
+    temperature: float = 1.0
+    top_k: int = 50  # 0 keeps the whole vocabulary
+    max_new_tokens: int = 256
+
+
+@dataclass
+class RLEval:
+    every: int = 60  # pass@k on held-out problems every N steps (0: only before and after)
+    examples: int = 400
+    k: int = 8  # samples per problem: pass@1..k
+    reward: PluginRef = plugin("reward", "gsm8k")  # decides "correct"
+
+
+@dataclass
+class RLConfig:
+    task: PluginRef = plugin("task")
+    algorithm: PluginRef = plugin("algorithm", "grpo")
+    rewards: list[RewardRef] = plugin_list("reward")
+    optimizer: PluginRef = plugin("optimizer", "muon")
+    rollout: Rollout = field(default_factory=Rollout)
+    steps: int = 500
+    examples_per_step: int = 16  # prompts per step, all ranks
+    device_batch_size: int = 8  # sequences per forward/backward micro-batch
+    init_lr_frac: float = 0.05
+    reward_timeout: float = 10.0  # seconds one reward call may take on one completion (0: no limit)
+    log_every: int = 1
+    save_every: int = 60
+    eval: RLEval = field(default_factory=RLEval)
+
+
+def check(cfg: RLConfig, setup) -> None:
+    if not cfg.rewards:
+        raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
+                         f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
+    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every", "rollout.samples",
+             "rollout.max_new_tokens", "eval.k")
+    at_least(cfg, setup, 0, "init_lr_frac", "reward_timeout", "save_every", "rollout.temperature",
+             "rollout.top_k", "eval.every", "eval.examples")
+    divides(setup, "examples_per_step", cfg.examples_per_step, setup.world_size, "the number of processes")
+    algorithm = build_algorithm(cfg, setup.plugins, setup.where)  # cheap, no model: its own checks apply now
+    need = getattr(algorithm, "min_samples", 1)
+    if cfg.rollout.samples < need:
+        raise RlkitError(f"{setup.where}.rollout.samples: algorithm '{cfg.algorithm.name}' needs at least "
+                         f"{need} samples per prompt (got {cfg.rollout.samples})")
+    check_optimizer(cfg.optimizer, setup)
+
+
+def build_algorithm(cfg: RLConfig, plugins, where: str):
+    factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
+    try:
+        return factory(**cfg.algorithm.args)
+    except RlkitError as e:
+        raise RlkitError(f"{where}.algorithm: {e}") from e
+    except Exception as e:
+        raise RlkitError(f"{where}.algorithm: plugin '{cfg.algorithm.name}' failed: {type(e).__name__}: {e}") from e
+
+
+def run(ctx, start):
+    s, r = ctx.cfg, ctx.cfg.rollout
+    resume = ctx.resume_point()
+    model, tokenizer = ctx.load_model(resume or start)
+    optimizer = ctx.optimizer(s.optimizer, model)
+    algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
+    rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
+    train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
+    world, G = ctx.dist.world_size, r.samples
+    P = s.examples_per_step // world  # prompts per rank (divisibility checked up front)
+    order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
+    reference = frozen_copy(model) if "ref_logp" in getattr(algorithm, "needs", ()) else None
+    train = ctx.ddp(model)
+    resumed = ctx.restore(resume, optimizer, algorithm)
+    start_step = resumed.get("step", 0)
+    check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
+    print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
+           f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
+    # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards
+    kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", [])} if resumed else \
+        {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": []}
+    baseline, history = kept["eval_baseline"], kept["rewards"]
+
+    flops, peak = flops_per_token(model), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
+    tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
+    for step in range(start_step, s.steps):
+        lrm = s.init_lr_frac * (1.0 - step / s.steps)
+        set_lr(optimizer, lrm)
+        # 1. rollouts: this rank's P prompts of the step's examples_per_step
+        first = step * s.examples_per_step + ctx.dist.rank * P
+        examples = [train_task[order[(first + p) % len(order)]] for p in range(P)]
+        t0 = time.perf_counter()
+        out = rollouts(ctx, model, tokenizer, examples, [row_seed(ctx.experiment.seed, step, first + p, g)
+                                                         for p in range(P) for g in range(G)])
+        rollout_s = time.perf_counter() - t0
+        # 2. rewards (P*G,) per reward and weighted total
+        texts = [tokenizer.decode([t for t in c if t not in tokenizer.stop_ids]) for c in out.completions]
+        scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], f"at {ctx.name} step {step + 1}",
+                       s.reward_timeout, f"stages.{ctx.name}.reward_timeout")
+        total = sum(w * scores[name] for name, w, _ in rewards)
+        # 3. advantages over the whole step: gather every rank's (P, G) rewards
+        all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
+        adv = algorithm.advantages(all_rewards)[ctx.dist.rank * P:(ctx.dist.rank + 1) * P].reshape(-1)
+        # 4. loss over micro-batches, normalised by the step's token and sequence counts; one update
+        t1 = time.perf_counter()
+        ids = out.ids.clone().to(ctx.device)  # clone: generate() returns inference-mode tensors
+        mask = out.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
+        extra = {"num_tokens": ctx.sum_over_ranks(mask.sum()).clamp(min=1), "num_sequences": float(P * G * world)}
+        loss_value = train_step(ctx, train, model, algorithm, reference, ids, mask, adv.to(ctx.device), extra,
+                                s.device_batch_size)
+        gnorm = grad_norm(model)
+        training.check_step(ctx, ctx.mean_over_ranks(torch.tensor(loss_value, device=ctx.device)), gnorm, step + 1)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        train_s = time.perf_counter() - t1
+        # metrics (all ranks' means)
+        stats = step_stats(ctx, out, mask, total, scores, rewards, adv, loss_value, gnorm)
+        useful = sum(out.prompt_lens) + sum(map(len, out.completions))  # this rank's tokens, padding left out
+        stats.update(lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / rollout_s,
+                     train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak)
+        tokens += useful * world
+        history.append(float(stats["reward"]))
+        done = step + 1
+        log_line(ctx, done, stats, history)
+        bar.update(done, reward=stats["reward"])
+        if s.eval.every and done % s.eval.every == 0 and done != s.steps:
+            run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
+        training.end_step(ctx, done, model, optimizer, saved_state(algorithm, kept))
+    bar.close()
+
+    handle = ctx.save(s.steps, model, optimizer, saved_state(algorithm, kept), done=True)
+    run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
+    tenth = max(1, len(history) // 10)
+    ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
+                       reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
+    return handle
+
+
+def rollouts(ctx, model, tokenizer, examples, seeds):
+    """`rollout.samples` completions of each example's prompt, with the rollout settings."""
+    r = ctx.cfg.rollout
+    prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in examples]
+    model.eval()
+    with ctx.autocast():
+        out = generate(model, prompts, samples=r.samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                       top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds)
+    model.train()
+    return out
+
+
+def step_stats(ctx, out, mask, total, scores, rewards, adv, loss_value, gnorm) -> dict:
+    """The step's reward (each reward too), advantage spread, completion length, loss: all ranks' means."""
+    stats = {"reward": total.mean(), **{f"reward/{n}": scores[n].mean() for n, _, _ in rewards},
+             "adv_std": adv.float().std(), "completion_len": torch.tensor(float(mask.sum()) / len(out.completions)),
+             "loss": torch.tensor(loss_value), "grad_norm": gnorm}
+    return {k: ctx.mean_over_ranks(torch.as_tensor(v, dtype=torch.float32, device=ctx.device))
+            for k, v in stats.items()}
+
+
+def log_line(ctx, done: int, stats: dict, history: list[float]) -> None:
+    """Every `log_every` steps: the reward as the mean since the last line (one step is noisy); every step is tracked."""
+    s = ctx.cfg
+    if done % s.log_every == 0 or done == s.steps:
+        recent = history[-(done % s.log_every or s.log_every):]
+        reward = f"{sum(recent) / len(recent):.3f}" + (f" ({len(recent)}-step mean)" if len(recent) > 1 else "")
+        print0(f"[{ctx.name}] step {done:4d}/{s.steps} | reward {reward} | len {stats['completion_len']:.1f} | "
+               f"rollout {stats['rollout_tok_s']:,.0f} tok/s | train {stats['train_tok_s']:,.0f} tok/s | "
+               f"lr x{stats['lr_mult']:.4f}")
+    ctx.tracker.metrics(stats, step=done, stage=ctx.name)
+
+
+def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:
+    """One sampling seed per (step, prompt, sample): the same rollout whatever the batch or world size."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + prompt) * 1_009 + sample
+
+
+def check_fits(ctx, tokenizer, task, max_new_tokens: int, sample: int = 256) -> None:
+    """A rollout (prompt + max_new_tokens) must fit the context the model was trained on."""
+    seq_len = ctx.seq_len
+    longest = max(len(tokenizer.render_for_completion(prompt_messages(task[i])))
+                  for i in range(min(sample, len(task))))
+    if longest + max_new_tokens > seq_len:
+        raise RlkitError(f"stages.{ctx.name}.rollout.max_new_tokens: prompts reach {longest} tokens, so {max_new_tokens} new "
+                         f"tokens exceed model.seq_len {seq_len}; use at most {max(seq_len - longest, 0)} or raise "
+                         f"model.seq_len")
+
+
+def gather(t: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate a (P, G) tensor from every rank, in rank order."""
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    torch_dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+def train_step(ctx, train, model, algorithm, reference, ids, mask, adv, extra, device_batch_size) -> float:
+    """Backward over micro-batches; returns this rank's summed loss (the step's objective share)."""
+    N = ids.shape[0]
+    starts = list(range(0, N, device_batch_size))
+    loss_sum = 0.0
+    for i, b0 in enumerate(starts):
+        sl = slice(b0, b0 + device_batch_size)
+        length = int(mask[sl].nonzero()[:, 1].max()) + 2 if mask[sl].any() else 2  # trim trailing padding
+        x, y, m = ids[sl, :length - 1], ids[sl, 1:length], mask[sl, :length - 1]
+        y = torch.where(m > 0, y, -1)
+        batch_extra = dict(extra)
+        if "old_logp" in getattr(algorithm, "needs", ()):
+            batch_extra["old_logp"] = token_logp(ctx, model, x, y).detach()  # on-policy: the sampling policy
+        if reference is not None:
+            batch_extra["ref_logp"] = token_logp(ctx, reference, x, y).detach()
+        with ctx.no_sync(train, last=i == len(starts) - 1), ctx.autocast():
+            logp = -train(x, y, loss_reduction="none").float()  # (B, T)
+            loss = algorithm.loss(logp, m, adv[sl], batch_extra) * ctx.dist.world_size  # DDP averages ranks
+        loss.backward()
+        loss_sum += loss.item() / ctx.dist.world_size
+    return loss_sum
+
+
+@torch.no_grad()
+def token_logp(ctx, model, x, y) -> torch.Tensor:
+    with ctx.autocast():
+        return -model(x, y, loss_reduction="none").float()
+
+
+def frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
+    """pass@1..k on the held-out problems; the same seed every time (common random numbers), so the change
+    from `baseline` (per-problem pass@1 at step 0) is measured paired, with its standard error."""
+    s, r = ctx.cfg, ctx.cfg.rollout
+    reward = ctx.plugin("reward", s.eval.reward)
+    result = evaluate(ctx, model, tokenizer, test_task, reward, examples=s.eval.examples, samples=s.eval.k,
+                      temperature=r.temperature, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                      seed=ctx.seed(), baseline=baseline, reward_name=s.eval.reward.name,
+                      timeout=s.reward_timeout)
+    k = s.eval.k if r.temperature > 0 else 1
+    change = f" ({result['delta@1']:+.3f} ± {result['delta_se']:.3f} vs step 0)" if "delta@1" in result else ""
+    print0(f"[{ctx.name}] eval at step {step}: pass@1 {result['pass@1']:.3f}{change} | pass@{k} {result[f'pass@{k}']:.3f} "
+           f"| {s.eval.examples} held-out problems, T={r.temperature:g}")
+    tracked = {key: v for key, v in result.items() if key.startswith(("pass@", "delta"))}
+    ctx.tracker.metrics(tracked, step=step, stage=ctx.name)
+    for question, answer, value in result["samples"][:2]:
+        ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {value:g}", step=step, stage=ctx.name)
+    key = "eval_before" if step == 0 else "eval_after"
+    ctx.summary[key] = {k_: v for k_, v in result.items() if k_ not in ("samples", "per_problem")}
+    return result
+
+
+def saved_state(algorithm, kept: dict) -> dict:
+    """What a checkpoint keeps besides weights and optimizer: `kept` and the algorithm's state."""
+    return {**kept, "algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else dict(kept)
+
+
+def report(summary: dict, tracked: dict) -> list[str]:
+    """Reward first -> last, pass@1 and pass@k before -> after with the paired change, lengths, speeds."""
+    out = [f"{m}: {tracked_change(tracked, m)}" for m in tracked if m == "reward" or m.startswith("reward/")]
+    if "reward_start" in summary:  # single steps are noisy: the first and last tenth of the steps
+        out.append(f"reward, mean of the first / last {summary['reward_window']} steps: "
+                   f"{fmt(summary['reward_start'])} -> {fmt(summary['reward_end'])}")
+    before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+    ks = sorted(int(k[5:]) for k in after if k.startswith("pass@"))
+    for key in [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] if ks else []:  # pass@1 and pass@k
+        out.append(f"held-out {key}: {fmt(before.get(key))} before -> {fmt(after[key])} after")
+    if "delta@1" in after:  # paired over the same problems and random numbers (core/evaluate.py)
+        out.append(f"pass@1 change: {after['delta@1']:+.4f} ± {after['delta_se']:.4f} (paired standard error)")
+    if "completion_len" in tracked:
+        c = tracked["completion_len"]
+        out.append(f"completion length (tokens): {fmt(c['first'])} -> {fmt(c['last'])}, mean {fmt(c['mean'])}")
+    speeds = [f"{m.split('_')[0]} {fmt(tracked[m]['mean'])}" for m in ("rollout_tok_s", "train_tok_s") if m in tracked]
+    if speeds:
+        out.append(f"tokens/s (mean): {', '.join(speeds)}")
+    return out
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"rl": Stage(config=RLConfig, run=run, check=check, report=report)}

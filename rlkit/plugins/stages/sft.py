@@ -1,0 +1,159 @@
+"""Stage sft: supervised fine-tuning on a task's conversations.
+
+    stages:
+      sft: {task: {name: arithmetic}, steps: 250, examples_per_step: 32, device_batch_size: 16}
+
+Each conversation is rendered on its own (no packing), padded to the longest
+in its micro-batch, and trained only where the loss mask is 1 (the
+assistant's tokens and its <|assistant_end|>). The loss is the mean over all
+such tokens in the optimizer step (all micro-batches, all ranks). At the end:
+greedy accuracy on held-out problems, scored by `eval_reward`.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+import rlkit
+from rlkit.core import training
+from rlkit.core.config import PluginRef, plugin
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.evaluate import evaluate
+from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.core.policy import flops_per_token
+from rlkit.core.progress import progress
+from rlkit.core.report import fmt
+from rlkit.core.speed import Meter
+from rlkit.core.stage import Stage, at_least, check_optimizer, divides
+from rlkit.core.track import grad_norm
+
+
+@dataclass
+class SFTConfig:
+    task: PluginRef = plugin("task")
+    steps: int = 200
+    examples_per_step: int = 32  # conversations per optimizer step, all ranks
+    device_batch_size: int = 8
+    optimizer: PluginRef = plugin("optimizer", "muon")
+    init_lr_frac: float = 0.02
+    warmdown_frac: float = 1.0  # nanochat's sft ramps lr down linearly over the whole stage
+    eval_examples: int = 200  # greedy accuracy on held-out problems at the end (0: skip)
+    eval_reward: PluginRef = plugin("reward", "gsm8k")  # scores that accuracy
+    eval_max_new_tokens: int = 128
+    log_every: int = 10
+    save_every: int = 0
+
+
+def check(cfg: SFTConfig, setup) -> None:
+    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every")
+    at_least(cfg, setup, 0, "init_lr_frac", "warmdown_frac", "eval_examples", "eval_max_new_tokens", "save_every")
+    divides(setup, "examples_per_step", cfg.examples_per_step, cfg.device_batch_size * setup.world_size,
+            f"device_batch_size x processes = {cfg.device_batch_size} x {setup.world_size}")
+    check_optimizer(cfg.optimizer, setup)
+
+
+def run(ctx, start):
+    s = ctx.cfg
+    resume = ctx.resume_point()
+    model, tokenizer = ctx.load_model(resume or start)
+    optimizer = ctx.optimizer(s.optimizer, model)
+    train_task = ctx.task(s.task, "train")
+    world, B = ctx.dist.world_size, s.device_batch_size
+    accum = s.examples_per_step // (B * world)  # divisibility checked up front (check)
+    order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))  # one epoch's order
+    check_fits(tokenizer, train_task, ctx.seq_len, f"stages.{ctx.name}.task '{s.task.name}'")
+    resumed = ctx.restore(resume, optimizer)
+    start_step = resumed["step"] if resumed else 0
+    train = ctx.ddp(training.maybe_compile(ctx, model, dynamic=True))  # batches are padded to their longest row
+    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
+    print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
+           f"{len(train_task):,} training examples")
+
+    loss_value, tokens, bar = float("nan"), 0, progress(ctx.name, s.steps, start=start_step)
+    for step in range(start_step, s.steps):
+        lrm = s.init_lr_frac * lr_multiplier(step, s.steps, 0, s.warmdown_frac, 0.0)
+        set_lr(optimizer, lrm)
+        # this step's conversations: all ranks' slices together are examples_per_step consecutive ones
+        first = step * s.examples_per_step + ctx.dist.rank * B * accum
+        rendered = [tokenizer.render_conversation(train_task[order[(first + j) % len(order)]]["messages"],
+                                                  max_len=ctx.seq_len + 1) for j in range(B * accum)]
+        batches = [collate(rendered[m * B:(m + 1) * B]) for m in range(accum)]
+        num_tokens = ctx.sum_over_ranks(sum((y >= 0).sum() for _, y in batches).to(ctx.device))
+        total = torch.zeros((), device=ctx.device)
+        for m, (x, y) in enumerate(batches):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            with ctx.no_sync(train, last=m == accum - 1), ctx.autocast():
+                per_token = train(x, y, loss_reduction="none")  # (B, T), 0 where y == -1
+                loss = per_token.sum() / num_tokens * world  # DDP averages over ranks: undo it
+            loss.backward()
+            total += loss.detach() / world
+            meter.add(x.numel())
+            tokens += x.numel() * world  # padded tokens processed, all ranks
+        gnorm = grad_norm(model)
+        loss_value = ctx.mean_over_ranks(total) * world
+        training.check_step(ctx, loss_value, gnorm, step + 1)  # before the update: saved weights stay finite
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
+        bar.update(step + 1, loss=loss_value)
+        training.end_step(ctx, step + 1, model, optimizer, {})
+    bar.close()
+
+    handle = ctx.save(s.steps, model, optimizer, {}, done=True)
+    if s.eval_examples:
+        held_out_accuracy(ctx, model, tokenizer)
+    ctx.summary.update(steps=s.steps, tokens=tokens, final_loss=loss_value)
+    return handle
+
+
+def held_out_accuracy(ctx, model, tokenizer) -> None:
+    """Greedy accuracy on the task's test problems, scored by `eval_reward`."""
+    s = ctx.cfg
+    reward = ctx.plugin("reward", s.eval_reward)
+    result = evaluate(ctx, model, tokenizer, ctx.task(s.task, "test"), reward, examples=s.eval_examples,
+                      samples=1, temperature=0.0, top_k=0, max_new_tokens=s.eval_max_new_tokens,
+                      reward_name=s.eval_reward.name)
+    print0(f"[{ctx.name}] held-out accuracy (greedy, {s.eval_examples} problems): {result['pass@1']:.3f}")
+    for question, answer, score in result["samples"][:2]:
+        print0(f"[{ctx.name}] sample: {question[:80]!r} -> {answer[:120]!r} ({score:g})")
+        ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {score:g}", step=s.steps, stage=ctx.name)
+    ctx.tracker.metrics({"accuracy": result["pass@1"]}, step=s.steps, stage=ctx.name)
+    ctx.summary.update(accuracy=result["pass@1"])
+
+
+def report(summary: dict, tracked: dict) -> list[str]:
+    return [f"held-out greedy accuracy {fmt(summary['accuracy'])}"] if "accuracy" in summary else []
+
+
+def check_fits(tokenizer, task, seq_len: int, what: str, sample: int = 256) -> None:
+    """Conversations longer than the context lose the end of their answers: refuse when that is common
+    (over 10% of a sample), warn when it is rare."""
+    lengths = [len(tokenizer.render_conversation(task[i]["messages"])[0]) for i in range(min(sample, len(task)))]
+    cut = sum(n > seq_len + 1 for n in lengths) / len(lengths)
+    if cut > 0.1:
+        raise RlkitError(f"model.seq_len: {seq_len} is too short for {what}: {cut:.0%} of its "
+                         f"conversations are longer (up to {max(lengths)} tokens), so their answers would be cut; "
+                         f"set model.seq_len to at least {max(lengths) - 1}")
+    if cut > 0:
+        print0(f"[{what}] note: {cut:.1%} of the conversations exceed model.seq_len {seq_len} and are truncated")
+
+
+def collate(rendered: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (ids, mask) pairs into inputs (B, T) and targets (B, T); targets are -1 where the mask is 0."""
+    T = max(len(ids) for ids, _ in rendered) - 1
+    x = torch.zeros(len(rendered), T, dtype=torch.long)
+    y = torch.full((len(rendered), T), -1, dtype=torch.long)
+    for b, (ids, mask) in enumerate(rendered):
+        ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+        n = len(ids) - 1
+        x[b, :n] = ids_t[:-1]
+        y[b, :n] = torch.where(mask_t[1:] == 1, ids_t[1:], -1)
+    return x, y
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"sft": Stage(config=SFTConfig, run=run, check=check, report=report)}
