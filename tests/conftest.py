@@ -54,3 +54,39 @@ def cli():
     def invoke(*args, env=None):
         return runner.invoke(app, [str(a) for a in args], env=env)
     return invoke
+
+
+@pytest.fixture
+def stage_ctx():
+    """stage_ctx(experiment_path, entry, run_dir) -> a real StageContext for that entry on CPU in float32
+    (autocast is then a no-op), its typed config checked by the real pipeline."""
+    import torch
+
+    from rlkit.core import pipeline
+    from rlkit.core.context import StageContext
+    from rlkit.core.dist import DistInfo
+    from rlkit.core.track import Tracker
+
+    def make(path, entry, run_dir):
+        cfg, plugins = pipeline.prepare(path, [], [])
+        found = {e.name: (i, e) for i, e in enumerate(pipeline.entries(cfg, plugins))}
+        index, e = found[entry]
+        return StageContext(entry, e.cfg, cfg, index, plugins, run_dir, torch.device("cpu"), torch.float32,
+                            DistInfo(), Tracker())
+    return make
+
+
+@pytest.fixture(scope="session")
+def doc_example():
+    """doc_example("rlkit_stages") -> the first python block of that hook's section in docs/plugins.md: the
+    example plugins the docs show are the ones the tests run."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+
+    def find(hook):
+        start = text.index(f"## `{hook}(")
+        end = text.find("\n## ", start + 1)
+        return re.findall(r"^```python\n(.*?)^```", text[start:end], re.M | re.S)[0]
+    return find

@@ -72,6 +72,10 @@ def test_docs_document_no_hook_that_does_not_exist():
 
 
 CONTRACT = {  # words each hook's section must explain
+    "rlkit_stages": ["config", "run(ctx", "start", "Checkpoint", "check(cfg", "report(summary", "kind:", "init:",
+                     "output.json", "resume"],
+    "rlkit_models": ["tokenizer", "seq_len", "spec()", "decoder(dtype)", "prefill", "step", "keep", "max_len",
+                     "logit_softcap", 'loss_reduction="none"'],
     "rlkit_rewards": ["completion", "example", "float", "weight"],
     "rlkit_tasks": ["split", "messages", "answer", "####", '"train"', '"test"'],
     "rlkit_optimizers": ["model", "initial_lr", "param_roles"],
@@ -179,3 +183,46 @@ def test_algorithm_example_runs(tmp_path, monkeypatch):
     assert loss.item() == pytest.approx(-(1.0 * -3.0 + -2.0 * -9.5) / 4)
     loss.backward()
     torch.testing.assert_close(logp.grad, -adv[:, None] * mask / 4)
+
+
+def test_stage_example_is_a_stage_whose_check_names_the_key(tmp_path, monkeypatch):
+    from rlkit.core.errors import RlkitError
+    from rlkit.core.stage import Stage, StageSetup
+
+    stages, found = load_example("rlkit_stages", tmp_path, monkeypatch)
+    noise = stages["noise"]
+    assert isinstance(noise, Stage) and noise.config().steps >= 1
+    setup = StageSetup("exp.yaml: stages.jitter", found, 1, None, tmp_path, has_start=True)
+    noise.check(noise.config(), setup)  # the defaults pass
+    with pytest.raises(RlkitError, match=r"^exp.yaml: stages.jitter.steps: 0 must be at least 1$"):
+        noise.check(noise.config(steps=0), setup)
+    with pytest.raises(RlkitError, match="needs a model to perturb"):
+        noise.check(noise.config(), StageSetup("exp.yaml: stages.jitter", found, 1, None, tmp_path, has_start=False))
+
+
+def test_model_example_decodes_what_its_training_forward_computes(tmp_path, monkeypatch):
+    """The Decoder contract, checked numerically: prefill of right-padded prompts of different lengths,
+    then steps, give the same next-token logits as the training forward over the whole sequence."""
+    import torch
+
+    models, _ = load_example("rlkit_models", tmp_path, monkeypatch)
+
+    class Tok:
+        vocab_size = 50
+
+    torch.manual_seed(0)
+    model = models["window_lm"](Tok(), 64, window=3, width=8)
+    assert model.spec() == {"window": 3, "width": 8}
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    more = [[20, 21, 22], [30, 31, 32]]  # the tokens each row is then fed
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    for p, prompt in enumerate(prompts):
+        idx[p, :len(prompt)] = torch.tensor(prompt)
+    with torch.no_grad():
+        dec = model.decoder(torch.float32)
+        got = [dec.prefill(idx, torch.tensor([5, 2]), 1, 3)]
+        got += [dec.step(torch.tensor([more[0][t], more[1][t]])) for t in range(3)]
+        for p in range(2):
+            full = model(torch.tensor([prompts[p] + more[p]]))[0]  # (T, V)
+            want = full[len(prompts[p]) - 1:]
+            torch.testing.assert_close(torch.stack([g[p] for g in got]), want)
