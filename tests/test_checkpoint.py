@@ -162,7 +162,8 @@ def test_loading_refuses_pickled_objects(tmp_path):
     meta = json.loads((path / "meta.json").read_text())
     meta["checkpoint"]["files"]["optimizer.pt"] = ckpt._file_record(path / "optimizer.pt")
     (path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(RlkitError, match=r"optimizer\.pt cannot be read with weights_only=True"):
+    with pytest.raises(RlkitError, match=r"optimizer\.pt is refused: it holds something other than tensors and "
+                                         r"plain values, which rlkit never unpickles \(Weights only load failed\)"):
         load_checkpoint(path)
 
 

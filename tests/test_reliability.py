@@ -236,7 +236,7 @@ def aim_metrics(folder: Path) -> dict:
 
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}  # the lock names its last holder
 
 
 def pretrain_only(metrics: dict) -> dict:

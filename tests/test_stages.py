@@ -95,7 +95,7 @@ def _losses(output: str, stage: str) -> list[float]:
 def _digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under folder (checkpoints, tokenizer, config)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}  # the lock names its last holder
 
 
 # --------------------------------------------------------------------------- the full run

@@ -20,7 +20,6 @@ naming the file, and latest_checkpoint skips to the newest checkpoint that is st
 Loading never unpickles arbitrary objects: safetensors + torch.load(weights_only=True) + json.
 Only rank 0 should call save_checkpoint.
 """
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.files import sha256
 
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.pt", "meta.json"
 FORMAT = 1
@@ -175,16 +175,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_record(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 # ----------------------------------------------------------------------------- verify / load
@@ -216,7 +208,7 @@ def verify_checkpoint(path, files: list[str] | None = None) -> dict:
         if size != want["bytes"]:
             raise RlkitError(f"{f} is damaged: {size} bytes, expected {want['bytes']} (truncated?); "
                              "use an earlier checkpoint")
-        if _sha256(f) != want["sha256"]:
+        if sha256(f) != want["sha256"]:
             raise RlkitError(f"{f} is damaged: its sha256 does not match meta.json (changed after saving); "
                              "use an earlier checkpoint")
     return meta
@@ -246,7 +238,9 @@ def load_checkpoint(path, device="cpu", load_optimizer: bool = True, load_model:
         try:
             optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
         except Exception as e:  # noqa: BLE001 -- includes the refusal of non-weight pickles
-            raise RlkitError(f"{path / OPTIMIZER_FILE} cannot be read with weights_only=True ({e})") from None
+            why = str(e).strip().split(".")[0][:120] or type(e).__name__  # torch's first sentence, not its advice
+            raise RlkitError(f"{path / OPTIMIZER_FILE} is refused: it holds something other than tensors and "
+                             f"plain values, which rlkit never unpickles ({why}); use a checkpoint rlkit saved") from None
     meta.pop("checkpoint")
     return model_state, optimizer_state, meta
 

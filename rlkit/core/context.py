@@ -88,10 +88,14 @@ class StageContext:
         task = self.call(key, "task", ref, split)
         if len(task) == 0:
             raise RlkitError(f"stages.{self.name}.{key}: task '{ref.name}' has no {split} examples")
+        check_examples(task, f"stages.{self.name}.{key}: task '{ref.name}' ({split})")
         return task
 
     def optimizer(self, ref, model: torch.nn.Module) -> torch.optim.Optimizer:
         optimizer = self.call("optimizer", "optimizer", ref, model)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise RlkitError(f"stages.{self.name}.optimizer: plugin '{ref.name}' returned {type(optimizer).__name__}; "
+                             "an optimizer factory must return a torch.optim.Optimizer")
         for group in optimizer.param_groups:
             if "initial_lr" not in group:
                 raise RlkitError(f"optimizer plugin '{ref.name}': every param group needs 'initial_lr'")
@@ -191,6 +195,18 @@ class StageContext:
             return
         handle = self.save(step, model, optimizer, extra)
         raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {handle.path}")
+
+
+def check_examples(task, where: str, sample: int = 8) -> None:
+    """The first examples must hold what stages read: "messages", a list of {"role", "content": str}."""
+    for i in range(min(sample, len(task))):
+        example = task[i]
+        messages = example.get("messages") if isinstance(example, dict) else None
+        if not (isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in messages)):
+            raise RlkitError(f"{where}: example {i} is {str(example)[:80]!r}; an example is a dict with \"messages\": "
+                             "[{\"role\": \"user\" | \"assistant\", \"content\": str}, ...] (see make_example)")
 
 
 def call_plugin(where: str, name: str, fn, *args, **kwargs):

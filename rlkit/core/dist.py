@@ -115,3 +115,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch_dist.is_initialized():
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on any rank (all ranks call it together); the flag itself alone."""
+    if not torch_dist.is_initialized():
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rlkit.core import checkpoint as ckpt
 from rlkit.core.errors import RlkitError
+from rlkit.core.files import atomic_write
 
 OUTPUT_FILE = "output.json"
 
@@ -65,10 +66,7 @@ class Checkpoint:
 
 def write_output(entry_dir: Path, handle: Checkpoint) -> None:
     """Record an entry's hand-off, atomically (rank 0 only)."""
-    entry_dir.mkdir(parents=True, exist_ok=True)
-    tmp = entry_dir / f".{OUTPUT_FILE}.tmp"
-    tmp.write_text(json.dumps(handle.record(entry_dir), indent=2))
-    tmp.replace(entry_dir / OUTPUT_FILE)
+    atomic_write(entry_dir / OUTPUT_FILE, json.dumps(handle.record(entry_dir), indent=2))
 
 
 def read_output(entry_dir: Path, where: str = "resume") -> Checkpoint:

@@ -24,7 +24,12 @@ from rlkit.core import config as config_lib
 from rlkit.core import handoff, policy
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
+from rlkit.core.dist import print0
+from rlkit.core.files import atomic_write
+from rlkit.core.runlock import RunLock
 from rlkit.core.stage import Stage, StageSetup
+
+CONFIG_FILE = "config.yaml"
 
 CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
            "model.compile": ("auto", "true", "false")}
@@ -98,6 +103,10 @@ def check_values(cfg: DictConfig, path) -> None:
             raise RlkitError(f"{path}: {key}: '{value}' is not valid (valid: {', '.join(valid)})")
     if cfg.model.seq_len < 1:
         raise RlkitError(f"{path}: model.seq_len: {cfg.model.seq_len} must be at least 1")
+    name = str(cfg.name)
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 200 or name != name.strip():
+        raise RlkitError(f"{path}: name: {name!r} cannot name a run folder; use letters, digits, '-', '_' or '.' "
+                         "(no '/', at most 200 characters)")
 
 
 def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
@@ -110,22 +119,35 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
-    """Run the entries in order, each starting from the previous one's checkpoint (or its own `init:`)."""
+    """Run the entries in order, each starting from the previous one's checkpoint (or its own `init:`),
+    holding the run folder's lock throughout."""
+    from rlkit.core import dist
+
+    info, device = dist.init(cfg.device)
+    try:
+        dtype = dist.compute_dtype(cfg.model.dtype, device)
+        run_dir = Path(cfg.run_dir)
+        found = entries(cfg, plugins)
+        lock = _lock(run_dir, info, device)
+        try:
+            _run(cfg, plugins, found, run_dir, resume, info, device, dtype)
+        finally:
+            lock.release()
+    finally:
+        dist.shutdown()
+
+
+def _run(cfg, plugins, found, run_dir, resume, info, device, dtype) -> None:
     from rlkit.core import dist, interrupt, report, track
     from rlkit.core.context import StageContext
 
-    info, device = dist.init(cfg.device)
-    dtype = dist.compute_dtype(cfg.model.dtype, device)
-    run_dir = Path(cfg.run_dir)
-    found = entries(cfg, plugins)
-    _check_run_dir(run_dir, cfg, resume)
+    _check_run_dir(run_dir, cfg, found, resume)
     tracker = track.open_run(cfg, run_dir, info, resume)
     env, began = track.environment(device, dtype, info.world_size), time.time()
     interrupt.install()
     try:
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(cfg, run_dir / "config.yaml")
+            atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
         tracker.params({"hparams": OmegaConf.to_container(cfg), "env": env})
         dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
                     f"world size {info.world_size}, run dir {run_dir}")
@@ -157,25 +179,65 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
     finally:
         interrupt.uninstall()
         tracker.close()
-        dist.shutdown()
 
 
-def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
-    """Never overwrite a run by accident, and resume only the run that was started."""
-    saved = run_dir / "config.yaml"
-    holds_work = any(run_dir.glob(f"*/{handoff.OUTPUT_FILE}")) or any(run_dir.glob("*/step_*"))
-    if not saved.exists() or (not resume and not holds_work):  # nothing saved yet: nothing to lose
-        return
+def _lock(run_dir: Path, info, device) -> RunLock:
+    """Rank 0 takes the run folder's lock; every rank learns whether it could, so all stop together."""
+    from rlkit.core.dist import any_rank
+
+    lock, error = RunLock(run_dir), None
+    if info.is_main:
+        try:
+            lock.acquire()
+        except RlkitError as e:
+            error = e
+    if any_rank(error is not None, device):
+        raise error or RlkitError(f"run_dir: {run_dir} is in use by another rlkit run (rank 0 says which)")
+    return lock
+
+
+def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: bool) -> None:
+    """Never overwrite a run by accident; resume only the run that was started, with changes allowed only to
+    entries that have not started yet (so a mistake found late is fixed without redoing finished work)."""
+    saved = run_dir / CONFIG_FILE
     if not resume:
-        raise RlkitError(f"run_dir: {run_dir} already holds a run; continue it with --resume, or start a new "
-                         f"one with name=<new name> or run_dir=<new folder>")
+        if _holds_work(run_dir):  # with or without its config.yaml: never overwrite what was saved
+            raise RlkitError(f"run_dir: {run_dir} already holds a run; continue it with --resume, or start a new "
+                             f"one with name=<new name> or run_dir=<new folder>")
+        return
+    if not saved.exists():
+        raise RlkitError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE}); start it without --resume")
     from rlkit.core.compare import config_diff
 
-    before, now = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cfg)
-    changed = [row["key"] for row in config_diff([before, now]) if row["key"] != "base_dir"]  # a moved folder
-    if changed:
-        raise RlkitError(f"--resume: the config differs from the run's {saved} in {', '.join(changed[:5])}"
-                         f"{' ...' if len(changed) > 5 else ''}; resume with the same config, or start a new run")
+    try:
+        before = OmegaConf.to_container(OmegaConf.load(saved))
+    except Exception as e:  # noqa: BLE001 -- a damaged config.yaml: say which file and what to do
+        raise RlkitError(f"--resume: {saved} cannot be read ({_first_line(e)}); restore it, or start a new run "
+                         "with name=<new name>") from None
+    changed = [row["key"] for row in config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
+    fresh = {e.name for e in found if _not_started(run_dir / e.name)}
+    refused = [k for k in changed if not (k.startswith("stages.") and k.split(".")[1] in fresh)]
+    if refused:
+        ran = sorted({k.split(".")[1] for k in refused if k.startswith("stages.")})
+        what = f" (entries that already ran: {', '.join(ran)})" if ran else ""
+        raise RlkitError(f"--resume: the config differs from the run's {saved} in {', '.join(refused[:5])}"
+                         f"{' ...' if len(refused) > 5 else ''}{what}; resume with the same values there, or start "
+                         "a new run")
+    for key in changed:
+        print0(f"--resume: {key} changed; {key.split('.')[1]} has not started yet, so the new value is used")
+
+
+def _holds_work(run_dir: Path) -> bool:
+    """Whether any entry folder holds a saved file (a checkpoint, a tokenizer, a hand-off)."""
+    return run_dir.is_dir() and any(not _not_started(d) for d in run_dir.iterdir() if d.is_dir())
+
+
+def _not_started(entry_dir: Path) -> bool:
+    return not entry_dir.is_dir() or not any(p for p in entry_dir.iterdir() if not p.name.startswith("."))
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 class _writable:

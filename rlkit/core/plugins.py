@@ -90,7 +90,7 @@ def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
     for kind, (hook, _) in KINDS.items():
         # Call per implementation (not pm.hook.X()) so each name is traced back to its plugin.
         for impl in getattr(pm.hook, hook).get_hookimpls():  # registration order: built-ins first
-            table = impl.function() or {}
+            table = _call_hook(impl, hook) or {}
             if trace:
                 print(f"rlkit: {hook}() from {impl.plugin_name} -> {sorted(table) if isinstance(table, dict) else table!r}",
                       file=sys.stderr)
@@ -107,7 +107,21 @@ def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
                 owner[kind, name] = impl.plugin_name
                 tables[kind][name] = fn
                 infos[impl.plugin_name].provides.setdefault(kind, []).append(name)
+    for kind, table in tables.items():  # `Short` and `short` are two plugins, which a reader may not expect
+        lower = {}
+        for name in table:
+            if name.lower() in lower:
+                print(f"rlkit: warning: {kind} plugins '{lower[name.lower()]}' and '{name}' differ only in case",
+                      file=sys.stderr)
+            lower.setdefault(name.lower(), name)
     return Plugins(tables, list(infos.values()))
+
+
+def _call_hook(impl, hook: str):
+    try:
+        return impl.function()
+    except BaseException as e:  # noqa: BLE001 -- sys.exit() or KeyboardInterrupt in a plugin is its fault too
+        raise RlkitError(f"plugin {impl.plugin_name}: {hook}() raised {type(e).__name__}: {e}") from None
 
 
 def _valid(kind: str, fn) -> bool:
@@ -160,7 +174,7 @@ def _entry_points():
 def _load_entry_point(ep, dist):
     try:
         return ep.load()
-    except Exception as e:  # a broken installed plugin: name it, don't crash with its traceback
+    except BaseException as e:  # a broken installed plugin (even one calling sys.exit): name it, no traceback
         raise RlkitError(f"plugin {dist.name}:{ep.name} (entry point {ep.value}) failed to import: "
                          f"{type(e).__name__}: {e}") from None
 
@@ -169,13 +183,15 @@ def _import_file(path: Path):
     """Import a local plugin file under its own module name, so tracebacks name the user's file."""
     if not path.is_file():
         raise RlkitError(f"plugin file {path}: not found")
+    if path.suffix != ".py":
+        raise RlkitError(f"plugin file {path}: not a .py file; a local plugin is a Python module ending in .py")
     module_name = f"rlkit_local_plugin_{abs(hash(str(path.resolve())))}_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except BaseException as e:  # noqa: BLE001 -- sys.exit() or KeyboardInterrupt at import: the file's fault
         del sys.modules[module_name]
         raise RlkitError(f"plugin file {path}: failed to import: {type(e).__name__}: {e}") from None
     return module

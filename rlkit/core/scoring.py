@@ -18,8 +18,8 @@ import torch
 from rlkit.core.errors import RlkitError
 
 
-class RewardTimeout(Exception):
-    pass
+class RewardTimeout(BaseException):
+    """A BaseException, so a reward's own `except Exception` (a retry loop, say) cannot swallow it."""
 
 
 def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 10.0,
@@ -32,8 +32,10 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
         for text, example in zip(texts, examples):
             where = f"reward '{name}' {at} on example {_question(example)!r}"
             try:
-                with time_limit(timeout):
+                with time_limit(timeout) as clock:
                     value = fn(text, example)
+                if clock["fired"]:  # the reward caught even a BaseException and carried on: still too slow
+                    raise RewardTimeout()
             except RewardTimeout:
                 raise RlkitError(f"{where}: took longer than {timeout:g}s ({timeout_key})") from None
             except RlkitError:
@@ -49,18 +51,22 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
 
 @contextlib.contextmanager
 def time_limit(seconds: float):
-    """Raise RewardTimeout in the main thread after `seconds` (SIGALRM; no limit off the main thread)."""
+    """Raise RewardTimeout in the main thread after `seconds`, and again every second after that until the
+    call returns (SIGALRM; no limit off the main thread); yields {"fired": bool}. Code that catches every
+    BaseException in a loop can still run on: only a separate process could be killed for sure."""
+    clock = {"fired": False}
     if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield
+        yield clock
         return
 
     def expire(signum, frame):
+        clock["fired"] = True
         raise RewardTimeout()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
-        yield
+        yield clock
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -75,8 +75,11 @@ def check_optimizer(ref, setup: StageSetup, key: str = "optimizer") -> None:
     factory = setup.plugins.get("optimizer", ref.name, f"{setup.where}.{key}.name")
     with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
         try:
-            factory(stand_in_model(), **ref.args)
+            optimizer = factory(stand_in_model(), **ref.args)
         except (RlkitError, ValueError, TypeError) as e:
             raise RlkitError(f"{setup.where}.{key}.args: {e}") from e
         except Exception:  # noqa: BLE001 -- not about the values: the stage reports it with the real model
-            pass
+            return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise RlkitError(f"{setup.where}.{key}: plugin '{ref.name}' returned {type(optimizer).__name__}; an "
+                         "optimizer factory must return a torch.optim.Optimizer")

@@ -79,6 +79,8 @@ def check_source(source: str, tasks: Mapping[str, Callable], base_dir: Path | st
     if source not in tasks and looks_local and not path.exists():
         raise RlkitError(f"{where}: no such file or folder {path} (a source is a task: "
                          f"{', '.join(sorted(tasks)) or 'none registered'}, an existing path, or a hub dataset id)")
+    if source not in tasks and path.is_dir() and not any(p.suffix in SUFFIXES for p in path.rglob("*")):
+        raise RlkitError(f"{where}: the folder {path} holds no {', '.join(SUFFIXES)} files")
 
 
 def _path_texts(path: Path, text_field: str, where: str) -> Iterator[str]:
@@ -96,33 +98,42 @@ def _path_texts(path: Path, text_field: str, where: str) -> Iterator[str]:
             raise RlkitError(f"{where}: {file} is not a {', '.join(SUFFIXES)} file or a folder of them")
 
 
+def utf8_lines(file: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line; a line that is not UTF-8 is one error naming the file and line."""
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RlkitError(f"{file}:{number}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                 "save the file as UTF-8") from None
+
+
 def _txt(file: Path) -> Iterator[str]:
     paragraph = []
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                paragraph.append(line)
-            elif paragraph:
-                yield "".join(paragraph).rstrip("\n")
-                paragraph = []
+    for _, line in utf8_lines(file):
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield "".join(paragraph).rstrip("\n")
+            paragraph = []
     if paragraph:
         yield "".join(paragraph).rstrip("\n")
 
 
 def jsonl_rows(file: Path) -> Iterator[tuple[str, dict]]:
     """("file:line", object) for each non-blank line of a .jsonl file; bad JSON or a non-object is one line."""
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RlkitError(f"{file}:{number}: bad JSON ({e.msg}, column {e.colno}); "
-                                 "a .jsonl file holds one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise RlkitError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield f"{file}:{number}", row
+    for number, line in utf8_lines(file):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RlkitError(f"{file}:{number}: bad JSON ({e.msg}, column {e.colno}); "
+                             "a .jsonl file holds one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise RlkitError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield f"{file}:{number}", row
 
 
 def _jsonl(file: Path, text_field: str, where: str) -> Iterator[str]:
@@ -139,7 +150,10 @@ def _jsonl(file: Path, text_field: str, where: str) -> Iterator[str]:
 def _parquet(file: Path, text_field: str, where: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(file)
+    try:
+        pf = pq.ParquetFile(file)
+    except Exception as e:  # noqa: BLE001 -- pyarrow's errors for a damaged file vary: name the file
+        raise RlkitError(f"{where}: {file} is not a readable parquet file ({str(e).splitlines()[0][:120]})") from None
     if text_field not in pf.schema_arrow.names:
         raise RlkitError(f"{file}: no column {text_field!r} (has {pf.schema_arrow.names}); "
                          f"set {where.rsplit('.', 1)[0]}.text_field")

@@ -33,6 +33,7 @@ from pathlib import Path
 import tiktoken
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.files import atomic_write, sha256
 
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -146,13 +147,13 @@ class Tokenizer:
     # --- save / load ----------------------------------------------------------------------------
 
     def save(self, directory) -> None:
+        """Both files atomically, the merges first; tokenizer.json, written last, records their sha256."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         ranks = sorted(self.ranks.items(), key=lambda kv: kv[1])
         lines = [f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in ranks]
-        (directory / RANKS_FILE).write_text("".join(lines))
-        meta = {"pattern": self.pattern, "special_tokens": self.specials}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        atomic_write(directory / RANKS_FILE, "".join(lines))
+        meta = {"pattern": self.pattern, "special_tokens": self.specials, "ranks_sha256": sha256(directory / RANKS_FILE)}
+        atomic_write(directory / META_FILE, json.dumps(meta, indent=1) + "\n")
 
     @classmethod
     def load(cls, directory) -> "Tokenizer":
@@ -160,12 +161,18 @@ class Tokenizer:
         for name in (RANKS_FILE, META_FILE):
             if not (directory / name).is_file():
                 raise RlkitError(f"tokenizer: {directory / name} not found; run the tokenizer stage first")
-        ranks = {}
-        for line in (directory / RANKS_FILE).read_text().splitlines():
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-        meta = json.loads((directory / META_FILE).read_text())
-        return cls(ranks, meta["pattern"], meta["special_tokens"])
+        try:
+            meta = json.loads((directory / META_FILE).read_text())
+            if meta.get("ranks_sha256", sha256(directory / RANKS_FILE)) != sha256(directory / RANKS_FILE):
+                raise ValueError(f"{RANKS_FILE} does not match the sha256 recorded in {META_FILE}")
+            ranks = {}
+            for line in (directory / RANKS_FILE).read_text().splitlines():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+            return cls(ranks, meta["pattern"], meta["special_tokens"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise RlkitError(f"tokenizer: {directory} is damaged ({type(e).__name__}: {str(e)[:120]}); rerun its "
+                             "tokenizer stage (delete that folder and --resume) or restore it") from None
 
 
 def _turns(messages: Sequence[Mapping]):

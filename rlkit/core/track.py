@@ -30,6 +30,7 @@ import torch
 
 import rlkit
 from rlkit.core.dist import print0
+from rlkit.core.files import atomic_write
 
 HASH_FILE = "aim_hash"
 
@@ -141,7 +142,7 @@ def open_run(cfg, run_dir: Path, dist_info, resume: bool = False) -> Tracker:
                            name=cfg.name)
     if tracker.hash is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        hash_file.write_text(tracker.hash + "\n")
+        atomic_write(hash_file, tracker.hash + "\n")
     return tracker
 
 

@@ -31,7 +31,13 @@ StrictLoader.add_implicit_resolver(
 
 
 def read_yaml(path: Path) -> dict:
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise RlkitError(f"{path}: not UTF-8 text at line {line} (byte {raw[e.start]:#04x}); save the file as UTF-8") \
+            from None
     try:
         data = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as e:
