@@ -207,3 +207,21 @@ def test_rl_settings_that_cannot_work_fail_before_any_model(overrides, world, wh
     with pytest.raises(RlkitError, match=re.escape(where)):
         pipeline.prepare(path, overrides, [], world_size=world)
     pipeline.prepare(path, [], [], world_size=world)  # the file itself is fine
+
+
+@pytest.mark.parametrize("value, said", [(10 ** 400, "returned an integer too large for a float"),
+                                         (1e300, r"returned 1e\+300, beyond float32's range")])
+def test_a_reward_too_large_for_a_float_is_blamed_on_the_reward(value, said):
+    example = {"messages": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "#### 4"}
+    with pytest.raises(RlkitError, match=rf"^reward 'huge' at rl step 1 on example 'What is 2 \+ 2\?': {said}"):
+        score([("huge", 1.0, lambda c, e: value)], ["4"], [example], "at rl step 1")
+
+
+def test_a_weighted_total_that_overflows_names_the_rewards():
+    from rlkit.core.scoring import weighted_total
+
+    scores = {"big": torch.tensor([3e38]), "bigger": torch.tensor([3e38])}
+    rewards = [("big", 1.0, None), ("bigger", 1.0, None)]
+    with pytest.raises(RlkitError, match=r"rewards at rl step 1: their weighted sum overflows float32 \(big \(x1, "):
+        weighted_total(rewards, scores, "at rl step 1")
+    torch.testing.assert_close(weighted_total([("big", 0.5, None)], scores, "at rl step 1"), torch.tensor([1.5e38]))

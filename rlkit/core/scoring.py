@@ -42,11 +42,38 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
                 raise
             except Exception as e:
                 raise RlkitError(f"{where}: raised {type(e).__name__}: {e}") from e
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RlkitError(f"{where}: returned {value!r}; a reward must return a finite float")
-            values.append(float(value))
+            values.append(_finite(value, where))
         out[name] = torch.tensor(values)
     return out
+
+
+def weighted_total(rewards, scores: dict[str, torch.Tensor], at: str) -> torch.Tensor:
+    """sum of weight * reward over the rewards; a total that overflows is blamed on the rewards, by name."""
+    total = sum(w * scores[name] for name, w, _ in rewards)
+    if not torch.isfinite(total).all():
+        parts = ", ".join(f"{name} (x{w:g}, max |r| {scores[name].abs().max().item():.3g})" for name, w, _ in rewards)
+        raise RlkitError(f"rewards {at}: their weighted sum overflows float32 ({parts}); scale the rewards or "
+                         "their weights down")
+    return total
+
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _finite(value, where: str) -> float:
+    """A reward's value as a float that float32 holds, else one line saying what it returned."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RlkitError(f"{where}: returned {value!r}; a reward must return a finite float")
+    try:
+        x = float(value)
+    except OverflowError:
+        raise RlkitError(f"{where}: returned an integer too large for a float ({str(value)[:20]}...); a reward "
+                         "must return a finite float") from None
+    if not math.isfinite(x):
+        raise RlkitError(f"{where}: returned {value!r}; a reward must return a finite float")
+    if abs(x) > F32_MAX:
+        raise RlkitError(f"{where}: returned {x:.3g}, beyond float32's range (|r| <= {F32_MAX:.3g}); scale it down")
+    return x
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from rlkit.core.policy import flops_per_token
 from rlkit.core.progress import progress
 from rlkit.core.report import fmt, tracked_change
 from rlkit.core.sampling import generate
-from rlkit.core.scoring import score
+from rlkit.core.scoring import score, weighted_total
 from rlkit.core.speed import matmul_peak
 from rlkit.core.stage import Stage, at_least, check_optimizer, divides
 from rlkit.core.task import prompt_messages
@@ -147,7 +147,7 @@ def run(ctx, start):
         texts = [tokenizer.decode([t for t in c if t not in tokenizer.stop_ids]) for c in out.completions]
         scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], f"at {ctx.name} step {step + 1}",
                        s.reward_timeout, f"stages.{ctx.name}.reward_timeout")
-        total = sum(w * scores[name] for name, w, _ in rewards)
+        total = weighted_total(rewards, scores, f"at {ctx.name} step {step + 1}")
         # 3. advantages over the whole step: gather every rank's (P, G) rewards
         all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
         adv = algorithm.advantages(all_rewards)[ctx.dist.rank * P:(ctx.dist.rank + 1) * P].reshape(-1)
