@@ -127,6 +127,32 @@ def plugins(
             typer.echo(f"{row['plugin']:<40} {row['source']:<16} {provides or '(provides nothing)'}")
 
 
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A checkpoint (step folder), a stage folder or a run folder (its "
+                                                "last finished stage).")],
+    folder: Annotated[Path, typer.Argument(help="The folder to write, in Hugging Face format.")],
+    plugin: PluginOpt = None,
+):
+    """Write a checkpoint as a folder that transformers' AutoModelForCausalLM and AutoTokenizer load."""
+    with user_errors():
+        from rlkit.core import policy
+        from rlkit.core.errors import RlkitError
+        from rlkit.core.handoff import Checkpoint
+        from rlkit.core.plugins import load_plugins
+
+        handle = Checkpoint.open(source, "export")
+        model, tokenizer = policy.load(load_plugins(plugin or []), handle, where="export")
+        if not callable(getattr(model, "export", None)):
+            raise RlkitError(f"export: model plugin '{handle.model['name']}' cannot write Hugging Face format (its "
+                             "Policy has no export()); for the built-in gpt see docs/plugins.md")
+        if folder.exists() and any(folder.iterdir()):
+            raise RlkitError(f"export: {folder} is not empty; give a new folder")
+        for note in model.export(folder, tokenizer):
+            typer.echo(f"note: {note}", err=True)
+        typer.echo(f"rlkit: wrote {handle.path} to {folder} (AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
+
+
 RepoOpt = Annotated[Path, typer.Option("--repo", help="The Aim repository of the runs (an experiment's "
                                                       "tracking.repo).")]
 

@@ -252,7 +252,7 @@ stages:
     assert "[sft] new window_lm model" in result.stdout
     assert "[rl] eval at step 3: pass@1" in result.stdout  # rollouts and evals through the real sampler
     meta = json.loads((latest_checkpoint(tmp_path / "runs/mlp/rl") / "meta.json").read_text())
-    assert meta["model"] == {"name": "window_lm", "args": {"window": 6, "width": 32}}
+    assert meta["model"] == {"name": "window_lm", "args": {"window": 6, "width": 32}, "seq_len": 160}
     lengths = [float(line.split("| len ")[1].split()[0]) for line in result.stdout.splitlines()
                if line.startswith("[rl] step")]
     assert lengths and all(0 < n <= 40 for n in lengths), lengths

@@ -111,7 +111,7 @@ def test_pretrain_loss_falls_and_ends_in_a_done_checkpoint(finished):
     assert found is not None and found.name == "step_000040"
     meta = json.loads((found / "meta.json").read_text())
     assert meta["done"] is True and meta["step"] == 40
-    assert meta["model"] == {"name": "gpt", "args": {"depth": 1, "head_dim": 64, "softcap": 15.0}}
+    assert meta["model"] == {"name": "gpt", "args": {"depth": 1, "head_dim": 64, "softcap": 15.0}, "seq_len": 128}
     assert meta["tokenizer"] == "../../tokenizer"  # relative to the checkpoint: a moved run still loads
 
 

@@ -111,9 +111,9 @@ class StageContext:
         """(model on device, tokenizer): the weights of `start`, else a new model from `model:` and the seed."""
         mc, where = self.experiment.model, f"stages.{self.name}"
         self.tokenizer_dir = start.tokenizer if start is not None else None
-        tokenizer = Tokenizer.load(self.tokenizer_dir) if self.tokenizer_dir is not None else None
         args = OmegaConf.to_container(mc.args)
         if start is None or start.path is None:
+            tokenizer = Tokenizer.load(self.tokenizer_dir) if self.tokenizer_dir is not None else None
             self.model_name = mc.name or policy.model_name(self.plugins, None, args, "model")
             torch.manual_seed(self.experiment.seed)  # one seed, one init, whatever the entry
             model, tokenizer = policy.build(self.plugins, self.model_name, args, tokenizer, mc.seq_len, "model")
@@ -126,19 +126,13 @@ class StageContext:
             raise RlkitError(f"{key}: checkpoint {start.path} holds a {self.model_name} model but model.name is "
                              f"{mc.name}; set model.name={self.model_name} or start from a matching checkpoint")
         for k, v in args.items():
-            if k in spec and spec[k] != v:
+            if k in spec and policy.differs(spec[k], v):
                 raise RlkitError(f"{key}: checkpoint {start.path} holds a {self.model_name} model with {k}={spec[k]} "
                                  f"but model.{k} is {v}; set model.{k}={spec[k]} or start from a matching checkpoint")
-        model, tokenizer = policy.build(self.plugins, self.model_name, spec, tokenizer, mc.seq_len, key)
-        state, _, _ = ckpt.load_checkpoint(start.path, load_optimizer=False, verify=not start.verified)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise RlkitError(f"{key}: checkpoint {start.path} does not fit the model "
-                             f"({str(e).splitlines()[0]}); the vocabulary or shape differs") from None
+        model, tokenizer = policy.load(self.plugins, start, mc.seq_len, key, self.device)
         own = start.path.parent == self.stage_dir  # this entry's own checkpoint: --resume
         print0(f"[{self.name}] {'resuming from' if own else 'starting from'} {start.path}")
-        return model.to(self.device), tokenizer
+        return model, tokenizer
 
     def restore(self, resume: Checkpoint | None, optimizer, algorithm=None) -> dict:
         """From this entry's own checkpoint: optimizer, RNG and algorithm state; returns its meta ({} if none)."""
@@ -156,7 +150,8 @@ class StageContext:
     def save(self, step: int, model, optimizer, extra: dict, done: bool = False) -> Checkpoint:
         """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle."""
         step_dir = self.stage_dir / f"step_{step:06d}"
-        handle = Checkpoint(step_dir, {"name": self.model_name, "args": model.spec()}, self.tokenizer_dir)
+        record = {"name": self.model_name, "args": model.spec(), "seq_len": self.seq_len}
+        handle = Checkpoint(step_dir, record, self.tokenizer_dir)
         if self.dist.is_main:
             record = handle.record(step_dir)
             meta = {"stage": self.name, "step": step, "done": done, "model": record["model"],

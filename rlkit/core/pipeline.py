@@ -116,6 +116,7 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
         return  # nothing to go by: a model built from scratch must then name its plugin (context.load_model)
     with _writable(cfg):
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
+    policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:

@@ -12,6 +12,9 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
         architecture (the checkpoint stores them; weights come from the state dict);
     decoder(dtype) -> Decoder: the sampler's access to generation (below);
     tokenizer: only when the plugin brings its own (factory called with tokenizer=None).
+A Policy may also have `export(folder, tokenizer) -> list[str]` (`rlkit export`: write a folder transformers
+loads; returns notes). A factory may also carry `factory.check(seq_len, **args)`: checks that need no weights (a model folder
+that exists, a chat template), run by `rlkit check` before any stage.
 Nothing outside the model plugin touches a model's modules or buffers.
 
 A Decoder owns its KV cache; rlkit.core.sampling drives it, one batch of prompts at a time:
@@ -75,6 +78,45 @@ def model_name(plugins: Plugins, name: str | None, args: dict, where: str) -> st
     which = f"these take {', '.join(sorted(args))}: {', '.join(fits)}" if fits else \
         f"none takes {', '.join(sorted(args))}; installed: {', '.join(sorted(table)) or 'none'}"
     raise RlkitError(f"{where}.name: missing; name the model plugin ({which})")
+
+
+def check_model(plugins: Plugins, name: str | None, args: dict, seq_len: int, where: str) -> None:
+    """A model plugin's own up-front check, if its factory has one: `factory.check(seq_len, **args)`, which
+    raises RlkitError (say a missing model folder) before any stage runs."""
+    check = getattr(plugins.tables["model"].get(name), "check", None) if name is not None else None
+    if callable(check):
+        try:
+            check(seq_len, **args)
+        except RlkitError as e:
+            raise RlkitError(f"{where}.args: {e}") from None
+
+
+def load(plugins: Plugins, handle, seq_len: int | None = None, where: str = "checkpoint", device="cpu"):
+    """(model with the checkpoint's weights, tokenizer) from a Checkpoint handle (rlkit.core.handoff): its model
+    plugin rebuilt from the recorded spec, for stages and for commands (export, eval, chat) alike. seq_len
+    defaults to the one the checkpoint was trained with."""
+    from rlkit.core import checkpoint as ckpt
+    from rlkit.core.tokenizer import Tokenizer
+
+    if handle.path is None or not handle.model:
+        raise RlkitError(f"{where}: {handle.path or 'that folder'} holds no model weights (a tokenizer only?)")
+    tokenizer = Tokenizer.load(handle.tokenizer) if handle.tokenizer is not None else None
+    name, spec = handle.model["name"], handle.model["args"]
+    model, tokenizer = build(plugins, name, spec, tokenizer, seq_len or handle.model.get("seq_len") or 512, where)
+    state, _, _ = ckpt.load_checkpoint(handle.path, load_optimizer=False, verify=not handle.verified)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RlkitError(f"{where}: checkpoint {handle.path} does not fit the model "
+                         f"({str(e).splitlines()[0]}); the vocabulary or shape differs") from None
+    return model.to(device), tokenizer
+
+
+def differs(saved, asked) -> bool:
+    """Whether a value the YAML asks for contradicts the checkpoint's: dicts compare on the keys both hold."""
+    if isinstance(saved, dict) and isinstance(asked, dict):
+        return any(differs(saved[k], v) for k, v in asked.items() if k in saved)
+    return saved != asked
 
 
 def _accepts(fn, args: dict) -> bool:

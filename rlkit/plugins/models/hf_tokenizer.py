@@ -1,0 +1,80 @@
+"""A Hugging Face tokenizer behind rlkit's tokenizer interface, with the model's own chat template.
+
+- render_for_completion(messages): `apply_chat_template(messages, add_generation_prompt=True)`, the ids a
+  reply is sampled after;
+- render_conversation(messages): the whole chat, and a loss mask that is 1 on every assistant turn's
+  tokens, its end-of-turn token included: the template is rendered up to each assistant turn (with the
+  generation prompt) and through it, and the difference is that turn (the template must render a chat's
+  prefix as a prefix of the chat, as chat templates do);
+- stop_ids: the tokenizer's EOS and the model's generation EOS ids (an end-of-turn token such as
+  <|im_end|>), where a reply ends.
+Tasks and rewards never see token ids, so they work unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from rlkit.core.errors import RlkitError
+
+
+class HFTokenizer:
+    def __init__(self, tok, eos_ids: Iterable[int] = (), source: str = ""):
+        self.tok, self.source = tok, source
+        if not getattr(tok, "chat_template", None):
+            raise RlkitError(f"the tokenizer at {source} has no chat template; give one that has, or train the model "
+                             "with rlkit's tokenizer (a tokenizer stage)")
+        ends = [tok.eos_token_id, *eos_ids]
+        self.stop_ids = sorted({int(i) for i in ends if i is not None})
+        if not self.stop_ids:
+            raise RlkitError(f"the tokenizer at {source} has no EOS token and the model names none: replies could not end")
+        self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else self.stop_ids[0]  # documents' separator
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 4) -> list[list[int]]:
+        return self.tok(list(texts), add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_bytes(self):
+        """UTF-8 bytes of each token decoded alone (special tokens 0): for bits per byte, approximate where a
+        token holds part of a character."""
+        import torch
+
+        special = set(self.tok.all_special_ids)
+        return torch.tensor([0 if i in special else len(self.tok.decode([i]).encode()) for i in range(self.vocab_size)])
+
+    def render_for_completion(self, messages: Sequence[Mapping]) -> list[int]:
+        messages = list(messages)
+        if messages and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        return self._ids(messages, generation_prompt=True)
+
+    def render_conversation(self, messages: Sequence[Mapping], max_len: int | None = None):
+        messages = list(messages)
+        ids = self._ids(messages, generation_prompt=False)
+        mask = [0] * len(ids)
+        for i, message in enumerate(messages):
+            if message.get("role") != "assistant":
+                continue
+            before = self._ids(messages[:i], generation_prompt=True)
+            through = self._ids(messages[:i + 1], generation_prompt=False)
+            if ids[:len(through)] != through or through[:len(before)] != before:
+                raise RlkitError(f"the chat template of {self.source} does not render a chat's beginning as a prefix "
+                                 "of the chat, so the assistant's tokens cannot be found for the loss mask")
+            mask[len(before):len(through)] = [1] * (len(through) - len(before))
+        if max_len is not None:
+            ids, mask = ids[:max_len], mask[:max_len]
+        return ids, mask
+
+    def _ids(self, messages, generation_prompt: bool) -> list[int]:
+        if not messages:
+            return []
+        return list(self.tok.apply_chat_template([dict(m) for m in messages], add_generation_prompt=generation_prompt,
+                                                 tokenize=True, return_dict=False))

@@ -1,0 +1,242 @@
+"""The `hf` model plugin on tiny random transformers models built offline (tests/hf_fixtures.py): rlkit's training
+path and sampler against transformers' own forward and generate, its chat template and loss mask, and whole
+runs of sft and rl."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hf_fixtures import hf_model  # noqa: E402
+
+from rlkit.core.errors import RlkitError  # noqa: E402
+from rlkit.core.plugins import load_plugins  # noqa: E402
+from rlkit.core.sampling import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def folder(request, tmp_path_factory):
+    return hf_model(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def policy(folder):
+    return load_plugins().tables["model"]["hf"](None, 128, path=str(folder))
+
+
+PROMPTS = [[{"role": "user", "content": "Mia has 3 apples. She buys 4 more. How many apples does Mia have?"}],
+           [{"role": "user", "content": "What is 12 + 7?"}],
+           [{"role": "user", "content": "A bus leaves with 20 passengers. 5 get off. How many are on the bus?"}]]
+
+
+def test_token_logps_equal_transformers_forward_with_padding(policy):
+    tok = policy.tokenizer
+    seqs = [tok.render_conversation(p + [{"role": "assistant", "content": "The answer is 7.\n#### 7"}])[0]
+            for p in PROMPTS]
+    T = max(map(len, seqs)) - 1
+    x = torch.zeros(len(seqs), T, dtype=torch.long)
+    y = torch.full((len(seqs), T), -1, dtype=torch.long)
+    for b, s in enumerate(seqs):  # right-padded, as rlkit's stages batch them
+        x[b, :len(s) - 1], y[b, :len(s) - 1] = torch.tensor(s[:-1]), torch.tensor(s[1:])
+    with torch.no_grad():
+        ours = -policy(x, y, loss_reduction="none")  # (B, T), 0 on padding
+        for b, s in enumerate(seqs):  # transformers on each sequence alone: no padding at all
+            logits = policy.model(input_ids=torch.tensor([s[:-1]])).logits[0].float()
+            theirs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(s[1:])[:, None])[:, 0]
+            torch.testing.assert_close(ours[b, :len(s) - 1], theirs, rtol=0, atol=1e-5)
+            assert torch.all(ours[b, len(s) - 1:] == 0)
+
+
+def test_sft_mask_covers_the_assistant_turn_and_its_end_token(policy):
+    tok = policy.tokenizer
+    ids, mask = tok.render_conversation(PROMPTS[1] + [{"role": "assistant", "content": "#### 19"}])
+    trained = tok.tok.decode([i for i, m in zip(ids, mask) if m])
+    assert trained.startswith("#### 19<|im_end|>"), trained
+    assert "user" not in trained and "What is" not in trained
+    assert ids[:sum(1 for m in mask if not m)] == tok.render_for_completion(PROMPTS[1])
+
+
+def test_greedy_equals_generate_token_for_token(policy):
+    tok = policy.tokenizer
+    prompts = [tok.render_for_completion(p) for p in PROMPTS]  # three lengths, prefilled together
+    out = generate(policy, prompts, samples=1, max_new_tokens=12, temperature=0.0, stop_tokens=tok.stop_ids)
+    for prompt, ours in zip(prompts, out.completions):
+        ref = policy.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=12, eos_token_id=tok.stop_ids,
+                                    pad_token_id=tok.tok.pad_token_id)[0, len(prompt):].tolist()
+        assert ours == ref[:len(ours)] and len(ours) == len(ref), (ours, ref)
+
+
+def test_a_seeded_row_is_the_same_alone_and_in_a_batch(policy):
+    tok = policy.tokenizer
+    prompts = [tok.render_for_completion(p) for p in PROMPTS]
+    batch = generate(policy, prompts, samples=3, max_new_tokens=10, top_k=20, seeds=list(range(100, 109)))
+    alone = generate(policy, prompts[1:2], samples=3, max_new_tokens=10, top_k=20, seeds=[103, 104, 105])
+    assert batch.completions[3:6] == alone.completions
+    assert len({tuple(c) for c in batch.completions}) > 1  # sampling, not greedy
+
+
+def test_checkpoint_spec_rebuilds_the_model(policy, folder):
+    again = load_plugins().tables["model"]["hf"](None, 128, **policy.spec())
+    again.load_state_dict(policy.state_dict())
+    x = torch.tensor([policy.tokenizer.render_for_completion(PROMPTS[0])])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), policy(x), rtol=0, atol=0)
+    assert json.loads(json.dumps(policy.spec())) == policy.spec()
+
+
+BAD = {
+    "missing-folder": (lambda f, t: t / "nowhere", "cannot load"),
+    "no-chat-template": (lambda f, t: hf_model(t / "plain", chat_template=""), "has no chat template"),
+    "vocab-too-small": (lambda f, t: _shrunk(f, t), "but the model's embedding only"),
+}
+
+
+def _shrunk(folder, tmp):
+    out = tmp / "shrunk"
+    shutil.copytree(folder, out)
+    config = json.loads((out / "config.json").read_text())
+    config["vocab_size"] = 100
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("make, said", BAD.values(), ids=BAD.keys())
+def test_a_bad_model_is_one_line_in_rlkit_check(make, said, folder, tmp_path, cli):
+    model = make(folder, tmp_path)
+    (tmp_path / "exp.yaml").write_text(f"""\
+name: bad
+model: {{name: hf, args: {{path: {model}}}, seq_len: 128}}
+stages:
+  sft: {{task: {{name: arithmetic}}, optimizer: {{name: adamw}}}}
+""")
+    result = cli("check", tmp_path / "exp.yaml")
+    assert result.exit_code == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "exp.yaml: model.args: " in lines[0] and said in lines[0], result.stderr
+
+
+DIGITS = '''\
+import rlkit
+
+
+@rlkit.hookimpl
+def rlkit_rewards():
+    return {"digits": lambda completion, example: sum(c in "0123456789" for c in completion) / max(1, len(completion))}
+'''
+
+
+def hf_run(folder: Path, model: Path, steps: int, save_every: int = 0) -> str:
+    (folder / "digits.py").write_text(DIGITS)
+    (folder / "exp.yaml").write_text(f"""\
+# sft then rl (grpo) on a tiny random Llama from a local folder (tests)
+name: hf-tiny
+seed: 0
+device: cpu
+plugins: [./digits.py]
+model: {{name: hf, args: {{path: {model}}}, seq_len: 160, dtype: float32}}
+tracking: {{enabled: false}}
+stages:
+  sft:
+    task: {{name: arithmetic, args: {{size: 200}}}}
+    steps: 4
+    examples_per_step: 8
+    device_batch_size: 8
+    optimizer: {{name: adamw, args: {{lr: 0.003}}}}
+    eval_examples: 4
+    eval_max_new_tokens: 8
+    log_every: 1
+  rl:
+    task: {{name: arithmetic, args: {{size: 200}}}}
+    algorithm: {{name: grpo}}
+    rewards: [{{name: digits}}]
+    optimizer: {{name: adamw, args: {{lr: 0.01}}}}
+    rollout: {{samples: 8, temperature: 1.0, top_k: 0, max_new_tokens: 8}}
+    steps: {steps}
+    examples_per_step: 4
+    device_batch_size: 16
+    init_lr_frac: 1.0
+    log_every: 1
+    save_every: {save_every}
+    eval: {{every: 0, examples: 4, k: 2}}
+""")
+    return str(folder / "exp.yaml")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return hf_model(tmp_path_factory.mktemp("llama-run"), "llama")
+
+
+def test_sft_then_rl_on_an_hf_model_raises_the_reward(llama, tmp_path, monkeypatch, capsys):
+    import re
+
+    from rlkit.core import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    pipeline.run(*pipeline.prepare(hf_run(tmp_path, llama, 16), [], []))
+    out = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"^\[sft\] step +\d+/\d+ \| loss ([\d.]+)", out, re.M)]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    rewards = [float(x) for x in re.findall(r"^\[rl\] step +\d+/\d+ \| reward (-?[\d.]+)", out, re.M)]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.1 and last > 3 * first, rewards  # a random model writes ~2% digits
+    meta = json.loads((tmp_path / "runs/hf-tiny/rl/step_000016/meta.json").read_text())
+    assert meta["model"]["name"] == "hf" and meta["tokenizer"] is None  # the model brings its own
+
+
+def test_an_hf_run_resumes_after_a_crash_to_the_same_weights(llama, tmp_path, monkeypatch):
+    from rlkit.core import pipeline
+    from rlkit.core.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    path = hf_run(tmp_path, llama, 4, save_every=2)
+    pipeline.run(*pipeline.prepare(path, [], []))
+    final = tmp_path / "runs/hf-tiny/rl/step_000004"
+    unbroken, _, _ = load_checkpoint(final)
+    shutil.rmtree(final)  # as if the process died after saving step 2
+    pipeline.run(*pipeline.prepare(path, [], []), resume=True)
+    resumed, _, _ = load_checkpoint(final)
+    assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
+
+
+def test_export_round_trip_transformers_loads_what_rlkit_trained(llama, tmp_path, monkeypatch, cli):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkit.core import pipeline, policy
+    from rlkit.core.handoff import Checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    pipeline.run(*pipeline.prepare(hf_run(tmp_path, llama, 2), [], []))
+    result = cli("export", "runs/hf-tiny", "exported")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    model, tok = AutoModelForCausalLM.from_pretrained("exported"), AutoTokenizer.from_pretrained("exported")
+    ours, our_tok = policy.load(load_plugins(), Checkpoint.open("runs/hf-tiny/rl"))
+    prompt = our_tok.render_for_completion(PROMPTS[0])
+    assert tok.apply_chat_template(PROMPTS[0], add_generation_prompt=True, return_dict=False) == prompt
+    greedy = generate(ours, [prompt], 1, 12, temperature=0.0, stop_tokens=our_tok.stop_ids).completions[0]
+    theirs = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                            do_sample=False, max_new_tokens=12, eos_token_id=our_tok.stop_ids,
+                            pad_token_id=tok.pad_token_id)[0, len(prompt):].tolist()
+    assert greedy == theirs[:len(greedy)] and len(greedy) == len(theirs)
+    assert not torch.equal(model.lm_head.weight, AutoModelForCausalLM.from_pretrained(llama).lm_head.weight)  # trained
+
+
+def test_export_of_a_model_without_hf_form_is_one_line(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.yaml").write_text("""\
+name: g
+device: cpu
+model: {depth: 1, seq_len: 64, dtype: float32}
+tracking: {enabled: false}
+stages:
+  tokenizer: {vocab_size: 300, max_chars: 20000, data: {source: arithmetic, args: {size: 100}}}
+  pretrain: {data: {source: arithmetic, args: {size: 100}}, steps: 1, total_batch_tokens: 512, device_batch_size: 8,
+             optimizer: {name: adamw}, eval_every: 0, eval_tokens: 512}
+""")
+    assert cli("run", "exp.yaml").exit_code == 0
+    result = cli("export", "runs/g", "out")
+    assert result.exit_code == 1 and "export: model plugin 'gpt' cannot write Hugging Face format" in result.stderr
