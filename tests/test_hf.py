@@ -240,3 +240,36 @@ stages:
     assert cli("run", "exp.yaml").exit_code == 0
     result = cli("export", "runs/g", "out")
     assert result.exit_code == 1 and "export: model plugin 'gpt' cannot write Hugging Face format" in result.stderr
+
+
+def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, monkeypatch, cli):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.core import pipeline
+    from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
+
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    policy = load_plugins().tables["model"]["hf"](None, 128, path=str(llama), lora=lora)
+    c = policy.model.config  # q_proj: hidden -> heads x head_dim; v_proj: hidden -> kv_heads x head_dim
+    head = c.hidden_size // c.num_attention_heads
+    q, v = (c.hidden_size, c.num_attention_heads * head), (c.hidden_size, c.num_key_value_heads * head)
+    expected = c.num_hidden_layers * 4 * (sum(q) + sum(v))  # r (in + out) per adapted matrix
+    assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == expected
+
+    monkeypatch.chdir(tmp_path)
+    path = hf_run(tmp_path, llama, 2)
+    text = Path(path).read_text().replace("args: {path: " + str(llama) + "}",
+                                          "args: {path: " + str(llama) + ", lora: {r: 4, alpha: 8, target_modules: "
+                                          "[q_proj, v_proj]}}")
+    Path(path).write_text(text)
+    pipeline.run(*pipeline.prepare(path, [], []))
+    state, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "runs/hf-tiny/rl"))
+    assert state and all("lora_" in k for k in state) and sum(t.numel() for t in state.values()) == expected
+    assert cli("export", "runs/hf-tiny", "merged").exit_code == 0
+    merged, base = AutoModelForCausalLM.from_pretrained("merged"), AutoModelForCausalLM.from_pretrained(llama)
+    prefix = "model.base_model.model.model.layers.0.self_attn.q_proj"
+    A, B = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
+    assert B.abs().max() > 0  # the adapter trained
+    want = base.model.layers[0].self_attn.q_proj.weight + (8 / 4) * B @ A
+    torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, want)
+    torch.testing.assert_close(merged.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)

@@ -8,7 +8,8 @@ rendered with it and replies end at its end-of-turn / EOS ids). `config` builds 
 transformers architecture, to train from nothing with rlkit's tokenizer (a tokenizer stage), or with the
 tokenizer at `tokenizer:`. `trust_remote_code` runs the model author's own Python code: it is off unless
 the YAML turns it on. Weights stay float32 by default (`dtype: auto`; the run's autocast does bf16
-compute); `dtype: bfloat16` keeps them in bf16 to halve memory.
+compute); `dtype: bfloat16` keeps them in bf16 to halve memory. `lora: {r, alpha, dropout, target_modules}`
+trains peft LoRA adapters only; checkpoints then hold the adapters alone and export merges them.
 
 The training forward is the model's own (right-padded batches need no mask: causal attention never lets a
 real token see the padding after it); sampling goes through rlkit's sampler (hf_decode.py). A checkpoint
@@ -34,8 +35,24 @@ class HFPolicy(nn.Module):
     def __init__(self, model, spec: dict, tokenizer=None, max_len: int = 0):
         super().__init__()
         self.model, self._spec, self.max_len = model, spec, max_len
+        self.lora = spec.get("lora") is not None
         if tokenizer is not None:
             self.tokenizer = tokenizer  # the model brings its own (rlkit.core.policy)
+
+    def state_dict(self, *args, **kwargs):
+        """With LoRA only the adapters: the base weights are the model at `path`, rebuilt from the spec."""
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if "lora_" in k} if self.lora else state
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        if not self.lora:
+            return super().load_state_dict(state, strict=strict, assign=assign)
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise RuntimeError(f"LoRA adapters do not match: unexpected {result.unexpected_keys[:3]}, "
+                               f"missing {missing[:3]}")
+        return result
 
     def forward(self, idx, targets=None, loss_reduction="mean"):
         logits = self.model(input_ids=idx).logits.float()  # (B, T, V)
@@ -48,8 +65,10 @@ class HFPolicy(nn.Module):
         return dict(self._spec)
 
     def export(self, folder, tokenizer) -> list[str]:
-        """A folder AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load; returns notes."""
-        self.model.save_pretrained(folder)
+        """A folder AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load (LoRA adapters
+        merged into the weights: W + (alpha / r) B A); returns notes."""
+        model = copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
+        model.save_pretrained(folder)
         if hasattr(tokenizer, "tok"):  # the model's own Hugging Face tokenizer, chat template included
             tokenizer.tok.save_pretrained(folder)
             return []
@@ -75,7 +94,7 @@ class HFPolicy(nn.Module):
 
 def hf(tokenizer, seq_len: int, path: str | None = None, config: dict | None = None, tokenizer_path: str | None = None,
        revision: str | None = None, dtype: str = "auto", attn_implementation: str = "sdpa",
-       trust_remote_code: bool = False) -> HFPolicy:
+       trust_remote_code: bool = False, lora: dict | None = None) -> HFPolicy:
     """A transformers causal LM: loaded from `path`, or built from `config` (see the module docstring)."""
     import transformers
 
@@ -85,7 +104,7 @@ def hf(tokenizer, seq_len: int, path: str | None = None, config: dict | None = N
         raise RlkitError(f"model 'hf': dtype '{dtype}' is not valid (valid: {', '.join(DTYPES)})")
     common = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     spec = dict(path=path, config=None, tokenizer_path=tokenizer_path, revision=revision, dtype=dtype,
-                attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+                attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, lora=lora)
     if path is not None:
         model = _load(transformers.AutoModelForCausalLM, path, revision=revision, **common)
     else:
@@ -104,12 +123,31 @@ def hf(tokenizer, seq_len: int, path: str | None = None, config: dict | None = N
                          "args.tokenizer_path")
     _check_vocab((own or tokenizer).vocab_size, model.get_input_embeddings().num_embeddings)
     max_len = getattr(model.config, "max_position_embeddings", None) or 10 * seq_len
+    if lora is not None:
+        model = _with_lora(model, lora)
     return HFPolicy(model, spec, own, max_len)
+
+
+def _with_lora(model, lora: dict):
+    """peft's LoRA on `target_modules` (its default for the architecture when left out): W x + (alpha / r) B A x,
+    B zero at init, so the model starts as it was; every other weight is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    args = {"r": 16, "alpha": 32, "dropout": 0.0, **lora}
+    unknown = set(args) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise RlkitError(f"model 'hf': args.lora takes r, alpha, dropout, target_modules (not {sorted(unknown)})")
+    try:
+        config = LoraConfig(r=args["r"], lora_alpha=args["alpha"], lora_dropout=args["dropout"],
+                            target_modules=args.get("target_modules"), task_type="CAUSAL_LM")
+        return get_peft_model(model, config)
+    except (ValueError, TypeError) as e:
+        raise RlkitError(f"model 'hf': args.lora: {str(e).splitlines()[0][:200]}") from None
 
 
 def check(seq_len: int, path: str | None = None, config: dict | None = None, tokenizer_path: str | None = None,
           revision: str | None = None, dtype: str = "auto", attn_implementation: str = "sdpa",
-          trust_remote_code: bool = False) -> None:
+          trust_remote_code: bool = False, lora: dict | None = None) -> None:
     """Up front (rlkit check), without loading weights: the folder or id loads, the tokenizer has a chat
     template, and its vocabulary fits the model's."""
     import transformers
