@@ -273,3 +273,27 @@ def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, m
     want = base.model.layers[0].self_attn.q_proj.weight + (8 / 4) * B @ A
     torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, want)
     torch.testing.assert_close(merged.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_reward_model_scores_the_same_batched_and_one_by_one(tmp_path):
+    import functools
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from hf_fixtures import hf_tokenizer
+    from rlkit.core.scoring import score
+
+    tok = hf_tokenizer(tmp_path)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    reward = load_plugins().tables["reward"]["reward_model"]
+    examples = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": f"#### {2 * i}"}
+                for i in range(5)]
+    texts = ["#### 2", "The answer is 4.\n#### 4", "no idea", "#### 6 because 3 + 3 = 6", ""]
+    one_by_one = [reward(t, e, path=str(tmp_path)) for t, e in zip(texts, examples)]
+    batched = score([("rm", 1.0, functools.partial(reward, path=str(tmp_path), batch_size=3))], texts, examples,
+                    "at rl step 1")["rm"]
+    torch.testing.assert_close(batched, torch.tensor(one_by_one), rtol=0, atol=1e-5)
+    assert len(set(one_by_one)) == 5  # a real classifier: every text scores differently

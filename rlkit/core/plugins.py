@@ -139,7 +139,7 @@ def load_plugins(local_files: list[Path] = ()) -> Plugins:
 def bind_args(kind: str, name: str, fn: Callable, args: dict[str, Any], where: str) -> dict[str, Any]:
     """Check `args` against the plugin's signature before any model is built; returns them as a dict."""
     leading = KINDS[kind][1]
-    sig = inspect.signature(fn)
+    sig = inspect.signature(getattr(fn, "score_batch", fn) if kind == "reward" else fn)  # a batched reward's args
     try:
         sig.bind(*[None] * len(leading), **dict(args))
     except TypeError as e:

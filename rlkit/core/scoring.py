@@ -28,6 +28,9 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
     `at` says where in the run, e.g. "at rl step 3"; `timeout_key` is the config key that sets `timeout`."""
     out = {}
     for name, _, fn in rewards:
+        if _batched(fn) is not None:
+            out[name] = _score_batch(name, fn, texts, examples, at, timeout, timeout_key)
+            continue
         values = []
         for text, example in zip(texts, examples):
             where = f"reward '{name}' {at} on example {_question(example)!r}"
@@ -45,6 +48,33 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
             values.append(_finite(value, where))
         out[name] = torch.tensor(values)
     return out
+
+
+def _batched(fn):
+    """`score_batch` of a reward object (its YAML args bound by functools.partial), or None for a function."""
+    inner = getattr(fn, "func", fn)
+    return getattr(inner, "score_batch", None)
+
+
+def _score_batch(name, fn, texts, examples, at, timeout, timeout_key) -> torch.Tensor:
+    """One call for the whole step: score_batch(completions, examples, **args) -> one float per completion;
+    its time limit is `timeout` per completion, for the batch."""
+    where = f"reward '{name}' {at}"
+    try:
+        with time_limit(timeout * len(texts)) as clock:
+            values = _batched(fn)(list(texts), list(examples), **getattr(fn, "keywords", {}))
+        if clock["fired"]:
+            raise RewardTimeout()
+    except RewardTimeout:
+        raise RlkitError(f"{where}: took longer than {timeout:g}s per completion ({timeout_key})") from None
+    except RlkitError:
+        raise
+    except Exception as e:
+        raise RlkitError(f"{where}: score_batch raised {type(e).__name__}: {e}") from e
+    if not isinstance(values, (list, tuple)) or len(values) != len(texts):
+        raise RlkitError(f"{where}: score_batch returned {type(values).__name__} of "
+                         f"{len(values) if hasattr(values, '__len__') else '?'} values for {len(texts)} completions")
+    return torch.tensor([_finite(v, f"{where} on example {_question(e)!r}") for v, e in zip(values, examples)])
 
 
 def weighted_total(rewards, scores: dict[str, torch.Tensor], at: str) -> torch.Tensor:
