@@ -19,14 +19,15 @@ from rlkit.core.scoring import score
 
 HOLD = '''\
 """Test-only: hold the process (until RLKIT_TEST_RELEASE exists) right after the file or checkpoint named by
-RLKIT_TEST_HOLD is written: a checkpoint as entry/step_N, a tokenizer file by its name."""
+RLKIT_TEST_HOLD is written, as folder/name: a checkpoint (pretrain/step_000002) or a small file
+(tokenizer/tokenizer.json, f/config.yaml, rl/output.json)."""
 import os
 import pathlib
 import time
 
-from rlkit.core import checkpoint, tokenizer
+from rlkit.core import checkpoint, files, handoff, pipeline, tokenizer
 
-_commit, _write = checkpoint._commit, tokenizer.atomic_write
+_commit, _write = checkpoint._commit, files.atomic_write
 
 
 def _hold(name):
@@ -43,10 +44,12 @@ def held_commit(tmp, final):
 
 def held_write(path, data):
     _write(path, data)
-    _hold(pathlib.Path(path).name)
+    path = pathlib.Path(path)
+    _hold(f"{path.parent.name}/{path.name}")
 
 
-checkpoint._commit, tokenizer.atomic_write = held_commit, held_write
+checkpoint._commit = held_commit
+tokenizer.atomic_write = handoff.atomic_write = pipeline.atomic_write = held_write
 '''
 
 EXPERIMENT = """\
@@ -203,7 +206,7 @@ def test_resume_refuses_changes_to_stages_that_ran_and_names_them(straight, tmp_
 
 def test_killed_inside_the_tokenizers_save_resumes_to_a_straight_run(straight, tmp_path):
     folder = folder_with(tmp_path)
-    proc = start_held(folder, "tokenizer.tiktoken", "run", "exp.yaml")  # merges written, tokenizer.json not yet
+    proc = start_held(folder, "tokenizer/tokenizer.tiktoken", "run", "exp.yaml")  # merges written, not tokenizer.json
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (folder / "runs/f/tokenizer/output.json").exists()
@@ -223,6 +226,33 @@ def test_a_damaged_tokenizer_is_named_in_one_line(straight, tmp_path):
     ranks.write_bytes(ranks.read_bytes()[:100])
     one_line_error(rlkit(folder, "run", "exp.yaml", "--resume"), "tokenizer: runs/f/tokenizer is damaged",
                    "does not match the sha256")
+
+
+KILL_POINTS = ["tokenizer/tokenizer.tiktoken", "tokenizer/tokenizer.json", "tokenizer/output.json", "f/config.yaml",
+               "pretrain/step_000002", "pretrain/step_000004", "pretrain/output.json", "rl/step_000002",
+               "rl/output.json"]
+
+
+@pytest.mark.slow
+def test_killed_at_ten_points_across_every_stage_and_save_resumes_to_a_straight_run(straight, tmp_path):
+    """SIGKILL right after each of these writes, then --resume (twice for the config, which is written again
+    by the resumed run: a kill after that second write too), ends with a straight run's weights every time."""
+    for i, point in enumerate(KILL_POINTS + ["f/config.yaml"]):
+        folder = folder_with(tmp_path / f"k{i}")
+        args = ["run", "exp.yaml"]
+        if i == len(KILL_POINTS):  # the tenth: a kill after the resumed run rewrote its config
+            kill(start_held(folder, "pretrain/step_000002", *args))
+            args.append("--resume")
+        kill(start_held(folder, point, *args))
+        out = rlkit(folder, "run", "exp.yaml", "--resume")
+        assert out.returncode == 0, (point, out.stdout + out.stderr)
+        for stage in ("pretrain", "rl"):
+            assert same(weights(folder / "runs/f" / stage), weights(straight / "runs/f" / stage)), (point, stage)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("where", ["yaml", "jsonl"])
