@@ -1,0 +1,211 @@
+"""Continuous batching for chat and serving: requests join one running decode batch and leave when done.
+
+Engine(model, stop_tokens) runs one loop in a thread of its own. submit(Request) queues a request (a
+prompt and `samples` completions of it); the loop, between two decode steps:
+1. admits queued requests while the batch has room (`max_rows` rows): each request's prompt is prefilled
+   once and its `samples` rows share that prefill (Decoder.join, rlkit.core.policy), appended after the
+   rows already decoding, so a request starts at the very next step;
+2. decodes one token for every active row, all rows together (Decoder.step), each row drawn with its own
+   request's temperature and top-k;
+3. drops the rows that ended (a stop token, their max_new_tokens, or a cancel) through Decoder.keep.
+
+Each row draws its tokens exactly as rlkit.core.sampling.generate does (the same candidates, the same
+counter-based uniform u = hash(seed, t)), so a request's completions depend only on its prompt, settings
+and seeds, not on what else is in the batch (up to float rounding of the logits), and equal generate()'s.
+A decoder without join still works: it then serves one request at a time through prefill.
+
+A Request collects its rows' tokens (`tokens[g]`, stop token included as in generate) and ends each row
+with a reason in `finish[g]` ("stop", "length", "cancelled", or "error" if the model raised); the engine calls `request.notify()` after
+every change, from its thread. Leaves out: preemption, prefix caching across requests, chunked prefill.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import torch
+
+from rlkit.core.errors import RlkitError
+from rlkit.core.sampling import _candidates, _choose, _row_key, _unwrap
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    samples: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    seeds: list[int] | None = None  # one per sample; default: drawn from torch's global RNG
+    notify: Callable[[], None] = lambda: None  # called from the engine's thread after each change
+    tokens: list[list[int]] = field(default_factory=list)
+    finish: list[str | None] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finish) and all(f is not None for f in self.finish)
+
+    def cancel(self) -> None:
+        """Stop every row of this request at the next step (e.g. the client went away)."""
+        self.cancelled = True
+
+
+class Engine:
+    """The continuous-batching loop over one model's Decoder; see the module docstring."""
+
+    def __init__(self, model, stop_tokens: Collection[int], dtype: torch.dtype | None = None, max_rows: int = 64):
+        self.model = _unwrap(model).eval()
+        self.device = next(self.model.parameters()).device
+        self.dtype = dtype or next(self.model.parameters()).dtype
+        self._stops = set(stop_tokens)
+        self.max_rows = max_rows
+        with torch.inference_mode():
+            self.decoder = self.model.decoder(self.dtype)
+        self.max_len = self.decoder.max_len
+        self._pending: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.error: str | None = None  # set if the loop died (the model raised); requests then end as "error"
+        self._rows: list[tuple[Request, int]] = []  # (request, sample) of each active row
+        self._thread = threading.Thread(target=self._loop, name="rlkit-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: Request) -> Request:
+        """Queue `req` (checked here: bad settings raise RlkitError) and return it."""
+        if not req.prompt or not 1 <= req.samples <= self.max_rows or req.max_new_tokens < 1 \
+                or req.temperature < 0 or (req.top_k is not None and req.top_k < 1):
+            raise RlkitError(f"engine: prompt of {len(req.prompt)} tokens, samples={req.samples}, max_new_tokens="
+                             f"{req.max_new_tokens}, temperature={req.temperature}, top_k={req.top_k}; valid: a "
+                             f"non-empty prompt, 1 <= samples <= {self.max_rows}, max_new_tokens >= 1, "
+                             "temperature >= 0, top_k None or >= 1")
+        if len(req.prompt) + req.max_new_tokens > self.max_len:
+            raise RlkitError(f"prompt ({len(req.prompt)} tokens) + max_new_tokens ({req.max_new_tokens}) exceeds "
+                             f"the model's {self.max_len} positions")
+        if req.seeds is None:
+            base = int(torch.randint(0, 2**62, ()).item())
+            req.seeds = [base + g for g in range(req.samples)]
+        if len(req.seeds) != req.samples:
+            raise RlkitError(f"engine: {len(req.seeds)} seeds for {req.samples} samples; give one seed a sample")
+        req.tokens, req.finish = [[] for _ in range(req.samples)], [None] * req.samples
+        with self._cond:
+            if self._closed:
+                raise RlkitError(f"engine: closed{f' after an error ({self.error})' if self.error else ''}")
+            self._pending.append(req)
+            self._cond.notify()
+        return req
+
+    def close(self) -> None:
+        """Stop the loop; queued and running requests end as "cancelled"."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    # --- the loop (engine thread) -------------------------------------------------------------------
+
+    def _loop(self):
+        try:
+            self._run()
+        except BaseException as e:  # noqa: BLE001 -- a broken model must not leave requests waiting forever
+            self.error = f"{type(e).__name__}: {e}"
+            with self._cond:
+                self._closed = True
+                reqs = {id(r): r for r, _ in self._rows} | {id(r): r for r in self._pending}
+                self._pending.clear()
+            for req in reqs.values():
+                self._end(req, "error")
+            raise
+
+    def _run(self):
+        with torch.inference_mode():
+            tok = keys = t = torch.empty(0, dtype=torch.long, device=self.device)  # (n,) each: active rows
+            while True:
+                with self._cond:
+                    while not self._pending and not self._rows and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    admitted = self._admit()
+                for req in admitted:  # 1. join: one prefill, then each sample's first token
+                    first = self._join(req).expand(req.samples, -1)  # (G, V)
+                    new_keys = torch.tensor([_row_key(s) for s in req.seeds], dtype=torch.long, device=self.device)
+                    new_t = torch.zeros_like(new_keys)
+                    owners = [(req, g) for g in range(req.samples)]
+                    tok = torch.cat([tok, self._draw(first, new_keys, new_t, owners)])
+                    keys, t = torch.cat([keys, new_keys]), torch.cat([t, new_t])
+                    self._rows += owners
+                tok, keys, t = self._record(tok, keys, t)  # 2. every row's newest token; drop ended rows
+                if self._rows:  # 3. one decode step for every active row
+                    t = t + 1
+                    tok = self._draw(self.decoder.step(tok), keys, t, self._rows)
+            for req in {id(r): r for r, _ in self._rows}.values():
+                self._end(req, "cancelled")
+            while self._pending:
+                self._end(self._pending.popleft(), "cancelled")
+
+    def _admit(self) -> list[Request]:
+        joins = hasattr(self.decoder, "join")
+        if not joins and self._rows:
+            return []  # a decoder without join: one request at a time
+        room, admitted = self.max_rows - len(self._rows), []
+        while self._pending and self._pending[0].samples <= room:
+            req = self._pending.popleft()
+            if req.cancelled:
+                self._end(req, "cancelled")
+                continue
+            admitted.append(req)
+            room -= req.samples
+            if not joins:
+                break
+        return admitted
+
+    def _join(self, req):
+        idx = torch.tensor([req.prompt], dtype=torch.long, device=self.device)  # (1, Tp)
+        lens = torch.tensor([len(req.prompt)], device=self.device)  # (1,)
+        if hasattr(self.decoder, "join"):
+            return self.decoder.join(idx, lens, req.samples, req.max_new_tokens)  # (1, V)
+        return self.decoder.prefill(idx, lens, req.samples, req.max_new_tokens)
+
+    def _record(self, tok, keys, t):
+        """Append each active row's newest token to its request, end rows (stop token, length, cancel), tell
+        the requests, and keep only the rows still running -> (tok, keys, t) of those rows."""
+        keep, changed = [], {}
+        for i, ((req, g), token) in enumerate(zip(self._rows, tok.tolist())):
+            if req.cancelled:
+                req.finish[g] = "cancelled"
+            else:
+                req.tokens[g].append(token)
+                req.finish[g] = "stop" if token in self._stops else \
+                    "length" if len(req.tokens[g]) >= req.max_new_tokens else None
+            if req.finish[g] is None:
+                keep.append(i)
+            changed[id(req)] = req
+        for req in changed.values():
+            req.notify()
+        if len(keep) < len(self._rows):
+            rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+            self._rows = [self._rows[i] for i in keep]
+            tok, keys, t = tok[rows], keys[rows], t[rows]
+            self.decoder.keep(rows)  # also when none is left: the next join starts from an empty batch
+        return tok, keys, t
+
+    def _draw(self, logits, keys, t, owners):
+        """logits (n, V) -> tokens (n,): each row by its request's temperature and top-k, as generate() draws."""
+        settings = [(req.temperature, req.top_k) for req, _ in owners]
+        out = torch.empty(len(owners), dtype=torch.long, device=self.device)
+        for temperature, top_k in set(settings):
+            rows = torch.tensor([i for i, s in enumerate(settings) if s == (temperature, top_k)], device=self.device)
+            if temperature == 0:
+                out[rows] = logits[rows].argmax(dim=-1)
+                continue
+            values, ids = _candidates(logits[rows], top_k)
+            out[rows] = _choose(values, ids, keys[rows], t[rows], temperature, self.decoder.logit_softcap)
+        return out
+
+    @staticmethod
+    def _end(req, reason):
+        req.finish = [reason if f is None else f for f in req.finish]
+        req.notify()
