@@ -43,14 +43,18 @@ class Request:
     tokens: list[list[int]] = field(default_factory=list)
     finish: list[str | None] = field(default_factory=list)
     cancelled: bool = False
+    cut: set[int] = field(default_factory=set)  # samples stopped by the caller (e.g. a stop string was found)
 
     @property
     def done(self) -> bool:
         return bool(self.finish) and all(f is not None for f in self.finish)
 
-    def cancel(self) -> None:
-        """Stop every row of this request at the next step (e.g. the client went away)."""
-        self.cancelled = True
+    def cancel(self, sample: int | None = None) -> None:
+        """Stop one sample's row, or every row (None: e.g. the client went away), at the next step."""
+        if sample is None:
+            self.cancelled = True
+        else:
+            self.cut.add(sample)
 
 
 class Engine:
@@ -174,7 +178,7 @@ class Engine:
         the requests, and keep only the rows still running -> (tok, keys, t) of those rows."""
         keep, changed = [], {}
         for i, ((req, g), token) in enumerate(zip(self._rows, tok.tolist())):
-            if req.cancelled:
+            if req.cancelled or g in req.cut:
                 req.finish[g] = "cancelled"
             else:
                 req.tokens[g].append(token)
