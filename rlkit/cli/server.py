@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import signal
 import socket
 import time
 import uuid
@@ -222,6 +223,10 @@ class _Run:
             busy["requests"] -= 1
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket bound to (host, port); port 0 picks a free one."""
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -268,6 +273,7 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     typer.echo(f"rlkit serve: {model_id} ({handle.path}) on http://{shown}:{bound_port} (API: /v1, chat page: /); "
          "Ctrl-C stops")
+    signal.signal(signal.SIGTERM, _interrupt)  # so that SIGTERM ends like Ctrl-C (uvicorn raises it again)
     try:
         server.run(sockets=[sock])  # uvicorn shuts down on SIGINT / SIGTERM, then raises the signal again
     except KeyboardInterrupt:
