@@ -1,5 +1,6 @@
 """The serving engine (rlkit.core.engine): requests that join a running batch at different steps get, token
 for token, what rlkit's sampler (generate) gives each of them alone; a decoder without join still serves."""
+import contextlib
 import threading
 import time
 
@@ -30,8 +31,9 @@ def prompts(tokenizer, n):
             for i in range(n)]
 
 
-@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, None), (0.8, 20)])
-def test_requests_joining_mid_batch_equal_generate_alone(model, temperature, top_k):
+@pytest.mark.parametrize("temperature, top_k, at_once", [(0.0, None, False), (1.0, None, False), (0.8, 20, False),
+                                                       (1.0, 50, True)])
+def test_requests_joining_mid_batch_equal_generate_alone(model, temperature, top_k, at_once):
     model, tokenizer = model
     stops = tokenizer.stop_ids
     engine = Engine(model, stops, max_rows=64)
@@ -39,9 +41,10 @@ def test_requests_joining_mid_batch_equal_generate_alone(model, temperature, top
         asks = [(p, 1 + i % 3, 10 + 7 * i, [100 * i + g for g in range(1 + i % 3)])
                 for i, p in enumerate(prompts(tokenizer, 6))]
         reqs = []
-        for p, n, max_new, seeds in asks:  # each arrives while the others decode
-            reqs.append(engine.submit(Request(p, n, max_new, temperature, top_k, seeds)))
-            time.sleep(0.004)
+        with engine._cond if at_once else contextlib.nullcontext():  # at once: all admitted in the same step
+            for p, n, max_new, seeds in asks:  # else each arrives while the others decode
+                reqs.append(engine.submit(Request(p, n, max_new, temperature, top_k, seeds)))
+                time.sleep(0 if at_once else 0.004)
         wait(reqs)
     finally:
         engine.close()

@@ -150,7 +150,9 @@ class _Run:
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
         loop, self.changed = asyncio.get_running_loop(), asyncio.Event()
-        req.notify = lambda: loop.call_soon_threadsafe(self.changed.set)
+        wake = lambda: loop.call_soon_threadsafe(self.changed.set)  # noqa: E731
+        lazy = not chat.stream and not chat.stop  # nothing to do before the end: wake up once
+        req.notify = (lambda: req.done and wake()) if lazy else wake
         self.changed.set()
 
     async def updates(self):

@@ -2,9 +2,10 @@
 
 Engine(model, stop_tokens) runs one loop in a thread of its own. submit(Request) queues a request (a
 prompt and `samples` completions of it); the loop, between two decode steps:
-1. admits queued requests while the batch has room (`max_rows` rows): each request's prompt is prefilled
-   once and its `samples` rows share that prefill (Decoder.join, rlkit.core.policy), appended after the
-   rows already decoding, so a request starts at the very next step;
+1. admits queued requests while the batch has room (`max_rows` rows): their prompts are prefilled together
+   (those with the same number of samples in one forward), each once, and a request's `samples` rows share
+   its prefill (Decoder.join, rlkit.core.policy); they are appended after the rows already decoding, so a
+   request starts at the very next step;
 2. decodes one token for every active row, all rows together (Decoder.step), each row drawn with its own
    request's temperature and top-k;
 3. drops the rows that ended (a stop token, their max_new_tokens, or a cancel) through Decoder.keep.
@@ -133,11 +134,14 @@ class Engine:
                     if self._closed:
                         break
                     admitted = self._admit()
-                for req in admitted:  # 1. join: one prefill, then each sample's first token
-                    first = self._join(req).expand(req.samples, -1)  # (G, V)
-                    new_keys = torch.tensor([_row_key(s) for s in req.seeds], dtype=torch.long, device=self.device)
+                for group in self._groups(admitted):  # 1. join: one prefill, then each sample's first token
+                    first = self._join(group)  # (P, V)
+                    G = group[0].samples
+                    owners = [(req, g) for req in group for g in range(G)]
+                    new_keys = torch.tensor([_row_key(req.seeds[g]) for req, g in owners], dtype=torch.long,
+                                            device=self.device)  # (P * G,)
                     new_t = torch.zeros_like(new_keys)
-                    owners = [(req, g) for g in range(req.samples)]
+                    first = first.repeat_interleave(G, dim=0)  # (P * G, V): a prompt's samples share its logits
                     tok = torch.cat([tok, self._draw(first, new_keys, new_t, owners)])
                     keys, t = torch.cat([keys, new_keys]), torch.cat([t, new_t])
                     self._rows += owners
@@ -166,12 +170,25 @@ class Engine:
                 break
         return admitted
 
-    def _join(self, req):
-        idx = torch.tensor([req.prompt], dtype=torch.long, device=self.device)  # (1, Tp)
-        lens = torch.tensor([len(req.prompt)], device=self.device)  # (1,)
+    def _groups(self, admitted):
+        """Admitted requests in joins: those with the same number of samples prefill together."""
+        if not hasattr(self.decoder, "join"):
+            return [[req] for req in admitted]
+        by_samples = {}
+        for req in admitted:
+            by_samples.setdefault(req.samples, []).append(req)
+        return list(by_samples.values())
+
+    def _join(self, group):
+        """Prefill the group's prompts together (right-padded) -> logits (P, V) of each one's first token."""
+        lens = torch.tensor([len(req.prompt) for req in group], device=self.device)  # (P,)
+        idx = torch.zeros(len(group), int(lens.max()), dtype=torch.long)  # (P, Tp)
+        for p, req in enumerate(group):
+            idx[p, :len(req.prompt)] = torch.tensor(req.prompt)
+        idx, G, max_new = idx.to(self.device), group[0].samples, max(req.max_new_tokens for req in group)
         if hasattr(self.decoder, "join"):
-            return self.decoder.join(idx, lens, req.samples, req.max_new_tokens)  # (1, V)
-        return self.decoder.prefill(idx, lens, req.samples, req.max_new_tokens)
+            return self.decoder.join(idx, lens, G, max_new)
+        return self.decoder.prefill(idx, lens, G, max_new)
 
     def _record(self, tok, keys, t):
         """Append each active row's newest token to its request, end rows (stop token, length, cancel), tell
@@ -199,15 +216,20 @@ class Engine:
     def _draw(self, logits, keys, t, owners):
         """logits (n, V) -> tokens (n,): each row by its request's temperature and top-k, as generate() draws."""
         settings = [(req.temperature, req.top_k) for req, _ in owners]
+        groups = set(settings)
+        if len(groups) == 1:  # the usual case: no indexing
+            return self._draw_rows(logits, keys, t, *groups.pop())
         out = torch.empty(len(owners), dtype=torch.long, device=self.device)
-        for temperature, top_k in set(settings):
+        for temperature, top_k in groups:
             rows = torch.tensor([i for i, s in enumerate(settings) if s == (temperature, top_k)], device=self.device)
-            if temperature == 0:
-                out[rows] = logits[rows].argmax(dim=-1)
-                continue
-            values, ids = _candidates(logits[rows], top_k)
-            out[rows] = _choose(values, ids, keys[rows], t[rows], temperature, self.decoder.logit_softcap)
+            out[rows] = self._draw_rows(logits[rows], keys[rows], t[rows], temperature, top_k)
         return out
+
+    def _draw_rows(self, logits, keys, t, temperature, top_k):
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        values, ids = _candidates(logits, top_k)
+        return _choose(values, ids, keys, t, temperature, self.decoder.logit_softcap)
 
     @staticmethod
     def _end(req, reason):
