@@ -35,7 +35,11 @@ from rlkit.core.inference import TextStream
 
 def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: str | None = None):
     app = FastAPI(title="rlkit serve", docs_url=None, redoc_url=None, openapi_url=None)
-    busy = {"requests": 0}
+    runs: set[_Run] = set()  # requests whose engine rows have not all ended
+
+    def in_flight() -> int:
+        runs.difference_update([r for r in runs if r.req.done])
+        return len(runs)
     stop_ids = set(tokenizer.stop_ids)
 
     def error(e: ApiError):
@@ -63,7 +67,7 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
     @app.get("/health")
     async def health():
         return {"status": "ok" if engine.error is None else "error", "model": model_id,
-                "requests": busy["requests"], "error": engine.error}
+                "requests": in_flight(), "error": engine.error}
 
     @app.get("/v1/models")
     async def models():
@@ -77,16 +81,16 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
     async def completions(request: HttpRequest):
         try:
             chat = parse_chat(await _json_body(request, limits.max_body_bytes), limits)
-            if busy["requests"] >= limits.max_concurrent:
+            if in_flight() >= limits.max_concurrent:
                 raise ApiError(429, f"the server is busy ({limits.max_concurrent} requests in flight); retry later",
                                code="rate_limit_exceeded", kind="rate_limit_error")
             req, prompt_len = _submit(engine, tokenizer, chat, limits)
         except ApiError as e:
             return error(e)
-        busy["requests"] += 1
         run = _Run(req, chat, tokenizer, stop_ids, prompt_len, model_id, limits.timeout)
+        runs.add(run)
         if chat.stream:
-            return StreamingResponse(run.events(busy), media_type="text/event-stream",
+            return StreamingResponse(run.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
             await run.wait()
@@ -94,7 +98,6 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
             return error(e)
         finally:
             req.cancel()
-            busy["requests"] -= 1
         return run.response()
 
     return app
@@ -207,7 +210,7 @@ class _Run:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    async def events(self, busy):
+    async def events(self):
         try:
             yield self.chunk([{"index": g, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                               for g in range(self.chat.n)])
@@ -222,7 +225,6 @@ class _Run:
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away (the generator is closed): free the rows
             self.req.cancel()
-            busy["requests"] -= 1
 
 
 def _interrupt(signum, frame):
