@@ -5,6 +5,8 @@ protocol, types a question into the box and presses Enter (real input events), r
 while it streams, and saves a screenshot once the reply is done.
 
     python tests/manual/browser_check.py runs/quickstart /tmp/chat.png   # Debian: apt-get install chromium
+    python tests/manual/browser_check.py runs/quickstart /tmp/chat.png KEY   # a server with --api-key KEY:
+                                                                             # the key is typed into the page
 """
 import asyncio
 import json
@@ -24,8 +26,10 @@ import websockets
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
 
 
-def start_server(checkpoint, log):
-    proc = subprocess.Popen([sys.executable, "-m", "rlkit", "serve", checkpoint, "--port", "0"], stdout=open(log, "w"),
+def start_server(checkpoint, log, key):
+    extra = ["--api-key", key] if key else []
+    proc = subprocess.Popen([sys.executable, "-m", "rlkit", "serve", checkpoint, "--port", "0", *extra],
+                            stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     while not (m := re.search(r"on (http://[\d.]+:\d+) ", Path(log).read_text())):
         assert proc.poll() is None, Path(log).read_text()
@@ -50,7 +54,7 @@ def start_browser(profile):
             time.sleep(0.1)
 
 
-async def drive(ws_url, url, shot):
+async def drive(ws_url, url, shot, key):
     async with websockets.connect(ws_url, max_size=None) as ws:
         ids = iter(range(1, 10**6))
 
@@ -69,6 +73,13 @@ async def drive(ws_url, url, shot):
         await call("Page.navigate", url=url)
         while await js("document.readyState") != "complete" or not await js("document.getElementById('model').textContent"):
             await asyncio.sleep(0.05)
+        if key:  # the page asked for one: type it in
+            assert await js("document.getElementById('keybox').hidden") is False
+            await js("document.getElementById('key').focus()")
+            await call("Input.insertText", text=key)
+            await js("document.getElementById('key').dispatchEvent(new Event('change'))")
+        else:
+            assert await js("document.getElementById('keybox').hidden") is True
         await js("document.getElementById('input').focus()")
         await call("Input.insertText", text=QUESTION)
         for kind in ("keyDown", "keyUp"):
@@ -86,12 +97,12 @@ async def drive(ws_url, url, shot):
 
 
 def main():
-    checkpoint, shot = sys.argv[1], sys.argv[2]
+    checkpoint, shot, key = sys.argv[1], sys.argv[2], (sys.argv[3:] or [None])[0]
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = start_server(checkpoint, Path(tmp) / "serve.log")
+        server, url = start_server(checkpoint, Path(tmp) / "serve.log", key)
         browser, ws_url = start_browser(Path(tmp) / "profile")
         try:
-            seen, model = asyncio.run(drive(ws_url, url + "/", shot))
+            seen, model = asyncio.run(drive(ws_url, url + "/", shot, key))
         finally:
             browser.terminate()
             server.terminate()
