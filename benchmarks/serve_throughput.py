@@ -8,7 +8,7 @@ cores shared with other jobs the wall clock counts the time the server waited fo
 does not). Concurrent requests share the engine's decode batch (rlkit.core.engine), so a step decodes c
 rows for not much more than the cost of one: the ratio to c = 1 is the figure to read.
 
-    python benchmarks/serve_throughput.py runs/quickstart [--requests 8] [--max-tokens 64] [--quick]
+    python benchmarks/serve_throughput.py runs/quickstart [--requests 8] [--max-tokens 64] [--dtype bfloat16] [--quick]
 """
 import argparse
 import os
@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 
 
-def start(checkpoint, log):
+def start(checkpoint, log, dtype):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlkit", "serve", str(checkpoint), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "rlkit", "serve", str(checkpoint), "--port", "0", "--dtype", dtype],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     while not (found := re.search(r"on http://[\d.]+:(\d+) ", Path(log).read_text())):
         if proc.poll() is not None:
@@ -71,11 +71,12 @@ def main():
     p.add_argument("checkpoint", nargs="?", default="runs/quickstart")
     p.add_argument("--requests", type=int, default=8, help="requests per client thread")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--dtype", default="float32", help="the server's compute dtype (float32, bfloat16)")
     p.add_argument("--quick", action="store_true", help="2 requests a thread, 16 tokens: a smoke run")
     args = p.parse_args()
     requests, max_tokens = (2, 16) if args.quick else (args.requests, args.max_tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start(args.checkpoint, Path(tmp) / "serve.log")
+        proc, url = start(args.checkpoint, Path(tmp) / "serve.log", args.dtype)
         try:
             level(url, 1, 1, 8)  # warm-up
             rows = []
@@ -87,7 +88,7 @@ def main():
             proc.terminate()
             proc.wait(30)
     base, base_cpu = rows[0][3], rows[0][4]
-    print(f"rlkit serve {args.checkpoint}: {requests} requests a client, max_tokens {max_tokens}")
+    print(f"rlkit serve {args.checkpoint} --dtype {args.dtype}: {requests} requests a client, max_tokens {max_tokens}")
     print(f"{'concurrency':>11} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'x conc. 1':>9} "
           f"{'tokens/cpu-s':>12} {'x conc. 1':>9}")
     for c, n, seconds, rate, per_cpu in rows:

@@ -54,6 +54,29 @@ def test_requests_joining_mid_batch_equal_generate_alone(model, temperature, top
         assert req.finish == ["stop" if c[-1] in stops else "length" for c in alone.completions]
 
 
+def test_a_bf16_engine_samples_from_the_bf16_copy_and_is_batch_independent(model):
+    """bf16 rounds the join cache's attention differently from generate's shared-prefix one, so only float32
+    is token for token generate(); in bf16 a request still gets the same tokens with or without company."""
+    model, tokenizer = model
+    ps = prompts(tokenizer, 4)
+    engine = Engine(model, tokenizer.stop_ids, dtype=torch.bfloat16)
+    try:
+        def ask(i, p):
+            return engine.submit(Request(p, 2, 16, 1.0, 50, [5 * i, 5 * i + 1]))
+        alone = []
+        for i, p in enumerate(ps):
+            alone.append(ask(i, p))
+            wait(alone)
+        with engine._cond:
+            together = [ask(i, p) for i, p in enumerate(ps)]
+        wait(together)
+    finally:
+        engine.close()
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert next(engine.decoder.net.parameters()).dtype == torch.float32  # the embedding is shared, fp32
+    assert engine.decoder.weight.dtype == torch.bfloat16  # the matmul weights: the bf16 inference copy
+
+
 def test_a_full_batch_queues_requests_and_cancel_frees_rows(model):
     model, tokenizer = model
     engine = Engine(model, [], max_rows=2)  # no stop tokens: every row runs its max_new_tokens

@@ -167,6 +167,8 @@ def compare(
 CheckpointArg = Annotated[Path, typer.Argument(
     help="A run folder (its last finished stage), a stage folder or a checkpoint folder, e.g. runs/quickstart.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:1, ...")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute dtype: float32 (replies equal rlkit's sampler in "
+                                                       "float32), bfloat16 or float16 (a copy of the weights).")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0, help="Sampling temperature; 0 is greedy.")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens only.")]
 
@@ -181,12 +183,13 @@ def chat(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the first reply (turn k: seed + k); "
                                                                "default: random.")] = None,
     device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
 ):
     """Talk to a saved model in the terminal: replies stream as they are sampled; /clear, /quit."""
     with user_errors():
         from rlkit.cli import terminal_chat
 
-        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device)
+        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device, _dtype(dtype))
 
 
 @app.command()
@@ -209,6 +212,7 @@ def serve(
     timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds one request may take (504 "
                                                                         "after).")] = 120.0,
     device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
 ):
     """Serve a saved model: an OpenAI-compatible API (/v1/chat/completions, /v1/models), /health, and a chat
     page at /. Concurrent requests share one decode batch. Ctrl-C stops it."""
@@ -217,7 +221,16 @@ def serve(
         from rlkit.cli.openai_api import Limits
 
         limits = Limits(max_body_bytes, max_tokens, max_messages, min(16, max_rows), max_concurrent, timeout)
-        server.serve(checkpoint, host, port, api_key, limits, device, max_rows)
+        server.serve(checkpoint, host, port, api_key, limits, device, max_rows, _dtype(dtype))
+
+
+def _dtype(name: str):
+    import torch
+
+    valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in valid:
+        raise RlkitError(f"--dtype {name}: valid: {', '.join(valid)}")
+    return valid[name]
 
 
 def main():

@@ -256,7 +256,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(path, host: str, port: int, api_key: str | None, limits: Limits, device: str = "cpu",
-          max_rows: int = 64) -> None:
+          max_rows: int = 64, dtype=None) -> None:
     """Load the checkpoint, start the engine, listen on (host, port) until Ctrl-C; prints one line a state."""
     import typer
     import uvicorn
@@ -268,7 +268,7 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
              f"can use it{'' if api_key else ' (no --api-key is set)'}", err=True)
     model, tokenizer, handle = inference.load(path, device)
     model_id = f"rlkit/{handle.path.parent.parent.name}/{handle.path.parent.name}"
-    engine = Engine(model, tokenizer.stop_ids, max_rows=max_rows)
+    engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=max_rows)
     sock = bind(host, port)
     app = make_app(engine, tokenizer, model_id, limits, api_key)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, access_log=False)

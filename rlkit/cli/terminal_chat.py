@@ -50,9 +50,9 @@ def _write(out, text):
         out.flush()
 
 
-def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu") -> None:
+def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu", dtype=None) -> None:
     model, tokenizer, handle = load(path, device)
-    engine = Engine(model, tokenizer.stop_ids, max_rows=1)
+    engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=1)
     settings = dict(temperature=temperature, top_k=top_k, max_tokens=max_tokens)
     try:
         if prompt is not None:

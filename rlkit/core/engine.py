@@ -64,7 +64,8 @@ class Engine:
     def __init__(self, model, stop_tokens: Collection[int], dtype: torch.dtype | None = None, max_rows: int = 64):
         self.model = _unwrap(model).eval()
         self.device = next(self.model.parameters()).device
-        self.dtype = dtype or next(self.model.parameters()).dtype
+        self._weights_dtype = next(self.model.parameters()).dtype
+        self.dtype = dtype or self._weights_dtype  # the compute dtype: bf16 samples from the model's bf16 copy
         self._stops = set(stop_tokens)
         self.max_rows = max_rows
         with torch.inference_mode():
@@ -125,7 +126,9 @@ class Engine:
             raise
 
     def _run(self):
-        with torch.inference_mode():
+        # a compute dtype other than the weights' runs under autocast, as generate() does under the stages' autocast
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != self._weights_dtype)
+        with torch.inference_mode(), autocast:
             tok = keys = t = torch.empty(0, dtype=torch.long, device=self.device)  # (n,) each: active rows
             while True:
                 with self._cond:
