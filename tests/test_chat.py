@@ -47,4 +47,5 @@ def test_a_conversation_keeps_its_turns_and_clear_starts_over(tiny_run, model):
 def test_a_path_without_a_checkpoint_is_one_line(cli, tmp_path):
     result = cli("chat", tmp_path, "-p", "hi")
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and str(tmp_path) in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: ") and str(tmp_path) in result.stderr
+    assert len(result.stderr.splitlines()) == 1

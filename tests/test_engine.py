@@ -123,7 +123,8 @@ def test_a_decoder_without_join_serves_one_request_at_a_time(model, monkeypatch)
         engine.close()
     monkeypatch.undo()
     for i, (p, req) in enumerate(zip(ps, reqs)):
-        assert req.tokens == generate(model, [p], 2, 12, 1.0, None, tokenizer.stop_ids, seeds=[7 * i, 7 * i + 1]).completions
+        alone = generate(model, [p], 2, 12, 1.0, None, tokenizer.stop_ids, seeds=[7 * i, 7 * i + 1])
+        assert req.tokens == alone.completions
 
 
 def test_bad_requests_raise_and_a_failing_model_ends_requests_with_error(model, monkeypatch):

@@ -190,8 +190,9 @@ def test_routes_methods_models_and_health(server, client):
     assert httpx.get(f"{server.url}/v1/models").status_code == 401  # the key guards every /v1 route
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"  # health and the page need no key
     assert "<textarea" in httpx.get(f"{server.url}/").text
+    keyed = {"Authorization": f"Bearer {KEY}"}
     for r, status in [(httpx.get(f"{server.url}/nope"), 404),
-                      (httpx.get(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}), 405)]:
+                      (httpx.get(f"{server.url}/v1/chat/completions", headers=keyed), 405)]:
         assert r.status_code == status and r.json()["error"]["message"]
     with pytest.raises(APIStatusError) as e:
         client.chat.completions.create(model="any", messages=QUESTION, logprobs=True)

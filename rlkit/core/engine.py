@@ -16,8 +16,12 @@ and seeds, not on what else is in the batch (up to float rounding of the logits)
 A decoder without join still works: it then serves one request at a time through prefill.
 
 A Request collects its rows' tokens (`tokens[g]`, stop token included as in generate) and ends each row
-with a reason in `finish[g]` ("stop", "length", "cancelled", or "error" if the model raised); the engine calls `request.notify()` after
-every change, from its thread. Leaves out: preemption, prefix caching across requests, chunked prefill.
+with a reason in `finish[g]` ("stop", "length", "cancelled", or "error" if the model raised); the engine
+calls `request.notify()` after every change, from its thread.
+
+Scheduling at every decode step rather than per batch is Orca's iteration-level scheduling (Yu et al.,
+OSDI 2022), the "continuous batching" of vLLM and TGI. Leaves out: preemption, paged KV memory, prefix
+caching across requests, chunked prefill.
 """
 from __future__ import annotations
 
@@ -126,7 +130,7 @@ class Engine:
             raise
 
     def _run(self):
-        # a compute dtype other than the weights' runs under autocast, as generate() does under the stages' autocast
+        # a compute dtype other than the weights' runs under autocast, as generate() runs under a stage's
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != self._weights_dtype)
         with torch.inference_mode(), autocast:
             tok = keys = t = torch.empty(0, dtype=torch.long, device=self.device)  # (n,) each: active rows
