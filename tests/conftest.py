@@ -90,3 +90,44 @@ def doc_example():
         end = text.find("\n## ", start + 1)
         return re.findall(r"^```python\n(.*?)^```", text[start:end], re.M | re.S)[0]
     return find
+
+
+TINY_RUN = """\
+# a tiny chat model for the serving tests: tokenizer, a few pretrain steps, two sft steps
+name: tiny
+seed: 0
+device: cpu
+model: {depth: 1, seq_len: 128, dtype: float32}
+tracking: {enabled: false}
+stages:
+  tokenizer: {vocab_size: 320, max_chars: 50000, data: {source: arithmetic, args: {size: 300}}}
+  pretrain:
+    data: {source: arithmetic, args: {size: 300}}
+    steps: 4
+    total_batch_tokens: 1024
+    device_batch_size: 8
+    optimizer: {name: adamw, args: {lr: 0.01}}
+    eval_every: 0
+    eval_tokens: 512
+    log_every: 2
+  sft:
+    task: {name: arithmetic, args: {size: 300}}
+    steps: 2
+    examples_per_step: 8
+    device_batch_size: 8
+    optimizer: {name: adamw, args: {lr: 0.003}}
+    eval_examples: 0
+    log_every: 1
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished run folder of a depth-1 chat model (seq_len 128: 1280 positions to sample), made in-process."""
+    from rlkit.core import pipeline
+
+    folder = tmp_path_factory.mktemp("tiny")
+    (folder / "tiny.yaml").write_text(TINY_RUN)
+    cfg, plugins = pipeline.prepare(folder / "tiny.yaml", [f"run_dir={folder / 'runs' / 'tiny'}"], [])
+    pipeline.run(cfg, plugins)
+    return folder / "runs" / "tiny"

@@ -22,6 +22,10 @@ A Decoder owns its KV cache; rlkit.core.sampling drives it, one batch of prompts
         each prompt's first new token; the P * G rows that follow (prompt-major) share the prompt;
     step(tokens (n,)) -> logits (n, V) float32 after each active row's newest token;
     keep(rows (m,)) -> None: only these active rows (indices into the active rows) go on;
+    join(idx (P, Tp) right-padded, lens (P,), samples G, max_new) -> logits (P, V) float32 (optional,
+        for serving: rlkit.core.engine): like prefill, but the P * G new rows are appended after the
+        rows already decoding (rows may then be at different positions); the first join, or a join after
+        keep() of no rows, starts a batch. Without it the engine serves one request at a time;
     max_len: positions a prompt plus its completion may take;
     logit_softcap: float or None: the sampler applies softcap * tanh(logit / softcap) to the
         top-k candidates only (monotone: the same candidates), so logits come before the cap.
@@ -47,6 +51,8 @@ class Decoder(Protocol):
     def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
     def keep(self, rows: torch.Tensor) -> None: ...
+
+    # optional: def join(self, idx, lens, samples, max_new) -> torch.Tensor (see the module docstring)
 
 
 @runtime_checkable

@@ -7,6 +7,11 @@ sample row its own preallocated suffix. step(tokens) decodes one token per activ
 compacts the rows. Logits come back before the soft cap (the sampler caps the top-k candidates),
 as float32 in buffers reused every step.
 
+Serving (rlkit.core.engine) uses join(idx, lens, G, max_new) instead of prefill: the new prompts are
+prefilled once, together, and their G rows each get a copy of their prompt's keys in a growing KVCache
+of all active rows, appended after the rows already decoding; every row keeps its own position, so a
+request joins the running batch at the next step and leaves through keep(rows).
+
 KVCache preallocates keys and values for every layer as (n_layer, B, T_max, H, D) and a per-row
 position `pos` (B,). A forward with a cache writes each row's new keys at its own positions pos[b] ..
 pos[b]+T-1 and lets query i of row b see keys 0 .. pos[b]+i (a boolean mask), with rotary angles taken
@@ -29,6 +34,7 @@ class GPTDecoder:
         self.logit_softcap = net.config.softcap
         self.weight = net.lm_head.weight[:net.config.vocab_size]  # (V, C): padded rows are never sampled
         self.cache = None
+        self.live = None  # the KVCache of join()'s rows
 
     def prefill(self, idx, lens, samples, max_new):
         """idx (P, Tp) right-padded, lens (P,) -> raw logits (P, V) of each prompt's first new token."""
@@ -42,6 +48,22 @@ class GPTDecoder:
         self.cache = SharedPrefixCache(pre, lens, samples, max_new, self.dtype)  # the G samples share it
         return first
 
+    def join(self, idx, lens, samples, max_new):
+        """Add P prompts x G rows after the active rows of a batch started by join (the first join starts
+        one): idx (P, Tp) right-padded, lens (P,) -> raw logits (P, V) of each prompt's first new token."""
+        P, Tp = idx.shape
+        pre = KVCache(self.net.config, P, Tp, self.dtype, idx.device)
+        h = self.net.trunk(idx, kv_cache=pre)  # (P, Tp, C)
+        self.live = _grown(self.live, self.net.config, P * samples, int(lens.max()) + max_new, self.dtype, idx.device)
+        live, n = self.live, self.live.pos.numel()
+        live.k[:, n:n + P * samples, :Tp] = pre.k.repeat_interleave(samples, dim=1)  # each prompt's keys, G times
+        live.v[:, n:n + P * samples, :Tp] = pre.v.repeat_interleave(samples, dim=1)
+        live.pos = torch.cat([live.pos, lens.repeat_interleave(samples)])
+        live.length = max(live.length, int(lens.max()))
+        self.cache = live
+        self._buffers(live.pos.numel(), idx.device)
+        return self._logits(h[torch.arange(P, device=idx.device), lens - 1])
+
     def step(self, tokens):
         """tokens (n,) -> raw logits (n, V) after each active row's newest token."""
         h = self.net.trunk(tokens[:, None], kv_cache=self.cache)  # (n, 1, C)
@@ -49,6 +71,13 @@ class GPTDecoder:
 
     def keep(self, rows):
         self.cache.keep(rows)
+
+    def _buffers(self, rows, device):
+        if getattr(self, "logits32", None) is None or self.logits32.size(0) < rows:
+            rows = max(rows, 2 * getattr(self, "logits32", torch.empty(0)).size(0))
+            V = self.weight.size(0)
+            self.logits_lo = torch.empty(rows, V, dtype=self.weight.dtype, device=device)
+            self.logits32 = torch.empty(rows, V, dtype=torch.float32, device=device)
 
     def _logits(self, h):
         """h (n, C) -> raw logits (n, V) float32, before the softcap, in the reused buffers."""
@@ -117,6 +146,31 @@ class KVCache:
         self.pos += T
         self.length += T
 
+    def keep(self, rows):
+        """Keep only rows `rows` (LongTensor of row indices), in that order (join's batches: one KVCache)."""
+        m, T = rows.numel(), self.length
+        self.k[:, :m, :T] = self.k[:, rows, :T]
+        self.v[:, :m, :T] = self.v[:, rows, :T]
+        self.pos = self.pos[rows]
+        self.length = int(self.pos.max()) if m else 0
+
+
+def _grown(cache, config, extra, need, dtype, device):
+    """A KVCache with room for `extra` more rows and `need` positions a row: `cache` when it has it, else a
+    bigger one (rows doubled, as in a list) holding cache's rows. Its pos has one entry per active row."""
+    n = 0 if cache is None else cache.pos.numel()
+    if cache is not None and n + extra <= cache.k.size(1) and need <= cache.max_len:
+        return cache
+    rows = max(n + extra, 2 * (0 if cache is None else cache.k.size(1)))
+    T = max(need, 0 if cache is None else cache.max_len)
+    bigger = KVCache(config, rows, T, dtype, device)
+    if cache is not None:
+        bigger.k[:, :n, :cache.length] = cache.k[:, :n, :cache.length]
+        bigger.v[:, :n, :cache.length] = cache.v[:, :n, :cache.length]
+        bigger.pos, bigger.length = cache.pos, cache.length
+    else:
+        bigger.pos = bigger.pos[:0]
+    return bigger
 
 
 class SharedPrefixCache:

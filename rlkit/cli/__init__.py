@@ -1,4 +1,5 @@
-"""The `rlkit` command line: thin wrappers that hand off to rlkit.core.
+"""The `rlkit` command line: thin wrappers that hand off to rlkit.core (chat and serve: rlkit/cli/terminal_chat.py,
+rlkit/cli/server.py).
 
 Every user mistake is an RlkitError, printed here as one line (exit 1);
 `rlkit --debug ...` shows the traceback instead. Heavy imports (torch, aim,
@@ -187,6 +188,75 @@ def compare(
 
         result = compare_lib.compare(repo, runs or [], metric or [])
         typer.echo(json.dumps(result, indent=2) if as_json else compare_lib.render(result))
+
+
+CheckpointArg = Annotated[Path, typer.Argument(
+    help="A run folder (its last finished stage), a stage folder or a checkpoint folder, e.g. runs/quickstart.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:1, ...")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute dtype: float32 (replies equal rlkit's sampler in "
+                                                       "float32), bfloat16 or float16 (a copy of the weights).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0, help="Sampling temperature; 0 is greedy.")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens only.")]
+
+
+@app.command()
+def chat(
+    checkpoint: CheckpointArg,
+    prompt: Annotated[Optional[str], typer.Option("-p", "--prompt", help="Answer this one question and exit.")] = None,
+    temperature: TemperatureOpt = 0.6,
+    top_k: TopKOpt = 50,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens in one reply.")] = 256,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the first reply (turn k: seed + k); "
+                                                               "default: random.")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+):
+    """Talk to a saved model in the terminal: replies stream as they are sampled; /clear, /quit."""
+    with user_errors():
+        from rlkit.cli import terminal_chat
+
+        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device, _dtype(dtype))
+
+
+@app.command()
+def serve(
+    checkpoint: CheckpointArg,
+    host: Annotated[str, typer.Option("--host", help="The address to listen on; anything but loopback makes the "
+                                                     "model reachable from other machines (a warning says so).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="The port; 0 picks a free one.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="RLKIT_API_KEY", help="Require "
+                       "'Authorization: Bearer KEY' on every /v1 route.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most completion tokens a request may "
+                                                                        "ask for.")] = 1024,
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Requests in flight; more get "
+                                                                                "429.")] = 64,
+    max_rows: Annotated[int, typer.Option("--max-rows", min=1, help="Most sequences decoded together (a request "
+                                                                    "with n samples takes n).")] = 64,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Largest request body.")] = 1_000_000,
+    max_messages: Annotated[int, typer.Option("--max-messages", min=1, help="Most messages in a request.")] = 256,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds one request may take (504 "
+                                                                        "after).")] = 120.0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+):
+    """Serve a saved model: an OpenAI-compatible API (/v1/chat/completions, /v1/models), /health, and a chat
+    page at /. Concurrent requests share one decode batch. Ctrl-C stops it."""
+    with user_errors():
+        from rlkit.cli import server
+        from rlkit.cli.openai_api import Limits
+
+        limits = Limits(max_body_bytes, max_tokens, max_messages, min(16, max_rows), max_concurrent, timeout)
+        server.serve(checkpoint, host, port, api_key, limits, device, max_rows, _dtype(dtype))
+
+
+def _dtype(name: str):
+    import torch
+
+    valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in valid:
+        raise RlkitError(f"--dtype {name}: valid: {', '.join(valid)}")
+    return valid[name]
 
 
 def main():
