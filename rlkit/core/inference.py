@@ -1,10 +1,10 @@
 """Talking to a saved model: open any checkpoint for inference, and turn streamed tokens into text.
 
 load(path) takes what `init:` takes (a step folder, a stage folder, or a run folder: its last finished
-stage), rebuilds the model through its model plugin from the checkpoint's spec, loads the weights
-(hashes checked) and returns (model in eval mode, tokenizer, the Checkpoint handle). The sequence
-length a model was built with is not part of its spec; it is read from the run's config.yaml beside
-the checkpoint (`model.seq_len`), else `seq_len` is used.
+stage), rebuilds the model through its model plugin from the checkpoint's spec (rlkit.core.policy.load),
+loads the weights (hashes checked) and returns (model in eval mode, tokenizer, the Checkpoint handle).
+The sequence length is the one the checkpoint records, else the run's config.yaml beside it
+(`model.seq_len`), else `seq_len`.
 
 TextStream turns a completion's tokens into text as they arrive: it holds back a trailing incomplete
 UTF-8 character (byte-level BPE splits characters across tokens) and any tail that could be the start
@@ -17,11 +17,8 @@ from pathlib import Path
 
 import torch
 
-from rlkit.core import checkpoint as ckpt
 from rlkit.core import policy
-from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
-from rlkit.core.tokenizer import Tokenizer
 
 
 def load(path, device: str | torch.device = "cpu", seq_len: int = 512, plugins=None):
@@ -30,19 +27,9 @@ def load(path, device: str | torch.device = "cpu", seq_len: int = 512, plugins=N
 
     where = str(path)
     handle = Checkpoint.open(path, where)
-    if handle.path is None or handle.model is None:
-        raise RlkitError(f"{where}: holds no model weights (a tokenizer stage's output); give a stage that trains one")
-    plugins = plugins or load_plugins([])
-    tokenizer = Tokenizer.load(handle.tokenizer) if handle.tokenizer is not None else None
-    seq_len = _run_seq_len(handle.path) or seq_len
-    model, tokenizer = policy.build(plugins, handle.model["name"], handle.model["args"], tokenizer, seq_len, where)
-    state, _, _ = ckpt.load_checkpoint(handle.path, load_optimizer=False)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise RlkitError(f"{where}: checkpoint {handle.path} does not fit its model "
-                         f"({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), tokenizer, handle
+    recorded = (handle.model or {}).get("seq_len") or (_run_seq_len(handle.path) if handle.path else None)
+    model, tokenizer = policy.load(plugins or load_plugins([]), handle, recorded or seq_len, where, device)
+    return model.eval(), tokenizer, handle
 
 
 def _run_seq_len(step_dir: Path) -> int | None:
