@@ -44,7 +44,7 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
     bounds = [(m * N // M, (m + 1) * N // M) for m in range(M)]  # this rank's minibatch rows
     micros = [micro_batches(ctx, ids, mask, b0, b1, s.device_batch_size) for b0, b1 in bounds]
     acc = Stats(ctx.device)
-    old = None if epochs * M == 1 else before_update(ctx, model, reference, micros, acc)
+    old = None if epochs * M == 1 else before_update(ctx, model, micros, mask.shape, acc)  # (N, L-1)
     for _epoch in range(epochs):
         for m, (b0, b1) in enumerate(bounds):
             rows, tokens = ctx.sum_over_ranks(torch.tensor([float(b1 - b0), float(mask[b0:b1].sum())],
@@ -89,14 +89,14 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def before_update(ctx, model, reference, micros, acc) -> dict:
-    """{row start: old_logp (B, T)}: the sampling policy's log-probs before any update (and the entropy)."""
-    old = {}
+def before_update(ctx, model, micros, shape, acc) -> torch.Tensor:
+    """old_logp (N, L-1): the sampling policy's log-probs before any update (and its entropy)."""
+    old = torch.zeros(shape, device=ctx.device)
     for mb in (mb for part in micros for mb in part if mb is not None):
         sl, x, y, m = mb
         with ctx.autocast():
             logp, logits = forward(model, x, y)
-        old[sl.start] = logp
+        old[sl, :logp.shape[1]] = logp
         acc.add_entropy(entropy(logits), m)
     return old
 
@@ -114,7 +114,7 @@ def minibatch(ctx, train, algorithm, reference, micros, adv, extra, old, acc) ->
             sl, x, y, m = mb
             logp, logits = forward(train, x, y)
             batch_extra = dict(extra, lengths=m.sum(dim=1),
-                               old_logp=logp.detach() if old is None else old[sl.start])
+                               old_logp=logp.detach() if old is None else old[sl, :logp.shape[1]])
             if reference is not None:
                 batch_extra["ref_logp"] = ref_logp(ctx, reference, x, y, acc, sl.start)
             loss = algorithm.loss(logp, m, adv[sl], batch_extra) * world  # DDP averages ranks
