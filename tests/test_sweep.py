@@ -47,6 +47,8 @@ def test_sweep_runs_each_point_skips_done_ones_and_compares(cli, write_yaml, tmp
     for name in ("sw-grpo", "sw-rloo"):
         assert (tmp_path / "runs" / name / "rl" / "output.json").is_file()
         assert f"{name} (" in result.output  # a column of the comparison: "<name> (<hash>)"
+    assert "rlkit sweep: tokenizer shared with sw-grpo" in result.output  # trained once, copied to sw-rloo
+    assert (tmp_path / "runs" / "sw-rloo" / "tokenizer" / "output.json").is_file()
     assert "config differences:" in result.output and "stages.rl.algorithm.name" in result.output
     again = cli("run", path, "--sweep", "stages.rl.algorithm.name=grpo,rloo", "stages.rl.steps=1")
     assert again.exit_code == 0
