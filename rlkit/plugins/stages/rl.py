@@ -269,6 +269,16 @@ def report(summary: dict, tracked: dict) -> list[str]:
     if "completion_len" in tracked:
         c = tracked["completion_len"]
         out.append(f"completion length (tokens): {fmt(c['first'])} -> {fmt(c['last'])}, mean {fmt(c['mean'])}")
+    if "entropy" in tracked:
+        e, parts = tracked["entropy"], [f"{m} mean {fmt(tracked[m]['mean'])}" for m in ("clip_frac", "kl_old")
+                                        if m in tracked and tracked["ratio_max"]["max"] != 1.0]
+        kl = [f"KL to the reference {fmt(tracked['kl_ref']['first'])} -> {fmt(tracked['kl_ref']['last'])}"] \
+            if "kl_ref" in tracked else []
+        out.append(f"policy entropy (nats/token): {fmt(e['first'])} -> {fmt(e['last'])}" +
+                   "".join(f"; {p}" for p in parts + kl))
+    if "groups_filtered" in tracked and tracked["groups_filtered"]["max"] > 0:
+        out.append(f"group filtering: {fmt(tracked['groups_filtered']['mean'])} groups dropped per step, "
+                   f"{fmt(tracked['refill_rounds']['mean'])} refill rounds (means)")
     speeds = [f"{m.split('_')[0]} {fmt(tracked[m]['mean'])}" for m in ("rollout_tok_s", "train_tok_s") if m in tracked]
     if speeds:
         out.append(f"tokens/s (mean): {', '.join(speeds)}")
