@@ -32,8 +32,9 @@ stages:
 
 def test_points_are_the_cross_product_with_derived_names():
     grid = points(["stages.rl.algorithm.name=grpo,rloo", "seed=1,2"])
-    assert grid == [[("stages.rl.algorithm.name", "grpo"), ("seed", "1")], [("stages.rl.algorithm.name", "grpo"), ("seed", "2")],
-                    [("stages.rl.algorithm.name", "rloo"), ("seed", "1")], [("stages.rl.algorithm.name", "rloo"), ("seed", "2")]]
+    name = "stages.rl.algorithm.name"
+    assert grid == [[(name, "grpo"), ("seed", "1")], [(name, "grpo"), ("seed", "2")],
+                    [(name, "rloo"), ("seed", "1")], [(name, "rloo"), ("seed", "2")]]
     assert point_name("qs", grid[1]) == "qs-grpo-seed2"
     with pytest.raises(RlkitError, match="key=value1,value2"):
         points(["seed"])

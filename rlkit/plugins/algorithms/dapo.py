@@ -38,7 +38,8 @@ class DAPO:
         cache = self.cache_len if self.cache_len is not None else max_len // 5
         L = lengths.float()
         soft = (max_len - cache - L) / max(cache, 1)
-        extra = torch.where(L <= max_len - cache, torch.zeros_like(L), torch.where(L <= max_len, soft, -torch.ones_like(L)))
+        extra = torch.where(L <= max_len - cache, torch.zeros_like(L),
+                            torch.where(L <= max_len, soft, -torch.ones_like(L)))
         return {"overlong": extra}
 
     def loss(self, logp, mask, adv, extra):

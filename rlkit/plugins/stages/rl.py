@@ -170,8 +170,9 @@ def run(ctx, start):
         t1 = time.perf_counter()
         ids = batch.ids.clone().to(ctx.device)  # clone: generate() returns inference-mode tensors
         mask = batch.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
-        train_stats = rl_update.update(ctx, train, model, optimizer, algorithm, reference, ids, mask,
-                                       batch.adv.to(ctx.device), step) if batch.stats["groups_kept"] else {}
+        adv = batch.adv.to(ctx.device)
+        train_stats = rl_update.update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step,
+                                       batch.rows) if batch.stats["groups_kept"] else {}
         train_s = time.perf_counter() - t1
         # metrics (all ranks' means)
         stats = step_stats(ctx, batch.stats, mask, batch.adv)

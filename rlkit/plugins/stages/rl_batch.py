@@ -28,6 +28,7 @@ class Batch:
     ids: torch.Tensor  # (N, L) this rank's kept rows: prompt + completion, right-padded
     mask: torch.Tensor  # (N, L) 1 on sampled tokens
     adv: torch.Tensor  # (N,)
+    rows: torch.Tensor  # (N,) each row's index among the step's kept rows of all ranks (minibatches use it)
     prompt_tokens: int  # this rank's prompt tokens over its kept rows (for tokens/s)
     stats: dict  # reward, reward/<name>, groups kept / filtered, rounds, seconds of rollout and reward
 
@@ -38,7 +39,7 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
     P = s.examples_per_step // world
     filtering = bool(getattr(algorithm, "filter_groups", False))
     rounds = 1 + (s.max_refills if filtering else 0)
-    parts, kept_rewards, stats = [], [], {"rollout_s": 0.0, "reward_s": 0.0}
+    parts, kept_rewards, rows, stats = [], [], [], {"rollout_s": 0.0, "reward_s": 0.0}
     n_kept = n_dropped = used = 0
     for rnd in range(rounds):
         first = step * s.examples_per_step + refills + rnd * s.examples_per_step + rank * P
@@ -64,8 +65,10 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
         informative = (all_rewards != all_rewards[:, :1]).any(dim=1) if filtering else \
             torch.ones(P * world, dtype=torch.bool, device=ctx.device)
         take = informative & (informative.cumsum(0) <= s.examples_per_step - n_kept)  # the first ones needed
-        n_kept, n_dropped, used = n_kept + int(take.sum()), n_dropped + int((~informative).sum()), rnd
         mine = take[rank * P:(rank + 1) * P]  # (P,) this rank's kept groups
+        groups = n_kept + (take.cumsum(0) - 1)[rank * P:(rank + 1) * P][mine]  # their index among all kept
+        rows.append((groups[:, None] * G + torch.arange(G, device=groups.device)).reshape(-1).cpu())
+        n_kept, n_dropped, used = n_kept + int(take.sum()), n_dropped + int((~informative).sum()), rnd
         parts.append((out, mine))
         kept_rewards.append((all_rewards[take], take.view(world, P).sum(dim=1)))
         if n_kept >= s.examples_per_step:
@@ -74,7 +77,7 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
     ids, mask, prompt_tokens = merge(parts, G)
     stats.update(groups_kept=n_kept, groups_filtered=n_dropped, refill_rounds=used)
     refill_prompts = used * s.examples_per_step
-    return Batch(ids, mask, adv, prompt_tokens, {**stats, "refill_prompts": refill_prompts})
+    return Batch(ids, mask, adv, torch.cat(rows), prompt_tokens, {**stats, "refill_prompts": refill_prompts})
 
 
 def advantages(algorithm, kept_rewards, rank: int, world: int) -> torch.Tensor:

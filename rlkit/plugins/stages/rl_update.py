@@ -2,9 +2,10 @@
 
     updates: {epochs: 1, minibatches: 1}     # the default: one optimizer step per batch of rollouts
 
-The step's rows (this rank's prompts x samples) split into `minibatches` contiguous slices; each slice is
-one optimizer step, its backward accumulated over micro-batches of `device_batch_size` rows, and its loss
-normalised by the slice's counts over all ranks (`num_tokens`, `num_sequences`), so the gradient does not
+The step's rows (all ranks' prompts x samples, in order) split into `minibatches`, row i into minibatch
+i % minibatches, so the minibatches are the same at any world size. Each is one optimizer step, its
+backward accumulated over micro-batches of `device_batch_size` rows, and its loss normalised by its
+counts over all ranks (`num_tokens`, `num_sequences`), so the gradient does not
 depend on the device batch size or the world size. Under DDP every rank runs as many micro-batches as the
 rank with the most (a rank short of rows runs an empty one), since DDP's all-reduce needs every rank.
 
@@ -35,21 +36,30 @@ from rlkit.core.policy import build
 from rlkit.core.track import grad_norm
 
 
-def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step: int) -> dict:
-    """ids (N, L); mask (N, L-1): 1 where token t+1 was sampled; adv (N,). Runs every update of the
-    step and returns its tracked numbers (means over ranks)."""
+def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step: int, rows=None) -> dict:
+    """ids (N, L); mask (N, L-1): 1 where token t+1 was sampled; adv (N,); rows (N,): each row's index in
+    the step's rows of all ranks (default 0..N-1). Runs every update of the step and returns its tracked
+    numbers (means over ranks)."""
     s = ctx.cfg
     epochs, M = s.updates.epochs, s.updates.minibatches
-    N = ids.shape[0]
-    bounds = [(m * N // M, (m + 1) * N // M) for m in range(M)]  # this rank's minibatch rows
+    rows = torch.arange(ids.shape[0]) if rows is None else rows.cpu()
+    # minibatch m holds the step's rows i with i % M == m, on whichever rank they are: the same
+    # minibatches at any world size. Sorted so that each minibatch is a contiguous slice here.
+    perm = sorted(range(len(rows)), key=lambda i: (int(rows[i]) % M, int(rows[i])))
+    if perm != list(range(len(rows))):
+        ids, mask, adv = ids[perm], mask[perm], adv[perm]
+    ends = torch.bincount(rows % M, minlength=M).cumsum(0).tolist()
+    bounds = list(zip([0, *ends[:-1]], ends))  # this rank's rows of each minibatch
     micros = [micro_batches(ctx, ids, mask, b0, b1, s.device_batch_size) for b0, b1 in bounds]
     acc = Stats(ctx.device)
     old = None if epochs * M == 1 else before_update(ctx, model, micros, mask.shape, acc)  # (N, L-1)
     for _epoch in range(epochs):
         for m, (b0, b1) in enumerate(bounds):
-            rows, tokens = ctx.sum_over_ranks(torch.tensor([float(b1 - b0), float(mask[b0:b1].sum())],
+            n_rows, tokens = ctx.sum_over_ranks(torch.tensor([float(b1 - b0), float(mask[b0:b1].sum())],
                                                            device=ctx.device))
-            extra = {"num_tokens": tokens.clamp(min=1), "num_sequences": float(rows),
+            if n_rows == 0:  # group filtering kept fewer rows than minibatches
+                continue
+            extra = {"num_tokens": tokens.clamp(min=1), "num_sequences": float(n_rows),
                      "max_new_tokens": s.rollout.max_new_tokens}
             loss = minibatch(ctx, train, algorithm, reference, micros[m], adv, extra, old, acc)
             gnorm = grad_norm(model)
