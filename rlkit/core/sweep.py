@@ -3,7 +3,7 @@
 Each point is a normal run of EXP with the point's overrides and a derived name (`<name>-<value>...`, a
 key ending in `.name` shows its value alone, others as `<last key part><value>`: quickstart-grpo-seed1),
 so it has its own run folder and Aim run. A point whose entries all finished is skipped; one that was
-stopped part-way is resumed (--resume), so rerunning the same command finishes the sweep. Leading entries
+stopped part-way (or whose folder holds finished entries) is resumed (--resume), so rerunning the same command finishes the sweep. Leading entries
 a point shares with an earlier point (the same config for them and everything before: only later entries
 differ, as when only stages.rl.* is swept) are copied from that point's finished run, hard-linked where
 the file system allows, so a sweep over the rl stage trains the stages before it once. At the end,
@@ -94,7 +94,8 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
             continue
         print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}): {' '.join(f'{k}={v}' for k, v in grid[i])}")
         shared = reuse(cfg, names, [c for _, c, _ in prepared[:i]])
-        pipeline.run(cfg, plugins, resume=(run_dir / "config.yaml").exists() or shared)
+        begun = (run_dir / "config.yaml").exists() or any(handoff.finished(run_dir / e) is not None for e in names)
+        pipeline.run(cfg, plugins, resume=begun or shared)
     cfg = prepared[-1][1]
     if cfg.tracking.enabled:
         result = compare.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])
