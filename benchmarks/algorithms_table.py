@@ -2,7 +2,8 @@
 
     python benchmarks/algorithms_table.py RUNS_DIR START_CHECKPOINT [--prefix alg] [--greedy 200]
 
-Reads runs named <prefix>-<algorithm>-s<seed> under RUNS_DIR: each rl entry's summary (pass@1 change with its
+Reads runs named <prefix>-<algorithm>-s<seed> or, as `--sweep` names them, <prefix>-<algorithm>-seed<seed>
+under RUNS_DIR: each rl entry's summary (pass@1 change with its
 paired standard error, pass@8 before -> after, seconds per step = rollout + reward + train) and, by greedy
 decoding (temperature 0) on the first `--greedy` held-out problems, the accuracy of START_CHECKPOINT and of
 each run's final weights. Prints one markdown row per algorithm: over seeds, the mean change and the
@@ -57,7 +58,7 @@ def main():
     start_greedy = greedy(a.start, plugins, task, reward, a.greedy)
     rows = {}
     for run in sorted(a.runs.glob(f"{a.prefix}-*-s*")):
-        m = re.fullmatch(rf"{a.prefix}-(.+)-s(\d+)", run.name)
+        m = re.fullmatch(rf"{a.prefix}-(.+)-s(?:eed)?(\d+)", run.name)
         summary_file = run / "summary.json"
         if not m or not summary_file.is_file():
             continue
