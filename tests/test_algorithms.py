@@ -12,9 +12,15 @@ import torch
 from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
-from rlkit.plugins.stages.rl import train_step
+from rlkit.plugins.stages import rl_update
 
 ALGORITHMS = load_plugins().tables["algorithm"]
+
+
+def train_step(ctx, model, algorithm, ids, mask, adv, extra, size) -> float:
+    """One update's backward over micro-batches of `size` rows (the rl stage's own code), no optimizer step."""
+    micros = rl_update.micro_batches(ctx, ids, mask, 0, ids.shape[0], size)
+    return rl_update.minibatch(ctx, model, algorithm, None, micros, adv, extra, None, rl_update.Stats(ctx.device))
 
 
 
@@ -145,7 +151,7 @@ def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_pat
     grads, losses = {}, {}
     for batch in (8, 2, 3):  # 3: a ragged last micro-batch
         model.zero_grad(set_to_none=True)
-        losses[batch] = train_step(ctx, model, model, algorithm, None, ids, mask, adv, extra, batch)
+        losses[batch] = train_step(ctx, model, algorithm, ids, mask, adv, extra, batch)
         grads[batch] = {k: p.grad.clone() for k, p in model.named_parameters()}
 
     for k, g in grads[8].items():
@@ -167,8 +173,7 @@ def test_gradient_is_the_hand_written_objective(write_yaml, tmp_path, stage_ctx)
     ids, sampled = _rollout_batch(n=4, length=24)
     mask = sampled[:, 1:]
     adv = torch.tensor([1.0, -0.5, 0.25, 2.0])
-    train_step(ctx, model, model, ALGORITHMS["grpo"](), None, ids, mask, adv,
-               {"num_tokens": mask.sum(), "num_sequences": 4.0}, 2)
+    train_step(ctx, model, ALGORITHMS["grpo"](), ids, mask, adv, {"num_tokens": mask.sum(), "num_sequences": 4.0}, 2)
     got = {k: p.grad.clone() for k, p in model.named_parameters()}
 
     model.zero_grad(set_to_none=True)

@@ -154,3 +154,18 @@ def test_batch_that_does_not_divide_fails_before_work(experiment):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "stages.pretrain.total_batch_tokens: 1536" in lines[0] and "1024" in lines[0]
     assert not (experiment / "runs").exists()
+
+
+def test_two_ranks_match_one_with_group_filtering_and_several_updates(experiment):
+    """dapo drops the groups whose digit rewards are all equal, so the ranks keep different numbers of rows
+    (a rank short of micro-batches runs an empty one); 2 epochs x 2 minibatches: 4 optimizer steps a step."""
+    args = ["stages.rl.algorithm.name=dapo", "stages.rl.updates.epochs=2", "stages.rl.updates.minibatches=2",
+            "stages.rl.device_batch_size=2", "stages.pretrain.steps=2", "stages.pretrain.save_every=0"]
+    one = rlkit_run(experiment, "run_dir=runs/one", *args)
+    two = rlkit_run(experiment, "run_dir=runs/two", "--nproc-per-node", "2", *args)
+    reward1, reward2 = metrics(one, "rl", "reward"), metrics(two, "rl", "reward")
+    assert len(reward1) == len(reward2) == 3
+    assert reward2 == pytest.approx(reward1, abs=2e-3)
+    records = [json.loads(line) for line in (experiment / "sync.jsonl").read_text().splitlines()]
+    two_rank = [r for r in records if r["world"] == 2]
+    assert len(two_rank) >= 2 + 3 * 4 and all(r["identical"] for r in two_rank)  # rl: 4 updates per step

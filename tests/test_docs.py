@@ -171,18 +171,18 @@ def test_algorithm_example_runs(tmp_path, monkeypatch):
         algo = factory()
         assert set(getattr(algo, "needs", ())) <= {"old_logp", "ref_logp"}
         assert algo.advantages(rewards).shape == (2, 4)
-    # RLOO by hand: A = r - mean of the other three
-    loo = algorithms["loo"]()
-    expected = torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3], [-1 / 3, -1 / 3, -1 / 3, 1.0]])
-    torch.testing.assert_close(loo.advantages(rewards), expected)
+    # the dapo variant by hand: A = (r - mean) / (std + 1e-4); row 0: mean 0.5, std sqrt(1/3)
+    dapo_kl = algorithms["dapo_kl"](beta=0.5)
+    assert dapo_kl.filter_groups and dapo_kl.needs == {"old_logp", "ref_logp"}
+    torch.testing.assert_close(dapo_kl.advantages(rewards)[0], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.8658754)
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]], requires_grad=True)  # (B=2, T=3)
     mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
     adv = torch.tensor([1.0, -2.0])
-    loss = loo.loss(logp, mask, adv, {"num_tokens": 4, "num_sequences": 4})  # this micro-batch is half the step
-    assert loss.shape == ()
-    assert loss.item() == pytest.approx(-(1.0 * -3.0 + -2.0 * -9.5) / 4)
-    loss.backward()
-    torch.testing.assert_close(logp.grad, -adv[:, None] * mask / 4)
+    old = logp.detach() - torch.log(torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]]))  # rho 2 on one token
+    ref = logp.detach() + torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # k3 = e - 1 - 1 on one token
+    loss = dapo_kl.loss(logp, mask, adv, {"num_tokens": 8, "num_sequences": 4, "old_logp": old, "ref_logp": ref})
+    # objective: min(2 * 1, 1.28 * 1) = 1.28; 1; -2; -2; minus 0.5 * (e - 2) on the last; over 8 tokens
+    assert loss.item() == pytest.approx(-(1.28 + 1 - 2 - 2 - 0.5 * (torch.e - 2)) / 8, abs=1e-6)
 
 
 def test_stage_example_is_a_stage_whose_check_names_the_key(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ stages:
     save_every: 2
     eval: {every: 2, examples: 4, k: 2}
 """
-TIMING = {"tokens_per_s", "mfu", "rollout_tok_s", "train_tok_s"}  # wall-clock speeds: differ run to run
+TIMING = {"tokens_per_s", "mfu", "rollout_tok_s", "train_tok_s", "rollout_s", "reward_s", "train_s"}  # wall clock
 CALLS_PER_STEP = 2 * 4  # rl examples_per_step x samples
 
 

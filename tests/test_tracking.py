@@ -166,7 +166,7 @@ def test_report_card_has_every_item_with_the_run_values(tracked):
         assert steps == "2" and int(tokens.replace(",", "")) > 0
         assert float(wall) == pytest.approx(summary["stages"][stage]["wall_s"], abs=0.051)
     assert rows["tokenizer"][0] == "-"
-    assert re.search(r"^- tokens/s \(mean\): rollout [\d,]+, train [\d,]+$", card, re.M)  # rl's two phases
+    assert re.search(r"^- tokens/s \(mean\): rollout [\d,.]+, train [\d,.]+$", card, re.M)  # rl's two phases (under 1,000: decimals)
     # rl: reward first -> last, pass@k before -> after, completion length
     reward = aim["metrics"]["reward@rl"][1]
     assert re.search(rf"- reward: {reward[0]:.4g} \(step 1\) -> {reward[-1]:.4g} \(step 2\)", card)

@@ -80,6 +80,9 @@ def run(
     node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This node's rank in a multi-node run.")] = 0,
     rdzv_endpoint: Annotated[str, typer.Option("--rdzv-endpoint",
                                                help="HOST:PORT of the rendezvous (node 0) for multi-node runs.")] = "",
+    sweep: Annotated[Optional[list[str]], typer.Option(
+        "--sweep", help="key=a,b: run the experiment once per value (repeatable: the cross product), one run "
+                        "after another, each named after its values; ends with `rlkit compare` of them all.")] = None,
 ):
     """Validate the experiment and its plugins, then run its stages in order (alone or under torchrun)."""
     with user_errors():
@@ -91,6 +94,11 @@ def run(
             from rlkit.core.launch import torchrun
 
             torchrun(sys.argv[1:], nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+            return
+        if sweep:
+            from rlkit.core import sweep as sweep_lib
+
+            sweep_lib.run(experiment, overrides or [], plugin or [], sweep, world)
             return
         pipeline.run(cfg, plugins, resume=resume)
 

@@ -41,12 +41,15 @@ def rlkit_models() -> dict:
 def rlkit_algorithms() -> dict:
     """Return {name: factory}; factory(**args) -> Algorithm.
 
-    An Algorithm has `advantages(rewards[P, G]) -> [P, G]`, `loss(logp[B, T],
-    mask[B, T], adv[B], extra) -> scalar` and an optional set `needs` naming
-    extra inputs core must compute ("old_logp", "ref_logp"), and an optional
-    `min_samples` (completions per prompt it needs). `extra` always
-    holds `num_tokens` and `num_sequences`: counts over the whole
-    optimisation step (all micro-batches, all ranks).
+    An Algorithm has `advantages(rewards[P, G]) -> [P, G]` and `loss(logp[B, T], mask[B, T], adv[B],
+    extra) -> scalar`. `extra` always holds `num_tokens` and `num_sequences` (counts over the whole
+    minibatch: all micro-batches, all ranks), `max_new_tokens`, `lengths [B]` and `old_logp [B, T]`
+    (the sampling policy's log-probs), plus `ref_logp [B, T]` when declared. Optional: a set `needs`
+    ("old_logp": computed before the first of several updates; "ref_logp": a frozen reference model),
+    `min_samples` (completions per prompt it needs), `filter_groups` (drop groups whose rewards are
+    all equal and sample more), `shape(lengths[P, G], max_new_tokens) -> {name: [P, G]}` (reward
+    terms added before advantages), `clipped(logp, mask, adv, extra) -> bool [B, T]` (where a clip
+    acted, tracked) and `state_dict()` / `load_state_dict()` (checkpointed).
     """
 
 

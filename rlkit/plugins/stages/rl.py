@@ -1,4 +1,4 @@
-"""Stage rl: on-policy reinforcement learning from rewards, with any algorithm plugin.
+"""Stage rl: reinforcement learning from rewards, with any algorithm plugin (on- or off-policy updates).
 
     stages:
       rl: {task: {name: arithmetic}, algorithm: {name: grpo}, rewards: [{name: gsm8k}], steps: 100}
@@ -11,9 +11,14 @@ One step:
      is the weighted sum, each reward's mean is tracked on its own;
   3. advantages: the algorithm turns the (P, G) rewards of the whole step (all
      ranks, gathered) into advantages, so they never depend on the world size;
-  4. loss: log-probs of the sampled tokens, micro-batches of
-     `device_batch_size` sequences, the algorithm's loss with the step's token
-     and sequence counts; one optimizer step, lr = init_lr_frac * (1 - step/steps).
+  4. updates: `updates.epochs` passes over the rollouts, each in
+     `updates.minibatches` optimizer steps (default 1 x 1: one step), each
+     minibatch's loss the algorithm's with its token and sequence counts over
+     all ranks, backward in micro-batches of `device_batch_size` sequences;
+     lr = init_lr_frac * (1 - step/steps). old_logp / ref_logp (when the
+     algorithm needs them), ratios, clip fraction, KLs and entropy: rl_update.py.
+Steps 1-3, and group filtering (DAPO's dynamic sampling) for an algorithm that
+sets `filter_groups`: rl_batch.py.
 pass@1..k on held-out problems before training, every `eval.every` steps and
 at the end, sampled at the rollout's temperature and top-k with the same
 random numbers each time, so each later pass@1 is also shown as a paired
@@ -22,13 +27,12 @@ are checkpointed, so this survives --resume).
 """
 from __future__ import annotations
 
-import copy
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
-import torch.distributed as torch_dist
 
 import rlkit
 from rlkit.core import training
@@ -36,16 +40,16 @@ from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.evaluate import evaluate
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.optim import set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.core.progress import progress
 from rlkit.core.report import fmt, tracked_change
-from rlkit.core.sampling import generate
-from rlkit.core.scoring import score, weighted_total
 from rlkit.core.speed import matmul_peak
 from rlkit.core.stage import Stage, at_least, check_optimizer, divides
 from rlkit.core.task import prompt_messages
-from rlkit.core.track import grad_norm
+from rlkit.plugins.stages import rl_update
+from rlkit.plugins.stages.rl_batch import collect
 
 
 @dataclass
@@ -65,6 +69,17 @@ class RLEval:
 
 
 @dataclass
+class Updates:
+    epochs: int = 1  # passes over each step's rollouts
+    minibatches: int = 1  # optimizer steps per pass (the step's rows split into this many slices)
+
+
+@dataclass
+class Reference:
+    init: Optional[str] = None  # checkpoint for ref_logp; default: the one the stage started from
+
+
+@dataclass
 class RLConfig:
     task: PluginRef = plugin("task")
     algorithm: PluginRef = plugin("algorithm", "grpo")
@@ -74,6 +89,9 @@ class RLConfig:
     steps: int = 500
     examples_per_step: int = 16  # prompts per step, all ranks
     device_batch_size: int = 8  # sequences per forward/backward micro-batch
+    updates: Updates = field(default_factory=Updates)
+    reference: Reference = field(default_factory=Reference)  # loaded only for an algorithm that needs ref_logp
+    max_refills: int = 4  # group filtering (an algorithm's filter_groups): extra sampling rounds at most
     init_lr_frac: float = 0.05
     reward_timeout: float = 10.0  # seconds one reward call may take on one completion (0: no limit)
     log_every: int = 1
@@ -86,9 +104,15 @@ def check(cfg: RLConfig, setup) -> None:
         raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
                          f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
     at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every", "rollout.samples",
-             "rollout.max_new_tokens", "eval.k")
+             "rollout.max_new_tokens", "eval.k", "updates.epochs", "updates.minibatches")
     at_least(cfg, setup, 0, "init_lr_frac", "reward_timeout", "save_every", "rollout.temperature",
-             "rollout.top_k", "eval.every", "eval.examples")
+             "rollout.top_k", "eval.every", "eval.examples", "max_refills")
+    rows = cfg.examples_per_step // setup.world_size * cfg.rollout.samples
+    if cfg.updates.minibatches > rows:
+        raise RlkitError(f"{setup.where}.updates.minibatches: {cfg.updates.minibatches} is more than the "
+                         f"{rows} completions each process trains on per step; use at most {rows}")
+    if cfg.reference.init is not None:  # a missing reference fails now, not after the entries before it
+        Checkpoint.open(cfg.reference.init, f"{setup.where}.reference.init")
     divides(setup, "examples_per_step", cfg.examples_per_step, setup.world_size, "the number of processes")
     algorithm = build_algorithm(cfg, setup.plugins, setup.where)  # cheap, no model: its own checks apply now
     need = getattr(algorithm, "min_samples", 1)
@@ -117,18 +141,21 @@ def run(ctx, start):
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
     world, G = ctx.dist.world_size, r.samples
-    P = s.examples_per_step // world  # prompts per rank (divisibility checked up front)
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
-    reference = frozen_copy(model) if "ref_logp" in getattr(algorithm, "needs", ()) else None
+    needs_ref = "ref_logp" in getattr(algorithm, "needs", ())
+    reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
     train = ctx.ddp(model)
     resumed = ctx.restore(resume, optimizer, algorithm)
     start_step = resumed.get("step", 0)
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
-    # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards
-    kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", [])} if resumed else \
-        {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": []}
+    # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards,
+    # and the refill prompts group filtering drew (they shift later steps' prompts)
+    kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", []),
+            "refill_prompts": resumed.get("refill_prompts", 0)} if resumed else \
+        {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
+         "refill_prompts": 0}
     baseline, history = kept["eval_baseline"], kept["rewards"]
 
     flops, peak = flops_per_token(model), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
@@ -136,38 +163,22 @@ def run(ctx, start):
     for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * (1.0 - step / s.steps)
         set_lr(optimizer, lrm)
-        # 1. rollouts: this rank's P prompts of the step's examples_per_step
-        first = step * s.examples_per_step + ctx.dist.rank * P
-        examples = [train_task[order[(first + p) % len(order)]] for p in range(P)]
-        t0 = time.perf_counter()
-        out = rollouts(ctx, model, tokenizer, examples, [row_seed(ctx.experiment.seed, step, first + p, g)
-                                                         for p in range(P) for g in range(G)])
-        rollout_s = time.perf_counter() - t0
-        # 2. rewards (P*G,) per reward and weighted total
-        texts = [tokenizer.decode([t for t in c if t not in tokenizer.stop_ids]) for c in out.completions]
-        scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], f"at {ctx.name} step {step + 1}",
-                       s.reward_timeout, f"stages.{ctx.name}.reward_timeout")
-        total = weighted_total(rewards, scores, f"at {ctx.name} step {step + 1}")
-        # 3. advantages over the whole step: gather every rank's (P, G) rewards
-        all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
-        adv = algorithm.advantages(all_rewards)[ctx.dist.rank * P:(ctx.dist.rank + 1) * P].reshape(-1)
-        # 4. loss over micro-batches, normalised by the step's token and sequence counts; one update
+        # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
+        batch = collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
+        kept["refill_prompts"] += batch.stats.pop("refill_prompts")
+        # 4. the updates: epochs x minibatches optimizer steps, each normalised by its own counts
         t1 = time.perf_counter()
-        ids = out.ids.clone().to(ctx.device)  # clone: generate() returns inference-mode tensors
-        mask = out.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
-        extra = {"num_tokens": ctx.sum_over_ranks(mask.sum()).clamp(min=1), "num_sequences": float(P * G * world)}
-        loss_value = train_step(ctx, train, model, algorithm, reference, ids, mask, adv.to(ctx.device), extra,
-                                s.device_batch_size)
-        gnorm = grad_norm(model)
-        training.check_step(ctx, ctx.mean_over_ranks(torch.tensor(loss_value, device=ctx.device)), gnorm, step + 1)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
+        ids = batch.ids.clone().to(ctx.device)  # clone: generate() returns inference-mode tensors
+        mask = batch.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
+        adv = batch.adv.to(ctx.device)
+        train_stats = rl_update.update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step,
+                                       batch.rows) if batch.stats["groups_kept"] else {}
         train_s = time.perf_counter() - t1
         # metrics (all ranks' means)
-        stats = step_stats(ctx, out, mask, total, scores, rewards, adv, loss_value, gnorm)
-        useful = sum(out.prompt_lens) + sum(map(len, out.completions))  # this rank's tokens, padding left out
-        stats.update(lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / rollout_s,
-                     train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak)
+        stats = step_stats(ctx, batch.stats, mask, batch.adv)
+        useful = batch.prompt_tokens + int(mask.sum())  # this rank's tokens, padding left out
+        stats.update(train_stats, lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / stats["rollout_s"],
+                     train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak, train_s=train_s)
         tokens += useful * world
         history.append(float(stats["reward"]))
         done = step + 1
@@ -186,23 +197,10 @@ def run(ctx, start):
     return handle
 
 
-def rollouts(ctx, model, tokenizer, examples, seeds):
-    """`rollout.samples` completions of each example's prompt, with the rollout settings."""
-    r = ctx.cfg.rollout
-    prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in examples]
-    model.eval()
-    with ctx.autocast():
-        out = generate(model, prompts, samples=r.samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                       top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds)
-    model.train()
-    return out
-
-
-def step_stats(ctx, out, mask, total, scores, rewards, adv, loss_value, gnorm) -> dict:
-    """The step's reward (each reward too), advantage spread, completion length, loss: all ranks' means."""
-    stats = {"reward": total.mean(), **{f"reward/{n}": scores[n].mean() for n, _, _ in rewards},
-             "adv_std": adv.float().std(), "completion_len": torch.tensor(float(mask.sum()) / len(out.completions)),
-             "loss": torch.tensor(loss_value), "grad_norm": gnorm}
+def step_stats(ctx, batch_stats: dict, mask, adv) -> dict:
+    """The step's rewards, group and time counts, advantage spread, completion length: all ranks' means."""
+    stats = {**batch_stats, "adv_std": adv.float().std() if adv.numel() > 1 else 0.0,
+             "completion_len": float(mask.sum()) / max(len(mask), 1)}
     return {k: ctx.mean_over_ranks(torch.as_tensor(v, dtype=torch.float32, device=ctx.device))
             for k, v in stats.items()}
 
@@ -219,11 +217,6 @@ def log_line(ctx, done: int, stats: dict, history: list[float]) -> None:
     ctx.tracker.metrics(stats, step=done, stage=ctx.name)
 
 
-def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:
-    """One sampling seed per (step, prompt, sample): the same rollout whatever the batch or world size."""
-    return ((seed * 1_000_003 + step) * 1_000_033 + prompt) * 1_009 + sample
-
-
 def check_fits(ctx, tokenizer, task, max_new_tokens: int, sample: int = 256) -> None:
     """A rollout (prompt + max_new_tokens) must fit the context the model was trained on."""
     seq_len = ctx.seq_len
@@ -233,51 +226,6 @@ def check_fits(ctx, tokenizer, task, max_new_tokens: int, sample: int = 256) -> 
         raise RlkitError(f"stages.{ctx.name}.rollout.max_new_tokens: prompts reach {longest} tokens, so {max_new_tokens} new "
                          f"tokens exceed model.seq_len {seq_len}; use at most {max(seq_len - longest, 0)} or raise "
                          f"model.seq_len")
-
-
-def gather(t: torch.Tensor, world: int) -> torch.Tensor:
-    """Concatenate a (P, G) tensor from every rank, in rank order."""
-    if world == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(world)]
-    torch_dist.all_gather(parts, t)
-    return torch.cat(parts)
-
-
-def train_step(ctx, train, model, algorithm, reference, ids, mask, adv, extra, device_batch_size) -> float:
-    """Backward over micro-batches; returns this rank's summed loss (the step's objective share)."""
-    N = ids.shape[0]
-    starts = list(range(0, N, device_batch_size))
-    loss_sum = 0.0
-    for i, b0 in enumerate(starts):
-        sl = slice(b0, b0 + device_batch_size)
-        length = int(mask[sl].nonzero()[:, 1].max()) + 2 if mask[sl].any() else 2  # trim trailing padding
-        x, y, m = ids[sl, :length - 1], ids[sl, 1:length], mask[sl, :length - 1]
-        y = torch.where(m > 0, y, -1)
-        batch_extra = dict(extra)
-        if "old_logp" in getattr(algorithm, "needs", ()):
-            batch_extra["old_logp"] = token_logp(ctx, model, x, y).detach()  # on-policy: the sampling policy
-        if reference is not None:
-            batch_extra["ref_logp"] = token_logp(ctx, reference, x, y).detach()
-        with ctx.no_sync(train, last=i == len(starts) - 1), ctx.autocast():
-            logp = -train(x, y, loss_reduction="none").float()  # (B, T)
-            loss = algorithm.loss(logp, m, adv[sl], batch_extra) * ctx.dist.world_size  # DDP averages ranks
-        loss.backward()
-        loss_sum += loss.item() / ctx.dist.world_size
-    return loss_sum
-
-
-@torch.no_grad()
-def token_logp(ctx, model, x, y) -> torch.Tensor:
-    with ctx.autocast():
-        return -model(x, y, loss_reduction="none").float()
-
-
-def frozen_copy(model):
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
@@ -322,6 +270,16 @@ def report(summary: dict, tracked: dict) -> list[str]:
     if "completion_len" in tracked:
         c = tracked["completion_len"]
         out.append(f"completion length (tokens): {fmt(c['first'])} -> {fmt(c['last'])}, mean {fmt(c['mean'])}")
+    if "entropy" in tracked:
+        e, parts = tracked["entropy"], [f"{m} mean {fmt(tracked[m]['mean'])}" for m in ("clip_frac", "kl_old")
+                                        if m in tracked and tracked["ratio_max"]["max"] != 1.0]
+        kl = [f"KL to the reference {fmt(tracked['kl_ref']['first'])} -> {fmt(tracked['kl_ref']['last'])}"] \
+            if "kl_ref" in tracked else []
+        out.append(f"policy entropy (nats/token): {fmt(e['first'])} -> {fmt(e['last'])}" +
+                   "".join(f"; {p}" for p in parts + kl))
+    if "groups_filtered" in tracked and tracked["groups_filtered"]["max"] > 0:
+        out.append(f"group filtering: {fmt(tracked['groups_filtered']['mean'])} groups dropped per step, "
+                   f"{fmt(tracked['refill_rounds']['mean'])} refill rounds (means)")
     speeds = [f"{m.split('_')[0]} {fmt(tracked[m]['mean'])}" for m in ("rollout_tok_s", "train_tok_s") if m in tracked]
     if speeds:
         out.append(f"tokens/s (mean): {', '.join(speeds)}")

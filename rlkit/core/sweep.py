@@ -1,0 +1,105 @@
+"""`rlkit run EXP --sweep key=a,b [--sweep key2=x,y]`: the cross product of the values, one run after another.
+
+Each point is a normal run of EXP with the point's overrides and a derived name (`<name>-<value>...`, a
+key ending in `.name` shows its value alone, others as `<last key part><value>`: quickstart-grpo-seed1),
+so it has its own run folder and Aim run. A point whose entries all finished is skipped; one that was
+stopped part-way (or whose folder holds finished entries) is resumed (--resume), so rerunning the same command finishes the sweep. Leading entries
+a point shares with an earlier point (the same config for them and everything before: only later entries
+differ, as when only stages.rl.* is swept) are copied from that point's finished run, hard-linked where
+the file system allows, so a sweep over the rl stage trains the stages before it once. At the end,
+`rlkit compare` of every point is printed (when tracking is on).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rlkit.core import handoff
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+
+
+def points(sweeps: list[str]) -> list[list[tuple[str, str]]]:
+    """['a=1,2', 'b=x'] -> [[('a', '1'), ('b', 'x')], [('a', '2'), ('b', 'x')]]: the cross product."""
+    axes = []
+    for item in sweeps:
+        key, sep, values = item.partition("=")
+        choices = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not choices:
+            raise RlkitError(f"--sweep {item}: expected key=value1,value2 (e.g. stages.rl.algorithm.name=grpo,rloo)")
+        if key.strip() in (k for k, _ in (a[0] for a in axes)):
+            raise RlkitError(f"--sweep {item}: {key.strip()} is swept twice; give its values once, comma-separated")
+        axes.append([(key.strip(), v) for v in choices])
+    return [list(p) for p in itertools.product(*axes)]
+
+
+def point_name(base: str, point: list[tuple[str, str]]) -> str:
+    parts = [v if k.endswith(".name") else f"{k.split('.')[-1]}{v}" for k, v in point]
+    return "-".join([base, *parts]).replace("/", "_")
+
+
+def reuse(cfg, names: list[str], earlier: list) -> bool:
+    """Copy into this point's run folder the leading entries an earlier, finished point ran with the same
+    config (for them and all before); True if any was copied (the run then resumes past them)."""
+    run_dir = Path(cfg.run_dir)
+    for other in earlier:
+        same = [e for k, e in enumerate(names) if _upto(cfg, names, k) == _upto(other, names, k)]
+        lead = names[:next((k for k, e in enumerate(names) if e not in same), len(names))]
+        lead = [e for e in lead if handoff.finished(Path(other.run_dir) / e) is not None]
+        if lead and not (run_dir / "config.yaml").exists():
+            for e in lead:
+                if not (run_dir / e).exists():
+                    shutil.copytree(Path(other.run_dir) / e, run_dir / e, copy_function=_link)
+            print0(f"rlkit sweep: {', '.join(lead)} shared with {other.name}: copied from {other.run_dir}")
+            return True
+    return False
+
+
+def _upto(cfg, names: list[str], k: int) -> dict:
+    """The config that decides entries 0..k: everything but the name, the folders and later entries."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("name", "run_dir", "base_dir"):
+        c.pop(key, None)
+    c["stages"] = {e: c["stages"][e] for e in names[:k + 1]}
+    return c
+
+
+def _link(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str], world_size: int) -> list[str]:
+    """Run every point of the sweep (checked first, all of them); print the comparison; return the run names."""
+    from rlkit.core import compare, pipeline
+
+    grid = points(sweeps)
+    prepared = []
+    for point in grid:  # every point is checked before the first one runs
+        base = pipeline.prepare(path, overrides + [f"{k}={v}" for k, v in point], extra_plugins, world_size)[0].name
+        name = point_name(base, point)
+        prepared.append((name, *pipeline.prepare(path, overrides + [f"{k}={v}" for k, v in point] + [f"name={name}"],
+                                                 extra_plugins, world_size)))
+    for i, (name, cfg, plugins) in enumerate(prepared):
+        run_dir = Path(cfg.run_dir)
+        names = [e.name for e in pipeline.entries(cfg, plugins)]
+        if all(handoff.finished(run_dir / e) is not None for e in names):
+            print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}) already finished: skipping")
+            continue
+        print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}): {' '.join(f'{k}={v}' for k, v in grid[i])}")
+        shared = reuse(cfg, names, [c for _, c, _ in prepared[:i]])
+        begun = (run_dir / "config.yaml").exists() or any(handoff.finished(run_dir / e) is not None for e in names)
+        pipeline.run(cfg, plugins, resume=begun or shared)
+    cfg = prepared[-1][1]
+    if cfg.tracking.enabled:
+        result = compare.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])
+        print0(compare.render(result))
+    else:
+        print0("rlkit sweep: tracking is off, so there is no comparison (tracking.enabled=true to get one)")
+    return [name for name, _, _ in prepared]

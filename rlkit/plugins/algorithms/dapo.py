@@ -1,0 +1,66 @@
+"""DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv:2503.14476).
+
+    A_i   = (r_i - mean(r)) / (std(r) + eps)               (std unbiased)
+    rho_t = exp(logp_t - old_logp_t)
+    obj_t = min(rho_t * A_i, clip(rho_t, 1 - clip_eps_low, 1 + clip_eps_high) * A_i)   (clip-higher)
+    loss  = -sum_{i,t} obj_t / N                            (token-level: N tokens in the minibatch, all ranks)
+Dynamic sampling: `filter_groups` asks the rl stage to drop groups whose G rewards are all equal (their
+advantages are 0) and to sample further prompts until the step has examples_per_step informative groups
+(or stages.rl.max_refills rounds ran). Overlong reward shaping, added to the reward before advantages and
+tracked as reward/overlong: a completion of L tokens gets
+    0 if L <= max_len - cache_len;   (max_len - cache_len - L) / cache_len if L <= max_len;   -1 beyond,
+with max_len defaulting to the rollout's max_new_tokens and cache_len to max_len // 5.
+Leaves out: no KL term (as the paper); its overlong filtering (masking truncated completions' loss).
+"""
+import torch
+
+import rlkit
+from rlkit.core.errors import RlkitError
+from rlkit.core.objectives import clipped_objective, group_advantages, ratio
+
+
+class DAPO:
+    needs = frozenset({"old_logp"})
+    min_samples = 2
+    filter_groups = True
+
+    def __init__(self, clip_eps_low: float, clip_eps_high: float, eps: float, max_len: int | None,
+                 cache_len: int | None):
+        self.low, self.high, self.eps = clip_eps_low, clip_eps_high, eps
+        self.max_len, self.cache_len = max_len, cache_len
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        return group_advantages(rewards, scale=True, eps=self.eps)
+
+    def shape(self, lengths: torch.Tensor, max_new_tokens: int) -> dict:
+        """lengths (P, G) completion tokens -> {"overlong": (P, G)} extra reward (soft overlong punishment)."""
+        max_len = self.max_len or max_new_tokens
+        cache = self.cache_len if self.cache_len is not None else max_len // 5
+        L = lengths.float()
+        soft = (max_len - cache - L) / max(cache, 1)
+        extra = torch.where(L <= max_len - cache, torch.zeros_like(L),
+                            torch.where(L <= max_len, soft, -torch.ones_like(L)))
+        return {"overlong": extra}
+
+    def loss(self, logp, mask, adv, extra):
+        """logp, mask (B, T); adv (B,). Token-level mean over the minibatch."""
+        obj, _ = clipped_objective(ratio(logp, extra["old_logp"]), adv[:, None], self.low, self.high)
+        return -(obj * mask).sum() / extra["num_tokens"]
+
+    def clipped(self, logp, mask, adv, extra):
+        return clipped_objective(ratio(logp, extra["old_logp"]), adv[:, None], self.low, self.high)[1]
+
+
+def dapo(clip_eps_low: float = 0.2, clip_eps_high: float = 0.28, eps: float = 1e-4, max_len: int | None = None,
+         cache_len: int | None = None) -> DAPO:
+    if not (0 < clip_eps_low < 1 and clip_eps_high > 0):
+        raise RlkitError(f"algorithm dapo: clip_eps_low must be in (0, 1) and clip_eps_high > 0 "
+                         f"(got {clip_eps_low}, {clip_eps_high})")
+    if max_len is not None and max_len < 1 or cache_len is not None and cache_len < 0:
+        raise RlkitError(f"algorithm dapo: max_len must be >= 1 and cache_len >= 0 (got {max_len}, {cache_len})")
+    return DAPO(clip_eps_low, clip_eps_high, eps, max_len, cache_len)
+
+
+@rlkit.hookimpl
+def rlkit_algorithms():
+    return {"dapo": dapo}

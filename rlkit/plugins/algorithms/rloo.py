@@ -1,0 +1,32 @@
+"""RLOO, REINFORCE leave-one-out (Kool et al. 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!";
+Ahmadian et al. 2024, "Back to Basics", arXiv:2402.14740).
+
+    A_i  = r_i - (1/(G-1)) sum_{j != i} r_j                 (each sample's baseline: the others' mean)
+    loss = -(1/S) sum_i A_i sum_t logp_t                     (sequence-level REINFORCE)
+S: sequences in the whole minibatch (all ranks). Leaves out: no ratio, no clip, no KL (on-policy).
+"""
+import torch
+
+import rlkit
+from rlkit.core.objectives import leave_one_out
+
+
+class RLOO:
+    needs = frozenset()
+    min_samples = 2  # the baseline needs another sample
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        return leave_one_out(rewards)
+
+    def loss(self, logp, mask, adv, extra):
+        """logp, mask (B, T); adv (B,). Sequence log-probs weighted by advantage, mean per sequence."""
+        return -((logp * mask).sum(dim=1) * adv).sum() / extra["num_sequences"]
+
+
+def rloo() -> RLOO:
+    return RLOO()
+
+
+@rlkit.hookimpl
+def rlkit_algorithms():
+    return {"rloo": rloo}

@@ -1,0 +1,218 @@
+"""The rl stage's update: `epochs` passes over one step's rollouts, each in `minibatches` optimizer steps.
+
+    updates: {epochs: 1, minibatches: 1}     # the default: one optimizer step per batch of rollouts
+
+The step's rows (all ranks' prompts x samples, in order) split into `minibatches`, row i into minibatch
+i % minibatches, so the minibatches are the same at any world size. Each is one optimizer step, its
+backward accumulated over micro-batches of `device_batch_size` rows, and its loss normalised by its
+counts over all ranks (`num_tokens`, `num_sequences`), so the gradient does not
+depend on the device batch size or the world size. Under DDP every rank runs as many micro-batches as the
+rank with the most (a rank short of rows runs an empty one), since DDP's all-reduce needs every rank.
+
+old_logp, the sampling policy's per-token log-prob, is taken once per step before the first update with
+the same forward (and micro-batch shapes) as training, so the first update sees ratio 1 exactly and
+later ones ratio != 1. With a single update there is no separate pass: the weights are still the sampling
+weights, so old_logp is the training forward's own log-prob, detached. ref_logp comes from the frozen
+reference model, under the same autocast. The policy is asked for logits (B, T, V), so the entropy of
+its next-token distribution on the sampled positions comes with the log-probs.
+
+Tracked per step (all ranks): the loss and gradient norm (means over the updates), the clip fraction
+(share of token-updates where the algorithm's `clipped` says the clip acted), mean and max ratio, the
+k3 KL to the old policy and to the reference, and the sampling policy's token entropy.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from rlkit.core import checkpoint as ckpt
+from rlkit.core import training
+from rlkit.core.dist import all_reduce_sum, print0
+from rlkit.core.handoff import Checkpoint
+from rlkit.core.objectives import k3
+from rlkit.core.policy import build
+from rlkit.core.track import grad_norm
+
+
+def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step: int, rows=None) -> dict:
+    """ids (N, L); mask (N, L-1): 1 where token t+1 was sampled; adv (N,); rows (N,): each row's index in
+    the step's rows of all ranks (default 0..N-1). Runs every update of the step and returns its tracked
+    numbers (means over ranks)."""
+    s = ctx.cfg
+    epochs, M = s.updates.epochs, s.updates.minibatches
+    rows = torch.arange(ids.shape[0]) if rows is None else rows.cpu()
+    # minibatch m holds the step's rows i with i % M == m, on whichever rank they are: the same
+    # minibatches at any world size. Sorted so that each minibatch is a contiguous slice here.
+    perm = sorted(range(len(rows)), key=lambda i: (int(rows[i]) % M, int(rows[i])))
+    if perm != list(range(len(rows))):
+        ids, mask, adv = ids[perm], mask[perm], adv[perm]
+    ends = torch.bincount(rows % M, minlength=M).cumsum(0).tolist()
+    bounds = list(zip([0, *ends[:-1]], ends))  # this rank's rows of each minibatch
+    micros = [micro_batches(ctx, ids, mask, b0, b1, s.device_batch_size) for b0, b1 in bounds]
+    acc = Stats(ctx.device)
+    old = None if epochs * M == 1 else before_update(ctx, model, micros, mask.shape, acc)  # (N, L-1)
+    for _epoch in range(epochs):
+        for m, (b0, b1) in enumerate(bounds):
+            n_rows, tokens = ctx.sum_over_ranks(torch.tensor([float(b1 - b0), float(mask[b0:b1].sum())],
+                                                           device=ctx.device))
+            if n_rows == 0:  # group filtering kept fewer rows than minibatches
+                continue
+            extra = {"num_tokens": tokens.clamp(min=1), "num_sequences": float(n_rows),
+                     "max_new_tokens": s.rollout.max_new_tokens}
+            loss = minibatch(ctx, train, algorithm, reference, micros[m], adv, extra, old, acc)
+            gnorm = grad_norm(model)
+            training.check_step(ctx, ctx.mean_over_ranks(torch.tensor(loss, device=ctx.device)), gnorm, step + 1)
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+            acc.add_update(loss, gnorm)
+    return acc.result(ctx, reference is not None)
+
+
+def micro_batches(ctx, ids, mask, b0: int, b1: int, size: int) -> list:
+    """The micro-batches of rows b0..b1, trailing padding trimmed: (rows slice, x, y, m); y is -1 where
+    nothing was sampled. Under DDP, padded with None to the count of the rank that has the most."""
+    out = []
+    for r0 in range(b0, b1, size):
+        sl = slice(r0, min(r0 + size, b1))
+        length = int(mask[sl].nonzero()[:, 1].max()) + 2 if mask[sl].any() else 2  # trim trailing padding
+        x, y, m = ids[sl, :length - 1], ids[sl, 1:length], mask[sl, :length - 1]
+        out.append((sl, x, torch.where(m > 0, y, -1), m))
+    if ctx.dist.distributed:
+        most = all_reduce_max(len(out), ctx.device)
+        out += [None] * (most - len(out))
+    return out
+
+
+def forward(model, x, y):
+    """(logp (B, T) float32 of the targets, 0 where y == -1; logits (B, T, V)) from one forward."""
+    logits = model(x)
+    logp = -F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none").view(y.shape)
+    return logp.float(), logits
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) -> (B, T): entropy of softmax(logits), in nats."""
+    logq = torch.log_softmax(logits.detach().float(), dim=-1)
+    return -(logq.exp() * logq).sum(dim=-1)
+
+
+@torch.no_grad()
+def before_update(ctx, model, micros, shape, acc) -> torch.Tensor:
+    """old_logp (N, L-1): the sampling policy's log-probs before any update (and its entropy)."""
+    old = torch.zeros(shape, device=ctx.device)
+    for mb in (mb for part in micros for mb in part if mb is not None):
+        sl, x, y, m = mb
+        with ctx.autocast():
+            logp, logits = forward(model, x, y)
+        old[sl, :logp.shape[1]] = logp
+        acc.add_entropy(entropy(logits), m)
+    return old
+
+
+def minibatch(ctx, train, algorithm, reference, micros, adv, extra, old, acc) -> float:
+    """One optimizer step's backward over its micro-batches; returns this rank's share of the loss."""
+    world = ctx.dist.world_size
+    loss_sum = 0.0
+    for i, mb in enumerate(micros):
+        with ctx.no_sync(train, last=i == len(micros) - 1), ctx.autocast():
+            if mb is None:  # this rank has fewer rows: an empty pass keeps DDP's all-reduce in step
+                x0 = torch.zeros(1, 1, dtype=torch.long, device=ctx.device)
+                (train(x0).sum() * 0.0).backward()
+                continue
+            sl, x, y, m = mb
+            logp, logits = forward(train, x, y)
+            batch_extra = dict(extra, lengths=m.sum(dim=1),
+                               old_logp=logp.detach() if old is None else old[sl, :logp.shape[1]])
+            if reference is not None:
+                batch_extra["ref_logp"] = ref_logp(ctx, reference, x, y, acc, sl.start)
+            loss = algorithm.loss(logp, m, adv[sl], batch_extra) * world  # DDP averages ranks
+        loss.backward()
+        loss_sum += loss.item() / world
+        if old is None:
+            acc.add_entropy(entropy(logits), m)
+        acc.add_tokens(algorithm, logp.detach(), m, adv[sl], batch_extra)
+    return loss_sum
+
+
+@torch.no_grad()
+def ref_logp(ctx, reference, x, y, acc, key: int) -> torch.Tensor:
+    """The reference model's log-probs of this micro-batch, computed once per step."""
+    if key not in acc.ref:
+        with ctx.autocast():
+            acc.ref[key] = forward(reference, x, y)[0]
+    return acc.ref[key]
+
+
+class Stats:
+    """Sums of the step's tracked quantities on this rank; result() reduces them over ranks."""
+
+    def __init__(self, device):
+        self.device, self.ref = device, {}
+        self.sums = torch.zeros(7, device=device)  # tokens, clipped, ratio, kl_old, kl_ref, ent_tokens, entropy
+        self.ratio_max = 0.0
+        self.losses, self.gnorms = [], []
+
+    def add_entropy(self, ent, m):
+        self.sums[5] += m.sum()
+        self.sums[6] += (ent * m).sum()
+
+    @torch.no_grad()
+    def add_tokens(self, algorithm, logp, m, adv, extra):
+        rho = torch.exp(logp - extra["old_logp"])  # (B, T)
+        clip = getattr(algorithm, "clipped", None)
+        clipped = clip(logp, m, adv, extra).float() if clip is not None else 0.0 * m
+        self.sums[0] += m.sum()
+        self.sums[1] += (clipped * m).sum()
+        self.sums[2] += (rho * m).sum()
+        self.sums[3] += (k3(extra["old_logp"], logp) * m).sum()
+        if "ref_logp" in extra:
+            self.sums[4] += (k3(extra["ref_logp"], logp) * m).sum()
+        if m.any():
+            self.ratio_max = max(self.ratio_max, float(rho[m > 0].max()))
+
+    def add_update(self, loss: float, gnorm) -> None:
+        self.losses.append(loss)
+        self.gnorms.append(float(gnorm))
+
+    def result(self, ctx, has_ref: bool) -> dict:
+        sums = all_reduce_sum(self.sums.clone())
+        tokens, ent_tokens = max(float(sums[0]), 1.0), max(float(sums[5]), 1.0)
+        out = {"loss": sum(self.losses) / len(self.losses), "grad_norm": sum(self.gnorms) / len(self.gnorms),
+               "clip_frac": float(sums[1]) / tokens, "ratio_mean": float(sums[2]) / tokens,
+               "ratio_max": all_reduce_max(self.ratio_max, ctx.device, float), "kl_old": float(sums[3]) / tokens,
+               "entropy": float(sums[6]) / ent_tokens}
+        if has_ref:
+            out["kl_ref"] = float(sums[4]) / tokens
+        return out
+
+
+def all_reduce_max(value, device, kind=int):
+    """The largest of a number over ranks (itself in one process)."""
+    import torch.distributed as torch_dist
+
+    if not torch_dist.is_initialized():
+        return value
+    t = torch.tensor(float(value), device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return kind(t.item())
+
+
+def reference_model(ctx, model, tokenizer, start: Checkpoint | None):
+    """The frozen reference for ref_logp: `reference.init` if set, else the checkpoint the stage started
+    from (with none, the model as the stage began). Every rank holds one; it never trains."""
+    path = ctx.cfg.reference.init
+    where = f"stages.{ctx.name}.reference.init"
+    handle = Checkpoint.open(path, where) if path is not None else start
+    if handle is None or handle.path is None:
+        ref = copy.deepcopy(model)
+    else:
+        ref, _ = build(ctx.plugins, handle.model["name"], handle.model["args"], tokenizer, ctx.seq_len, where)
+        state, _, _ = ckpt.load_checkpoint(handle.path, load_optimizer=False, verify=not handle.verified)
+        ref.load_state_dict(state)
+        print0(f"[{ctx.name}] reference model: {handle.path}")
+    ref = ref.to(ctx.device).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref

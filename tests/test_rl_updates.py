@@ -1,0 +1,171 @@
+"""The rl stage's off-policy machinery: several updates per rollout batch, the reference model, group filtering.
+
+- epochs: 2 -> the first update sees ratio 1 exactly, the second ratios != 1, and the clip stops the
+  gradient of exactly the tokens the algorithm says it clipped;
+- ref_logp is the starting checkpoint's log-probs, so deepseek_grpo's KL is 0 at step 1 and positive later;
+- filter_groups drops groups whose rewards are all equal and refills the step with fresh prompts.
+"""
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlkit.core import pipeline
+from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
+from rlkit.core.plugins import load_plugins
+from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.stages import rl_batch, rl_update
+
+ALGORITHMS = load_plugins().tables["algorithm"]
+
+
+class Recording:
+    """dr_grpo, recording each loss call's ratios, the gradient reaching logp and the clip mask."""
+
+    def __init__(self):
+        self.inner, self.calls = ALGORITHMS["dr_grpo"](clip_eps=0.05), []
+        self.needs = self.inner.needs
+
+    def advantages(self, rewards):
+        return self.inner.advantages(rewards)
+
+    def clipped(self, logp, mask, adv, extra):
+        return self.inner.clipped(logp, mask, adv, extra)
+
+    def loss(self, logp, mask, adv, extra):
+        call = {"rho": torch.exp(logp - extra["old_logp"]).detach(), "mask": mask,
+                "clipped": self.inner.clipped(logp.detach(), mask, adv, extra), "adv": adv}
+        logp.register_hook(lambda g: call.__setitem__("grad", g.clone()))
+        self.calls.append(call)
+        return self.inner.loss(logp, mask, adv, extra)
+
+
+def test_second_epoch_sees_ratios_and_the_clip_stops_their_gradient(write_yaml, tmp_path, stage_ctx):
+    path = write_yaml("""\
+        name: epochs
+        stages:
+          rl:
+            task: {name: arithmetic}
+            rewards: [{name: gsm8k}]
+            rollout: {max_new_tokens: 30}
+            device_batch_size: 3
+            updates: {epochs: 2, minibatches: 1}
+        """)
+    ctx = stage_ctx(path, "rl", Path(tmp_path) / "runs")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 300, (8, 30), generator=g)  # (N, L)
+    mask = torch.zeros(8, 29)
+    mask[:, 8:20] = 1  # (N, L-1)
+    adv = torch.tensor([1.0, -1.0] * 4)
+    algorithm = Recording()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.02)
+    stats = rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0)
+
+    per_update = len(algorithm.calls) // 2  # 3 micro-batches per update
+    first, second = algorithm.calls[:per_update], algorithm.calls[per_update:]
+    for call in first:  # the weights that sampled: old_logp is the same forward's log-prob
+        assert torch.equal(call["rho"][call["mask"] > 0], torch.ones(int(call["mask"].sum())))
+    assert max(float((c["rho"] - 1).abs().max()) for c in second) > 1e-2
+    clipped = sum(int((c["clipped"] & (c["mask"] > 0)).sum()) for c in second)
+    assert clipped > 0, "the clip never acted: the test would prove nothing"
+    for c in second:
+        active = c["mask"] > 0
+        assert torch.all(c["grad"][c["clipped"] & active] == 0)  # clipped: no gradient
+        assert torch.all(c["grad"][~c["clipped"] & active] != 0)  # the rest: rho * A / (S * max_new_tokens)
+    assert stats["clip_frac"] == pytest.approx(clipped / (2 * float(mask.sum())))
+    assert stats["ratio_max"] > 1.0 and stats["kl_old"] > 0 and stats["entropy"] > 0
+
+
+# --------------------------------------------------------------------------- reference and KL, end to end
+
+TINY = """\
+# tokenizer -> rl {first} (tests)
+name: ref
+seed: 0
+device: cpu
+plugins: [./const.py]
+model: {{depth: 1, seq_len: 128, dtype: float32}}
+tracking: {{enabled: false}}
+stages:
+  tokenizer:
+    vocab_size: 300
+    max_chars: 100000
+    data: {{source: arithmetic, args: {{size: 500}}}}
+  {entries}
+"""
+RL = """\
+    kind: rl
+    task: {{name: arithmetic, args: {{size: 200}}}}
+    algorithm: {{name: {algorithm}}}
+    rewards: [{{name: half_constant}}]
+    optimizer: {{name: adamw, args: {{lr: 0.02}}}}
+    rollout: {{samples: 4, temperature: 1.0, top_k: 0, max_new_tokens: 8}}
+    steps: {steps}
+    examples_per_step: 4
+    device_batch_size: 16
+    init_lr_frac: 1.0
+    save_every: 0
+    max_refills: {refills}
+    eval: {{every: 0, examples: 2, k: 1}}
+"""
+REWARD = '''\
+"""A reward that is constant (1.0) for half of the prompts and the digit share of the completion for the rest."""
+import zlib
+
+import rlkit
+
+
+@rlkit.hookimpl
+def rlkit_rewards():
+    return {"half_constant": half_constant}
+
+
+def half_constant(completion, example):
+    if zlib.crc32(repr(sorted(example.items())).encode()) % 2:
+        return 1.0
+    return sum(c in "0123456789" for c in completion) / max(1, len(completion))
+'''
+
+
+def _run(write_file, write_yaml, tmp_path, monkeypatch, entries: str):
+    write_file("const.py", REWARD)
+    monkeypatch.chdir(tmp_path)
+    cfg, plugins = pipeline.prepare(write_yaml(TINY.format(first="", entries=entries)), [], [])
+    pipeline.run(cfg, plugins)
+    return tmp_path / "runs" / "ref"
+
+
+def test_ref_logp_is_the_starting_checkpoint_and_the_kl_grows(write_file, write_yaml, tmp_path, monkeypatch):
+    refs, stats = [], []
+    build_ref, update = rl_update.reference_model, rl_update.update
+    monkeypatch.setattr(rl_update, "reference_model", lambda *a: refs.append(build_ref(*a)) or refs[-1])
+    monkeypatch.setattr(rl_update, "update", lambda *a, **k: stats.append(update(*a, **k)) or stats[-1])
+    entries = "first:\n" + RL.format(algorithm="grpo", steps=2, refills=0) + \
+              "  second:\n" + RL.format(algorithm="deepseek_grpo", steps=3, refills=0)
+    run_dir = _run(write_file, write_yaml, tmp_path, monkeypatch, entries)
+
+    start, _, _ = load_checkpoint(latest_checkpoint(run_dir / "first"), load_optimizer=False)
+    assert len(refs) == 1  # only the entry whose algorithm needs ref_logp loads one
+    for k, v in refs[0].state_dict().items():
+        assert torch.equal(v, start[k]), k
+    assert all(not p.requires_grad for p in refs[0].parameters())
+    kl = [s["kl_ref"] for s in stats[2:]]  # the second entry's steps
+    assert kl[0] == 0.0  # step 1: the policy still is the reference
+    assert kl[1] > 0 and kl[2] > 0
+    assert "kl_ref" not in stats[0]  # grpo: no reference
+
+
+def test_filter_groups_drops_constant_groups_and_refills(write_file, write_yaml, tmp_path, monkeypatch):
+    batches = []
+    collect = rl_batch.collect
+    monkeypatch.setattr("rlkit.plugins.stages.rl.collect", lambda *a: batches.append(collect(*a)) or batches[-1])
+    _run(write_file, write_yaml, tmp_path, monkeypatch, "rl:\n" + RL.format(algorithm="dapo", steps=3, refills=6))
+
+    assert sum(b.stats["groups_filtered"] for b in batches) > 0, "no constant group came up: nothing was tested"
+    assert any(b.stats["refill_rounds"] > 0 for b in batches)
+    for b in batches:
+        assert b.stats["groups_kept"] == 4 and b.ids.shape[0] == 4 * 4  # full steps, refilled
+        assert torch.all(b.adv.view(4, 4).abs().sum(dim=1) > 0)  # every kept group is informative
