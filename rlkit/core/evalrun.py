@@ -4,7 +4,7 @@
 
 The target is what `init:` may name (a step, entry or run folder; rlkit.core.handoff). When it lies in
 a run folder (its config.yaml is found there or above), the run's plugins, model section, device and
-dtype are used, and for a task the run evaluated, the settings of the entry that saved the checkpoint
+dtype are used, and for a task the run evaluated, the settings of the entry whose folder was named
 if it evaluated the task, else of the last entry that did
 (each stage's `evals(cfg)`: k, temperature, top-k, max_new_tokens, reward, examples) and that
 entry's seed, so the figures repeat the run's exactly. `NAME:k` sets k (sampling at T=1 when the
@@ -14,6 +14,8 @@ Under torchrun each rank takes a slice of the problems, as in an eval stage.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
     run_dir, cfg = find_run(start.path)
     base = Path(cfg.get("base_dir") or ".")
     plugins = load_plugins([base / p for p in cfg.get("plugins") or []] + list(extra_plugins))
-    known = run_settings(cfg, plugins, start.meta.get("stage")) if run_dir is not None else {}
+    known = run_settings(cfg, plugins, _entry_named(Path(target), run_dir)) if run_dir is not None else {}
     info, device = dist.init(str(cfg.get("device") or "auto"))
     try:
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)
@@ -53,7 +55,8 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
             ctx = StageContext("rlkit-eval", None, cfg, index, plugins, run_dir or start.path, device, dtype, info,
                                Tracker())
             if loaded is None:
-                loaded = ctx.load_model(start)
+                with contextlib.redirect_stdout(sys.stderr):  # stdout is the table or the JSON alone
+                    loaded = ctx.load_model(start)
             model, tokenizer = loaded
             task = ctx.task(spec, "test", key=f"task {spec.name}")
             seed = entry_seed(cfg.seed, index) if entry is not None else 0
@@ -83,9 +86,18 @@ def find_run(step_dir: Path) -> tuple[Path | None, DictConfig]:
                                    "model": {"name": None, "args": {}, "seq_len": 2048, "dtype": "auto"}})
 
 
+def _entry_named(target: Path, run_dir: Path) -> str | None:
+    """The entry folder the target names (runs/x/sft/step_000150 -> sft); None for the run folder itself."""
+    try:
+        parts = target.resolve().relative_to(run_dir.resolve()).parts
+    except ValueError:
+        return None
+    return parts[0] if parts else None
+
+
 def run_settings(cfg: DictConfig, plugins, stage: str | None) -> dict[str, tuple[int, str, list[EvalTask]]]:
     """{task name: (entry index, entry name, its EvalTasks for that task)}: the settings of entry `stage` (the
-    one that saved the checkpoint) where it evaluated the task, else of the last entry that did."""
+    entry folder named) where it evaluated the task, else of the last entry that did."""
     from rlkit.core import pipeline
 
     found = {}

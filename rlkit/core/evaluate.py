@@ -137,7 +137,7 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
 
 
 def headline(result: dict) -> dict:
-    """The figures of a result that go on the report card and into Aim (accuracy, centred, pass@j, delta)."""
+    """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
+    pass@1..k when sampled."""
     keep = ("accuracy", "centred") if result.get("kind") == "choice" else ("accuracy",)
-    return {k: v for k, v in result.items()
-            if k in keep or (k.startswith(("pass@", "delta")) and "accuracy" not in result)}
+    return {k: v for k, v in result.items() if k in keep or (k.startswith("pass@") and "accuracy" not in result)}
