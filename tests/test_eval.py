@@ -188,8 +188,14 @@ stages:
     device_batch_size: 4
     save_every: 0
     eval: {every: 0, examples: 6, k: 3, reward: {name: parity}}
+  eval_sft:
+    kind: eval
+    init: sft
+    examples: 6
+    tasks: [{name: arithmetic, args: {size: 300}, max_new_tokens: 8, reward: parity}]
   eval_rl:
     kind: eval
+    init: rl
     examples: 6
     tasks:
       - {name: arithmetic, args: {size: 300}, max_new_tokens: 8, reward: parity}
@@ -253,8 +259,11 @@ def table(report: str) -> dict:
 def test_report_card_table_has_a_column_per_evaluated_entry_with_the_values_in_aim(evaluated):
     folder, out, aim = evaluated
     rows = table((folder / "runs/evals/report.md").read_text())
-    assert list(next(iter(rows.values()))) == ["SFT", "RL", "EVAL_RL"]  # pretrain and tokenizer evaluate nothing
-    assert set(rows) == {"arithmetic accuracy", "arithmetic pass@1", "arithmetic pass@2", "arithmetic pass@3",
+    assert list(next(iter(rows.values()))) == ["SFT", "RL", "EVAL_SFT", "EVAL_RL"]  # pretrain evaluates nothing
+    # `init: sft`: the sft entry's checkpoint, evaluated as the sft stage did (greedy, the same problems)
+    assert rows["arithmetic accuracy"]["EVAL_SFT"] == rows["arithmetic accuracy"]["SFT"]
+    assert "[eval_sft] starting from runs/evals/sft/step_000002" in out
+    assert set(rows) == {"arithmetic accuracy", "arithmetic pass@1", "arithmetic pass@3",
                          "arithmetic pass@4", "ARC-Easy accuracy", "ARC-Easy centred", "HumanEval accuracy",
                          "ChatCORE"}
     assert rows["arithmetic accuracy"]["SFT"] == pytest.approx(aim["sft|accuracy"], abs=5e-5)

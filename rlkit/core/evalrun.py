@@ -67,10 +67,16 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
                          "settings": {"k": spec.k, "temperature": spec.temperature, "top_k": spec.top_k,
                                       "max_new_tokens": spec.max_new_tokens, "reward": spec.reward,
                                       "mode": spec.mode},
-                         "figures": headline(result)})
+                         "figures": _figures(result)})
         return rows
     finally:
         dist.shutdown()
+
+
+def _figures(result: dict) -> dict:
+    """What the command prints: accuracy (and centred), or every pass@j of a sampled task."""
+    passes = {k: v for k, v in result.items() if k.startswith("pass@")}
+    return passes if passes and "accuracy" not in result else headline(result)
 
 
 def find_run(step_dir: Path) -> tuple[Path | None, DictConfig]:

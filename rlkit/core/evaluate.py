@@ -138,6 +138,9 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
 
 def headline(result: dict) -> dict:
     """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
-    pass@1..k when sampled."""
-    keep = ("accuracy", "centred") if result.get("kind") == "choice" else ("accuracy",)
-    return {k: v for k, v in result.items() if k in keep or (k.startswith("pass@") and "accuracy" not in result)}
+    pass@1 and pass@k (the largest k) when sampled."""
+    if "accuracy" in result:
+        return {k: result[k] for k in ("accuracy", "centred") if k in result and
+                (k == "accuracy" or result.get("kind") == "choice")}
+    ks = sorted(int(k[5:]) for k in result if k.startswith("pass@"))
+    return {f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}
