@@ -132,7 +132,8 @@ def eval_(
     target: Annotated[Path, typer.Argument(help="A checkpoint: a step, stage or run folder (its last finished "
                                                 "stage), e.g. runs/quickstart.")],
     task: Annotated[Optional[list[str]], typer.Option(
-        "--task", help="A task to evaluate, NAME or NAME:k (k samples, pass@1..k); repeatable.")] = None,
+        "--task", help="A task to evaluate: NAME, NAME:1 (greedy) or NAME:k (k samples, pass@1..k); "
+                       "repeatable.")] = None,
     examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="Problems per task (default: the "
                                                                            "run's setting, else 500).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,

@@ -7,8 +7,9 @@ a run folder (its config.yaml is found there or above), the run's plugins, model
 dtype are used, and for a task the run evaluated, the settings of the entry whose folder was named
 if it evaluated the task, else of the last entry that did
 (each stage's `evals(cfg)`: k, temperature, top-k, max_new_tokens, reward, examples) and that
-entry's seed, so the figures repeat the run's exactly. `NAME:k` sets k (sampling at T=1 when the
-settings were greedy); `examples` overrides the problem count. A task the run never evaluated, or a
+entry's seed, so the figures repeat the run's exactly. `NAME:1` is greedy; `NAME:k` with k > 1
+samples k a problem (at the entry's temperature, T=1 when it was greedy); `examples` overrides the
+problem count. A task the run never evaluated, or a
 checkpoint outside a run: greedy, or with `:k`, k samples at T=1, top-k 50, seed 0.
 Under torchrun each rank takes a slice of the problems, as in an eval stage.
 """
@@ -139,7 +140,7 @@ def _specs(item: str, known: dict, examples: int | None, plugins) -> list[tuple[
     else:
         index, entry, specs = 0, None, [EvalTask(name=name, examples=DEFAULT_EXAMPLES)]
     if k is not None:
-        specs = [replace(s, k=k, temperature=s.temperature or (1.0 if k > 1 else 0.0)) for s in specs]
+        specs = [replace(s, k=k, temperature=(s.temperature or 1.0) if k > 1 else 0.0) for s in specs]
     if examples is not None:
         specs = [replace(s, examples=examples) for s in specs]
     return [(s, index, entry) for s in specs]
