@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import test_core_metric as core_bundle  # its small DCLM-layout bundle
+
 from rlkit.core.choice import centred, evaluate_choice, letter_ids
 from rlkit.core.evaluate import pass_at
 from rlkit.core.task import Task, make_choice_example, prompt_messages
@@ -193,6 +195,7 @@ stages:
     init: sft
     examples: 6
     tasks: [{name: arithmetic, args: {size: 300}, max_new_tokens: 8, reward: parity}]
+    core: {path: bundle, max_per_task: 3}
   eval_rl:
     kind: eval
     init: rl
@@ -235,6 +238,11 @@ def evaluated(tmp_path_factory):
     (folder / "parity.py").write_text(PARITY)
     write_jsonl(folder / "arc.jsonl", ARC_ROWS)
     write_jsonl(folder / "he.jsonl", HUMANEVAL_ROWS)
+    (folder / "bundle" / "eval_data").mkdir(parents=True)
+    (folder / "bundle" / "core.yaml").write_text(core_bundle.CORE_YAML)
+    (folder / "bundle" / "eval_meta_data.csv").write_text(core_bundle.META)
+    for name, rows in (("mc", core_bundle.MC), ("schema", core_bundle.SCHEMA), ("lm", core_bundle.LM)):
+        write_jsonl(folder / "bundle" / "eval_data" / f"{name}.jsonl", rows)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         result = CliRunner().invoke(app, ["run", "exp.yaml"])
@@ -265,7 +273,10 @@ def test_report_card_table_has_a_column_per_evaluated_entry_with_the_values_in_a
     assert "[eval_sft] starting from runs/evals/sft/step_000002" in out
     assert set(rows) == {"arithmetic accuracy", "arithmetic pass@1", "arithmetic pass@3",
                          "arithmetic pass@4", "ARC-Easy accuracy", "ARC-Easy centred", "HumanEval accuracy",
-                         "ChatCORE"}
+                         "ChatCORE", "CORE"}
+    assert rows["CORE"]["EVAL_SFT"] == pytest.approx(aim["eval_sft|CORE"], abs=5e-5)
+    assert rows["CORE"]["EVAL_SFT"] == pytest.approx(sum(aim[f"eval_sft|core/{t}/centred"] for t in
+                                                         ("mc_task", "schema_task", "lm_task")) / 3, abs=1e-4)
     assert rows["arithmetic accuracy"]["SFT"] == pytest.approx(aim["sft|accuracy"], abs=5e-5)
     assert rows["arithmetic pass@3"]["RL"] == pytest.approx(aim["rl|pass@3"], abs=5e-5)
     assert rows["arithmetic pass@1"]["SFT"] is None and rows["arithmetic pass@4"]["RL"] is None

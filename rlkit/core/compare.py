@@ -22,7 +22,7 @@ from rlkit.core.errors import RlkitError
 # and delta@1, pass@1's paired change from step 0
 KEY_METRICS = ("loss", "bpb", "accuracy", "reward", "completion_len", "tokens_per_s", "rollout_tok_s", "mfu")
 LOWER_IS_BETTER = ("loss", "bpb")
-EVAL_METRIC = re.compile(r"^[^/]+/(accuracy|centred|pass@\d+)$")  # tracked by an eval with a task context
+EVAL_METRIC = re.compile(r"^([^/]+/(accuracy|centred|pass@\d+)|CORE|ChatCORE)$")  # an eval's, with a task context
 NO_BEST = ("delta@1", "completion_len", "lr_mult", "grad_norm", "adv_std", "vocab_size", "train_chars")
 
 

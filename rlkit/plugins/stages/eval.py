@@ -10,15 +10,20 @@ pass@1..k by the unbiased estimator (rlkit.core.evaluate); a multiple-choice one
 (rlkit.core.choice). Ranks take disjoint slices of the problems; sums are all-reduced. Samples
 are drawn with the entry's seed, so `rlkit eval RUN --task T` repeats them exactly.
 ChatCORE, as nanochat defines it: the mean centred accuracy over the chat tasks that ran
-(ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval; a generative task's chance is 0).
+(ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval; a generative task's chance is 0). With
+`core: {path: <DCLM eval bundle>}` (or `core: {}` to download it) also CORE, for base models
+(rlkit.core.corebench): its 22 tasks' centred accuracies and their mean.
 Every figure is tracked in Aim with the context {stage, task} and put in ctx.summary["evals"],
 which the report card's table shows, one column per evaluated entry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
 
 import rlkit
+from rlkit.core import corebench
 from rlkit.core.choice import MODES
 from rlkit.core.config import plugin_list
 from rlkit.core.dist import print0
@@ -31,8 +36,15 @@ CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nano
 
 
 @dataclass
+class Core:
+    path: Optional[str] = None  # the DCLM eval bundle's folder; None: download it (rlkit.core.corebench)
+    max_per_task: int = -1  # examples per CORE task (-1: all)
+
+
+@dataclass
 class EvalConfig:
     tasks: list[EvalTask] = plugin_list("task")
+    core: Optional[Core] = None  # CORE for base models: {path: ...} or {} to download the bundle
     examples: int = 500  # problems per task (a task's own `examples` wins)
     split: str = "test"
     reward_timeout: float = 10.0  # seconds a reward may take on one completion
@@ -43,7 +55,13 @@ def evals(cfg: EvalConfig) -> list[EvalTask]:
 
 
 def check(cfg: EvalConfig, setup) -> None:
-    if not cfg.tasks:
+    if cfg.core is not None and cfg.core.path is not None:
+        try:
+            corebench.bundle(str(setup.base_dir / cfg.core.path) if not Path(cfg.core.path).is_absolute()
+                             else cfg.core.path)
+        except RlkitError as e:
+            raise RlkitError(f"{setup.where}.{e}") from None
+    if not cfg.tasks and cfg.core is None:
         raise RlkitError(f"{setup.where}.tasks: empty; list at least one, e.g. [{{name: <task>}}] "
                          f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
     if not setup.has_start:
@@ -81,6 +99,8 @@ def run(ctx, start):
         ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=spec.name)
         found.setdefault(result["title"], {}).update(figures)
         centred[result["title"]] = result["centred"]  # ChatCORE averages it, every kind
+    if ctx.cfg.core is not None:
+        run_core(ctx, model, tokenizer, step, found)
     chat = [centred[t] for t in CHAT_TASKS if t in centred]
     if chat:
         found["ChatCORE"] = {"score": sum(chat) / len(chat), "tasks": len(chat)}
@@ -90,9 +110,25 @@ def run(ctx, start):
     return start
 
 
+def run_core(ctx, model, tokenizer, step: int, found: dict) -> None:
+    """CORE over the eval bundle's tasks: each task's accuracy and centred accuracy, and their mean."""
+    path = ctx.cfg.core.path
+    folder = corebench.bundle(None if path is None else str(ctx.base_dir / path))
+    result = corebench.evaluate_core(ctx, model, tokenizer, folder, ctx.cfg.core.max_per_task)
+    for label, figures in result["tasks"].items():
+        print0(f"[{ctx.name}] CORE {label}: accuracy {figures['accuracy']:.4f} | centred {figures['centred']:.4f}")
+        ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=f"core/{label}")
+    print0(f"[{ctx.name}] CORE {result['core']:.4f} (mean centred accuracy of {len(result['tasks'])} tasks)")
+    ctx.tracker.metrics({"CORE": result["core"]}, step=step, stage=ctx.name)
+    found["CORE"] = {"score": result["core"], "tasks": len(result["tasks"])}
+    ctx.summary["core_tasks"] = result["tasks"]
+
+
 def report(summary: dict, tracked: dict) -> list[str]:
-    return [f"{title}: " + ", ".join(f"{k} {fmt(v)}" for k, v in figures.items())
-            for title, figures in summary.get("evals", {}).items()]
+    lines = [f"{title}: " + ", ".join(f"{k} {fmt(v)}" for k, v in figures.items())
+             for title, figures in summary.get("evals", {}).items()]
+    return lines + [f"CORE {label}: accuracy {fmt(f['accuracy'])}, centred {fmt(f['centred'])}"
+                    for label, f in summary.get("core_tasks", {}).items()]
 
 
 @rlkit.hookimpl
