@@ -322,3 +322,13 @@ def test_rlkit_eval_bad_task_is_one_line(evaluated, cli):
     assert "--task" in result.stderr and "arithmetic" in result.stderr  # did you mean
     result = cli("eval", folder / "runs/evals", "--task", "arithmetic:zero")
     assert result.exit_code == 1 and "k must be a whole number" in result.stderr
+
+
+def test_rlkit_compare_shows_eval_metrics_by_default():
+    from rlkit.core.compare import _metric_rows
+
+    series = [{("rl", "reward"): 1, ("eval_rl", "arithmetic/pass@8"): 1, ("eval_rl", "arc_easy/centred"): 1,
+               ("eval_rl", "ChatCORE"): 1, ("rl", "reward/gsm8k"): 1}]
+    rows = _metric_rows(series, None, ["rl", "eval_rl"])
+    assert ("eval_rl", "arithmetic/pass@8") in rows and ("eval_rl", "arc_easy/centred") in rows
+    assert ("eval_rl", "ChatCORE") in rows and ("rl", "reward/gsm8k") not in rows
