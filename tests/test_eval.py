@@ -332,3 +332,16 @@ def test_rlkit_compare_shows_eval_metrics_by_default():
     rows = _metric_rows(series, None, ["rl", "eval_rl"])
     assert ("eval_rl", "arithmetic/pass@8") in rows and ("eval_rl", "arc_easy/centred") in rows
     assert ("eval_rl", "ChatCORE") in rows and ("rl", "reward/gsm8k") not in rows
+
+
+def test_init_may_name_an_earlier_entry_but_not_a_later_one(write_yaml, cli):
+    path = write_yaml("""\
+        name: x
+        model: {depth: 1, seq_len: 64}
+        stages:
+          tokenizer: {vocab_size: 300, data: {source: arithmetic, args: {size: 50}}}
+          eval_early: {kind: eval, init: sft, tasks: [{name: arithmetic}]}
+          sft: {task: {name: arithmetic}, steps: 1, examples_per_step: 8, device_batch_size: 8}
+        """)
+    result = cli("check", path)
+    assert result.exit_code == 1 and "stages.eval_early.init: 'sft' is an entry that runs later" in result.stderr

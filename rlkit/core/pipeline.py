@@ -68,6 +68,10 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
                          f"(installed stages: {', '.join(sorted(plugins.tables['stage'])) or 'none'})")
     for i, e in enumerate(found):
         where = f"{path}: stages.{e.name}"
+        if e.init in [f.name for f in found[i:]]:
+            when = "later" if e.init != e.name else "here"
+            raise RlkitError(f"{where}.init: '{e.init}' is an entry that runs {when}; init: may name an earlier "
+                             "entry, a checkpoint, an entry folder or a run folder")
         if e.init is not None and e.init not in [f.name for f in found[:i]]:  # a missing start fails now
             handoff.Checkpoint.open(e.init, f"{where}.init")
         if e.stage.check is not None:

@@ -122,7 +122,8 @@ def held_out_accuracy(ctx, model, tokenizer) -> None:
     """Greedy accuracy on the task's test problems, scored by `eval_reward`."""
     s = ctx.cfg
     (spec,) = evals(s)
-    result = run_task(ctx, model, tokenizer, ctx.task(s.task, "test"), spec, examples=spec.examples, seed=0)
+    result = run_task(ctx, model, tokenizer, ctx.task(s.task, "test"), spec, examples=spec.examples,
+                      seed=ctx.seed())  # greedy: the seed changes nothing
     print0(f"[{ctx.name}] held-out accuracy (greedy, {s.eval_examples} problems): {result['pass@1']:.3f}")
     for question, answer, score in result["samples"][:2]:
         print0(f"[{ctx.name}] sample: {question[:80]!r} -> {answer[:120]!r} ({score:g})")
