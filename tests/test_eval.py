@@ -153,6 +153,9 @@ def test_humaneval_scores_right_and_wrong_replies_by_running_the_tests(tmp_path)
     assert reward.score_batch(replies, examples, timeout=2.0) == [1.0, 0.0, 1.0, 0.0]
     assert score([("humaneval", 1.0, reward)], replies[:2], examples[:2], "in a test")["humaneval"].tolist() == \
         [1.0, 0.0]  # through the guarded scorer, batched
+    typed = {"prompt": "from typing import List\n\n\ndef first(x: List[int]) -> int:\n", "entry_point": "first",
+             "test": "def check(f):\n    assert f([4, 5]) == 4\n"}  # a whole function keeps the prompt's imports
+    assert reward("```python\ndef first(x: List[int]) -> int:\n    return x[0]\n```", typed) == 1.0
 
 
 def test_a_task_that_is_a_plain_list_still_works_and_is_generative():

@@ -4,7 +4,8 @@ A row {"task_id", "prompt", "canonical_solution", "test", "entry_point"} becomes
 user asks for the function whose signature and docstring are `prompt`, the reference reply is the
 prompt and canonical solution in a ```python block. The task's reward, `humaneval`, takes the
 completion's first ```python block (or the whole reply), puts the prompt before it when it does
-not define the function itself (a reply that only continues the body), appends the row's `test`
+not define the function itself (a reply that only continues the body; else the prompt's imports
+alone), appends the row's `test`
 and `check(<entry_point>)`, and runs that program in rlkit.core.sandbox: 1.0 if it runs to its
 end, else 0.0 (a wrong answer, an exception, a timeout, anything the sandbox refuses). A batch of
 completions runs in parallel over the cores (`score_batch`).
@@ -60,6 +61,9 @@ def program(completion: str, example) -> str:
     code = match.group(1) if match else completion
     if not re.search(rf"^\s*def\s+{re.escape(example['entry_point'])}\s*\(", code, re.M):
         code = example["prompt"] + code
+    else:  # the whole function: keep the prompt's imports (typing's List, say), as nanochat does
+        imports = [line for line in example["prompt"].splitlines() if line.startswith(("import ", "from "))]
+        code = "\n".join(imports + [code])
     return f"{code}\n\n{example['test']}\n\ncheck({example['entry_point']})\n"
 
 
