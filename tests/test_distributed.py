@@ -82,6 +82,10 @@ stages:
     init_lr_frac: 1.0
     save_every: 0
     eval: {every: 0, examples: 4, k: 2, reward: {name: digit}}
+  eval_rl:
+    kind: eval
+    examples: 6
+    tasks: [{name: arithmetic, args: {size: 64}, k: 3, temperature: 1.0, top_k: 20, max_new_tokens: 8, reward: digit}]
 """
 
 DIGIT_REWARD = '''
@@ -130,9 +134,33 @@ def test_two_ranks_match_one(experiment):
     # held-out evals, before and after, with the paired change: ranks score disjoint problems, sums all-reduced
     evals = r"eval at step (\d+): pass@1 ([\d.]+)(?: \(([-+][\d.]+) ± ([\d.]+) vs step 0\))?"
     assert len(re.findall(evals, one)) == 2 and re.findall(evals, two) == re.findall(evals, one)
+    # the eval stage: ranks score disjoint problems, sums all-reduced
+    stage_eval = r"\[eval_rl\] arithmetic: (.*)"
+    assert len(re.findall(stage_eval, one)) == 1 and re.findall(stage_eval, two) == re.findall(stage_eval, one)
     records = [json.loads(line) for line in (experiment / "sync.jsonl").read_text().splitlines()]
     two_rank = [r for r in records if r["world"] == 2]
     assert len(two_rank) == 7 and all(r["identical"] for r in two_rank)  # 4 pretrain + 3 rl steps
+
+
+def rlkit_eval(folder, *args, nproc=1):
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    cmd = [sys.executable, *launch, "-m", "rlkit", "eval", *args, "--json"]
+    out = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return json.loads(out.stdout[out.stdout.index("["):])
+
+
+def test_rlkit_eval_repeats_the_rl_stage_final_eval_on_one_rank_and_two(experiment):
+    rlkit_run(experiment, "run_dir=runs/one", "stages.eval_rl=null")
+    after = json.loads((experiment / "runs/one/summary.json").read_text())["stages"]["rl"]["eval_after"]
+    (one,) = rlkit_eval(experiment, "runs/one", "--task", "arithmetic")  # the run's settings: rl's
+    (two,) = rlkit_eval(experiment, "runs/one", "--task", "arithmetic", nproc=2)
+    assert one["entry"] == "rl" and one["figures"] == {"pass@1": after["pass@1"], "pass@2": after["pass@2"]}
+    assert two["figures"] == one["figures"] and 0 < after["pass@2"]
+    # more problems than the stage used, by --examples, sharded over two ranks: still the same
+    (many1,) = rlkit_eval(experiment, "runs/one", "--task", "arithmetic:3", "--examples", "9")
+    (many2,) = rlkit_eval(experiment, "runs/one", "--task", "arithmetic:3", "--examples", "9", nproc=2)
+    assert many1["problems"] == 9 and many2["figures"] == many1["figures"] and "pass@3" in many1["figures"]
 
 
 def test_two_rank_checkpoint_resumes_in_one(experiment):

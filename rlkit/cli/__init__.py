@@ -62,7 +62,7 @@ def main_options(
                                           help="Print rlkit's version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
 ):
-    """rlkit: compose a pipeline of stages (tokenizer, pretrain, midtrain, sft, rl, your own) from plugins in
+    """rlkit: compose a pipeline of stages (tokenizer, pretrain, midtrain, sft, rl, eval, your own) from plugins in
     one YAML file."""
     _state["debug"] = debug
 
@@ -160,6 +160,29 @@ def export(
         for note in model.export(folder, tokenizer):
             typer.echo(f"note: {note}", err=True)
         typer.echo(f"rlkit: wrote {handle.path} to {folder} (AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="A checkpoint: a step, stage or run folder (its last finished "
+                                                "stage), e.g. runs/quickstart.")],
+    task: Annotated[Optional[list[str]], typer.Option(
+        "--task", help="A task to evaluate: NAME, NAME:1 (greedy) or NAME:k (k samples, pass@1..k); "
+                       "repeatable.")] = None,
+    examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="Problems per task (default: the "
+                                                                           "run's setting, else 500).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+    plugin: PluginOpt = None,
+):
+    """Evaluate a saved checkpoint on tasks with the code eval stages use; in a run folder, with the run's
+    settings and seed for each task it evaluated, so its figures repeat exactly."""
+    with user_errors():
+        from rlkit.core import evalrun
+        from rlkit.core.dist import dist_info
+
+        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [])
+        if dist_info().is_main:
+            typer.echo(json.dumps(rows, indent=2) if as_json else evalrun.render(rows))
 
 
 RepoOpt = Annotated[Path, typer.Option("--repo", help="The Aim repository of the runs (an experiment's "

@@ -13,6 +13,7 @@ every config key whose value differs between the runs.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 from rlkit.core.errors import RlkitError
@@ -21,6 +22,7 @@ from rlkit.core.errors import RlkitError
 # and delta@1, pass@1's paired change from step 0
 KEY_METRICS = ("loss", "bpb", "accuracy", "reward", "completion_len", "tokens_per_s", "rollout_tok_s", "mfu")
 LOWER_IS_BETTER = ("loss", "bpb")
+EVAL_METRIC = re.compile(r"^([^/]+/(accuracy|centred|pass@\d+)|CORE|ChatCORE)$")  # an eval's, with a task context
 NO_BEST = ("delta@1", "completion_len", "lr_mult", "grad_norm", "adv_std", "vocab_size", "train_chars")
 
 
@@ -86,12 +88,12 @@ def read_metrics(run) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
     """{(stage, metric): (steps, values)} of every metric the run tracked with a stage context."""
     out = {}
     for name, context, _ in run.iter_metrics_info():
-        stage = context.to_dict().get("stage")
+        stage, task = context.to_dict().get("stage"), context.to_dict().get("task")
         if stage is None:
             continue  # Aim's own system metrics
         metric = run.get_metric(name, context)
         steps, columns = metric.data.view("val").items_list()
-        out[(stage, name)] = (steps, columns[0])
+        out[(stage, f"{task}/{name}" if task else name)] = (steps, columns[0])  # an eval's: "<task>/<metric>"
     return out
 
 
@@ -100,7 +102,8 @@ def _metric_rows(series: list[dict], wanted: list[str] | None, order: list[str])
     if not wanted:  # the key metrics, with pass@ the smallest and largest k tracked after reward
         ks = sorted({int(m[5:]) for _, m in present if m.startswith("pass@") and m[5:].isdigit()})
         passes = [f"pass@{k}" for k in sorted({ks[0], ks[-1]})] + ["delta@1"] if ks else []  # + paired change
-        names = [*KEY_METRICS[:4], *passes, *KEY_METRICS[4:]]
+        evals = sorted({m for _, m in present if EVAL_METRIC.match(m)})  # "<task>/accuracy", "<task>/pass@8", ...
+        names = [*KEY_METRICS[:4], *passes, *evals, *KEY_METRICS[4:]]
     else:
         names = list(wanted)
         unknown = [m for m in wanted if not any(m == name for _, name in present)]

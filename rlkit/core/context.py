@@ -65,7 +65,7 @@ class StageContext:
     def seed(self, offset: int = 0) -> int:
         """This entry's seed, from the experiment's one seed and the entry's position (entry i gets
         seed * 1000 + 100 * (i - 1): the first build's seeds for tokenizer, pretrain, ..., rl)."""
-        return self.experiment.seed * 1000 + 100 * (self.index - 1) + offset
+        return entry_seed(self.experiment.seed, self.index) + offset
 
     def autocast(self):
         """bf16 autocast when the compute dtype is bf16; a no-op context in fp32."""
@@ -190,6 +190,11 @@ class StageContext:
             return
         handle = self.save(step, model, optimizer, extra)
         raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {handle.path}")
+
+
+def entry_seed(seed: int, index: int) -> int:
+    """The seed of the entry at position `index` of an experiment seeded `seed` (StageContext.seed)."""
+    return seed * 1000 + 100 * (index - 1)
 
 
 def check_examples(task, where: str, sample: int = 8) -> None:

@@ -1,4 +1,4 @@
-"""Held-out evaluation by generation: pass@1..k on a task's test problems.
+"""Held-out evaluation: pass@1..k by generation, and `run_task`, which evaluates any task as it declares.
 
 For each problem we sample n completions (greedy when temperature is 0, then
 n = 1), score each with the reward, count c correct (reward >= 1 - 1e-6 for a
@@ -15,16 +15,25 @@ seed (its 'per_problem'), the result also holds the paired change in pass@1
 and its standard error, with d_i = pass@1_i - baseline_i:
     delta = mean(d),  se = std(d) / sqrt(n)
 which is far smaller than the error of either estimate alone.
+
+`run_task(ctx, model, tokenizer, task, spec, examples=, seed=)` is the one entry point that eval stages,
+the rl stage's in-training pass@k and `rlkit eval` share: a generative task goes to `evaluate`, a
+multiple-choice one to rlkit.core.choice. `ctx` needs only name, dist, device, autocast(),
+sum_over_ranks() and plugin() (a StageContext has them).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
+from rlkit.core.config import PluginRef
+from rlkit.core.errors import RlkitError
 from rlkit.core.sampling import generate
 from rlkit.core.scoring import score
-from rlkit.core.task import prompt_messages
+from rlkit.core.task import evaluation_of, prompt_messages
 
 
 def pass_at(n: int, c: int, k: int) -> float:
@@ -83,3 +92,55 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
         var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)
         result.update({"delta@1": mean, "delta_se": math.sqrt(var / count)})
     return result
+
+
+# --- one task, either kind: what eval stages, the rl stage and `rlkit eval` all call ------------------
+
+@dataclass
+class EvalTask(PluginRef):
+    """One task to evaluate and how (an item of an eval stage's `tasks:`; what a stage's `evals` returns)."""
+    k: int = 1  # generative: samples per problem, pass@1..k (greedy, k = 1, when temperature is 0)
+    temperature: float = 0.0
+    top_k: int = 50  # 0 keeps the whole vocabulary
+    max_new_tokens: int = 256
+    examples: Optional[int] = None  # problems to evaluate (None: the stage's `examples`)
+    reward: Optional[str] = None  # generative: the reward plugin that decides "correct" (None: the task's own)
+    reward_args: dict[str, Any] = field(default_factory=dict)
+    mode: str = "letter"  # multiple choice: letter (chat models) | likelihood (base models)
+
+
+def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed: int,
+             baseline: list[float] | None = None, timeout: float = 10.0) -> dict:
+    """Evaluate one task as it declares (rlkit.core.task.evaluation_of). Generative: evaluate()'s result plus
+    'accuracy' (greedy) or pass@1..k (sampled); multiple choice: accuracy, centred, chance. Both carry
+    'centred' (a generative task's chance is 0, so its pass@1), which ChatCORE averages."""
+    from rlkit.core.choice import evaluate_choice
+
+    kind, default_reward, title = evaluation_of(task, spec.name)
+    where = f"stages.{ctx.name}.tasks.{spec.name}"
+    if kind == "choice":
+        result = evaluate_choice(ctx, model, tokenizer, task, examples=examples, mode=spec.mode)
+    else:
+        name = spec.reward or default_reward
+        if name is None:
+            raise RlkitError(f"{where}.reward: task '{spec.name}' names no reward of its own; give one, e.g. "
+                             f"reward: <reward> (installed: {', '.join(sorted(ctx.plugins.tables['reward']))})")
+        reward = ctx.plugin("reward", PluginRef(name=name, args=dict(spec.reward_args)))
+        result = evaluate(ctx, model, tokenizer, task, reward, examples=examples, samples=spec.k,
+                          temperature=spec.temperature, top_k=spec.top_k, max_new_tokens=spec.max_new_tokens,
+                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout)
+        if spec.temperature == 0:
+            result["accuracy"] = result["pass@1"]
+        result["centred"] = result["pass@1"]
+    result.update(kind=kind, title=title)
+    return result
+
+
+def headline(result: dict) -> dict:
+    """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
+    pass@1 and pass@k (the largest k) when sampled."""
+    if "accuracy" in result:
+        return {k: result[k] for k in ("accuracy", "centred") if k in result and
+                (k == "accuracy" or result.get("kind") == "choice")}
+    ks = sorted(int(k[5:]) for k in result if k.startswith("pass@"))
+    return {f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}

@@ -55,7 +55,11 @@ def rlkit_algorithms() -> dict:
 
 @hookspec
 def rlkit_rewards() -> dict:
-    """Return {name: reward}; reward(completion: str, example: Mapping, **args) -> float."""
+    """Return {name: reward}; reward(completion: str, example: Mapping, **args) -> float.
+
+    A reward may instead be an object with __call__ and `score_batch(completions, examples, **args) ->
+    list[float]`, which stages call once for a whole batch (e.g. to run programs in parallel).
+    """
 
 
 @hookspec
@@ -68,4 +72,9 @@ def rlkit_optimizers() -> dict:
 
 @hookspec
 def rlkit_tasks() -> dict:
-    """Return {name: factory}; factory(split: str, **args) -> Task (a sequence of examples)."""
+    """Return {name: factory}; factory(split: str, **args) -> Task (a sequence of examples).
+
+    A rlkit.core.task.Task may also say how it is evaluated: evaluation="generative" (default; scored by
+    a reward plugin, its default named by `reward`) or "choice" (multiple choice: each example adds
+    "choices" and "gold"), and `title`, its row on the report card. A plain list is generative.
+    """

@@ -41,7 +41,7 @@ class Entry:
     kind: str  # the stage plugin
     stage: Stage
     cfg: Any  # the stage's typed config
-    init: str | None  # start from this checkpoint instead of the previous entry's
+    init: str | None  # start from this checkpoint (or earlier entry's hand-off) instead of the previous entry's
 
 
 def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
@@ -68,7 +68,11 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
                          f"(installed stages: {', '.join(sorted(plugins.tables['stage'])) or 'none'})")
     for i, e in enumerate(found):
         where = f"{path}: stages.{e.name}"
-        if e.init is not None:  # a missing start fails now, not after the entries before it
+        if e.init in [f.name for f in found[i:]]:
+            when = "later" if e.init != e.name else "here"
+            raise RlkitError(f"{where}.init: '{e.init}' is an entry that runs {when}; init: may name an earlier "
+                             "entry, a checkpoint, an entry folder or a run folder")
+        if e.init is not None and e.init not in [f.name for f in found[:i]]:  # a missing start fails now
             handoff.Checkpoint.open(e.init, f"{where}.init")
         if e.stage.check is not None:
             setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None)
@@ -159,8 +163,9 @@ def _run(cfg, plugins, found, run_dir, resume, info, device, dtype) -> None:
                 start = done
                 dist.print0(f"[{e.name}] already finished: skipping (--resume)")
                 continue
-            if e.init is not None:
-                start = handoff.Checkpoint.open(e.init, f"stages.{e.name}.init")
+            if e.init is not None:  # an earlier entry's name: what it handed on in this run
+                earlier = e.init in [f.name for f in found[:index]]
+                start = handoff.Checkpoint.open(run_dir / e.init if earlier else e.init, f"stages.{e.name}.init")
             ctx = StageContext(e.name, e.cfg, cfg, index, plugins, run_dir, device, dtype, info, tracker,
                                resume=resume, init=e.init, start_path=start.path if start else None)
             dist.seed_everything(ctx.seed())

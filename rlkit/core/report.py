@@ -8,7 +8,9 @@ first/last/mean of every metric it tracked) are kept in runs/<name>/summary.json
 so a resumed run's card still shows the stages finished before, and are set
 as the Aim run's `summary` param (what `rlkit compare` reads for wall times).
 The card: environment; per entry steps, tokens, wall time, tokens/s, MFU,
-final loss and bits-per-byte; below it the lines each entry's stage gives
+final loss and bits-per-byte; nanochat's evaluation table (one row per
+metric, one column per entry that evaluated: summary["evals"]) with the
+run's wall time, device and world size; below it the lines each entry's stage gives
 (its `report`: an rl stage's reward and pass@k, say); the Aim run hash and
 how to open it; the resolved config.
 """
@@ -66,6 +68,7 @@ def write(run_dir: Path, cfg, data: dict) -> Path:
     lines += ["## Stages", "", "| stage | steps | tokens | wall time (s) | tokens/s | MFU | final loss | "
               "bits/byte |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [_stage_row(name, s) for name, s in data["stages"].items()] + [""]
+    lines += eval_table(data)
     for name, s in data["stages"].items():
         lines += _stage_details(name, s)
     lines += ["## Resolved config", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
@@ -74,6 +77,31 @@ def write(run_dir: Path, cfg, data: dict) -> Path:
     tmp.write_text("\n".join(lines))
     tmp.replace(path)  # never a half-written card
     return path
+
+
+def eval_table(data: dict) -> list[str]:
+    """nanochat's report-card table: one row per metric, one column per entry that evaluated (what its stage put
+    in summary["evals"]: {title: {metric: value}}), then the run's wall time and what it ran on."""
+    columns = [(name, s["evals"]) for name, s in data["stages"].items() if s.get("evals")]
+    if not columns:
+        return []
+    rows = []  # (title, metric) in the order they first appear
+    for _, evals in columns:
+        for title, figures in evals.items():
+            rows += [(title, m) for m in figures if m not in ("tasks",) and (title, m) not in rows]
+    out = ["## Evaluation", "", "| metric | " + " | ".join(name.upper() for name, _ in columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+    for title, metric in rows:
+        label = title if metric == "score" else f"{title} {metric}"
+        out.append(f"| {label} | " + " | ".join(_cell(evals.get(title, {}).get(metric)) for _, evals in columns) + " |")
+    env = data.get("env", {})
+    wall = f"{data['wall_s']:.1f} s" if data.get("wall_s") is not None else "in progress"
+    out += ["", f"Wall time {wall} on {env.get('device', '-')}, world size {env.get('world_size', '-')}.", ""]
+    return out
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _aim_lines(cfg, aim: dict) -> list[str]:

@@ -4,11 +4,13 @@ Every reward is called as `reward(completion, example)` (its YAML args already
 bound). A reward that raises, returns something that is not a finite number,
 or runs longer than `timeout` seconds on one completion stops the run with one
 line naming the reward, the example and what happened; the caller's last
-checkpoint stays as it was.
+checkpoint stays as it was. A reward object with a `score_batch(completions, examples)` method is
+called once for all of a batch's completions instead (its time limit is `timeout` per completion).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -28,8 +30,9 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
     `at` says where in the run, e.g. "at rl step 3"; `timeout_key` is the config key that sets `timeout`."""
     out = {}
     for name, _, fn in rewards:
-        if _batched(fn) is not None:
-            out[name] = _score_batch(name, fn, texts, examples, at, timeout, timeout_key)
+        batch = batch_scorer(fn)
+        if batch is not None:  # one call for all completions (e.g. programs run in parallel)
+            out[name] = torch.tensor(_score_batch(name, batch, texts, examples, at, timeout, timeout_key))
             continue
         values = []
         for text, example in zip(texts, examples):
@@ -50,31 +53,30 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
     return out
 
 
-def _batched(fn):
-    """`score_batch` of a reward object (its YAML args bound by functools.partial), or None for a function."""
-    inner = getattr(fn, "func", fn)
-    return getattr(inner, "score_batch", None)
+def batch_scorer(fn):
+    """`fn.score_batch` (its YAML args still bound), when the reward offers one; else None."""
+    if isinstance(fn, functools.partial):
+        inner = getattr(fn.func, "score_batch", None)
+        return None if inner is None else functools.partial(inner, *fn.args, **fn.keywords)
+    return getattr(fn, "score_batch", None)
 
 
-def _score_batch(name, fn, texts, examples, at, timeout, timeout_key) -> torch.Tensor:
-    """One call for the whole step: score_batch(completions, examples, **args) -> one float per completion;
-    its time limit is `timeout` per completion, for the batch."""
-    where = f"reward '{name}' {at}"
+def _score_batch(name, batch, texts, examples, at, timeout, timeout_key) -> list[float]:
+    where = f"reward '{name}' {at} on {len(texts)} completions"
     try:
-        with time_limit(timeout * len(texts)) as clock:
-            values = _batched(fn)(list(texts), list(examples), **getattr(fn, "keywords", {}))
+        with time_limit(timeout * max(len(texts), 1)) as clock:
+            values = list(batch(texts, examples))
         if clock["fired"]:
             raise RewardTimeout()
     except RewardTimeout:
-        raise RlkitError(f"{where}: took longer than {timeout:g}s per completion ({timeout_key})") from None
+        raise RlkitError(f"{where}: took longer than {timeout:g}s a completion ({timeout_key})") from None
     except RlkitError:
         raise
     except Exception as e:
         raise RlkitError(f"{where}: score_batch raised {type(e).__name__}: {e}") from e
-    if not isinstance(values, (list, tuple)) or len(values) != len(texts):
-        raise RlkitError(f"{where}: score_batch returned {type(values).__name__} of "
-                         f"{len(values) if hasattr(values, '__len__') else '?'} values for {len(texts)} completions")
-    return torch.tensor([_finite(v, f"{where} on example {_question(e)!r}") for v, e in zip(values, examples)])
+    if len(values) != len(texts):
+        raise RlkitError(f"{where}: score_batch returned {len(values)} values for {len(texts)} completions")
+    return [_finite(v, f"reward '{name}' {at} on example {_question(e)!r}") for v, e in zip(values, examples)]
 
 
 def weighted_total(rewards, scores: dict[str, torch.Tensor], at: str) -> torch.Tensor:

@@ -14,6 +14,10 @@
   raise RlkitError naming `setup.where + ".key"` and what would be valid.
 - report(summary: dict, tracked: dict) -> list[str]: the stage's lines on the report card
   (summary: what run() put in ctx.summary; tracked: {metric: {first, last, min, max, mean, ...}}).
+- evals(cfg) -> list[EvalTask] (optional): the tasks run() evaluates and with what settings (examples
+  filled in), each with the entry's seed ctx.seed(); `rlkit eval RUN --task T` reuses them, so it
+  reproduces the entry's figures. A stage that evaluates puts {title: {metric: value}} in
+  ctx.summary["evals"]: the report card's table has a column for each entry that does.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class Stage:
     run: Callable  # (ctx, start) -> Checkpoint
     check: Optional[Callable] = None  # (cfg, setup) -> None
     report: Optional[Callable] = None  # (summary, tracked) -> list[str]
+    evals: Optional[Callable] = None  # (cfg) -> [rlkit.core.evaluate.EvalTask]: what run() evaluates, and how
 
 
 # --- helpers for a stage's check -------------------------------------------------------------------

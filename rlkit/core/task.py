@@ -4,26 +4,41 @@ An example is a dict with at least
     "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]
     "answer":   the reference solution, ending in "#### <number>" (GSM8K format; rewards read it)
 and may carry more keys (a task's own metadata, e.g. the operands of an arithmetic problem).
-A task plugin's factory `f(split, **args)` returns a Task.
+A task plugin's factory `f(split, **args)` returns a Task (or a plain list of examples).
+
+A Task also says how it is evaluated (all optional, so a plain list keeps working):
+    evaluation: "generative" (default): sample completions, score each with a reward plugin
+                "choice": multiple choice; each example adds "choices": [str, ...] and "gold": the
+                index of the right one (make_choice_example renders them), scored by the model
+    reward:     the reward plugin that decides "correct" for a generative task (None: the stage's)
+    title:      its row on the report card ("ARC-Easy"); default: the task plugin's name
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
 
+EVALUATIONS = ("generative", "choice")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 class Task(Sequence):
     """A named, read-only list of examples: len(task), task[i], task[a:b] (a Task), iteration."""
 
-    def __init__(self, examples: Iterable[dict], name: str = "task"):
+    def __init__(self, examples: Iterable[dict], name: str = "task", *, evaluation: str = "generative",
+                 reward: str | None = None, title: str | None = None):
+        if evaluation not in EVALUATIONS:
+            raise ValueError(f"Task evaluation must be one of {', '.join(EVALUATIONS)}, got {evaluation!r}")
         self.examples = list(examples)
         self.name = name
+        self.evaluation, self.reward, self.title = evaluation, reward, title
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return Task(self.examples[i], self.name)
+            return Task(self.examples[i], self.name, evaluation=self.evaluation, reward=self.reward, title=self.title)
         return self.examples[i]
 
     def __repr__(self) -> str:
@@ -48,3 +63,26 @@ def example_text(example: Mapping) -> str:
     question = "\n".join(m["content"] for m in messages if m["role"] != "assistant")
     solution = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), example["answer"])
     return question + "\n" + solution
+
+
+def evaluation_of(task, name: str) -> tuple[str, str | None, str]:
+    """(evaluation, default reward or None, title) of a task; a plain list is generative, titled `name`."""
+    return (getattr(task, "evaluation", "generative"), getattr(task, "reward", None),
+            getattr(task, "title", None) or name)
+
+
+def make_choice_example(question: str, choices: list[str], gold: int, **extra) -> dict:
+    """A multiple-choice example, rendered as nanochat renders one: the choices each followed by its letter
+    (so the letter is tokenized as in the answer), the reply the right letter alone.
+
+        Multiple choice question: Which is a mammal?
+        - dog=A
+        - trout=B
+        Respond only with the letter of the correct answer.
+    """
+    letters = LETTERS[:len(choices)]
+    lines = [f"Multiple choice question: {question}", *(f"- {c}={letter}" for c, letter in zip(choices, letters)),
+             "Respond only with the letter of the correct answer."]
+    messages = [{"role": "user", "content": "\n".join(lines)}, {"role": "assistant", "content": letters[gold]}]
+    return {"messages": messages, "answer": letters[gold], "choices": list(choices), "gold": gold,
+            "query": f"Question: {question}\nAnswer:", **extra}

@@ -10,7 +10,7 @@ Aim locks a run to one process, so other ranks (and runs with tracking
 disabled) get a plain Tracker: it writes nowhere but still keeps, per stage
 and metric, the first/last/min/max/mean of what was tracked, which is what
 the report card (rlkit.core.report) prints. Metrics carry the context
-{stage: ...}, so the Aim UI can split or group curves by stage.
+{stage: ...} (evaluations {stage, task}), so the Aim UI can split or group curves by stage and task.
 
 The experiment is the YAML's own `name:` (before overrides), the run's name
 is the resolved `name` (unique: it is also the run folder), so `rlkit compare`
@@ -46,10 +46,12 @@ class Tracker:
     def params(self, params: Mapping[str, Any]) -> None:
         pass
 
-    def metrics(self, values: Mapping[str, float], step: int, stage: str) -> None:
+    def metrics(self, values: Mapping[str, float], step: int, stage: str, task: str | None = None) -> None:
+        """Track values with the context {stage} (an eval's with {stage, task}; the report card keeps those
+        as "<task>/<metric>")."""
         values = {name: float(v) for name, v in values.items()}
-        self._remember(values, step, stage)
-        self._write(values, step, stage)
+        self._remember({f"{task}/{k}": v for k, v in values.items()} if task else values, step, stage)
+        self._write(values, step, stage, task)
 
     def text(self, name: str, text: str, step: int, stage: str) -> None:
         pass
@@ -76,7 +78,7 @@ class Tracker:
             s.update(last=v, last_step=step, min=min(s["min"], v), max=max(s["max"], v),
                      sum=s["sum"] + v, count=s["count"] + 1)
 
-    def _write(self, values: dict[str, float], step: int, stage: str) -> None:
+    def _write(self, values: dict[str, float], step: int, stage: str, task: str | None = None) -> None:
         pass
 
 
@@ -98,8 +100,8 @@ class AimTracker(Tracker):
         for key, value in params.items():
             self.run[key] = _plain(value)
 
-    def _write(self, values: dict[str, float], step: int, stage: str) -> None:
-        self.run.track(values, step=step, context={"stage": stage})
+    def _write(self, values: dict[str, float], step: int, stage: str, task: str | None = None) -> None:
+        self.run.track(values, step=step, context={"stage": stage} | ({"task": task} if task else {}))
 
     def text(self, name: str, text: str, step: int, stage: str) -> None:
         self.run.track(self._aim.Text(text), name=name, step=step, context={"stage": stage})

@@ -39,7 +39,7 @@ from rlkit.core import training
 from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.evaluate import evaluate
+from rlkit.core.evaluate import EvalTask, headline, run_task
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.optim import set_lr
 from rlkit.core.policy import flops_per_token
@@ -228,15 +228,22 @@ def check_fits(ctx, tokenizer, task, max_new_tokens: int, sample: int = 256) -> 
                          f"model.seq_len")
 
 
+def evals(cfg: RLConfig) -> list[EvalTask]:
+    """The held-out pass@k this stage measures: its task's test split at the rollout's temperature and top-k."""
+    r = cfg.rollout
+    return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=cfg.eval.k, temperature=r.temperature,
+                     top_k=r.top_k, max_new_tokens=r.max_new_tokens, examples=cfg.eval.examples,
+                     reward=cfg.eval.reward.name, reward_args=dict(cfg.eval.reward.args))]
+
+
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
     """pass@1..k on the held-out problems; the same seed every time (common random numbers), so the change
-    from `baseline` (per-problem pass@1 at step 0) is measured paired, with its standard error."""
+    from `baseline` (per-problem pass@1 at step 0) is measured paired, with its standard error. The same
+    function as `rlkit eval` and eval stages (run_task)."""
     s, r = ctx.cfg, ctx.cfg.rollout
-    reward = ctx.plugin("reward", s.eval.reward)
-    result = evaluate(ctx, model, tokenizer, test_task, reward, examples=s.eval.examples, samples=s.eval.k,
-                      temperature=r.temperature, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
-                      seed=ctx.seed(), baseline=baseline, reward_name=s.eval.reward.name,
-                      timeout=s.reward_timeout)
+    (spec,) = evals(s)
+    result = run_task(ctx, model, tokenizer, test_task, spec, examples=spec.examples, seed=ctx.seed(),
+                      baseline=baseline, timeout=s.reward_timeout)
     k = s.eval.k if r.temperature > 0 else 1
     change = f" ({result['delta@1']:+.3f} ± {result['delta_se']:.3f} vs step 0)" if "delta@1" in result else ""
     print0(f"[{ctx.name}] eval at step {step}: pass@1 {result['pass@1']:.3f}{change} | pass@{k} {result[f'pass@{k}']:.3f} "
@@ -246,7 +253,9 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
     for question, answer, value in result["samples"][:2]:
         ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {value:g}", step=step, stage=ctx.name)
     key = "eval_before" if step == 0 else "eval_after"
-    ctx.summary[key] = {k_: v for k_, v in result.items() if k_ not in ("samples", "per_problem")}
+    ctx.summary[key] = {k_: v for k_, v in result.items() if k_ not in ("samples", "per_problem", "kind", "title")}
+    if step == s.steps:  # the report card's table: this entry's final figures
+        ctx.summary["evals"] = {result["title"]: headline(result)}
     return result
 
 
@@ -288,4 +297,4 @@ def report(summary: dict, tracked: dict) -> list[str]:
 
 @rlkit.hookimpl
 def rlkit_stages():
-    return {"rl": Stage(config=RLConfig, run=run, check=check, report=report)}
+    return {"rl": Stage(config=RLConfig, run=run, check=check, report=report, evals=evals)}

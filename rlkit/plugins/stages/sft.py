@@ -21,7 +21,7 @@ from rlkit.core import training
 from rlkit.core.config import PluginRef, plugin
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.evaluate import evaluate
+from rlkit.core.evaluate import EvalTask, run_task
 from rlkit.core.optim import lr_multiplier, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.core.progress import progress
@@ -109,19 +109,27 @@ def run(ctx, start):
     return handle
 
 
+def evals(cfg: SFTConfig) -> list[EvalTask]:
+    """Greedy accuracy on the task's test problems, scored by `eval_reward`."""
+    if not cfg.eval_examples:
+        return []
+    return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=1, temperature=0.0, top_k=0,
+                     max_new_tokens=cfg.eval_max_new_tokens, examples=cfg.eval_examples,
+                     reward=cfg.eval_reward.name, reward_args=dict(cfg.eval_reward.args))]
+
+
 def held_out_accuracy(ctx, model, tokenizer) -> None:
     """Greedy accuracy on the task's test problems, scored by `eval_reward`."""
     s = ctx.cfg
-    reward = ctx.plugin("reward", s.eval_reward)
-    result = evaluate(ctx, model, tokenizer, ctx.task(s.task, "test"), reward, examples=s.eval_examples,
-                      samples=1, temperature=0.0, top_k=0, max_new_tokens=s.eval_max_new_tokens,
-                      reward_name=s.eval_reward.name)
+    (spec,) = evals(s)
+    result = run_task(ctx, model, tokenizer, ctx.task(s.task, "test"), spec, examples=spec.examples,
+                      seed=ctx.seed())  # greedy: the seed changes nothing
     print0(f"[{ctx.name}] held-out accuracy (greedy, {s.eval_examples} problems): {result['pass@1']:.3f}")
     for question, answer, score in result["samples"][:2]:
         print0(f"[{ctx.name}] sample: {question[:80]!r} -> {answer[:120]!r} ({score:g})")
         ctx.tracker.text("samples", f"Q: {question}\nA: {answer}\nreward: {score:g}", step=s.steps, stage=ctx.name)
     ctx.tracker.metrics({"accuracy": result["pass@1"]}, step=s.steps, stage=ctx.name)
-    ctx.summary.update(accuracy=result["pass@1"])
+    ctx.summary.update(accuracy=result["pass@1"], evals={result["title"]: {"accuracy": result["pass@1"]}})
 
 
 def report(summary: dict, tracked: dict) -> list[str]:
@@ -156,4 +164,4 @@ def collate(rendered: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, 
 
 @rlkit.hookimpl
 def rlkit_stages():
-    return {"sft": Stage(config=SFTConfig, run=run, check=check, report=report)}
+    return {"sft": Stage(config=SFTConfig, run=run, check=check, report=report, evals=evals)}

@@ -102,7 +102,7 @@ def arithmetic(split: str, operands=2, max_value: int = 99, ops: str = "+-", siz
             f"arithmetic: only {len(examples)} distinct {split} problems found for operands={operands}, "
             f"max_value={max_value}, ops={ops!r}; ask for fewer (size) or raise max_value/operands"
         )
-    return Task(examples, f"arithmetic-{split}")
+    return Task(examples, f"arithmetic-{split}", reward="gsm8k", title="arithmetic")
 
 
 def is_test(canon: str) -> bool:

@@ -37,7 +37,7 @@ def gsm8k(split: str, source: str = "openai/gsm8k", path: str | None = None, lim
         if limit is not None and len(examples) >= limit:
             break
         examples.append(to_example(row, where))
-    return Task(examples, f"gsm8k-{split}")
+    return Task(examples, f"gsm8k-{split}", reward="gsm8k", title="GSM8K")
 
 
 def to_example(row: dict, where: str) -> dict:

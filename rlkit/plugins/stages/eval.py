@@ -1,0 +1,136 @@
+"""Stage eval: evaluate the checkpoint handed in on a list of tasks, train nothing, hand it on unchanged.
+
+    stages:
+      eval_sft: {kind: eval, tasks: [{name: arc_easy}, {name: gsm8k, k: 8, temperature: 1.0}], examples: 500}
+
+Each task is evaluated as it declares (rlkit.core.task): a generative one by sampling `k`
+completions per problem at `temperature` (greedy when 0) and scoring them with its reward,
+pass@1..k by the unbiased estimator (rlkit.core.evaluate); a multiple-choice one by the letter (or,
+`mode: likelihood`, the continuation) the model prefers, accuracy and centred accuracy
+(rlkit.core.choice). Ranks take disjoint slices of the problems; sums are all-reduced. Samples
+are drawn with the entry's seed, so `rlkit eval RUN --task T` repeats them exactly.
+ChatCORE, as nanochat defines it: the mean centred accuracy over the chat tasks that ran
+(ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval; a generative task's chance is 0). With
+`core: {path: <DCLM eval bundle>}` (or `core: {}` to download it) also CORE, for base models
+(rlkit.core.corebench): its 22 tasks' centred accuracies and their mean.
+Every figure is tracked in Aim with the context {stage, task} and put in ctx.summary["evals"],
+which the report card's table shows, one column per evaluated entry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import rlkit
+from rlkit.core import corebench
+from rlkit.core.choice import MODES
+from rlkit.core.config import plugin_list
+from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.evaluate import EvalTask, headline, run_task
+from rlkit.core.report import fmt
+from rlkit.core.stage import Stage, at_least
+
+CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nanochat's ChatCORE set
+
+
+@dataclass
+class Core:
+    path: Optional[str] = None  # the DCLM eval bundle's folder; None: download it (rlkit.core.corebench)
+    max_per_task: int = -1  # examples per CORE task (-1: all)
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[EvalTask] = plugin_list("task")
+    core: Optional[Core] = None  # CORE for base models: {path: ...} or {} to download the bundle
+    examples: int = 500  # problems per task (a task's own `examples` wins)
+    split: str = "test"
+    reward_timeout: float = 10.0  # seconds a reward may take on one completion
+
+
+def evals(cfg: EvalConfig) -> list[EvalTask]:
+    return [replace(t, examples=cfg.examples if t.examples is None else t.examples) for t in cfg.tasks]
+
+
+def check(cfg: EvalConfig, setup) -> None:
+    if cfg.core is not None and cfg.core.path is not None:
+        try:
+            corebench.bundle(str(setup.base_dir / cfg.core.path) if not Path(cfg.core.path).is_absolute()
+                             else cfg.core.path)
+        except RlkitError as e:
+            raise RlkitError(f"{setup.where}.{e}") from None
+    if not cfg.tasks and cfg.core is None:
+        raise RlkitError(f"{setup.where}.tasks: empty; list at least one, e.g. [{{name: <task>}}] "
+                         f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
+    if not setup.has_start:
+        raise RlkitError(f"{setup.where}: an eval entry evaluates a checkpoint; put it after a training entry or "
+                         "give it init: <checkpoint or run folder>")
+    at_least(cfg, setup, 1, "examples")
+    at_least(cfg, setup, 0, "reward_timeout")
+    for i, t in enumerate(cfg.tasks):
+        where = f"{setup.where}.tasks[{i}]"
+        for key, low in (("k", 1), ("temperature", 0), ("top_k", 0), ("max_new_tokens", 1)):
+            if not getattr(t, key) >= low:
+                raise RlkitError(f"{where}.{key}: {getattr(t, key)} must be at least {low}")
+        if t.examples is not None and t.examples < 1:
+            raise RlkitError(f"{where}.examples: {t.examples} must be at least 1 (or left out: the entry's examples)")
+        if t.mode not in MODES:
+            raise RlkitError(f"{where}.mode: {t.mode!r} is not valid (valid: {', '.join(MODES)})")
+        if t.reward is not None:
+            setup.plugins.get("reward", t.reward, f"{where}.reward")
+
+
+def run(ctx, start):
+    if start is None or start.path is None:
+        raise RlkitError(f"stages.{ctx.name}: no model to evaluate (the entry before handed on none)")
+    model, tokenizer = ctx.load_model(start)
+    step = start.meta.get("step", 0)
+    found, centred = ctx.summary.setdefault("evals", {}), {}
+    for i, spec in enumerate(evals(ctx.cfg)):
+        task = ctx.task(spec, ctx.cfg.split, key=f"tasks[{i}]")
+        result = run_task(ctx, model, tokenizer, task, spec, examples=spec.examples, seed=ctx.seed(),
+                          timeout=ctx.cfg.reward_timeout)
+        figures = headline(result)
+        print0(f"[{ctx.name}] {result['title']}: " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()) +
+               f" | {min(spec.examples, len(task))} problems" +
+               (f", T={spec.temperature:g}" if result["kind"] == "generative" else f", {spec.mode}"))
+        ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=spec.name)
+        found.setdefault(result["title"], {}).update(figures)
+        centred[result["title"]] = result["centred"]  # ChatCORE averages it, every kind
+    if ctx.cfg.core is not None:
+        run_core(ctx, model, tokenizer, step, found)
+    chat = [centred[t] for t in CHAT_TASKS if t in centred]
+    if chat:
+        found["ChatCORE"] = {"score": sum(chat) / len(chat), "tasks": len(chat)}
+        ctx.tracker.metrics({"ChatCORE": found["ChatCORE"]["score"]}, step=step, stage=ctx.name)
+        print0(f"[{ctx.name}] ChatCORE {found['ChatCORE']['score']:.4f} (mean centred accuracy of {len(chat)} of "
+               f"{len(CHAT_TASKS)} chat tasks)")
+    return start
+
+
+def run_core(ctx, model, tokenizer, step: int, found: dict) -> None:
+    """CORE over the eval bundle's tasks: each task's accuracy and centred accuracy, and their mean."""
+    path = ctx.cfg.core.path
+    folder = corebench.bundle(None if path is None else str(ctx.base_dir / path))
+    result = corebench.evaluate_core(ctx, model, tokenizer, folder, ctx.cfg.core.max_per_task)
+    for label, figures in result["tasks"].items():
+        print0(f"[{ctx.name}] CORE {label}: accuracy {figures['accuracy']:.4f} | centred {figures['centred']:.4f}")
+        ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=f"core/{label}")
+    print0(f"[{ctx.name}] CORE {result['core']:.4f} (mean centred accuracy of {len(result['tasks'])} tasks)")
+    ctx.tracker.metrics({"CORE": result["core"]}, step=step, stage=ctx.name)
+    found["CORE"] = {"score": result["core"], "tasks": len(result["tasks"])}
+    ctx.summary["core_tasks"] = result["tasks"]
+
+
+def report(summary: dict, tracked: dict) -> list[str]:
+    lines = [f"{title}: " + ", ".join(f"{k} {fmt(v)}" for k, v in figures.items())
+             for title, figures in summary.get("evals", {}).items()]
+    return lines + [f"CORE {label}: accuracy {fmt(f['accuracy'])}, centred {fmt(f['centred'])}"
+                    for label, f in summary.get("core_tasks", {}).items()]
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"eval": Stage(config=EvalConfig, run=run, check=check, report=report, evals=evals)}
