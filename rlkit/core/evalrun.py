@@ -1,6 +1,6 @@
 """`rlkit eval CHECKPOINT_OR_RUN --task NAME[:k]`: evaluate a saved checkpoint with the code eval stages use.
 
-    rows = evaluate_checkpoint("runs/quickstart", ["arithmetic"])     # [{task, title, kind, figures...}]
+    rows = evaluate_checkpoint("runs/quickstart", ["<task>"])     # [{task, title, kind, figures...}]
 
 The target is what `init:` may name (a step, entry or run folder; rlkit.core.handoff). When it lies in
 a run folder (its config.yaml is found there or above), the run's plugins, model section, device and

@@ -212,6 +212,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                              f"one with name=<new name> or run_dir=<new folder>")
         return
     if not saved.exists():
+        if _holds_work(run_dir):  # finished entries without a config (a sweep's shared ones): nothing to compare
+            return
         raise RlkitError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE}); start it without --resume")
     from rlkit.core.compare import config_diff
 
