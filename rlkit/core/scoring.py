@@ -37,20 +37,27 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
         values = []
         for text, example in zip(texts, examples):
             where = f"reward '{name}' {at} on example {_question(example)!r}"
-            try:
-                with time_limit(timeout) as clock:
-                    value = fn(text, example)
-                if clock["fired"]:  # the reward caught even a BaseException and carried on: still too slow
-                    raise RewardTimeout()
-            except RewardTimeout:
-                raise RlkitError(f"{where}: took longer than {timeout:g}s ({timeout_key})") from None
-            except RlkitError:
-                raise
-            except Exception as e:
-                raise RlkitError(f"{where}: raised {type(e).__name__}: {e}") from e
+            value = _guarded(lambda: fn(text, example), timeout, where, f"{timeout:g}s", timeout_key, "raised")
             values.append(_finite(value, where))
         out[name] = torch.tensor(values)
     return out
+
+
+def _guarded(call, seconds: float, where: str, limit: str, timeout_key: str, raised: str):
+    """call() under the time limit; a timeout (even one the reward caught and carried on past) or an exception
+    from user code becomes one RlkitError naming `where`."""
+    try:
+        with time_limit(seconds) as clock:
+            value = call()
+        if clock["fired"]:  # the reward caught even a BaseException and carried on: still too slow
+            raise RewardTimeout()
+    except RewardTimeout:
+        raise RlkitError(f"{where}: took longer than {limit} ({timeout_key})") from None
+    except RlkitError:
+        raise
+    except Exception as e:
+        raise RlkitError(f"{where}: {raised} {type(e).__name__}: {e}") from e
+    return value
 
 
 def batch_scorer(fn):
@@ -63,17 +70,8 @@ def batch_scorer(fn):
 
 def _score_batch(name, batch, texts, examples, at, timeout, timeout_key) -> list[float]:
     where = f"reward '{name}' {at} on {len(texts)} completions"
-    try:
-        with time_limit(timeout * max(len(texts), 1)) as clock:
-            values = list(batch(texts, examples))
-        if clock["fired"]:
-            raise RewardTimeout()
-    except RewardTimeout:
-        raise RlkitError(f"{where}: took longer than {timeout:g}s a completion ({timeout_key})") from None
-    except RlkitError:
-        raise
-    except Exception as e:
-        raise RlkitError(f"{where}: score_batch raised {type(e).__name__}: {e}") from e
+    values = _guarded(lambda: list(batch(texts, examples)), timeout * max(len(texts), 1), where,
+                      f"{timeout:g}s a completion", timeout_key, "score_batch raised")
     if len(values) != len(texts):
         raise RlkitError(f"{where}: score_batch returned {len(values)} values for {len(texts)} completions")
     return [_finite(v, f"reward '{name}' {at} on example {_question(e)!r}") for v, e in zip(values, examples)]
