@@ -129,15 +129,18 @@ def rlkit_rewards():
 '''
 
 
-def hf_run(folder: Path, model: Path, steps: int, save_every: int = 0) -> str:
+def hf_run(folder: Path, model: Path, steps: int, save_every: int = 0, algorithm: str = "grpo", lora: str = "",
+           rl_extra: str = "", name: str = "hf-tiny") -> str:
+    """exp.yaml in `folder`: sft then rl on the tiny model; `lora` adds model args (", lora: {...}"), `rl_extra`
+    lines to the rl entry."""
     (folder / "digits.py").write_text(DIGITS)
     (folder / "exp.yaml").write_text(f"""\
 # sft then rl (grpo) on a tiny random Llama from a local folder (tests)
-name: hf-tiny
+name: {name}
 seed: 0
 device: cpu
 plugins: [./digits.py]
-model: {{name: hf, args: {{path: {model}}}, seq_len: 160, dtype: float32}}
+model: {{name: hf, args: {{path: {model}{lora}}}, seq_len: 160, dtype: float32}}
 tracking: {{enabled: false}}
 stages:
   sft:
@@ -151,7 +154,7 @@ stages:
     log_every: 1
   rl:
     task: {{name: arithmetic, args: {{size: 200}}}}
-    algorithm: {{name: grpo}}
+    algorithm: {{name: {algorithm}}}
     rewards: [{{name: digits}}]
     optimizer: {{name: adamw, args: {{lr: 0.01}}}}
     rollout: {{samples: 8, temperature: 1.0, top_k: 0, max_new_tokens: 8}}
@@ -162,7 +165,7 @@ stages:
     log_every: 1
     save_every: {save_every}
     eval: {{every: 0, examples: 4, k: 2}}
-""")
+{rl_extra}""")
     return str(folder / "exp.yaml")
 
 
@@ -273,6 +276,72 @@ def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, m
     want = base.model.layers[0].self_attn.q_proj.weight + (8 / 4) * B @ A
     torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, want)
     torch.testing.assert_close(merged.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+LORA = ", lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"
+
+
+def _spy_on_the_reference(monkeypatch):
+    """Record, at each ref_logp call: (x, y, the reference's log-probs, the policy's own, live Llama models)."""
+    import gc
+
+    from transformers import LlamaForCausalLM
+
+    from rlkit.plugins.stages import rl_update
+
+    policies, seen = [], []
+    build_ref, ref_logp = rl_update.reference_model, rl_update.ref_logp
+
+    def reference_model(ctx, model, *args):
+        policies[:] = [model]  # this stage's policy only: an earlier run's is let go
+        return build_ref(ctx, model, *args)
+
+    def spy(ctx, reference, x, y, acc, key):
+        out = ref_logp(ctx, reference, x, y, acc, key)
+        gc.collect()
+        with torch.no_grad():
+            own = -policies[-1](x, y, loss_reduction="none")
+        seen.append((x.clone(), y.clone(), out.clone(), own,
+                     sum(type(o) is LlamaForCausalLM for o in gc.get_objects())))
+        return out
+
+    monkeypatch.setattr(rl_update, "reference_model", reference_model)
+    monkeypatch.setattr(rl_update, "ref_logp", spy)
+    return seen
+
+
+def _logp(model, x, y):
+    """Per-token log-probs of targets y from a transformers model (0 where y is -1)."""
+    with torch.no_grad():
+        logq = torch.log_softmax(model(input_ids=x).logits.float(), dim=-1)
+    return logq.gather(2, y.clamp(min=0)[..., None])[..., 0] * (y != -1)
+
+
+def test_a_lora_kl_reference_is_the_base_model_with_adapters_off_and_no_copy(llama, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.core import pipeline
+
+    seen = _spy_on_the_reference(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    pipeline.run(*pipeline.prepare(hf_run(tmp_path, llama, 3, algorithm="deepseek_grpo", lora=LORA), [], []))
+    assert len(seen) == 6  # 4 prompts x 8 samples in micro-batches of 16: two a step
+    assert all(models == 1 for *_, models in seen)  # the policy alone: no second model was built or copied
+    base = AutoModelForCausalLM.from_pretrained(llama).eval()  # a fresh load of the base weights
+    for x, y, ref, own, _ in seen:
+        torch.testing.assert_close(ref, _logp(base, x, y), rtol=0, atol=1e-6)
+    x, y, ref, own, _ = seen[-1]  # after sft's and two rl steps' adapter updates the policy has moved away
+    assert (own - ref).abs().max() > 1e-3
+    del base
+
+    # reference.init set: the generic frozen copy of that checkpoint (here the sft entry's), a second model
+    seen.clear()
+    path = hf_run(tmp_path, llama, 1, algorithm="deepseek_grpo", lora=LORA, name="with-init",
+                  rl_extra="    reference: {init: runs/hf-tiny/sft}\n")
+    pipeline.run(*pipeline.prepare(path, [], []))
+    assert len(seen) == 2 and all(models == 2 for *_, models in seen)
+    for x, y, ref, own, _ in seen:
+        torch.testing.assert_close(ref, own, rtol=0, atol=1e-6)  # step 1: the policy is still the sft checkpoint
 
 
 def test_reward_model_scores_the_same_batched_and_one_by_one(tmp_path):

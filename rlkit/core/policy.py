@@ -13,7 +13,9 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
     decoder(dtype) -> Decoder: the sampler's access to generation (below);
     tokenizer: only when the plugin brings its own (factory called with tokenizer=None).
 A Policy may also have `export(folder, tokenizer) -> list[str]` (`rlkit export`: write a folder transformers
-loads; returns notes). A factory may also carry `factory.check(seq_len, **args)`: checks that need no weights (a model folder
+loads; returns notes), and `adapter_free() -> context manager | None`: for a policy trained through adapters
+(LoRA), a context inside which its forward computes the base model with the adapters off, without a copy
+(None when it has none); a KL reference that is the base model is then the policy itself inside it. A factory may also carry `factory.check(seq_len, **args)`: checks that need no weights (a model folder
 that exists, a chat template), run by `rlkit check` before any stage.
 Nothing outside the model plugin touches a model's modules or buffers.
 
@@ -63,6 +65,9 @@ class Policy(Protocol):
     def spec(self) -> dict: ...
 
     def decoder(self, dtype: torch.dtype) -> Decoder: ...
+
+    # optional: def export(self, folder, tokenizer) -> list[str]
+    # optional: def adapter_free(self) -> contextlib.AbstractContextManager | None (see the module docstring)
 
 
 def flops_per_token(model) -> int:

@@ -18,6 +18,7 @@ full config, so the model is rebuilt without the YAML.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -63,6 +64,21 @@ class HFPolicy(nn.Module):
 
     def spec(self) -> dict:
         return dict(self._spec)
+
+    def adapter_free(self):
+        """With LoRA, a context in which forward is the base model (peft's disable_adapter(): every adapter
+        bypassed, no copy), in eval mode so it is deterministic; the rl stage's KL reference. None without."""
+        return self._adapters_off() if self.lora else None
+
+    @contextlib.contextmanager
+    def _adapters_off(self):
+        training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            self.model.train(training)
 
     def export(self, folder, tokenizer) -> list[str]:
         """A folder AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load (LoRA adapters

@@ -13,8 +13,9 @@ old_logp, the sampling policy's per-token log-prob, is taken once per step befor
 the same forward (and micro-batch shapes) as training, so the first update sees ratio 1 exactly and
 later ones ratio != 1. With a single update there is no separate pass: the weights are still the sampling
 weights, so old_logp is the training forward's own log-prob, detached. ref_logp comes from the frozen
-reference model, under the same autocast. The policy is asked for logits (B, T, V), so the entropy of
-its next-token distribution on the sampled positions comes with the log-probs.
+reference model (for a policy with adapters, itself with the adapters off), under the same autocast. The
+policy is asked for logits (B, T, V), so the entropy of its next-token distribution on the sampled
+positions comes with the log-probs.
 
 Tracked per step (all ranks): the loss and gradient norm (means over the updates), the clip fraction
 (share of token-updates where the algorithm's `clipped` says the clip acted), mean and max ratio, the
@@ -201,9 +202,15 @@ def all_reduce_max(value, device, kind=int):
 
 def reference_model(ctx, model, tokenizer, start: Checkpoint | None):
     """The frozen reference for ref_logp: `reference.init` if set, else the checkpoint the stage started
-    from (with none, the model as the stage began). Every rank holds one; it never trains."""
+    from (with none, the model as the stage began). Every rank holds one; it never trains. A policy with
+    adapters (its optional `adapter_free()`, e.g. LoRA) is, without `reference.init`, its own reference:
+    its base weights with the adapters off, no second copy in memory."""
     path = ctx.cfg.reference.init
     where = f"stages.{ctx.name}.reference.init"
+    adapter_free = getattr(model, "adapter_free", None)
+    if path is None and callable(adapter_free) and adapter_free() is not None:
+        print0(f"[{ctx.name}] reference model: the policy's base weights, adapters off (no copy)")
+        return AdapterFree(model)
     handle = Checkpoint.open(path, where) if path is not None else start
     if handle is None or handle.path is None:
         ref = copy.deepcopy(model)
@@ -216,3 +223,15 @@ def reference_model(ctx, model, tokenizer, start: Checkpoint | None):
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+class AdapterFree:
+    """The policy itself as the reference: each forward inside its `adapter_free()` context (no gradient is
+    taken: ref_logp runs under no_grad)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, idx):
+        with self.model.adapter_free():
+            return self.model(idx)
