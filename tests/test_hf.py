@@ -228,23 +228,6 @@ def test_export_round_trip_transformers_loads_what_rlkit_trained(llama, tmp_path
     assert not torch.equal(model.lm_head.weight, AutoModelForCausalLM.from_pretrained(llama).lm_head.weight)  # trained
 
 
-def test_export_of_a_model_without_hf_form_is_one_line(tmp_path, cli, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "exp.yaml").write_text("""\
-name: g
-device: cpu
-model: {depth: 1, seq_len: 64, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 20000, data: {source: arithmetic, args: {size: 100}}}
-  pretrain: {data: {source: arithmetic, args: {size: 100}}, steps: 1, total_batch_tokens: 512, device_batch_size: 8,
-             optimizer: {name: adamw}, eval_every: 0, eval_tokens: 512}
-""")
-    assert cli("run", "exp.yaml").exit_code == 0
-    result = cli("export", "runs/g", "out")
-    assert result.exit_code == 1 and "export: model plugin 'gpt' cannot write Hugging Face format" in result.stderr
-
-
 def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, monkeypatch, cli):
     from transformers import AutoModelForCausalLM
 

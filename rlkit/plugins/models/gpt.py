@@ -5,7 +5,8 @@ Architecture (after nanochat and modded-nanogpt):
 - Token embedding `wte`, then a parameter-free RMSNorm (F.rms_norm, no gain).
 - Each layer starts from x = resid_lambda * x + x0_lambda * x0 (x0: the normed embedding; two learnable
   scalars a layer, 1 and 0 at init, so a fresh model is a plain pre-norm transformer), then
-  x = x + attn(norm(x)) and x = x + mlp(norm(x)).
+  x = x + attn(norm(x)) and x = x + mlp(norm(x)). `lambdas: false` leaves the scalars out (x stays x):
+  exactly transformers' NanoChat architecture, so `rlkit export` can write it (gpt_export.py).
 - Attention: separate q, k, v projections, rotary embeddings (base 10000), QK-norm (RMSNorm of each head),
   causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU².
 - Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap).
@@ -43,6 +44,7 @@ class GPTConfig:
     seq_len: int
     head_dim: int = 64
     softcap: float = 15.0
+    lambdas: bool = True  # the per-layer resid / x0 scalars; False: the plain pre-norm stack (exportable)
 
     def __post_init__(self):
         for name in ("depth", "vocab_size", "seq_len", "head_dim"):
@@ -142,8 +144,9 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.padded_vocab, config.width)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.lm_head = nn.Linear(config.width, config.padded_vocab, bias=False)
-        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
-        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        if config.lambdas:
+            self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+            self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         # rotary tables reach 10x seq_len so sampling may run past the training length; not saved in checkpoints
         cos, sin = rotary_tables(10 * config.seq_len, config.head_dim)
         self.register_buffer("cos", cos, persistent=False)
@@ -161,8 +164,9 @@ class GPT(nn.Module):
                 nn.init.uniform_(lin.weight, -a, a)
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
-        self.resid_lambdas.fill_(1.0)
-        self.x0_lambdas.fill_(0.0)
+        if self.config.lambdas:
+            self.resid_lambdas.fill_(1.0)
+            self.x0_lambdas.fill_(0.0)
         cos, sin = rotary_tables(self.cos.size(0), self.config.head_dim, device=self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
@@ -177,7 +181,8 @@ class GPT(nn.Module):
             cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # (B, T, 1, D/2)
         x = x0 = norm(self.wte(idx))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            if self.config.lambdas:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             x = block(x, cos, sin, kv_cache, i)
         if kv_cache is not None:
             kv_cache.end(T)
@@ -201,7 +206,7 @@ class GPT(nn.Module):
             "matrix": matrices,
             "embedding": [self.wte.weight],
             "unembedding": [self.lm_head.weight],
-            "scalar": [self.resid_lambdas, self.x0_lambdas],
+            "scalar": [self.resid_lambdas, self.x0_lambdas] if self.config.lambdas else [],
         }
 
     def flops_per_token(self):
@@ -214,7 +219,13 @@ class GPT(nn.Module):
     def spec(self) -> dict:
         """The factory args that rebuild this architecture (vocab_size and seq_len come from the run)."""
         c = dataclasses.asdict(self.config)
-        return {k: c[k] for k in ("depth", "head_dim", "softcap")}
+        return {k: c[k] for k in ("depth", "head_dim", "softcap")} | ({} if c["lambdas"] else {"lambdas": False})
+
+    def export(self, folder, tokenizer) -> list[str]:
+        """`rlkit export`: a transformers NanoChatForCausalLM folder (gpt_export.py)."""
+        from rlkit.plugins.models.gpt_export import export
+
+        return export(self, folder, tokenizer)
 
     def decoder(self, dtype):
         """The sampler's prefill/decode over this model's KV cache, with matmul weights in `dtype`."""
@@ -234,12 +245,15 @@ class GPT(nn.Module):
         return copy.deepcopy(self, memo)
 
 
-def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0) -> GPT:
+def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0,
+        lambdas: bool = True) -> GPT:
     """The model plugin: a GPT for `tokenizer`'s vocabulary (rlkit's BPE: no tokenizer of its own)."""
     if tokenizer is None:
         raise RlkitError("model 'gpt' brings no tokenizer: put a tokenizer stage first (or init: a run that has one)")
+    if not isinstance(lambdas, bool):
+        raise RlkitError(f"model.lambdas: got {lambdas!r}; it must be true or false")
     model = GPT(GPTConfig(depth=depth, vocab_size=tokenizer.vocab_size, seq_len=seq_len, head_dim=head_dim,
-                          softcap=softcap))
+                          softcap=softcap, lambdas=lambdas))
     model.init_weights()  # a second draw, as the first build made it: the same seed gives the same weights
     return model
 

@@ -1,0 +1,96 @@
+"""`rlkit export` for the built-in gpt: its weights as transformers' NanoChatForCausalLM (model_type "nanochat").
+
+NanoChat is the same computation as a gpt built with `lambdas: false`, once three details are matched:
+- rotary: rlkit rotates each head's pairs (x1, x2) = (x[:D/2], x[D/2:]) by +angle, NanoChat by -angle
+  (its rotate_half has flipped signs). With P = diag(1, -1) per pair, R(-a) = P R(a) P, and the QK-norm and
+  the dot product q.k are unchanged by P, so negating the second half of every head's q and k rows gives
+  the same attention scores exactly;
+- norms: F.rms_norm without eps uses the dtype's machine epsilon, so rms_norm_eps is float32's;
+- vocabulary: rlkit pads it to a multiple of 64 and slices the logits; the export keeps the real rows.
+The rest is a renaming: wte -> embed_tokens, c_q/c_k/c_v/c_proj -> q/k/v/o_proj, c_fc/c_proj -> fc1/fc2
+(relu2), an untied lm_head, final_logit_softcapping = softcap.
+
+What NanoChat cannot represent is the default gpt's per-layer resid_lambdas / x0_lambdas (each layer's
+input is resid_lambda * x + x0_lambda * x0, x0 the normed embedding): such a model is refused, naming them.
+The tokenizer (tiktoken ranks) becomes a tokenizers BPE with rlkit's chat format as its chat template.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlkit.core.errors import RlkitError
+
+# rlkit's chat format (rlkit.core.tokenizer.render_conversation: a leading system message is folded into the
+# next turn) for apply_chat_template
+CHAT_TEMPLATE = (
+    "{% set ns = namespace(prefix='') %}<|bos|>{% for m in messages %}"
+    "{% if loop.first and m['role'] == 'system' and messages|length > 1 %}{% set ns.prefix = m['content'] + '\\n\\n' %}"
+    "{% elif m['role'] == 'assistant' %}<|assistant_start|>{{ ns.prefix + m['content'] }}<|assistant_end|>"
+    "{% set ns.prefix = '' %}{% else %}<|user_start|>{{ ns.prefix + m['content'] }}<|user_end|>{% set ns.prefix = '' %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}")
+
+
+def export(model, folder, tokenizer) -> list[str]:
+    from transformers import NanoChatConfig, NanoChatForCausalLM
+
+    c = model.config
+    if c.lambdas:
+        raise RlkitError("export: this gpt has learned per-layer resid_lambdas / x0_lambdas (each layer's input is "
+                         "resid_lambda * x + x0_lambda * x0), which transformers' NanoChat architecture lacks; train "
+                         "with model.args.lambdas: false to export (docs/plugins.md)")
+    V = c.vocab_size
+    config = NanoChatConfig(
+        vocab_size=V, hidden_size=c.width, intermediate_size=4 * c.width, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, num_key_value_heads=c.n_head, max_position_embeddings=model.cos.size(0),
+        hidden_act="relu2", rms_norm_eps=torch.finfo(torch.float32).eps, final_logit_softcapping=c.softcap,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attention_bias=False,
+        tie_word_embeddings=False, bos_token_id=tokenizer.token_id("<|bos|>"),
+        eos_token_id=tokenizer.stop_ids[0] if len(tokenizer.stop_ids) == 1 else list(tokenizer.stop_ids),
+        pad_token_id=tokenizer.token_id("<|assistant_end|>"))
+    hf = NanoChatForCausalLM(config).float().eval()
+    state = {"model.embed_tokens.weight": model.wte.weight[:V], "lm_head.weight": model.lm_head.weight[:V]}
+    for i, block in enumerate(model.blocks):
+        at, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        state |= {f"{at}.q_proj.weight": _flip(block.attn.c_q.weight, c), f"{at}.k_proj.weight": _flip(block.attn.c_k.weight, c),
+                  f"{at}.v_proj.weight": block.attn.c_v.weight, f"{at}.o_proj.weight": block.attn.c_proj.weight,
+                  f"{mlp}.fc1.weight": block.mlp.c_fc.weight, f"{mlp}.fc2.weight": block.mlp.c_proj.weight}
+    result = hf.load_state_dict({k: v.detach().float().clone() for k, v in state.items()}, strict=False)
+    unset = [k for k in result.missing_keys if "rotary" not in k]
+    if unset or result.unexpected_keys:  # a transformers version whose NanoChat is laid out differently
+        raise RlkitError(f"export: transformers' NanoChat does not match rlkit's mapping (unset {unset[:3]}, "
+                         f"unknown {result.unexpected_keys[:3]})")
+    hf.generation_config.eos_token_id = config.eos_token_id
+    fast = hf_tokenizer(tokenizer)  # before anything is written: a failure leaves no half-written folder
+    hf.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return []
+
+
+def _flip(w: torch.Tensor, c) -> torch.Tensor:
+    """Rows of a q or k projection (width, width) with the second half of every head negated (see the top)."""
+    w = w.detach().clone().view(c.n_head, 2, c.head_dim // 2, -1)
+    w[:, 1] = -w[:, 1]
+    return w.view(c.width, -1)
+
+
+def hf_tokenizer(tokenizer):
+    """rlkit's tiktoken BPE as a PreTrainedTokenizerFast (transformers' TikTokenConverter: the same ranks, merges
+    and split pattern), its specials at their ids, and the chat template above."""
+    import base64
+    import tempfile
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    enc = tokenizer.enc
+    with tempfile.TemporaryDirectory() as tmp:
+        ranks = str(Path(tmp) / "ranks.tiktoken")  # tiktoken's file format: "base64(token bytes) rank" lines
+        Path(ranks).write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                                       for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1])))
+        specials = sorted(enc._special_tokens, key=enc._special_tokens.get)  # in id order: appended after the ranks
+        fast = TikTokenConverter(vocab_file=ranks, pattern=enc._pat_str, extra_special_tokens=specials).converted()
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=fast, bos_token="<|bos|>", eos_token="<|assistant_end|>",
+                                      pad_token="<|assistant_end|>")
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped

@@ -1,0 +1,94 @@
+"""`rlkit export` of the built-in gpt as transformers' NanoChatForCausalLM (rlkit/plugins/models/gpt_export.py):
+with `lambdas: false` transformers' logits equal rlkit's and its greedy output and tokenizer match; the
+default gpt (learned per-layer lambdas) is refused in one line naming what NanoChat lacks."""
+import pytest
+import torch
+
+from rlkit.core.plugins import load_plugins
+from rlkit.core.sampling import generate
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+EXPERIMENT = """\
+name: g
+seed: 0
+device: cpu
+model: {{depth: 2, seq_len: 64, dtype: float32{extra}}}
+tracking: {{enabled: false}}
+stages:
+  tokenizer: {{vocab_size: 300, max_chars: 20000, data: {{source: arithmetic, args: {{size: 200}}}}}}
+  pretrain: {{data: {{source: arithmetic, args: {{size: 200}}}}, steps: {steps}, total_batch_tokens: 512,
+             device_batch_size: 8, optimizer: {{name: adamw, args: {{lr: 0.01}}}}, eval_every: 0, eval_tokens: 512}}
+"""
+PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tom has 3 apples and buys 4."},
+            {"role": "assistant", "content": "#### 7"}, {"role": "user", "content": "And 5 more?"}]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from rlkit.core.task import example_text
+    from rlkit.core.tokenizer import train_tokenizer
+
+    texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=300)]
+    return train_tokenizer(texts, 300)
+
+
+def test_nanochat_logits_equal_rlkits_for_random_weights(tokenizer, tmp_path):
+    """Every weight random (the output projections too, which start at zero), so attention, the rotary sign
+    mapping and the MLP all count; 1e-5 in float32 over 60 positions."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = load_plugins().tables["model"]["gpt"](tokenizer, 64, depth=2, lambdas=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    assert model.export(tmp_path, tokenizer) == []
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(theirs).__name__ == "NanoChatForCausalLM"
+    assert theirs.lm_head.weight.data_ptr() != theirs.model.embed_tokens.weight.data_ptr()  # untied, as ours
+    x = torch.randint(0, tokenizer.vocab_size, (3, 60))
+    with torch.no_grad():
+        ours, hf = model(x), theirs(input_ids=x).logits.float()
+    assert ours.shape == hf.shape == (3, 60, tokenizer.vocab_size)
+    assert ours.std() > 0.5  # logits that vary: a real comparison
+    torch.testing.assert_close(hf, ours, rtol=0, atol=1e-5)
+
+
+def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkit.core import policy
+    from rlkit.core.handoff import Checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(extra=", lambdas: false", steps=20))
+    assert cli("run", "exp.yaml").exit_code == 0
+    result = cli("export", "runs/g", "out")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    theirs, their_tok = AutoModelForCausalLM.from_pretrained("out").eval(), AutoTokenizer.from_pretrained("out")
+    ours, tok = policy.load(load_plugins(), Checkpoint.open("runs/g"))
+    text = "Tom has 12 apples. He eats 5 of them.\n#### 7 (12 - 5 = 7)"
+    assert their_tok.encode(text, add_special_tokens=False) == tok.encode(text)
+    assert their_tok.decode(tok.encode(text)) == text
+    for messages in PROMPTS:
+        prompt = tok.render_for_completion(messages)
+        assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == prompt
+        greedy = generate(ours, [prompt], 1, 16, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
+        hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=16, eos_token_id=tok.stop_ids,
+                             pad_token_id=their_tok.pad_token_id)[0, len(prompt):].tolist()
+        assert greedy == hf[:len(greedy)] and len(greedy) == len(hf), (greedy, hf)
+        assert len(set(greedy)) > 1  # trained: not one token repeated
+
+
+def test_export_of_the_default_gpt_names_the_lambdas_in_one_line(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(extra="", steps=1))
+    assert cli("run", "exp.yaml").exit_code == 0
+    result = cli("export", "runs/g", "out")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
+    assert "resid_lambdas / x0_lambdas" in lines[0] and "model.args.lambdas: false" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
