@@ -228,6 +228,33 @@ def test_export_round_trip_transformers_loads_what_rlkit_trained(llama, tmp_path
     assert not torch.equal(model.lm_head.weight, AutoModelForCausalLM.from_pretrained(llama).lm_head.weight)  # trained
 
 
+def test_export_of_an_hf_model_trained_with_rlkits_tokenizer_carries_it(tmp_path):
+    """args.config with rlkit's own tokenizer (the HF quickstart's shape): the export converts the tokenizer, chat
+    template included, and names its special ids, so transformers renders and generates as rlkit does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkit.core.task import example_text
+    from rlkit.core.tokenizer import train_tokenizer
+
+    texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=300)]
+    tok = train_tokenizer(texts, 300)
+    torch.manual_seed(0)
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2}
+    ours = load_plugins().tables["model"]["hf"](tok, 128, config=config).eval()
+    assert ours.export(tmp_path, tok) == []
+    theirs, their_tok = AutoModelForCausalLM.from_pretrained(tmp_path).eval(), AutoTokenizer.from_pretrained(tmp_path)
+    assert theirs.generation_config.eos_token_id == tok.stop_ids
+    for messages in PROMPTS[:2]:
+        prompt = tok.render_for_completion(messages)
+        assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == prompt
+        greedy = generate(ours, [prompt], 1, 12, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
+        hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=12)[0, len(prompt):].tolist()
+        assert greedy == hf[:len(greedy)] and len(greedy) == len(hf), (greedy, hf)
+    assert their_tok.decode(tok.encode(PROMPTS[0][0]["content"])) == PROMPTS[0][0]["content"]
+
+
 def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, monkeypatch, cli):
     from transformers import AutoModelForCausalLM
 

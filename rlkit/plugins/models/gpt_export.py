@@ -12,22 +12,14 @@ The rest is a renaming: wte -> embed_tokens, c_q/c_k/c_v/c_proj -> q/k/v/o_proj,
 
 What NanoChat cannot represent is the default gpt's per-layer resid_lambdas / x0_lambdas (each layer's
 input is resid_lambda * x + x0_lambda * x0, x0 the normed embedding): such a model is refused, naming them.
-The tokenizer (tiktoken ranks) becomes a tokenizers BPE with rlkit's chat format as its chat template.
+The tokenizer goes with it (tokenizer_export.py).
 """
 from __future__ import annotations
 
 import torch
 
 from rlkit.core.errors import RlkitError
-
-# rlkit's chat format (rlkit.core.tokenizer.render_conversation: a leading system message is folded into the
-# next turn) for apply_chat_template
-CHAT_TEMPLATE = (
-    "{% set ns = namespace(prefix='') %}<|bos|>{% for m in messages %}"
-    "{% if loop.first and m['role'] == 'system' and messages|length > 1 %}{% set ns.prefix = m['content'] + '\\n\\n' %}"
-    "{% elif m['role'] == 'assistant' %}<|assistant_start|>{{ ns.prefix + m['content'] }}<|assistant_end|>"
-    "{% set ns.prefix = '' %}{% else %}<|user_start|>{{ ns.prefix + m['content'] }}<|user_end|>{% set ns.prefix = '' %}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}")
+from rlkit.plugins.models.tokenizer_export import hf_tokenizer
 
 
 def export(model, folder, tokenizer) -> list[str]:
@@ -71,26 +63,3 @@ def _flip(w: torch.Tensor, c) -> torch.Tensor:
     w = w.detach().clone().view(c.n_head, 2, c.head_dim // 2, -1)
     w[:, 1] = -w[:, 1]
     return w.view(c.width, -1)
-
-
-def hf_tokenizer(tokenizer):
-    """rlkit's tiktoken BPE as a PreTrainedTokenizerFast (transformers' TikTokenConverter: the same ranks, merges
-    and split pattern), its specials at their ids, and the chat template above."""
-    import base64
-    import tempfile
-    from pathlib import Path
-
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    enc = tokenizer.enc
-    with tempfile.TemporaryDirectory() as tmp:
-        ranks = str(Path(tmp) / "ranks.tiktoken")  # tiktoken's file format: "base64(token bytes) rank" lines
-        Path(ranks).write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
-                                       for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1])))
-        specials = sorted(enc._special_tokens, key=enc._special_tokens.get)  # in id order: appended after the ranks
-        fast = TikTokenConverter(vocab_file=ranks, pattern=enc._pat_str, extra_special_tokens=specials).converted()
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=fast, bos_token="<|bos|>", eos_token="<|assistant_end|>",
-                                      pad_token="<|assistant_end|>")
-    wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped

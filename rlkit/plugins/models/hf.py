@@ -82,14 +82,21 @@ class HFPolicy(nn.Module):
 
     def export(self, folder, tokenizer) -> list[str]:
         """A folder AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load (LoRA adapters
-        merged into the weights: W + (alpha / r) B A); returns notes."""
+        merged into the weights: W + (alpha / r) B A; rlkit's own tokenizer converted); returns notes."""
+        from rlkit.plugins.models.tokenizer_export import hf_tokenizer
+
         model = copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
-        model.save_pretrained(folder)
         if hasattr(tokenizer, "tok"):  # the model's own Hugging Face tokenizer, chat template included
+            model.save_pretrained(folder)
             tokenizer.tok.save_pretrained(folder)
             return []
-        return ["the model was trained with rlkit's own tokenizer, which has no Hugging Face form yet: only the "
-                "weights and config were written"]
+        fast = hf_tokenizer(tokenizer)  # rlkit's own, converted; its specials replace the architecture's defaults
+        for config in (model.config, model.generation_config):
+            config.bos_token_id, config.pad_token_id = fast.bos_token_id, fast.pad_token_id
+            config.eos_token_id = list(tokenizer.stop_ids)
+        model.save_pretrained(folder)
+        fast.save_pretrained(folder)
+        return []
 
     def decoder(self, dtype):
         """The sampler's view; in another dtype than the weights', a copy whose weights are stored in it (made
