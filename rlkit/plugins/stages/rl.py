@@ -76,7 +76,7 @@ class Updates:
 
 @dataclass
 class Reference:
-    init: Optional[str] = None  # checkpoint for ref_logp; default: the one the stage started from
+    init: Optional[str] = None  # for ref_logp; default: the start checkpoint (LoRA: its base, adapters off, no copy)
 
 
 @dataclass
