@@ -15,8 +15,9 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
 A Policy may also have `export(folder, tokenizer) -> list[str]` (`rlkit export`: write a folder transformers
 loads; returns notes), and `adapter_free() -> context manager | None`: for a policy trained through adapters
 (LoRA), a context inside which its forward computes the base model with the adapters off, without a copy
-(None when it has none); a KL reference that is the base model is then the policy itself inside it. A factory may also carry `factory.check(seq_len, **args)`: checks that need no weights (a model folder
-that exists, a chat template), run by `rlkit check` before any stage.
+(None when it has none); a KL reference that is the base model is then the policy itself inside it.
+A factory may also carry `factory.check(seq_len, **args)`: checks that need no weights (a model folder that
+exists, a chat template), run by `rlkit check` before any stage.
 Nothing outside the model plugin touches a model's modules or buffers.
 
 A Decoder owns its KV cache; rlkit.core.sampling drives it, one batch of prompts at a time:

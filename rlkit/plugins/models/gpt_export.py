@@ -23,7 +23,11 @@ from rlkit.plugins.models.tokenizer_export import hf_tokenizer
 
 
 def export(model, folder, tokenizer) -> list[str]:
-    from transformers import NanoChatConfig, NanoChatForCausalLM
+    try:
+        from transformers import NanoChatConfig, NanoChatForCausalLM
+    except ImportError:
+        raise RlkitError("export: this transformers has no NanoChat architecture; upgrade it (pip install -U "
+                         "transformers)") from None
 
     c = model.config
     if c.lambdas:
@@ -43,8 +47,9 @@ def export(model, folder, tokenizer) -> list[str]:
     state = {"model.embed_tokens.weight": model.wte.weight[:V], "lm_head.weight": model.lm_head.weight[:V]}
     for i, block in enumerate(model.blocks):
         at, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        state |= {f"{at}.q_proj.weight": _flip(block.attn.c_q.weight, c), f"{at}.k_proj.weight": _flip(block.attn.c_k.weight, c),
-                  f"{at}.v_proj.weight": block.attn.c_v.weight, f"{at}.o_proj.weight": block.attn.c_proj.weight,
+        attn = block.attn
+        state |= {f"{at}.q_proj.weight": _flip(attn.c_q.weight, c), f"{at}.k_proj.weight": _flip(attn.c_k.weight, c),
+                  f"{at}.v_proj.weight": attn.c_v.weight, f"{at}.o_proj.weight": attn.c_proj.weight,
                   f"{mlp}.fc1.weight": block.mlp.c_fc.weight, f"{mlp}.fc2.weight": block.mlp.c_proj.weight}
     result = hf.load_state_dict({k: v.detach().float().clone() for k, v in state.items()}, strict=False)
     unset = [k for k in result.missing_keys if "rotary" not in k]
