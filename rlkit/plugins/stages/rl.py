@@ -36,6 +36,7 @@ import torch
 
 import rlkit
 from rlkit.core import training
+from rlkit.core.algorithm import check_contract, guard
 from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
@@ -119,17 +120,20 @@ def check(cfg: RLConfig, setup) -> None:
     if cfg.rollout.samples < need:
         raise RlkitError(f"{setup.where}.rollout.samples: algorithm '{cfg.algorithm.name}' needs at least "
                          f"{need} samples per prompt (got {cfg.rollout.samples})")
+    check_contract(algorithm, cfg.rollout.samples, cfg.rollout.max_new_tokens)  # its methods, on a tiny batch
     check_optimizer(cfg.optimizer, setup)
 
 
 def build_algorithm(cfg: RLConfig, plugins, where: str):
+    """The algorithm plugin's object, behind the guard (rlkit/core/algorithm.py) that checks every call."""
     factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
     try:
-        return factory(**cfg.algorithm.args)
+        algorithm = factory(**cfg.algorithm.args)
     except RlkitError as e:
         raise RlkitError(f"{where}.algorithm: {e}") from e
     except Exception as e:
         raise RlkitError(f"{where}.algorithm: plugin '{cfg.algorithm.name}' failed: {type(e).__name__}: {e}") from e
+    return guard(algorithm, cfg.algorithm.name, f"{where}.algorithm")
 
 
 def run(ctx, start):
@@ -162,6 +166,7 @@ def run(ctx, start):
     tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * (1.0 - step / s.steps)
+        algorithm.at(f"at {ctx.name} step {step + 1}")  # for its error lines
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
         batch = collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
