@@ -224,7 +224,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          "with name=<new name>") from None
     changed = [row["key"] for row in config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
     fresh = {e.name for e in found if _not_started(run_dir / e.name)}
-    refused = [k for k in changed if not (k.startswith("stages.") and k.split(".")[1] in fresh)]
+    tracking = [k for k in changed if k.startswith("tracking.")]  # where metrics go changes no result
+    refused = [k for k in changed if k not in tracking and not (k.startswith("stages.") and k.split(".")[1] in fresh)]
     if refused:
         ran = sorted({k.split(".")[1] for k in refused if k.startswith("stages.")})
         what = f" (entries that already ran: {', '.join(ran)})" if ran else ""
@@ -232,7 +233,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          f"{' ...' if len(refused) > 5 else ''}{what}; resume with the same values there, or start "
                          "a new run")
     for key in changed:
-        print0(f"--resume: {key} changed; {key.split('.')[1]} has not started yet, so the new value is used")
+        why = "it changes no result" if key in tracking else f"{key.split('.')[1]} has not started yet"
+        print0(f"--resume: {key} changed; {why}, so the new value is used")
 
 
 def _holds_work(run_dir: Path) -> bool:
