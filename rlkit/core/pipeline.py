@@ -72,12 +72,34 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
             when = "later" if e.init != e.name else "here"
             raise RlkitError(f"{where}.init: '{e.init}' is an entry that runs {when}; init: may name an earlier "
                              "entry, a checkpoint, an entry folder or a run folder")
+        tokenizer = None
         if e.init is not None and e.init not in [f.name for f in found[:i]]:  # a missing start fails now
-            handoff.Checkpoint.open(e.init, f"{where}.init")
+            tokenizer = _tokenizer_of(handoff.Checkpoint.open(e.init, f"{where}.init"))
         if e.stage.check is not None:
-            setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None)
+            setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None,
+                               tokenizer=tokenizer)
             e.stage.check(e.cfg, setup)
     return cfg, plugins
+
+
+def _tokenizer_of(handle) -> Any:
+    """The rlkit tokenizer a hand-off carries (None when it has none, e.g. a model plugin brings its own)."""
+    from rlkit.core.tokenizer import Tokenizer
+
+    return None if handle is None or handle.tokenizer is None else Tokenizer.load(handle.tokenizer)
+
+
+def _check_later(cfg, plugins, found: list[Entry], index: int, start, world: int) -> None:
+    """Once an entry hands on a tokenizer (a tokenizer stage, first and quick), check the entries after it
+    again with it, before the next one runs: values that need token counts (rollouts against model.seq_len)
+    fail now, not after hours of the entries in between."""
+    tokenizer = _tokenizer_of(start)
+    if tokenizer is None:
+        return
+    for e in found[index + 1:]:
+        if e.stage.check is not None and (e.init is None or e.init in [f.name for f in found]):
+            e.stage.check(e.cfg, StageSetup(f"stages.{e.name}", plugins, world, cfg.model, Path(cfg.base_dir),
+                                            has_start=True, tokenizer=tokenizer))
 
 
 def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]:
@@ -156,8 +178,11 @@ def _run(cfg, plugins, found, run_dir, resume, info, device, dtype) -> None:
         tracker.params({"hparams": OmegaConf.to_container(cfg), "env": env})
         dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
                     f"world size {info.world_size}, run dir {run_dir}")
-        start = None
+        start, checked = None, None
         for index, e in enumerate(found):
+            if start is not None and start.tokenizer != checked:  # a new tokenizer: check what comes with it
+                _check_later(cfg, plugins, found, index - 1, start, info.world_size)
+                checked = start.tokenizer
             done = handoff.finished(run_dir / e.name) if resume else None
             if done is not None:
                 start = done
