@@ -26,6 +26,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
+from rlkit.core.memory import check_fits_memory
 from rlkit.core.runlock import RunLock
 from rlkit.core.stage import Stage, StageSetup
 
@@ -143,6 +144,8 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
     with _writable(cfg):
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
     policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
+    check_fits_memory(plugins.tables["model"][cfg.model.name], args, cfg.model.seq_len, None, cfg.device,
+                      f"{path}: model")
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
