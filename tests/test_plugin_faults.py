@@ -1,10 +1,15 @@
 """A fault in any kind of plugin is one line naming the plugin, the hook or method, and what was expected,
 found by `rlkit check` where the contract can be checked up front (the real CLI in a subprocess)."""
+import hashlib
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from rlkit.core.checkpoint import latest_checkpoint
 
 EXPERIMENT = """\
 name: faults
@@ -66,3 +71,153 @@ def test_names_that_differ_only_in_case_get_a_warning(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "warning: reward plugins 'gsm8k' and 'GSM8K' differ only in case" in out.stderr
+
+
+# --------------------------------------------------------------------------- an algorithm's own faults
+
+ALGORITHM = '''\
+"""Test-only: grpo's formulas, misbehaving as `fault` says on call `at_call` of `method` (counted per object,
+so the instance `rlkit check` builds fails on call 1 and the run's own on call 2, i.e. at rl step 2)."""
+import rlkit
+
+
+class Faulty:
+    min_samples = 2
+
+    def __init__(self, fault="", method="loss", at_call=0):
+        self.fault, self.method, self.at_call, self.calls = fault, method, at_call, {"advantages": 0, "loss": 0}
+
+    def now(self, method):
+        self.calls[method] += 1
+        return self.method == method and self.calls[method] == self.at_call
+
+    def advantages(self, rewards):
+        adv = rewards - rewards.mean(dim=1, keepdim=True)
+        if self.now("advantages"):
+            if self.fault == "raise":
+                raise ValueError("cannot centre")
+            if self.fault == "shape":
+                return adv.mean(dim=1)
+        return adv
+
+    def loss(self, logp, mask, adv, extra):
+        loss = -(logp * mask * adv[:, None]).sum() / extra["num_tokens"]
+        if self.now("loss"):
+            if self.fault == "raise":
+                raise ValueError("cannot sum")
+            return {"float": float(loss.detach()), "per-token": -(logp * mask * adv[:, None]), "nan": loss * float("nan"),
+                    "detached": loss.detach()}[self.fault]
+        return loss
+
+
+@rlkit.hookimpl
+def rlkit_algorithms():
+    return {"faulty": Faulty, "nothing": lambda: None}
+'''
+
+BASE = """\
+name: base
+device: cpu
+model: {depth: 1, seq_len: 128, dtype: float32}
+tracking: {enabled: false}
+stages:
+  tokenizer: {vocab_size: 300, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
+  pretrain: {data: {source: arithmetic, args: {size: 500}}, steps: 2, total_batch_tokens: 1024, device_batch_size: 8,
+             optimizer: {name: adamw}, eval_every: 0, eval_tokens: 1024}
+"""
+
+RL = """\
+name: {name}
+device: cpu
+plugins: [./algo.py]
+model: {{depth: 1, seq_len: 128, dtype: float32}}
+tracking: {{enabled: false}}
+stages:
+  rl:
+    init: runs/base/pretrain
+    task: {{name: arithmetic, args: {{size: 100}}}}
+    algorithm: {{name: {algorithm}, args: {args}}}
+    rewards: [{{name: gsm8k}}]
+    optimizer: {{name: adamw}}
+    rollout: {{samples: 4, max_new_tokens: 8}}
+    steps: 3
+    examples_per_step: 2
+    device_batch_size: 8
+    save_every: 1
+    eval: {{every: 0, examples: 2, k: 2}}
+"""
+
+
+def cli(folder, *args):
+    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=folder, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def one_line(out, said):
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A finished tokenizer + pretrain run (runs/base) that each rl case starts from."""
+    folder = tmp_path_factory.mktemp("algo")
+    (folder / "base.yaml").write_text(BASE)
+    (folder / "algo.py").write_text(ALGORITHM)
+    out = cli(folder, "run", "base.yaml")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return folder
+
+
+ALGORITHM_FAULTS = {  # id: (method, fault, what the line says after "algorithm 'faulty' <method>() <where>")
+    "advantages-raises": ("advantages", "raise", " raised ValueError: cannot centre"),
+    "advantages-of-the-wrong-shape": ("advantages", "shape", " returned a tensor of shape (2,); expected the "
+                                                             "rewards' shape (P prompts, G samples) (2, 4)"),
+    "loss-raises": ("loss", "raise", " raised ValueError: cannot sum"),
+    "loss-not-a-tensor": ("loss", "float", " returned float; expected a scalar tensor computed from logp"),
+    "loss-not-a-scalar": ("loss", "per-token", " returned a tensor of shape (8, "),
+    "loss-not-finite": ("loss", "nan", " returned nan from finite log-probs and advantages; expected finite values"),
+    "loss-without-gradient": ("loss", "detached", " returned a loss with no gradient; expected one computed from logp"),
+}
+
+
+@pytest.mark.parametrize("method, fault, said", ALGORITHM_FAULTS.values(), ids=ALGORITHM_FAULTS.keys())
+def test_a_faulty_algorithm_stops_the_run_naming_plugin_method_and_step(method, fault, said, base, request):
+    """The fault comes at rl step 2 (it passes `rlkit check`): one line, step 1's checkpoint still whole,
+    no step 2, the pretrain run it started from byte-identical."""
+    name = request.node.callspec.id
+    before = digest(base / "runs/base")
+    (base / f"{name}.yaml").write_text(RL.format(name=name, algorithm="faulty",
+                                                 args=f"{{fault: {fault}, method: {method}, at_call: 2}}"))
+    out = cli(base, "run", f"{name}.yaml")
+    one_line(out, f"error: stages.rl.algorithm: algorithm 'faulty' {method}() at rl step 2{said}")
+    stage = base / "runs" / name / "rl"
+    assert latest_checkpoint(stage) == stage / "step_000001"  # verified: sizes and hashes as written
+    assert not (stage / "step_000002").exists()
+    assert digest(base / "runs/base") == before
+
+
+CHECKED_UP_FRONT = {  # id: (algorithm, args, what the line says)
+    "factory-returns-none": ("nothing", "{}", "stages.rl.algorithm: plugin 'nothing' returned NoneType without "
+                                              "advantages() and loss(); an algorithm factory must return an object"),
+    "advantages-of-the-wrong-shape": ("faulty", "{fault: shape, method: advantages, at_call: 1}",
+                                      "algorithm 'faulty' advantages() on a tiny batch in the check returned a tensor "
+                                      "of shape (2,); expected the rewards' shape"),
+    "loss-not-a-scalar": ("faulty", "{fault: per-token, method: loss, at_call: 1}",
+                          "algorithm 'faulty' loss() on a tiny batch in the check returned a tensor of shape (8, 3)"),
+}
+
+
+@pytest.mark.parametrize("algorithm, args, said", CHECKED_UP_FRONT.values(), ids=CHECKED_UP_FRONT.keys())
+def test_an_algorithms_contract_is_checked_by_rlkit_check(algorithm, args, said, base, request):
+    name = "check-" + request.node.callspec.id
+    (base / f"{name}.yaml").write_text(RL.format(name=name, algorithm=algorithm, args=args))
+    one_line(cli(base, "check", f"{name}.yaml"), said)
+    assert not (base / "runs" / name).exists()

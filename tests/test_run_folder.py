@@ -179,18 +179,27 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path):
 
 
 def test_a_late_mistake_fixed_then_resumed_keeps_the_finished_stages(straight, tmp_path):
-    """rl's rollouts do not fit seq_len: found only when rl starts (its prompts need the trained tokenizer).
-    Fixing the value and --resume continues after pretrain and ends equal to a straight run."""
+    """rl's rollouts do not fit seq_len: its prompts' token counts need the trained tokenizer, so this is found
+    right after the tokenizer entry, before pretrain starts (the later entries are checked again then).
+    Fixing the value and --resume continues after the tokenizer and ends equal to a straight run."""
     folder = folder_with(tmp_path)
     bad = rlkit(folder, "run", "exp.yaml", "stages.rl.rollout.max_new_tokens=120")
-    one_line_error(bad, "stages.rl.rollout.max_new_tokens: prompts reach")
-    saved = digest(folder / "runs/f/pretrain")
+    one_line_error(bad, "stages.rl.rollout.max_new_tokens: prompts reach", "exceed model.seq_len 128")
+    assert "[pretrain]" not in bad.stdout and not (folder / "runs/f/pretrain").exists()
+    saved = digest(folder / "runs/f/tokenizer")
     out = rlkit(folder, "run", "exp.yaml", "--resume")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "[pretrain] already finished: skipping (--resume)" in out.stdout
+    assert "[tokenizer] already finished: skipping (--resume)" in out.stdout
     assert "--resume: stages.rl.rollout.max_new_tokens changed; rl has not started yet" in out.stdout
-    assert digest(folder / "runs/f/pretrain") == saved
+    assert digest(folder / "runs/f/tokenizer") == saved
     assert same(weights(folder / "runs/f/rl"), weights(straight / "runs/f/rl"))
+
+
+def test_rollouts_with_no_room_for_a_prompt_fail_in_rlkit_check(tmp_path):
+    """Before the tokenizer exists, what is certain: max_new_tokens >= model.seq_len leaves no room at all."""
+    out = rlkit(folder_with(tmp_path), "check", "exp.yaml", "stages.rl.rollout.max_new_tokens=128")
+    one_line_error(out, "exp.yaml: stages.rl.rollout.max_new_tokens: 128 new tokens leave no room for a prompt in "
+                        "model.seq_len 128")
 
 
 def test_resume_refuses_changes_to_stages_that_ran_and_names_them(straight, tmp_path):

@@ -19,6 +19,7 @@ import typer
 
 import rlkit
 from rlkit.core.errors import RlkitError
+from rlkit.core.files import write_error
 
 app = typer.Typer(
     add_completion=False,
@@ -47,6 +48,12 @@ def user_errors():
         if type(e).__name__ == "Interrupted":  # a clean stop: say how to continue
             argv = [a for a in sys.argv[1:] if a != "--resume"]
             typer.echo(f"resume with: rlkit {shlex.join(argv)} --resume", err=True)  # quoted: paste it as is
+        raise typer.Exit(1) from None
+    except OSError as e:  # a write no rlkit code wrapped (files.writing): still one line naming the file
+        error = write_error(e, Path(e.filename)) if e.filename else None
+        if error is None or _state["debug"]:
+            raise
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
 
 

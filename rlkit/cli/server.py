@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from rlkit.cli.openai_api import ApiError, Chat, Limits, parse_chat
+from rlkit.core import hosts
 from rlkit.core.engine import Engine, Request
 from rlkit.core.errors import RlkitError
 from rlkit.core.inference import TextStream
@@ -233,7 +234,7 @@ def _interrupt(signum, frame):
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket bound to (host, port); port 0 picks a free one."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    family, kind, proto, _, addr = hosts.addresses(host, port)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -245,16 +246,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return all(ipaddress.ip_address(info[4][0]).is_loopback
-                   for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
-    except (OSError, ValueError):
-        return False
-
-
 def serve(path, host: str, port: int, api_key: str | None, limits: Limits, device: str = "cpu",
           max_rows: int = 64, dtype=None) -> None:
     """Load the checkpoint, start the engine, listen on (host, port) until Ctrl-C; prints one line a state."""
@@ -263,7 +254,7 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
 
     from rlkit.core import inference
 
-    if not is_loopback(host):
+    if not hosts.is_loopback(host):
         typer.echo(f"warning: --host {host} exposes the model beyond this machine: anyone who can reach this address "
              f"can use it{'' if api_key else ' (no --api-key is set)'}", err=True)
     model, tokenizer, handle = inference.load(path, device)

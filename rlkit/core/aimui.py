@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from rlkit.core import hosts
+from rlkit.core.aimrepo import probe
 from rlkit.core.errors import RlkitError
 
 AIM_UP = "import sys; from aim.cli.cli import cli_entry_point; sys.exit(cli_entry_point())"
@@ -25,6 +27,10 @@ AIM_UP = "import sys; from aim.cli.cli import cli_entry_point; sys.exit(cli_entr
 
 def serve(repo: str | Path, host: str = "127.0.0.1", port: int = 43800, ready_timeout: float = 120.0) -> int:
     """Run the UI until Ctrl-C/SIGTERM or until it exits by itself; returns an exit code."""
+    hosts.addresses(host, port)  # a name that does not resolve: one line, before anything starts
+    if not hosts.is_loopback(host):
+        print(f"warning: --host {host} makes the Aim UI reachable from the network: anyone who can reach this "
+              "address can read every run's metrics and config (the UI has no login)", file=sys.stderr, flush=True)
     # Ctrl-C (even where a shell started us with SIGINT ignored) and `kill` both stop the server
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     proc = None
@@ -51,6 +57,7 @@ def start(repo: str | Path, host: str, port: int) -> subprocess.Popen:
     if not Repo.exists(str(repo)):
         raise RlkitError(f"--repo: no Aim repository at {repo}; run an experiment first (tracking.repo in its "
                          f"YAML says where it goes, default .aim)")
+    probe(repo, "--repo")  # a damaged repository: one line here, not aim up's traceback
     if _in_use(host, port):
         raise RlkitError(f"--port: {host}:{port} is already in use; pick another, e.g. --port {port + 1}")
     cmd = [sys.executable, "-c", AIM_UP, "up", "--repo", str(Path(repo).resolve()), "--host", host, "--port", str(port),
@@ -80,8 +87,7 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     proc.wait()
 
 
-def url(host: str, port: int) -> str:
-    return f"http://{host}:{port}"
+url = hosts.url
 
 
 def _interrupt(signum, frame):
@@ -109,6 +115,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family, kind, proto, _, addr = hosts.addresses(host, port)[0]  # IPv4 or IPv6, as the host resolves
+    with socket.socket(family, kind, proto) as s:
         s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+        return s.connect_ex(addr) == 0

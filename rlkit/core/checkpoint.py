@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.files import sha256
+from rlkit.core.files import sha256, writing
 
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.pt", "meta.json"
 FORMAT = 1
@@ -66,12 +66,14 @@ def save_checkpoint(stage_dir, step: int, model_state: dict, optimizer_state: di
         raise RlkitError(f"save_checkpoint: meta for {final} is not JSON-serialisable ({e}); "
                          "store numbers, strings, lists and dicts (see rng_state() for RNG states)") from None
 
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(stage_dir)
-    tmp.mkdir()
+    with writing(final):
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(stage_dir)
+        tmp.mkdir()
     try:
-        _write_files(tmp, step, tensors, optimizer_state, meta)
-        _commit(tmp, final)
+        with writing(final):  # a full disk or a read-only folder: one line naming the checkpoint
+            _write_files(tmp, step, tensors, optimizer_state, meta)
+            _commit(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a hard crash leaves it instead: the next save removes it
         raise

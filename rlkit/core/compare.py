@@ -16,6 +16,7 @@ import difflib
 import re
 from pathlib import Path
 
+from rlkit.core.aimrepo import probe, reading
 from rlkit.core.errors import RlkitError
 
 # shown by default, per stage, when a run tracked them; after reward: pass@ the smallest and largest k tracked
@@ -29,7 +30,12 @@ NO_BEST = ("delta@1", "completion_len", "lr_mult", "grad_norm", "adv_std", "voca
 def compare(repo: str | Path, refs: list[str], metrics: list[str] | None = None) -> dict:
     """{'runs': [...], 'metrics': [{stage, metric, values: [{final, best, last_step} | None per run]}],
     'wall_s': [{stage, values}], 'config': [{key, values}]} for the named runs (JSON-ready)."""
-    runs = find_runs(open_repo(repo), refs)
+    with reading(repo, "--repo"):  # a damaged repository, found now or when a run's data is read: one line
+        return _compare(open_repo(repo), refs, metrics)
+
+
+def _compare(opened, refs: list[str], metrics: list[str] | None) -> dict:
+    runs = find_runs(opened, refs)
     infos = [{"name": r.name, "hash": r.hash, "experiment": r.experiment, "created": r.creation_time} for r in runs]
     series = [read_metrics(r) for r in runs]
     hparams = [_param(r, "hparams") or {} for r in runs]
@@ -51,6 +57,7 @@ def open_repo(repo: str | Path):
     if not Repo.exists(str(repo)):
         raise RlkitError(f"--repo: no Aim repository at {repo}; run an experiment first (tracking.repo in its "
                          f"YAML says where it goes, default .aim)")
+    probe(repo, "--repo")
     return Repo.from_path(str(repo))
 
 

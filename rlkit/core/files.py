@@ -1,22 +1,84 @@
 """Small files a later step trusts (config.yaml, aim_hash, tokenizer files, output.json), written so that a
-crash leaves the old file or the new one, never half of one; and their sha256, to tell a damaged one."""
+crash leaves the old file or the new one, never half of one; and their sha256, to tell a damaged one.
+
+`writing(path)` is the one place a failed write (a full disk, a read-only or foreign folder) becomes one
+line naming the file: every write of a run's files goes through it (atomic_write here, checkpoints).
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import shutil
 from pathlib import Path
+
+from rlkit.core.errors import RlkitError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn a failed write of `path` into one RlkitError naming it: "no space left" (including the errors
+    libraries raise without an errno, e.g. safetensors' or torch.save's, when the disk is found full), or
+    "not writable". Other errors pass as they are. Whatever was saved before is not touched."""
+    try:
+        yield
+    except RlkitError:
+        raise
+    except Exception as e:
+        error = write_error(e, Path(path))
+        if error is None:
+            raise
+        raise error from e
+
+
+def write_error(e: BaseException, path: Path) -> RlkitError | None:
+    """The one-line error for a write of `path` that failed with `e`, or None if it is not about the disk."""
+    code = getattr(e, "errno", None)
+    if code in NO_SPACE or (code is None and _disk_full(path, e)):
+        return RlkitError(f"no space left on device writing {path}; free some space (the checkpoints saved before "
+                          "are intact), then continue with --resume")
+    if code in NOT_WRITABLE:
+        return RlkitError(f"cannot write {path}: {os.strerror(code)}; make {_existing(path)} writable, or run "
+                          "elsewhere (run_dir=<folder> or name=<new name>)")
+    return None
+
+
+def _disk_full(path: Path, e: BaseException) -> bool:
+    if "No space left" in str(e) or "os error 28" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(_existing(path)).free < 1 << 20  # under 1 MiB: the write failed for want of space
+    except OSError:
+        return False
+
+
+def _existing(path: Path) -> Path:
+    """The nearest folder of `path` that exists (the one to make writable)."""
+    path = Path(path).parent
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write to a hidden temporary sibling, fsync it, rename it over `path` (one atomic step on POSIX)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written leftover
+            raise
 
 
 def sha256(path: Path) -> str:

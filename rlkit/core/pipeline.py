@@ -26,6 +26,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
+from rlkit.core.memory import check_fits_memory
 from rlkit.core.runlock import RunLock
 from rlkit.core.stage import Stage, StageSetup
 
@@ -72,12 +73,34 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
             when = "later" if e.init != e.name else "here"
             raise RlkitError(f"{where}.init: '{e.init}' is an entry that runs {when}; init: may name an earlier "
                              "entry, a checkpoint, an entry folder or a run folder")
+        tokenizer = None
         if e.init is not None and e.init not in [f.name for f in found[:i]]:  # a missing start fails now
-            handoff.Checkpoint.open(e.init, f"{where}.init")
+            tokenizer = _tokenizer_of(handoff.Checkpoint.open(e.init, f"{where}.init"))
         if e.stage.check is not None:
-            setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None)
+            setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None,
+                               tokenizer=tokenizer)
             e.stage.check(e.cfg, setup)
     return cfg, plugins
+
+
+def _tokenizer_of(handle) -> Any:
+    """The rlkit tokenizer a hand-off carries (None when it has none, e.g. a model plugin brings its own)."""
+    from rlkit.core.tokenizer import Tokenizer
+
+    return None if handle is None or handle.tokenizer is None else Tokenizer.load(handle.tokenizer)
+
+
+def _check_later(cfg, plugins, found: list[Entry], index: int, start, world: int) -> None:
+    """Once an entry hands on a tokenizer (a tokenizer stage, first and quick), check the entries after it
+    again with it, before the next one runs: values that need token counts (rollouts against model.seq_len)
+    fail now, not after hours of the entries in between."""
+    tokenizer = _tokenizer_of(start)
+    if tokenizer is None:
+        return
+    for e in found[index + 1:]:
+        if e.stage.check is not None and (e.init is None or e.init in [f.name for f in found]):
+            e.stage.check(e.cfg, StageSetup(f"stages.{e.name}", plugins, world, cfg.model, Path(cfg.base_dir),
+                                            has_start=True, tokenizer=tokenizer))
 
 
 def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]:
@@ -121,6 +144,8 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
     with _writable(cfg):
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
     policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
+    check_fits_memory(plugins.tables["model"][cfg.model.name], args, cfg.model.seq_len, None, cfg.device,
+                      f"{path}: model")
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
@@ -156,8 +181,11 @@ def _run(cfg, plugins, found, run_dir, resume, info, device, dtype) -> None:
         tracker.params({"hparams": OmegaConf.to_container(cfg), "env": env})
         dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
                     f"world size {info.world_size}, run dir {run_dir}")
-        start = None
+        start, checked = None, None
         for index, e in enumerate(found):
+            if start is not None and start.tokenizer != checked:  # a new tokenizer: check what comes with it
+                _check_later(cfg, plugins, found, index - 1, start, info.world_size)
+                checked = start.tokenizer
             done = handoff.finished(run_dir / e.name) if resume else None
             if done is not None:
                 start = done
@@ -224,7 +252,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          "with name=<new name>") from None
     changed = [row["key"] for row in config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
     fresh = {e.name for e in found if _not_started(run_dir / e.name)}
-    refused = [k for k in changed if not (k.startswith("stages.") and k.split(".")[1] in fresh)]
+    tracking = [k for k in changed if k.startswith("tracking.")]  # where metrics go changes no result
+    refused = [k for k in changed if k not in tracking and not (k.startswith("stages.") and k.split(".")[1] in fresh)]
     if refused:
         ran = sorted({k.split(".")[1] for k in refused if k.startswith("stages.")})
         what = f" (entries that already ran: {', '.join(ran)})" if ran else ""
@@ -232,7 +261,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          f"{' ...' if len(refused) > 5 else ''}{what}; resume with the same values there, or start "
                          "a new run")
     for key in changed:
-        print0(f"--resume: {key} changed; {key.split('.')[1]} has not started yet, so the new value is used")
+        why = "it changes no result" if key in tracking else f"{key.split('.')[1]} has not started yet"
+        print0(f"--resume: {key} changed; {why}, so the new value is used")
 
 
 def _holds_work(run_dir: Path) -> bool:

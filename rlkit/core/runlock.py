@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.files import write_error
 
 LOCK_FILE = ".lock"
 
@@ -29,8 +30,9 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RlkitError(f"run_dir: cannot create {self.path} ({e.strerror}); is the folder writable?") from None
+        except OSError as e:  # a read-only folder, say: the same line as any other write (files.writing)
+            raise write_error(e, self.path) or RlkitError(f"run_dir: cannot create {self.path} ({e.strerror})") \
+                from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -39,6 +39,8 @@ class StageSetup:
     model: Any  # the experiment's `model:` section (name, args, seq_len, dtype, compile)
     base_dir: Path  # the experiment file's folder: relative data paths start here
     has_start: bool  # whether a checkpoint (an earlier entry or init:) will be handed in
+    tokenizer: Any = None  # the rlkit Tokenizer the entry starts with, once known (from init:, or after the entry
+    #                        that trains it: then the later entries are checked again, before the next one runs)
 
 
 @dataclass(frozen=True)

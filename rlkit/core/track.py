@@ -19,6 +19,7 @@ runs/<name>/aim_hash, and `--resume` continues the same Aim run.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -29,6 +30,7 @@ from typing import Any, Mapping
 import torch
 
 import rlkit
+from rlkit.core.aimrepo import probe, reading
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
 
@@ -91,10 +93,25 @@ class AimTracker(Tracker):
 
         (repo.parent if repo.name == ".aim" else repo).mkdir(parents=True, exist_ok=True)  # Aim makes .aim itself
         self._aim, self.repo = aim, repo
-        # terminal logs stay out: the progress bar would fill them; system metrics are sampled on Aim's thread
-        self.run = aim.Run(run_hash=run_hash, repo=str(repo), experiment=experiment, capture_terminal_logs=False)
-        self.run.name = name
+        probe(repo, "tracking.repo")  # a damaged repository is one line, before any work
+        with reading(repo, "tracking.repo"):
+            self.run = self._open(run_hash, experiment)
+            self.run.name = name
         self.hash = self.run.hash
+
+    def _open(self, run_hash: str | None, experiment: str):
+        """The Aim run (`run_hash`'s, to continue it); a run no longer in the repository (the repository was
+        deleted or moved since) gives a new one, and a line saying so: the steps from here on are tracked."""
+        from aim.sdk.errors import MissingRunError
+
+        # terminal logs stay out: the progress bar would fill them; system metrics are sampled on Aim's thread
+        open_ = functools.partial(self._aim.Run, repo=str(self.repo), experiment=experiment, capture_terminal_logs=False)
+        try:
+            return open_(run_hash=run_hash)
+        except MissingRunError:
+            print0(f"[track] Aim run {run_hash} is not in {self.repo} (deleted or moved?); tracking continues in a "
+                   "new Aim run, from this point of the run on")
+            return open_(run_hash=None)
 
     def params(self, params: Mapping[str, Any]) -> None:
         for key, value in params.items():

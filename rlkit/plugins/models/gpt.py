@@ -258,6 +258,17 @@ def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: fl
     return model
 
 
+def param_count(vocab_size: int, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0) -> int:
+    """The parameters gpt(...) would have, counted on the meta device (nothing allocated): for the memory
+    estimate of `rlkit check` (rlkit/core/memory.py)."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim, softcap=softcap))
+    return sum(p.numel() for p in model.parameters())
+
+
+gpt.param_count = param_count
+
+
 @rlkit.hookimpl
 def rlkit_models():
     return {"gpt": gpt}

@@ -38,18 +38,16 @@ import rlkit
 from rlkit.core import training
 from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
 from rlkit.core.dist import print0
-from rlkit.core.errors import RlkitError
 from rlkit.core.evaluate import EvalTask, headline, run_task
-from rlkit.core.handoff import Checkpoint
 from rlkit.core.optim import set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.core.progress import progress
 from rlkit.core.report import fmt, tracked_change
 from rlkit.core.speed import matmul_peak
-from rlkit.core.stage import Stage, at_least, check_optimizer, divides
-from rlkit.core.task import prompt_messages
+from rlkit.core.stage import Stage
 from rlkit.plugins.stages import rl_update
 from rlkit.plugins.stages.rl_batch import collect
+from rlkit.plugins.stages.rl_check import build_algorithm, check, check_fits
 
 
 @dataclass
@@ -99,39 +97,6 @@ class RLConfig:
     eval: RLEval = field(default_factory=RLEval)
 
 
-def check(cfg: RLConfig, setup) -> None:
-    if not cfg.rewards:
-        raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
-                         f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
-    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every", "rollout.samples",
-             "rollout.max_new_tokens", "eval.k", "updates.epochs", "updates.minibatches")
-    at_least(cfg, setup, 0, "init_lr_frac", "reward_timeout", "save_every", "rollout.temperature",
-             "rollout.top_k", "eval.every", "eval.examples", "max_refills")
-    rows = cfg.examples_per_step // setup.world_size * cfg.rollout.samples
-    if cfg.updates.minibatches > rows:
-        raise RlkitError(f"{setup.where}.updates.minibatches: {cfg.updates.minibatches} is more than the "
-                         f"{rows} completions each process trains on per step; use at most {rows}")
-    if cfg.reference.init is not None:  # a missing reference fails now, not after the entries before it
-        Checkpoint.open(cfg.reference.init, f"{setup.where}.reference.init")
-    divides(setup, "examples_per_step", cfg.examples_per_step, setup.world_size, "the number of processes")
-    algorithm = build_algorithm(cfg, setup.plugins, setup.where)  # cheap, no model: its own checks apply now
-    need = getattr(algorithm, "min_samples", 1)
-    if cfg.rollout.samples < need:
-        raise RlkitError(f"{setup.where}.rollout.samples: algorithm '{cfg.algorithm.name}' needs at least "
-                         f"{need} samples per prompt (got {cfg.rollout.samples})")
-    check_optimizer(cfg.optimizer, setup)
-
-
-def build_algorithm(cfg: RLConfig, plugins, where: str):
-    factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
-    try:
-        return factory(**cfg.algorithm.args)
-    except RlkitError as e:
-        raise RlkitError(f"{where}.algorithm: {e}") from e
-    except Exception as e:
-        raise RlkitError(f"{where}.algorithm: plugin '{cfg.algorithm.name}' failed: {type(e).__name__}: {e}") from e
-
-
 def run(ctx, start):
     s, r = ctx.cfg, ctx.cfg.rollout
     resume = ctx.resume_point()
@@ -162,6 +127,7 @@ def run(ctx, start):
     tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = s.init_lr_frac * (1.0 - step / s.steps)
+        algorithm.at(f"at {ctx.name} step {step + 1}")  # for its error lines
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
         batch = collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
@@ -215,17 +181,6 @@ def log_line(ctx, done: int, stats: dict, history: list[float]) -> None:
                f"rollout {stats['rollout_tok_s']:,.0f} tok/s | train {stats['train_tok_s']:,.0f} tok/s | "
                f"lr x{stats['lr_mult']:.4f}")
     ctx.tracker.metrics(stats, step=done, stage=ctx.name)
-
-
-def check_fits(ctx, tokenizer, task, max_new_tokens: int, sample: int = 256) -> None:
-    """A rollout (prompt + max_new_tokens) must fit the context the model was trained on."""
-    seq_len = ctx.seq_len
-    longest = max(len(tokenizer.render_for_completion(prompt_messages(task[i])))
-                  for i in range(min(sample, len(task))))
-    if longest + max_new_tokens > seq_len:
-        raise RlkitError(f"stages.{ctx.name}.rollout.max_new_tokens: prompts reach {longest} tokens, so {max_new_tokens} new "
-                         f"tokens exceed model.seq_len {seq_len}; use at most {max(seq_len - longest, 0)} or raise "
-                         f"model.seq_len")
 
 
 def evals(cfg: RLConfig) -> list[EvalTask]:

@@ -1,0 +1,142 @@
+"""An algorithm plugin, guarded like rewards are (rlkit/core/scoring.py): one wrapper, one check per method.
+
+Every call the rl loop makes to an algorithm (advantages, loss, clipped, shape, state_dict,
+load_state_dict) goes through `Guarded`, which
+  - turns an exception raised by the plugin into one line naming the plugin, the method and where in
+    the run it was called, and
+  - checks what the method returned against the contract in docs/plugins.md (a tensor, its shape,
+    finite values, a loss that carries a gradient), naming what was expected.
+The caller stops before the optimizer step, so the run's earlier checkpoints stay as they were.
+`check_contract` makes the same calls once on a tiny batch, so most faults show in `rlkit check`.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from rlkit.core.errors import RlkitError
+
+
+def guard(algorithm, name: str, where: str) -> "Guarded":
+    """`algorithm` (what the factory returned) behind the guard; `where` prefixes every error line."""
+    missing = [m for m in ("advantages", "loss") if not callable(getattr(algorithm, m, None))]
+    if missing:
+        raise RlkitError(f"{where}: plugin '{name}' returned {type(algorithm).__name__} without "
+                         f"{' and '.join(m + '()' for m in missing)}; an algorithm factory must return an object "
+                         "with advantages(rewards) and loss(logp, mask, adv, extra) (docs/plugins.md)")
+    return Guarded(algorithm, name, where)
+
+
+class Guarded:
+    """Proxy for an algorithm: its attributes as they are, its methods through `_call` and their check."""
+
+    def __init__(self, inner, name: str, where: str):
+        self.__dict__.update(_inner=inner, _name=name, _where=where, _at="")
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        value = getattr(self.__dict__["_inner"], attr)  # AttributeError as the plugin's own: hasattr works
+        if attr in CHECKS and callable(value):
+            return functools.partial(self._call, attr, value)
+        return value
+
+    def at(self, text: str) -> None:
+        """Where the next calls happen (e.g. "at rl step 3"), for the error lines."""
+        self.__dict__["_at"] = text
+
+    def _call(self, method: str, fn, *args):
+        where = f"{self._where}: algorithm '{self._name}' {method}() {self._at}".rstrip()
+        try:
+            out = fn(*args)
+        except RlkitError as e:
+            raise RlkitError(f"{where}: {e}") from e
+        except Exception as e:
+            raise RlkitError(f"{where} raised {type(e).__name__}: {e}") from e
+        CHECKS[method](out, args, where)
+        return out
+
+
+def _tensor(out, where: str, expected: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise RlkitError(f"{where} returned {type(out).__name__}; expected {expected}")
+    return out
+
+
+def _shape(t: torch.Tensor, shape, where: str, expected: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise RlkitError(f"{where} returned a tensor of shape {tuple(t.shape)}; expected {expected} "
+                         f"{tuple(shape)}")
+
+
+def _finite(t: torch.Tensor, where: str, inputs: str) -> None:
+    if t.is_floating_point() and not torch.isfinite(t.detach()).all():
+        bad = t.detach()[~torch.isfinite(t.detach())].flatten()[0].item()
+        raise RlkitError(f"{where} returned {bad} from finite {inputs}; expected finite values")
+
+
+def check_advantages(out, args, where: str) -> None:
+    (rewards,) = args
+    adv = _tensor(out, where, f"a float tensor of the rewards' shape {tuple(rewards.shape)} (P prompts, G samples)")
+    _shape(adv, rewards.shape, where, "the rewards' shape (P prompts, G samples)")
+    if not adv.is_floating_point():
+        raise RlkitError(f"{where} returned a {adv.dtype} tensor; expected a float tensor")
+    _finite(adv, where, "rewards")
+
+
+def check_loss(out, args, where: str) -> None:
+    logp, mask, adv, extra = args
+    loss = _tensor(out, where, "a scalar tensor computed from logp")
+    if loss.numel() != 1:
+        raise RlkitError(f"{where} returned a tensor of shape {tuple(loss.shape)}; expected a scalar (sum or mean "
+                         "over the micro-batch, divided by extra['num_tokens'] or similar)")
+    if torch.is_grad_enabled() and logp.requires_grad and not loss.requires_grad:
+        raise RlkitError(f"{where} returned a loss with no gradient; expected one computed from logp")
+    inputs = [logp[mask > 0], adv] + [extra[k][mask > 0] for k in ("old_logp", "ref_logp") if k in extra]
+    if all(torch.isfinite(t.detach()).all() for t in inputs):  # else the model is at fault: training.check_step
+        _finite(loss, where, "log-probs and advantages")
+
+
+def check_clipped(out, args, where: str) -> None:
+    logp = args[0]
+    _shape(_tensor(out, where, f"a bool tensor of logp's shape {tuple(logp.shape)}"), logp.shape, where,
+           "logp's shape")
+
+
+def check_shape(out, args, where: str) -> None:
+    lengths = args[0]
+    if not isinstance(out, dict):
+        raise RlkitError(f"{where} returned {type(out).__name__}; expected a dict {{name: (P, G) tensor}}")
+    for key, term in out.items():
+        _shape(_tensor(term, f"{where}['{key}']", f"a tensor of shape {tuple(lengths.shape)}"), lengths.shape,
+               f"{where}['{key}']", "the lengths' shape")
+        _finite(term, f"{where}['{key}']", "lengths")
+
+
+CHECKS = {"advantages": check_advantages, "loss": check_loss, "clipped": check_clipped, "shape": check_shape,
+          "state_dict": lambda out, args, where: None, "load_state_dict": lambda out, args, where: None}
+
+
+def check_contract(algorithm: Guarded, samples: int, max_new_tokens: int) -> None:
+    """Call each method once on a tiny batch (2 prompts x `samples`, 3 tokens each), as the rl loop would:
+    a fault that does not depend on the data shows up in `rlkit check`, before any compute."""
+    with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
+        torch.manual_seed(0)
+        algorithm.at("on a tiny batch in the check")
+        rewards = torch.rand(2, samples)
+        adv = algorithm.advantages(rewards.clone()).reshape(-1)
+        lengths = torch.full((2, samples), 3.0)
+        if hasattr(algorithm, "shape"):
+            algorithm.shape(lengths, max_new_tokens)
+        B = adv.numel()
+        logp = (-torch.rand(B, 3) - 0.1).requires_grad_()
+        mask = torch.ones(B, 3)
+        extra = {"num_tokens": mask.sum(), "num_sequences": float(B), "max_new_tokens": max_new_tokens,
+                 "lengths": mask.sum(dim=1), "old_logp": logp.detach() - 0.01}
+        if "ref_logp" in getattr(algorithm, "needs", ()):
+            extra["ref_logp"] = logp.detach() - 0.05
+        algorithm.loss(logp, mask, adv, extra)
+        if hasattr(algorithm, "clipped"):
+            algorithm.clipped(logp.detach(), mask, adv, extra)
+        algorithm.at("")

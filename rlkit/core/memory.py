@@ -1,0 +1,58 @@
+"""Will the model fit the device? A one-line estimate before any work, from the model plugin's parameter count.
+
+    training memory >= parameters x 16 bytes: fp32 weights (4), gradients (4) and two optimizer moments (8,
+    AdamW's; Muon keeps one), before activations, the KV cache and the reference model of some algorithms.
+
+A model plugin offers its count as `factory.param_count(vocab_size, seq_len, **args) -> int` (the built-in
+GPT builds itself on the meta device, allocating nothing). Before a tokenizer exists the vocabulary is
+taken as 256 (bytes only), so the count is a lower bound and a run is refused only when it cannot fit.
+The memory compared is what is free now: torch.cuda.mem_get_info on a GPU, else the available RAM.
+"""
+from __future__ import annotations
+
+import os
+
+from rlkit.core.errors import RlkitError
+
+BYTES_PER_PARAM = 16
+MIN_VOCAB = 256
+GiB = 1 << 30
+
+
+def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None, device: str, where: str) -> None:
+    count = getattr(factory, "param_count", None)
+    if not callable(count):
+        return
+    try:
+        params = int(count(vocab_size or MIN_VOCAB, seq_len, **args))
+    except RlkitError:
+        return  # bad values: the model's own check names them
+    need, (free, what) = params * BYTES_PER_PARAM, free_memory(device)
+    if free is not None and need > free:
+        bound = "" if vocab_size else "at least "
+        raise RlkitError(f"{where}: this model has {bound}{params / 1e9:.2f}B parameters, about {need / GiB:.1f} GiB "
+                         f"for weights, gradients and optimizer state ({BYTES_PER_PARAM} bytes a parameter, before "
+                         f"activations), but {what} has {free / GiB:.1f} GiB free; use a smaller model (model.args) "
+                         "or a device with more memory")
+
+
+def free_memory(device: str) -> tuple[int | None, str]:
+    """(bytes free on the device the run will use, its name); None when unknown (MPS, say)."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return None, "cuda"
+        index = int(str(device).split(":")[1]) if ":" in str(device) else 0
+        return torch.cuda.mem_get_info(index)[0], f"GPU {index} ({torch.cuda.get_device_name(index)})"
+    if kind != "cpu":
+        return None, kind
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available, "this machine's RAM"
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's RAM"

@@ -1,0 +1,87 @@
+"""The rl stage's checks, made before any entry runs (and again once the tokenizer exists), and its algorithm.
+
+Every value run() uses: counts and ranges, the algorithm (built behind its guard, its methods called once on
+a tiny batch: rlkit/core/algorithm.py), the optimizer on a stand-in model, a reference checkpoint, and
+rollouts (prompt + max_new_tokens) against model.seq_len.
+"""
+from __future__ import annotations
+
+import functools
+
+from rlkit.core.algorithm import check_contract, guard
+from rlkit.core.context import call_plugin
+from rlkit.core.errors import RlkitError
+from rlkit.core.handoff import Checkpoint
+from rlkit.core.stage import at_least, check_optimizer, divides
+from rlkit.core.task import prompt_messages
+
+
+def check(cfg, setup) -> None:
+    if not cfg.rewards:
+        raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
+                         f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
+    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every", "rollout.samples",
+             "rollout.max_new_tokens", "eval.k", "updates.epochs", "updates.minibatches")
+    at_least(cfg, setup, 0, "init_lr_frac", "reward_timeout", "save_every", "rollout.temperature",
+             "rollout.top_k", "eval.every", "eval.examples", "max_refills")
+    rows = cfg.examples_per_step // setup.world_size * cfg.rollout.samples
+    if cfg.updates.minibatches > rows:
+        raise RlkitError(f"{setup.where}.updates.minibatches: {cfg.updates.minibatches} is more than the "
+                         f"{rows} completions each process trains on per step; use at most {rows}")
+    if cfg.reference.init is not None:  # a missing reference fails now, not after the entries before it
+        Checkpoint.open(cfg.reference.init, f"{setup.where}.reference.init")
+    divides(setup, "examples_per_step", cfg.examples_per_step, setup.world_size, "the number of processes")
+    algorithm = build_algorithm(cfg, setup.plugins, setup.where)  # cheap, no model: its own checks apply now
+    need = getattr(algorithm, "min_samples", 1)
+    if cfg.rollout.samples < need:
+        raise RlkitError(f"{setup.where}.rollout.samples: algorithm '{cfg.algorithm.name}' needs at least "
+                         f"{need} samples per prompt (got {cfg.rollout.samples})")
+    check_contract(algorithm, cfg.rollout.samples, cfg.rollout.max_new_tokens)  # its methods, on a tiny batch
+    check_optimizer(cfg.optimizer, setup)
+    check_rollout_fits(cfg, setup)
+
+
+def check_rollout_fits(cfg, setup) -> None:
+    """prompt + max_new_tokens must fit model.seq_len. Prompt lengths are counted in tokens, so exactly only
+    once the tokenizer exists: from `init:` in `rlkit check`, else right after the entry that trains it (the
+    pipeline checks the later entries again then, before the next entry, e.g. a long pretrain, starts). Before
+    that, only a completion that leaves no room for any prompt is refused: a bound in bytes would refuse runs
+    that fit, since a BPE token holds several bytes."""
+    where, seq_len = f"{setup.where}.rollout.max_new_tokens", setup.model.seq_len
+    if cfg.rollout.max_new_tokens >= seq_len:
+        raise RlkitError(f"{where}: {cfg.rollout.max_new_tokens} new tokens leave no room for a prompt in "
+                         f"model.seq_len {seq_len}; use fewer or raise model.seq_len")
+    if setup.tokenizer is None:
+        return
+    fn = setup.plugins.get("task", cfg.task.name, f"{setup.where}.task.name")
+    task = call_plugin(f"{setup.where}.task", cfg.task.name, functools.partial(fn, **cfg.task.args), "train")
+    fits(where, longest_prompt(setup.tokenizer, task), cfg.rollout.max_new_tokens, seq_len)
+
+
+def build_algorithm(cfg, plugins, where: str):
+    """The algorithm plugin's object, behind the guard (rlkit/core/algorithm.py) that checks every call."""
+    factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
+    try:
+        algorithm = factory(**cfg.algorithm.args)
+    except RlkitError as e:
+        raise RlkitError(f"{where}.algorithm: {e}") from e
+    except Exception as e:
+        raise RlkitError(f"{where}.algorithm: plugin '{cfg.algorithm.name}' failed: {type(e).__name__}: {e}") from e
+    return guard(algorithm, cfg.algorithm.name, f"{where}.algorithm")
+
+
+def check_fits(ctx, tokenizer, task, max_new_tokens: int) -> None:
+    """A rollout (prompt + max_new_tokens) must fit the context the model was trained on (again here: a model
+    plugin with a tokenizer of its own is known only now)."""
+    fits(f"stages.{ctx.name}.rollout.max_new_tokens", longest_prompt(tokenizer, task), max_new_tokens, ctx.seq_len)
+
+
+def longest_prompt(tokenizer, task, sample: int = 256) -> int:
+    """The most tokens a rendered prompt takes, over the task's first `sample` examples."""
+    return max(len(tokenizer.render_for_completion(prompt_messages(task[i]))) for i in range(min(sample, len(task))))
+
+
+def fits(where: str, longest: int, max_new_tokens: int, seq_len: int) -> None:
+    if longest + max_new_tokens > seq_len:
+        raise RlkitError(f"{where}: prompts reach {longest} tokens, so {max_new_tokens} new tokens exceed model.seq_len "
+                         f"{seq_len}; use at most {max(seq_len - longest, 0)} or raise model.seq_len")
