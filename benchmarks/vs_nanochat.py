@@ -17,7 +17,8 @@ warms up (compiles) and then times one round each time the parent asks; the pare
 round by round (the side that goes first alternates too), keeps each side's best round, and prints
 tokens/s, the rlkit / nanochat ratio and the load average (os.getloadavg) when the row finished. rlkit's
 MFU (training) and share of the compute-bound limit (rollouts: peak / (2 * matmul weights)) are taken
-against the best torch.mm FLOP/s measured in the parent between configurations (timing.matmul_peak).
+against the best torch.mm FLOP/s measured in the parent between configurations (timing.matmul_peak), or
+against --peak-tflops when given (a GPU's datasheet peak, as nanochat's MFU is).
 
 nanochat is imported from --nanochat PATH in its child only; no nanochat code lives in rlkit and none of
 its files is patched. Shims, all in that child's memory: NANOCHAT_DTYPE is set before the import (its dtype
@@ -45,10 +46,12 @@ from timing import matmul_peak, table, timed
 
 
 def configurations(args):
-    """Names like d4-bf16-eager / rollout-bf16, in the order of the table."""
+    """Names like d4-bf16-eager / rollout-bf16: all of them, or those of --only in its order."""
     names = [f"d{d}-{dt}-{mode}" for d in args.depths for dt in ("bf16", "fp32") for mode in ("eager", "compiled")]
     names.append("rollout-bf16")
-    return [n for n in names if not args.only or n in args.only]
+    if args.only and set(args.only) - set(names):
+        raise SystemExit(f"vs_nanochat: --only {' '.join(sorted(set(args.only) - set(names)))}: not among {' '.join(names)}")
+    return args.only or names
 
 
 # ---------------------------------------------------------------- child side: one model, timed on demand
@@ -242,6 +245,8 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads in each child (default: torch's)")
     parser.add_argument("--cpu-clock", action="store_true", help="time by each child's CPU clock (see timing.py)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="take MFU against this peak (e.g. 989 for H100/H200 dense bf16) instead of the measured mm peak")
     parser.add_argument("--quick", action="store_true", help="smoke run: d2, vocab 4096, seq 128, 4 x 4 x 16, 1 round")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,7 +279,7 @@ def main():
 
     out = []
     for name, best, info, load in rows:
-        peak = peaks[torch.bfloat16 if "bf16" in name else torch.float32]
+        peak = args.peak_tflops * 1e12 or peaks[torch.bfloat16 if "bf16" in name else torch.float32]
         if name.startswith("rollout"):
             use = f"{best['rlkit'] / (peak / (2 * info['weights'])):.1%} of limit"
         else:
@@ -285,7 +290,8 @@ def main():
     header = ["config"] + (["nanochat tok/s", "rlkit / nanochat"] if args.nanochat else []) + \
         ["rlkit tok/s", "rlkit MFU / limit", "load avg"]
     table(header, out)
-    print(f"mm peaks (GFLOP/s): " + ", ".join(f"{d}: {p / 1e9:,.0f}" for d, p in peaks.items()))
+    print("mm peaks measured (GFLOP/s): " + ", ".join(f"{d}: {p / 1e9:,.0f}" for d, p in peaks.items())
+          + (f"; MFU and limits taken against the given peak, {args.peak_tflops:g} TFLOP/s" if args.peak_tflops else ""))
 
 
 if __name__ == "__main__":
