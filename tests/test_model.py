@@ -145,3 +145,38 @@ def test_training_forward_compiles_without_graph_breaks():
         loss.backward()
         eager = model(idx, targets)
     assert abs(loss.item() - eager.item()) < 0.05
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_chunked_loss_equals_the_plain_formula_bit_for_bit(monkeypatch, amp, reduction):
+    """The model's loss (softcap_loss.py, several row chunks here) against the formula written as plain ops on
+    its own logits: loss and every parameter's gradient identical, in fp32 and under bf16 autocast."""
+    import torch.nn.functional as F
+
+    from rlkit.plugins.models import softcap_loss
+
+    monkeypatch.setattr(softcap_loss, "CHUNK_BYTES", 4 * 100 * 7)  # 7 rows a chunk: 48 rows -> 7 chunks
+    model = tiny(vocab_size=100)  # padded to 128: the logits are a strided slice
+    idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(0, 100, (3, 16))
+    targets[1, 3:9] = -1
+    weights = torch.rand(3, 16)  # a non-uniform upstream gradient for reduction="none"
+
+    def run(plain):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            if plain:
+                logits = model.lm_head(model.trunk(idx))[..., :100]
+                c = model.config.softcap
+                loss = F.cross_entropy((c * torch.tanh(logits.float() / c)).flatten(0, 1), targets.flatten(),
+                                       ignore_index=-1, reduction=reduction)
+                loss = loss.view(3, 16) if reduction == "none" else loss
+            else:
+                loss = model(idx, targets, loss_reduction=reduction)
+        (loss * weights).sum().backward() if reduction == "none" else loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (plain_loss, plain_grads), (loss, grads) = run(True), run(False)
+    assert torch.equal(plain_loss, loss)
+    assert all(torch.equal(a, b) for a, b in zip(plain_grads, grads))
+    assert sum(g.abs().sum() for g in grads) > 0

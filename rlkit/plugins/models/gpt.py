@@ -9,7 +9,8 @@ Architecture (after nanochat and modded-nanogpt):
   exactly transformers' NanoChat architecture, so `rlkit export` can write it (gpt_export.py).
 - Attention: separate q, k, v projections, rotary embeddings (base 10000), QK-norm (RMSNorm of each head),
   causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU².
-- Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap).
+- Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap); the training
+  loss runs that and the cross-entropy in row chunks (softcap_loss.py: the same numbers, a fraction of the time).
 - No biases, no dropout, no GQA, no sliding windows. Weights stay float32; run the forward under
   torch.autocast(bf16) for bf16 compute (the residual stream then stays float32).
 - The vocabulary is padded to a multiple of 64 inside the model; logits are sliced back to vocab_size.
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 
 import rlkit
 from rlkit.core.errors import RlkitError
+from rlkit.plugins.models.softcap_loss import softcap_cross_entropy
 
 
 @dataclass
@@ -192,11 +194,15 @@ class GPT(nn.Module):
         """idx (B, T) -> logits (B, T, vocab) float32, or with targets (B, T) the cross-entropy loss:
         "mean" over targets != -1, or "none" -> (B, T) with 0 where the target is -1."""
         x = self.trunk(idx, kv_cache)
-        logits = self.lm_head(x)[..., : self.config.vocab_size].float()  # (B, T, V)
-        logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V)
+        c = self.config.softcap
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
+            return c * torch.tanh(logits.float() / c)
+        if torch.compiler.is_compiling():  # inductor fuses the passes over the logits itself
+            logits = c * torch.tanh(logits.float() / c)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
+        else:  # the same numbers, bit for bit, in cache-sized row chunks (softcap_loss.py)
+            loss = softcap_cross_entropy(logits.flatten(0, 1), targets.flatten(), c, loss_reduction)
         return loss.view(targets.shape) if loss_reduction == "none" else loss
 
     def param_roles(self):
