@@ -198,7 +198,9 @@ class GPT(nn.Module):
         c = self.config.softcap
         if targets is None:
             return c * torch.tanh(logits.float() / c)
-        if torch.compiler.is_compiling():  # inductor fuses the passes over the logits itself
+        # compiled, inductor fuses the passes over the logits itself; on a GPU the chunks would be thousands of
+        # small kernel launches a step (unmeasured there), so only eager CPU steps take the chunked path
+        if torch.compiler.is_compiling() or logits.device.type != "cpu":
             logits = c * torch.tanh(logits.float() / c)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
         else:  # the same numbers, bit for bit, in cache-sized row chunks (softcap_loss.py)
