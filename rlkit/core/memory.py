@@ -27,6 +27,9 @@ def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None,
         params = int(count(vocab_size or MIN_VOCAB, seq_len, **args))
     except RlkitError:
         return  # bad values: the model's own check names them
+    except Exception as e:  # a plugin's fault (e.g. an arg its param_count lacks): one line, not a traceback
+        raise RlkitError(f"{where}: the model plugin's param_count(vocab_size, seq_len, **args) raised "
+                         f"{type(e).__name__}: {e}; it must accept the factory's args") from None
     need, (free, what) = params * BYTES_PER_PARAM, free_memory(device)
     if free is not None and need > free:
         bound = "" if vocab_size else "at least "

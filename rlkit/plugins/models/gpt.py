@@ -266,11 +266,13 @@ def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: fl
     return model
 
 
-def param_count(vocab_size: int, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0) -> int:
+def param_count(vocab_size: int, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0,
+                lambdas: bool = True) -> int:
     """The parameters gpt(...) would have, counted on the meta device (nothing allocated): for the memory
     estimate of `rlkit check` (rlkit/core/memory.py)."""
     with torch.device("meta"):
-        model = GPT(GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim, softcap=softcap))
+        model = GPT(GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim, softcap=softcap,
+                              lambdas=lambdas))
     return sum(p.numel() for p in model.parameters())
 
 
