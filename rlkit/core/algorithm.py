@@ -93,6 +93,8 @@ def check_loss(out, args, where: str) -> None:
                          "over the micro-batch, divided by extra['num_tokens'] or similar)")
     if torch.is_grad_enabled() and logp.requires_grad and not loss.requires_grad:
         raise RlkitError(f"{where} returned a loss with no gradient; expected one computed from logp")
+    if torch.isfinite(loss.detach()).all():
+        return  # the usual case: one scalar checked, the inputs are looked at only when the loss is bad
     inputs = [logp[mask > 0], adv] + [extra[k][mask > 0] for k in ("old_logp", "ref_logp") if k in extra]
     if all(torch.isfinite(t.detach()).all() for t in inputs):  # else the model is at fault: training.check_step
         _finite(loss, where, "log-probs and advantages")
