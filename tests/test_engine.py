@@ -110,6 +110,65 @@ class NoJoin:
         return self.inner.keep(rows)
 
 
+def test_step_join_gives_the_logits_of_a_step_and_a_join_in_one_forward(model):
+    model, tokenizer = model
+    p0, p1, p2 = prompts(tokenizer, 3)
+    p2 = p2 + p1[-3:]  # prompts of different lengths, right-padded together
+    new = torch.zeros(2, len(p2), dtype=torch.long)
+    new[0, :len(p1)], new[1] = torch.tensor(p1), torch.tensor(p2)
+    lens = torch.tensor([len(p1), len(p2)])
+    with torch.inference_mode():
+        apart, mixed = model.decoder(torch.float32), model.decoder(torch.float32)
+        for d in (apart, mixed):
+            d.join(torch.tensor([p0]), torch.tensor([len(p0)]), 3, 12)  # 3 rows decoding
+            d.step(torch.tensor([5, 6, 7]))
+        want = torch.cat([apart.step(torch.tensor([8, 9, 10])), apart.join(new, lens, 2, 12)]).clone()
+        got = mixed.step_join(torch.tensor([8, 9, 10]), new, lens, 2, 12).clone()  # (3 + 2, V)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        tokens = torch.arange(3 + 2 * 2) + 20  # then every row, old and new, decodes alike
+        torch.testing.assert_close(mixed.step(tokens).clone(), apart.step(tokens).clone(), rtol=1e-5, atol=1e-5)
+
+
+class JoinOnly(NoJoin):
+    """A decoder with join but no step_join: prompts are prefilled in a forward of their own."""
+
+    def join(self, *args):
+        return self.inner.join(*args)
+
+
+class Counting(JoinOnly):
+    """The real decoder, counting the forwards that mix a decode step with a prefill."""
+
+    mixed = 0
+
+    def step_join(self, *args):
+        Counting.mixed += 1
+        return self.inner.step_join(*args)
+
+
+@pytest.mark.parametrize("wrapper", [Counting, JoinOnly])
+def test_requests_arriving_while_others_decode_equal_generate_with_or_without_step_join(model, monkeypatch, wrapper):
+    model, tokenizer = model
+    real = model.decoder
+    monkeypatch.setattr(model, "decoder", lambda dtype: wrapper(real(dtype)))
+    Counting.mixed = 0
+    engine = Engine(model, tokenizer.stop_ids)
+    try:
+        ps = prompts(tokenizer, 5)
+        reqs = []
+        for i, p in enumerate(ps):
+            reqs.append(engine.submit(Request(p, 1 + i % 2, 16, 1.0, 30, [11 * i + g for g in range(1 + i % 2)])))
+            time.sleep(0.003)  # the next one arrives while this one decodes
+        wait(reqs)
+    finally:
+        engine.close()
+    monkeypatch.undo()
+    for i, (p, req) in enumerate(zip(ps, reqs)):
+        alone = generate(model, [p], 1 + i % 2, 16, 1.0, 30, tokenizer.stop_ids, seeds=[11 * i + g for g in range(1 + i % 2)])
+        assert req.tokens == alone.completions
+    assert (Counting.mixed > 0) == (wrapper is Counting)
+
+
 def test_a_decoder_without_join_serves_one_request_at_a_time(model, monkeypatch):
     model, tokenizer = model
     real = model.decoder

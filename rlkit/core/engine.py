@@ -1,14 +1,16 @@
 """Continuous batching for chat and serving: requests join one running decode batch and leave when done.
 
 Engine(model, stop_tokens) runs one loop in a thread of its own. submit(Request) queues a request (a
-prompt and `samples` completions of it); the loop, between two decode steps:
-1. admits queued requests while the batch has room (`max_rows` rows): their prompts are prefilled together
-   (those with the same number of samples in one forward), each once, and a request's `samples` rows share
-   its prefill (Decoder.join, rlkit.core.policy); they are appended after the rows already decoding, so a
-   request starts at the very next step;
-2. decodes one token for every active row, all rows together (Decoder.step), each row drawn with its own
-   request's temperature and top-k;
-3. drops the rows that ended (a stop token, their max_new_tokens, or a cancel) through Decoder.keep.
+prompt and `samples` completions of it); the loop, at every step:
+1. appends each active row's newest token to its request and drops the rows that ended (a stop token,
+   their max_new_tokens, or a cancel) through Decoder.keep;
+2. admits queued requests while the batch has room (`max_rows` rows) and decodes one token for every
+   active row (Decoder.step), each row drawn with its own request's temperature and top-k; a decoder with
+   step_join prefills the first group of admitted prompts (those with the same number of samples) in that
+   same forward;
+3. prefills the other groups (all of them for a decoder without step_join) in a forward of their own
+   (Decoder.join), each prompt once; a request's `samples` rows share its prefill. New rows come after the rows
+   already decoding, with their first token drawn, so a request starts at the very next step.
 
 Each row draws its tokens exactly as rlkit.core.sampling.generate does (the same candidates, the same
 counter-based uniform u = hash(seed, t)), so a request's completions depend only on its prompt, settings
@@ -20,8 +22,10 @@ with a reason in `finish[g]` ("stop", "length", "cancelled", or "error" if the m
 calls `request.notify()` after every change, from its thread.
 
 Scheduling at every decode step rather than per batch is Orca's iteration-level scheduling (Yu et al.,
-OSDI 2022), the "continuous batching" of vLLM and TGI. Leaves out: preemption, paged KV memory, prefix
-caching across requests, chunked prefill.
+OSDI 2022), the "continuous batching" of vLLM and TGI. Mixing a prefill into a decode step is Sarathi's and
+vLLM's (Agrawal et al., 2023): on a CPU a forward's fixed cost (one dispatch per op per layer) is then paid
+once a step, not twice. Leaves out: preemption, paged KV memory, prefix caching across requests, splitting
+a long prompt into chunks.
 """
 from __future__ import annotations
 
@@ -141,21 +145,17 @@ class Engine:
                     if self._closed:
                         break
                     admitted = self._admit()
-                for group in self._groups(admitted):  # 1. join: one prefill, then each sample's first token
-                    first = self._join(group)  # (P, V)
-                    G = group[0].samples
-                    owners = [(req, g) for req in group for g in range(G)]
-                    new_keys = torch.tensor([_row_key(req.seeds[g]) for req, g in owners], dtype=torch.long,
-                                            device=self.device)  # (P * G,)
-                    new_t = torch.zeros_like(new_keys)
-                    first = first.repeat_interleave(G, dim=0)  # (P * G, V): a prompt's samples share its logits
-                    tok = torch.cat([tok, self._draw(first, new_keys, new_t, owners)])
-                    keys, t = torch.cat([keys, new_keys]), torch.cat([t, new_t])
-                    self._rows += owners
-                tok, keys, t = self._record(tok, keys, t)  # 2. every row's newest token; drop ended rows
-                if self._rows:  # 3. one decode step for every active row
-                    t = t + 1
-                    tok = self._draw(self.decoder.step(tok), keys, t, self._rows)
+                tok, keys, t = self._record(tok, keys, t)  # 1. every row's newest token; drop ended rows
+                groups = self._groups(admitted)
+                if self._rows:  # 2. one decode step for every active row (with a group's prefill if it mixes)
+                    mixed = groups.pop(0) if groups and hasattr(self.decoder, "step_join") else None
+                    n, t = len(self._rows), t + 1
+                    logits = self.decoder.step(tok) if mixed is None else self._join(mixed, tok)  # (n [+ P], V)
+                    tok = self._draw(logits[:n], keys, t, self._rows)
+                    if mixed:
+                        tok, keys, t = self._add(mixed, logits[n:], tok, keys, t)
+                for group in groups:  # 3. join: one prefill a group, then each sample's first token
+                    tok, keys, t = self._add(group, self._join(group), tok, keys, t)
             for req in {id(r): r for r, _ in self._rows}.values():
                 self._end(req, "cancelled")
             while self._pending:
@@ -186,13 +186,29 @@ class Engine:
             by_samples.setdefault(req.samples, []).append(req)
         return list(by_samples.values())
 
-    def _join(self, group):
-        """Prefill the group's prompts together (right-padded) -> logits (P, V) of each one's first token."""
+    def _add(self, group, first, tok, keys, t):
+        """Append the group's rows after the active ones, each with its first token drawn from its prompt's
+        logits `first` (P, V) -> (tok, keys, t) of all rows."""
+        G = group[0].samples
+        owners = [(req, g) for req in group for g in range(G)]
+        new_keys = torch.tensor([_row_key(req.seeds[g]) for req, g in owners], dtype=torch.long,
+                                device=self.device)  # (P * G,)
+        new_t = torch.zeros_like(new_keys)
+        first = first.repeat_interleave(G, dim=0)  # (P * G, V): a prompt's samples share its logits
+        tok = torch.cat([tok, self._draw(first, new_keys, new_t, owners)])
+        self._rows += owners
+        return tok, torch.cat([keys, new_keys]), torch.cat([t, new_t])
+
+    def _join(self, group, tokens=None):
+        """Prefill the group's prompts together (right-padded) -> logits (P, V) of each one's first token;
+        with `tokens` (n,), in the same forward as the active rows' decode step -> logits (n + P, V)."""
         lens = torch.tensor([len(req.prompt) for req in group], device=self.device)  # (P,)
         idx = torch.zeros(len(group), int(lens.max()), dtype=torch.long)  # (P, Tp)
         for p, req in enumerate(group):
             idx[p, :len(req.prompt)] = torch.tensor(req.prompt)
         idx, G, max_new = idx.to(self.device), group[0].samples, max(req.max_new_tokens for req in group)
+        if tokens is not None:
+            return self.decoder.step_join(tokens, idx, lens, G, max_new)
         if hasattr(self.decoder, "join"):
             return self.decoder.join(idx, lens, G, max_new)
         return self.decoder.prefill(idx, lens, G, max_new)
@@ -214,8 +230,8 @@ class Engine:
         for req in changed.values():
             req.notify()
         if len(keep) < len(self._rows):
-            rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-            self._rows = [self._rows[i] for i in keep]
+            rows = torch.tensor(_fill_holes(keep), dtype=torch.long, device=self.device)
+            self._rows = [self._rows[i] for i in rows.tolist()]
             tok, keys, t = tok[rows], keys[rows], t[rows]
             self.decoder.keep(rows)  # also when none is left: the next join starts from an empty batch
         return tok, keys, t
@@ -242,3 +258,14 @@ class Engine:
     def _end(req, reason):
         req.finish = [reason if f is None else f for f in req.finish]
         req.notify()
+
+
+def _fill_holes(keep: list[int]) -> list[int]:
+    """The order of the m kept rows (ascending indices) in which the rows already among the first m stay
+    where they are and the ones further back fill the holes, so a decoder's keep moves only those."""
+    m = len(keep)
+    order, movers = list(range(m)), [i for i in keep if i >= m]
+    holes = sorted(set(range(m)) - set(keep))
+    for hole, row in zip(holes, movers):
+        order[hole] = row
+    return order

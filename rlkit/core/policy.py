@@ -29,6 +29,9 @@ A Decoder owns its KV cache; rlkit.core.sampling drives it, one batch of prompts
         for serving: rlkit.core.engine): like prefill, but the P * G new rows are appended after the
         rows already decoding (rows may then be at different positions); the first join, or a join after
         keep() of no rows, starts a batch. Without it the engine serves one request at a time;
+    step_join(tokens (n,), idx, lens, samples G, max_new) -> logits (n + P, V) float32 (optional, with
+        join): step(tokens) and join(idx, lens, G, max_new) in one forward: the n active rows' logits,
+        then the P prompts'; the engine then prefills arriving requests inside its decode steps;
     max_len: positions a prompt plus its completion may take;
     logit_softcap: float or None: the sampler applies softcap * tanh(logit / softcap) to the
         top-k candidates only (monotone: the same candidates), so logits come before the cap.
@@ -56,6 +59,7 @@ class Decoder(Protocol):
     def keep(self, rows: torch.Tensor) -> None: ...
 
     # optional: def join(self, idx, lens, samples, max_new) -> torch.Tensor (see the module docstring)
+    # optional: def step_join(self, tokens, idx, lens, samples, max_new) -> torch.Tensor
 
 
 @runtime_checkable

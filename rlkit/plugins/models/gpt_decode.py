@@ -10,7 +10,8 @@ as float32 in buffers reused every step.
 Serving (rlkit.core.engine) uses join(idx, lens, G, max_new) instead of prefill: the new prompts are
 prefilled once, together, and their G rows each get a copy of their prompt's keys in a growing KVCache
 of all active rows, appended after the rows already decoding; every row keeps its own position, so a
-request joins the running batch at the next step and leaves through keep(rows).
+request joins the running batch at the next step and leaves through keep(rows). step_join(tokens, idx,
+lens, G, max_new) does a decode step and a join in one forward (MixedBatch).
 
 KVCache preallocates keys and values for every layer as (n_layer, B, T_max, H, D) and a per-row
 position `pos` (B,). A forward with a cache writes each row's new keys at its own positions pos[b] ..
@@ -63,6 +64,20 @@ class GPTDecoder:
         self.cache = live
         self._buffers(live.pos.numel(), idx.device)
         return self._logits(h[torch.arange(P, device=idx.device), lens - 1])
+
+    def step_join(self, tokens, idx, lens, samples, max_new):
+        """join() and step(tokens) in one forward -> raw logits (n + P, V): the n active rows' next tokens,
+        then the P prompts' first tokens; the P * G new rows come after the n rows. The n newest tokens and
+        the P right-padded prompts go through the model as one sequence (1, n + P * Tp) (MixedBatch), so
+        the layers' matmuls and the per-op overhead of a forward are paid once, not twice."""
+        (P, Tp), n = idx.shape, tokens.numel()
+        self.live = _grown(self.live, self.net.config, P * samples, int(lens.max()) + max_new, self.dtype, idx.device)
+        self.cache = self.live
+        mixed = MixedBatch(self.live, lens, samples)
+        h = self.net.trunk(torch.cat([tokens, idx.flatten()])[None], kv_cache=mixed)[0]  # (n + P * Tp, C)
+        last = n + torch.arange(P, device=idx.device) * Tp + lens - 1  # each prompt's last real token
+        self._buffers(self.live.pos.numel(), idx.device)
+        return self._logits(h[torch.cat([torch.arange(n, device=idx.device), last])])
 
     def step(self, tokens):
         """tokens (n,) -> raw logits (n, V) after each active row's newest token."""
@@ -149,10 +164,51 @@ class KVCache:
     def keep(self, rows):
         """Keep only rows `rows` (LongTensor of row indices), in that order (join's batches: one KVCache)."""
         m, T = rows.numel(), self.length
-        self.k[:, :m, :T] = self.k[:, rows, :T]
-        self.v[:, :m, :T] = self.v[:, rows, :T]
+        moved = (rows != torch.arange(m, device=rows.device)).nonzero()[:, 0]  # copy only the rows that move
+        if moved.numel():
+            self.k[:, moved, :T] = self.k[:, rows[moved], :T]
+            self.v[:, moved, :T] = self.v[:, rows[moved], :T]
         self.pos = self.pos[rows]
         self.length = int(self.pos.max()) if m else 0
+
+
+class MixedBatch:
+    """The cache of a forward over one flat sequence: n decoding rows' newest tokens, then P right-padded
+    prompts of Tp tokens each (vLLM's mixing of prefill and decode in one batch, without its paging).
+
+    In each layer the n decode tokens attend through the live KVCache (rows 0..n-1, each at its own
+    position); the P prompts attend causally among themselves, and their keys are written G times to
+    the new rows n .. n + P * G - 1 of the same cache. Rotary positions: each decode row's pos, then
+    0 .. Tp-1 for every prompt.
+    """
+
+    def __init__(self, live, lens, samples):
+        self.live, self.lens, self.G = live, lens, samples
+        self.n = live.pos.numel()
+
+    def begin(self, T):
+        P = self.lens.numel()
+        Tp = (T - self.n) // P
+        self.live.begin(1)  # the decode rows' mask
+        prompt = torch.arange(Tp, device=self.lens.device).repeat(P)
+        return torch.cat([self.live.pos, prompt])[None]  # (1, T)
+
+    def attend(self, layer, q, k, v):
+        """q, k, v (1, n + P * Tp, H, D) -> (1, H, n + P * Tp, D)."""
+        n, P, H, D = self.n, self.lens.numel(), q.size(2), q.size(3)
+        y_dec = self.live.attend(layer, q[0, :n, None], k[0, :n, None], v[0, :n, None])  # (n, H, 1, D)
+        qp, kp, vp = (x[0, n:].view(P, -1, H, D) for x in (q, k, v))  # (P, Tp, H, D)
+        Tp, rows = qp.size(1), slice(n, n + P * self.G)
+        self.live.k[layer, rows, :Tp] = kp.repeat_interleave(self.G, dim=0)  # each prompt's keys, G times
+        self.live.v[layer, rows, :Tp] = vp.repeat_interleave(self.G, dim=0)
+        y_pre = F.scaled_dot_product_attention(qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2),
+                                               is_causal=True)  # (P, H, Tp, D)
+        return torch.cat([y_dec.transpose(0, 2), y_pre.transpose(0, 1).reshape(1, H, P * Tp, D)], dim=2)
+
+    def end(self, T):
+        self.live.end(1)
+        self.live.pos = torch.cat([self.live.pos, self.lens.repeat_interleave(self.G)])
+        self.live.length = max(self.live.length, int(self.lens.max()))
 
 
 def _grown(cache, config, extra, need, dtype, device):
