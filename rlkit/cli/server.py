@@ -55,15 +55,16 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
     async def crash(request, exc):  # never a traceback to the client
         return error(ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error"))
 
-    @app.middleware("http")
     async def check_key(request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1"):
+        if request.url.path.startswith("/v1"):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 why = "missing" if not given else "incorrect"
                 return error(ApiError(401, f"{why} API key: send the header 'Authorization: Bearer <key>' with the "
                                            "key given to rlkit serve --api-key", code="invalid_api_key"))
         return await call_next(request)
+    if api_key is not None:  # a middleware costs every request some time, so only when there is a key to check
+        app.middleware("http")(check_key)
 
     @app.get("/health")
     async def health():
