@@ -1,14 +1,16 @@
 """Serving throughput: completion tokens/s of `rlkit serve` at concurrency 1, 4 and 16, as ratios in one run.
 
-Starts `rlkit serve CHECKPOINT --port 0` in a process of its own (OMP_NUM_THREADS=1), then for each level c
-runs c client threads, each sending `--requests` non-streamed chat completions one after another (distinct
-seeds, temperature 1, top-k 50, max_tokens 64), and divides the completion tokens the server reports
-(`usage`) by the wall time, and also by the CPU time the server process used meanwhile (Linux: /proc; on
-cores shared with other jobs the wall clock counts the time the server waited for a core, the CPU clock
-does not). Concurrent requests share the engine's decode batch (rlkit.core.engine), so a step decodes c
-rows for not much more than the cost of one: the ratio to c = 1 is the figure to read.
+Starts `rlkit serve CHECKPOINT --port 0` in a process of its own (OMP_NUM_THREADS=1), then at each level c
+sends the same `--requests` non-streamed chat completions (distinct prompts and seeds, temperature 1, top-k
+50, max_tokens 64) from c client threads, each taking the next request when its last one is answered, and
+divides the completion tokens the server reports (`usage`) by the wall time, and also by the CPU time the
+server process used meanwhile (Linux: /proc; on cores shared with other jobs the wall clock counts the time
+the server waited for a core, the CPU clock does not). The same seeded requests give the same completions
+at every level, so the token counts agree. Concurrent requests share the engine's decode batch
+(rlkit.core.engine), so a step decodes c rows for not much more than the cost of one: the ratio to c = 1 is
+the figure to read.
 
-    python benchmarks/serve_throughput.py runs/quickstart [--requests 8] [--max-tokens 64] [--dtype bfloat16] [--quick]
+    python benchmarks/serve_throughput.py runs/quickstart [--requests 128] [--max-tokens 64] [--dtype bfloat16] [--quick]
 """
 import argparse
 import os
@@ -47,17 +49,23 @@ def cpu_seconds(pid):
 
 
 def level(url, concurrency, requests, max_tokens):
-    """(completion tokens, seconds) for `concurrency` threads of `requests` requests each."""
-    tokens = [0] * concurrency
+    """(completion tokens, seconds) for the same `requests` requests sent by `concurrency` threads, each
+    taking the next one as soon as its previous one is answered."""
+    todo, tokens = list(range(requests)), []
 
-    def worker(w):
+    def worker():
         with httpx.Client(timeout=600) as client:
-            for r in range(requests):
-                body = {"messages": [{"role": "user", "content": f"Tom has {w} apples and buys {r} more. How many?"}],
-                        "max_tokens": max_tokens, "temperature": 1.0, "top_k": 50, "seed": 1000 * w + r}
-                tokens[w] += client.post(f"{url}/v1/chat/completions", json=body).json()["usage"]["completion_tokens"]
+            while todo:
+                try:
+                    i = todo.pop(0)
+                except IndexError:
+                    return
+                body = {"messages": [{"role": "user", "content": f"Tom has {i % 16} apples and buys {i // 16} more. "
+                                                                 "How many?"}],
+                        "max_tokens": max_tokens, "temperature": 1.0, "top_k": 50, "seed": 1000 + i}
+                tokens.append(client.post(f"{url}/v1/chat/completions", json=body).json()["usage"]["completion_tokens"])
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     start_time = time.perf_counter()
     for t in threads:
         t.start()
@@ -69,16 +77,16 @@ def level(url, concurrency, requests, max_tokens):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", default="runs/quickstart")
-    p.add_argument("--requests", type=int, default=8, help="requests per client thread")
+    p.add_argument("--requests", type=int, default=128, help="requests at each level (the same ones)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32", help="the server's compute dtype (float32, bfloat16)")
     p.add_argument("--quick", action="store_true", help="2 requests a thread, 16 tokens: a smoke run")
     args = p.parse_args()
-    requests, max_tokens = (2, 16) if args.quick else (args.requests, args.max_tokens)
+    requests, max_tokens = (32, 16) if args.quick else (args.requests, args.max_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start(args.checkpoint, Path(tmp) / "serve.log", args.dtype)
         try:
-            level(url, 1, 1, 8)  # warm-up
+            level(url, 1, 2, 8)  # warm-up
             rows = []
             for c in (1, 4, 16):
                 cpu = cpu_seconds(proc.pid)
@@ -88,7 +96,8 @@ def main():
             proc.terminate()
             proc.wait(30)
     base, base_cpu = rows[0][3], rows[0][4]
-    print(f"rlkit serve {args.checkpoint} --dtype {args.dtype}: {requests} requests a client, max_tokens {max_tokens}")
+    print(f"rlkit serve {args.checkpoint} --dtype {args.dtype}: the same {requests} requests at each level, "
+          f"max_tokens {max_tokens}")
     print(f"{'concurrency':>11} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'x conc. 1':>9} "
           f"{'tokens/cpu-s':>12} {'x conc. 1':>9}")
     for c, n, seconds, rate, per_cpu in rows:
