@@ -18,6 +18,7 @@ import hmac
 import json
 import signal
 import socket
+import threading
 import time
 import uuid
 from importlib import resources
@@ -37,6 +38,7 @@ from rlkit.core.inference import TextStream
 def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: str | None = None):
     app = FastAPI(title="rlkit serve", docs_url=None, redoc_url=None, openapi_url=None)
     runs: set[_Run] = set()  # requests whose engine rows have not all ended
+    waker = _Waker()
 
     def in_flight() -> int:
         runs.difference_update([r for r in runs if r.req.done])
@@ -89,7 +91,7 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
             req, prompt_len = _submit(engine, tokenizer, chat, limits)
         except ApiError as e:
             return error(e)
-        run = _Run(req, chat, tokenizer, stop_ids, prompt_len, model_id, limits.timeout)
+        run = _Run(req, chat, tokenizer, stop_ids, prompt_len, model_id, limits.timeout, waker)
         runs.add(run)
         if chat.stream:
             return StreamingResponse(run.events(), media_type="text/event-stream",
@@ -100,7 +102,7 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
             return error(e)
         finally:
             req.cancel()
-        return run.response()
+        return JSONResponse(run.response())  # as it is: no jsonable_encoder pass over a plain dict
 
     return app
 
@@ -143,10 +145,33 @@ def _submit(engine, tokenizer, chat: Chat, limits: Limits):
     return req, len(prompt)
 
 
+class _Waker:
+    """Sets asyncio Events from the engine's thread, one event-loop wake-up for all those set meanwhile: a
+    wake-up is a write to the loop's pipe, and the engine thread waits for the GIL after each one."""
+
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, known once a request runs in it
+        self.lock = threading.Lock()
+        self.events: list[asyncio.Event] = []
+
+    def wake(self, event: asyncio.Event) -> None:
+        with self.lock:
+            self.events.append(event)
+            if len(self.events) > 1:
+                return  # a wake-up is on its way and will set this one too
+        self.loop.call_soon_threadsafe(self._set_all)
+
+    def _set_all(self) -> None:
+        with self.lock:
+            events, self.events = self.events, []
+        for event in events:
+            event.set()
+
+
 class _Run:
     """One request in flight: its engine Request, each sample's text so far, and the response shapes."""
 
-    def __init__(self, req, chat, tokenizer, stop_ids, prompt_len, model_id, timeout):
+    def __init__(self, req, chat, tokenizer, stop_ids, prompt_len, model_id, timeout, waker):
         self.req, self.chat, self.stop_ids, self.prompt_len, self.model_id = req, chat, stop_ids, prompt_len, model_id
         self.texts = [TextStream(tokenizer, chat.stop) for _ in range(chat.n)]
         self.seen = [0] * chat.n  # tokens of each sample already turned into text
@@ -154,8 +179,8 @@ class _Run:
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
-        loop, self.changed = asyncio.get_running_loop(), asyncio.Event()
-        wake = lambda: loop.call_soon_threadsafe(self.changed.set)  # noqa: E731
+        self.changed, waker.loop = asyncio.Event(), asyncio.get_running_loop()
+        wake = lambda: waker.wake(self.changed)  # noqa: E731
         lazy = not chat.stream and not chat.stop  # nothing to do before the end: wake up once
         req.notify = (lambda: req.done and wake()) if lazy else wake
         self.changed.set()
