@@ -17,7 +17,12 @@ Only for models whose layers all use full attention (`uses_full_attention`); sli
 linear or KV-sharing layers keep transformers' DynamicCache.
 """
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.cache_utils import Cache, CacheLayerMixin, get_layer_types_and_kwargs
+
+ATTENTION = "rlkit_rows"  # the decode steps' attention function, registered with transformers below
 
 
 def uses_full_attention(config) -> bool:
@@ -26,18 +31,35 @@ def uses_full_attention(config) -> bool:
     return all(t == "full_attention" for t in layer_types)
 
 
+def row_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """One query token per row against the filled cache columns (attention_mask (n, 1, 1, T) bool, True = attend),
+    in the cache's dtype: float32 on CPU, where SDPA over bf16 keys is 3x slower than over float32 ones."""
+    if any(kwargs.get(k) is not None for k in ("softcap", "sliding_window", "s_aux", "sinks", "position_bias")):
+        key, value = key.to(query.dtype), value.to(query.dtype)  # not plain attention: transformers' own sdpa
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    with torch.autocast(query.device.type, enabled=False):  # else autocast casts the whole cache back to bf16
+        out = F.scaled_dot_product_attention(query.to(key.dtype), key, value, attn_mask=attention_mask, scale=scaling,
+                                             enable_gqa=query.size(1) != key.size(1))
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (n, 1, H, D), as transformers' sdpa returns
+
+
+AttentionInterface.register(ATTENTION, row_attention)
+
+
 class RowCache(Cache):
-    def __init__(self, config, capacity: int):
+    """dtype: of the buffers (None: the keys' own)."""
+
+    def __init__(self, config, capacity: int, dtype=None):
         n_layers = config.get_text_config(decoder=True).num_hidden_layers
-        super().__init__(layers=[RowLayer(capacity) for _ in range(n_layers)])
+        super().__init__(layers=[RowLayer(capacity, dtype) for _ in range(n_layers)])
 
 
 class RowLayer(CacheLayerMixin):
     is_sliding = False
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, dtype=None):
         super().__init__()
-        self.capacity, self.filled = capacity, 0
+        self.capacity, self.dtype, self.filled = capacity, dtype, 0
 
     def lazy_initialization(self, key_states, value_states):
         self.device, self.is_initialized = key_states.device, True
@@ -54,7 +76,8 @@ class RowLayer(CacheLayerMixin):
         return self.keys[:n, :, :end], self.values[:n, :, :end]
 
     def batch_repeat_interleave(self, repeats: int):
-        self.keys, self.values = (_repeated(x, repeats, self.capacity) for x in (self.keys, self.values))
+        self.keys, self.values = (_repeated(x, repeats, self.capacity, self.dtype or x.dtype)
+                                  for x in (self.keys, self.values))
 
     def batch_select_indices(self, indices):
         m, t = indices.numel(), self.filled
@@ -71,9 +94,9 @@ class RowLayer(CacheLayerMixin):
         return self.capacity
 
 
-def _repeated(x, G, capacity):
-    """(P, H, T, D) -> (P * G, H, capacity, D), row p * G + g holding x[p] in its first T columns."""
+def _repeated(x, G, capacity, dtype):
+    """(P, H, T, D) -> (P * G, H, capacity, D) in dtype, row p * G + g holding x[p] in its first T columns."""
     P, H, T, D = x.shape
-    out = x.new_empty(P * G, H, capacity, D)
+    out = x.new_empty(P * G, H, capacity, D, dtype=dtype)
     out.view(P, G, H, capacity, D)[:, :, :, :T] = x[:, None]
     return out

@@ -14,9 +14,11 @@ of transformers' StaticCache and of vLLM's / nanochat's preallocated caches) for
 all full attention; any other layout (sliding window, hybrid, linear) keeps transformers' DynamicCache,
 through the same three calls.
 """
+import contextlib
+
 import torch
 
-from rlkit.plugins.models.hf_cache import RowCache, uses_full_attention
+from rlkit.plugins.models.hf_cache import ATTENTION, RowCache, uses_full_attention
 
 
 class HFDecoder:
@@ -25,18 +27,26 @@ class HFDecoder:
     def __init__(self, net, max_len: int):
         self.net, self.max_len = net, max_len
         self.in_place = uses_full_attention(net.config)
+        self.row_attention = self.in_place and net.config._attn_implementation == "sdpa"
         self.cache = self.mask = self.pos = None
 
     def prefill(self, idx, lens, samples, max_new):
         from transformers import DynamicCache
 
         P, Tp = idx.shape
-        capacity = Tp + max_new
-        real = torch.arange(capacity, device=idx.device) < lens[:, None]  # (P, capacity)
-        real[:, Tp:] = True  # the new tokens' columns
-        self.cache = RowCache(self.net.config, capacity) if self.in_place else DynamicCache(config=self.net.config)
-        out = self.net(input_ids=idx, attention_mask=real[:, :Tp], cache=self.cache, use_cache=True)
-        first = out.logits[torch.arange(P, device=idx.device), lens - 1].float()  # (P, V)
+        capacity, cols = Tp + max_new, torch.arange(Tp + max_new, device=idx.device)
+        shift = torch.zeros_like(lens) if self.in_place else Tp - lens  # the fallback pads on the left (below)
+        real = (cols >= shift[:, None]) & (cols < (shift + lens)[:, None]) | (cols >= Tp)  # (P, capacity)
+        if self.in_place:  # on CPU with our attention: float32 keys (bf16 SDPA is 3x slower there)
+            kv_dtype = torch.float32 if self.row_attention and idx.device.type == "cpu" else None
+            self.cache = RowCache(self.net.config, capacity, kv_dtype)
+        else:  # a sliding window counts columns: left padding keeps each row's window on its real tokens
+            self.cache = DynamicCache(config=self.net.config)
+            idx = idx.gather(1, (cols[:Tp] - shift[:, None]).clamp(min=0)) * real[:, :Tp]
+        position = (cols[:Tp] - shift[:, None]).clamp(min=0)  # (P, Tp)
+        out = self.net(input_ids=idx, attention_mask=real[:, :Tp], position_ids=position, cache=self.cache,
+                       use_cache=True)
+        first = out.logits[torch.arange(P, device=idx.device), shift + lens - 1].float()  # (P, V)
         self.cache.batch_repeat_interleave(samples)  # each prompt's keys and values for its G rows
         self.mask = real.repeat_interleave(samples, dim=0)  # (N, capacity)
         self.pos = lens.repeat_interleave(samples)  # (N,): the position of each row's next token
@@ -46,8 +56,11 @@ class HFDecoder:
 
     def step(self, tokens):
         self.filled += 1
-        out = self.net(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.filled],
-                       position_ids=self.pos[:, None], cache=self.cache, use_cache=True)
+        mask = self.mask[:, :self.filled]
+        attention = _attention(self.net.config, ATTENTION) if self.row_attention else contextlib.nullcontext()
+        with attention:  # our function takes the (n, 1, 1, T) mask as it is: transformers builds none
+            out = self.net(input_ids=tokens[:, None], attention_mask=mask[:, None, None] if self.row_attention else mask,
+                           position_ids=self.pos[:, None], cache=self.cache, use_cache=True)
         self.pos = self.pos + 1
         logits = out.logits[:, -1]  # (n, V)
         if logits.dtype == torch.float32:
@@ -57,3 +70,14 @@ class HFDecoder:
     def keep(self, rows):
         self.cache.batch_select_indices(rows)
         self.mask, self.pos = self.mask[rows], self.pos[rows]
+
+
+@contextlib.contextmanager
+def _attention(config, name):
+    """The model's attention function is `name` inside (transformers looks it up by config at every call)."""
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
