@@ -19,7 +19,8 @@ def _policy(arch):
     if arch == "llama":
         config, cls = LlamaConfig(**common), LlamaForCausalLM
     else:
-        sliding = dict(use_sliding_window=True, sliding_window=6, max_window_layers=0) if arch.endswith("sliding") else {}
+        sliding = dict(use_sliding_window=True, sliding_window=6, max_window_layers=0)  # every layer slides
+        sliding = sliding if arch.endswith("sliding") else {}
         config, cls = Qwen2Config(**common, **sliding), Qwen2ForCausalLM
     torch.manual_seed(0)
     return HFPolicy(cls(config).eval(), {}, max_len=128)

@@ -11,6 +11,9 @@ preallocated KV caches), with the three operations rlkit's sampler needs:
    shared column `filled`, and attention gets views of the filled part only, [:n, :, :filled]
    (StaticCache returns the whole capacity and masks the rest, so every step would read it all);
 4. batch_select_indices(rows): the kept rows move to the front of the buffers, in place, filled part only.
+A decode step attends through row_attention (registered with transformers as "rlkit_rows"): SDPA of one query
+token a row over those views, in the buffers' dtype (the decoder asks for float32 on CPU, where SDPA over
+bf16 keys is 3x slower; autocast is off inside, else it would cast the whole cache back to bf16).
 The column is shared by all rows; each row's rotary position and its padding mask are the decoder's (rows
 of shorter prompts have masked padding columns between their prompt and their first new token).
 Only for models whose layers all use full attention (`uses_full_attention`); sliding-window, chunked,
@@ -19,8 +22,8 @@ linear or KV-sharing layers keep transformers' DynamicCache.
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.cache_utils import Cache, CacheLayerMixin, get_layer_types_and_kwargs
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTENTION = "rlkit_rows"  # the decode steps' attention function, registered with transformers below
 

@@ -7,12 +7,16 @@ Tp + max_new columns. step(tokens): one token per active row, written at the nex
 all rows) at rotary position len(prompt) + t (per row); a row's padding columns, between its prompt and
 column Tp, stay masked. The (N, Tp + max_new) padding mask is built once; a step passes the view of its
 filled columns, so nothing grows by concatenation. keep(rows): the cache, mask and positions of those rows.
-Logits come back float32, in a buffer reused every step (the model applies any soft cap of its own, so logit_softcap is None).
+Logits come back float32, copied into a buffer reused every step (a fresh .float() of (N, V) costs 8x
+more on CPU: page faults); the model applies any soft cap of its own, so logit_softcap is None.
 
-The cache is hf_cache.RowCache (keys written in place, attention over the filled columns only: the idea
-of transformers' StaticCache and of vLLM's / nanochat's preallocated caches) for models whose layers are
-all full attention; any other layout (sliding window, hybrid, linear) keeps transformers' DynamicCache,
-through the same three calls.
+The cache is hf_cache.RowCache (keys written in place, attention over the filled columns only: the idea of
+transformers' StaticCache and of vLLM's / nanochat's preallocated caches) for models whose layers are all
+full attention. With attn_implementation sdpa, a decode step runs hf_cache.row_attention: the (n, 1, 1, T)
+padding mask goes in as it is (transformers builds no mask), and on CPU the keys are kept in float32 even
+when the model computes in bf16 (CPU SDPA over bf16 keys is 3x slower). Any other layout (sliding window,
+chunked, hybrid, linear) keeps transformers' DynamicCache through the same calls, with the prompts
+left-padded instead: a sliding window counts cache columns, so padding inside it would hide real tokens.
 """
 import contextlib
 
@@ -57,10 +61,12 @@ class HFDecoder:
     def step(self, tokens):
         self.filled += 1
         mask = self.mask[:, :self.filled]
-        attention = _attention(self.net.config, ATTENTION) if self.row_attention else contextlib.nullcontext()
-        with attention:  # our function takes the (n, 1, 1, T) mask as it is: transformers builds none
-            out = self.net(input_ids=tokens[:, None], attention_mask=mask[:, None, None] if self.row_attention else mask,
-                           position_ids=self.pos[:, None], cache=self.cache, use_cache=True)
+        attention = contextlib.nullcontext()
+        if self.row_attention:  # our function takes the (n, 1, 1, T) mask as it is: transformers builds none
+            attention, mask = _attention(self.net.config, ATTENTION), mask[:, None, None]
+        with attention:
+            out = self.net(input_ids=tokens[:, None], attention_mask=mask, position_ids=self.pos[:, None],
+                           cache=self.cache, use_cache=True)
         self.pos = self.pos + 1
         logits = out.logits[:, -1]  # (n, V)
         if logits.dtype == torch.float32:
