@@ -19,6 +19,7 @@ chunked, hybrid, linear) keeps transformers' DynamicCache through the same calls
 left-padded instead: a sliding window counts cache columns, so padding inside it would hide real tokens.
 """
 import contextlib
+import inspect
 
 import torch
 
@@ -33,6 +34,8 @@ class HFDecoder:
         self.in_place = uses_full_attention(net.config)
         self.row_attention = self.in_place and net.config._attn_implementation == "sdpa"
         self.cache = self.mask = self.pos = None
+        # the lm_head over each prompt's last position only, where the model's forward can say so
+        self.keeps_logits = "logits_to_keep" in inspect.signature(net.forward).parameters
 
     def prefill(self, idx, lens, samples, max_new):
         from transformers import DynamicCache
@@ -47,10 +50,11 @@ class HFDecoder:
         else:  # a sliding window counts columns: left padding keeps each row's window on its real tokens
             self.cache = DynamicCache(config=self.net.config)
             idx = idx.gather(1, (cols[:Tp] - shift[:, None]).clamp(min=0)) * real[:, :Tp]
-        position = (cols[:Tp] - shift[:, None]).clamp(min=0)  # (P, Tp)
+        position, last = (cols[:Tp] - shift[:, None]).clamp(min=0), (shift + lens - 1)[:, None]  # (P, Tp), (P, 1)
         out = self.net(input_ids=idx, attention_mask=real[:, :Tp], position_ids=position, cache=self.cache,
-                       use_cache=True)
-        first = out.logits[torch.arange(P, device=idx.device), shift + lens - 1].float()  # (P, V)
+                       use_cache=True, **({"logits_to_keep": last} if self.keeps_logits else {}))
+        rows = torch.arange(P, device=idx.device)
+        first = (out.logits[:, 0] if self.keeps_logits else out.logits[rows, last[:, 0]]).float()  # (P, V)
         self.cache.batch_repeat_interleave(samples)  # each prompt's keys and values for its G rows
         self.mask = real.repeat_interleave(samples, dim=0)  # (N, capacity)
         self.pos = lens.repeat_interleave(samples)  # (N,): the position of each row's next token
