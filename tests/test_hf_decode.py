@@ -1,13 +1,13 @@
 """The `hf` plugin's decoder (hf_decode.py, hf_cache.py) against transformers' own forward without a cache: every
 step's logits of every active row, through prefill of prompts of different lengths, G rows a prompt, rows that
 diverge, and keep() dropping rows mid-way; on the in-place cache (Llama, Qwen2) and on the DynamicCache fallback
-(a sliding-window Qwen2)."""
+(a sliding-window Qwen2), and with attention other than sdpa (eager Llama)."""
 import pytest
 import torch
 
 from rlkit.plugins.models.hf import HFPolicy
 
-ARCHS = ["llama", "qwen2", "qwen2-sliding"]
+ARCHS = ["llama", "llama-eager", "qwen2", "qwen2-sliding"]
 
 
 def _policy(arch):
@@ -16,8 +16,9 @@ def _policy(arch):
     common = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=None,
                   eos_token_id=None)
-    if arch == "llama":
-        config, cls = LlamaConfig(**common), LlamaForCausalLM
+    if arch.startswith("llama"):  # eager attention: the in-place cache under transformers' own mask and attention
+        attention = "eager" if arch.endswith("eager") else "sdpa"
+        config, cls = LlamaConfig(**common, attn_implementation=attention), LlamaForCausalLM
     else:
         sliding = dict(use_sliding_window=True, sliding_window=6, max_window_layers=0)  # every layer slides
         sliding = sliding if arch.endswith("sliding") else {}
@@ -59,6 +60,7 @@ def test_every_steps_logits_equal_a_fresh_forward_through_keep(arch):
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18, 19]]  # right-padded to 7 together
     seen, cache = _drive(policy.decoder(torch.float32), prompts, G=3, steps=8, keep_at=3)
     assert type(cache).__name__ == ("DynamicCache" if arch.endswith("sliding") else "RowCache")
+    assert policy.model.config._attn_implementation == ("eager" if arch.endswith("eager") else "sdpa")  # restored
     with torch.inference_mode():
         for seq, logits in seen:
             ref = policy.model(torch.tensor([seq])).logits[0, -1]
