@@ -147,6 +147,44 @@ def test_training_forward_compiles_without_graph_breaks():
     assert abs(loss.item() - eager.item()) < 0.05
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_loss_matches_the_plain_formula(amp, reduction):
+    """Compiled, the loss's gradient is computed in its forward (softcap_loss.fused_softcap_cross_entropy):
+    loss and every parameter's gradient agree with the plain eager formula up to float rounding, with ignored
+    targets, a padded vocabulary (strided logits) and a non-uniform upstream gradient."""
+    import torch.nn.functional as F
+
+    model = tiny(vocab_size=100)
+    idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(0, 100, (3, 16))
+    targets[1, 3:9] = -1
+    weights = torch.rand(3, 16)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+
+    def run(plain):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            if plain:
+                logits = model.lm_head(model.trunk(idx))[..., :100]
+                c = model.config.softcap
+                loss = F.cross_entropy((c * torch.tanh(logits.float() / c)).flatten(0, 1), targets.flatten(),
+                                       ignore_index=-1, reduction=reduction)
+                loss = loss.view(3, 16) if reduction == "none" else loss
+            else:
+                loss = compiled(idx, targets, loss_reduction=reduction)
+        (loss * weights).sum().backward() if reduction == "none" else loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (plain_loss, plain_grads), (loss, grads) = run(True), run(False)
+    tol = dict(rtol=2e-2, atol=2e-3) if amp else dict(rtol=1e-4, atol=1e-6)
+    assert torch.allclose(plain_loss, loss, **tol)
+    assert (loss.view(-1)[targets.view(-1) == -1] == 0).all() if reduction == "none" else loss > 0
+    for a, b in zip(plain_grads, grads):
+        assert torch.allclose(a, b, **tol), (a - b).abs().max()
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_chunked_loss_equals_the_plain_formula_bit_for_bit(monkeypatch, amp, reduction):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.plugins.models.softcap_loss import softcap_cross_entropy
+from rlkit.plugins.models.softcap_loss import fused_softcap_cross_entropy, softcap_cross_entropy
 
 
 @dataclass
@@ -198,9 +198,12 @@ class GPT(nn.Module):
         c = self.config.softcap
         if targets is None:
             return c * torch.tanh(logits.float() / c)
-        # compiled, inductor fuses the passes over the logits itself; on a GPU the chunks would be thousands of
-        # small kernel launches a step (unmeasured there), so only eager CPU steps take the chunked path
-        if torch.compiler.is_compiling() or logits.device.type != "cpu":
+        # compiled: the loss's gradient is computed in its forward pass (softcap_loss.py), half the plain formula's
+        # cost under inductor; eager on a GPU the chunks would be thousands of small kernel launches a step
+        # (unmeasured there), so only eager CPU steps take the chunked path
+        if torch.compiler.is_compiling():
+            loss = fused_softcap_cross_entropy(logits.flatten(0, 1), targets.flatten(), c, loss_reduction)
+        elif logits.device.type != "cpu":
             logits = c * torch.tanh(logits.float() / c)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
         else:  # the same numbers, bit for bit, in cache-sized row chunks (softcap_loss.py)
