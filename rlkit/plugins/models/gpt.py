@@ -10,7 +10,8 @@ Architecture (after nanochat and modded-nanogpt):
 - Attention: separate q, k, v projections, rotary embeddings (base 10000), QK-norm (RMSNorm of each head),
   causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU².
 - Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap); the training
-  loss runs that and the cross-entropy in row chunks (softcap_loss.py: the same numbers, a fraction of the time).
+  loss runs that and the cross-entropy in row chunks (softcap_loss.py: the same numbers, a fraction of the time);
+  under torch.compile, with a hand-written gradient (two fused passes over the logits; float rounding differs).
 - No biases, no dropout, no GQA, no sliding windows. Weights stay float32; run the forward under
   torch.autocast(bf16) for bf16 compute (the residual stream then stays float32).
 - The vocabulary is padded to a multiple of 64 inside the model; logits are sliced back to vocab_size.
