@@ -147,6 +147,52 @@ def test_training_forward_compiles_without_graph_breaks():
     assert abs(loss.item() - eager.item()) < 0.05
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_loss_matches_the_plain_formula(monkeypatch, amp, reduction):
+    """Compiled, the loss's gradient is written by hand (softcap_loss.fused_softcap_cross_entropy): loss and
+    every parameter's gradient agree, up to float rounding, with the same compiled model whose loss is the
+    plain formula (so both share the trunk's compiled kernels and bf16 roundings), with ignored targets, a
+    padded vocabulary (strided logits), logits deep in the softcap's tanh and a non-uniform upstream gradient."""
+    import torch.nn.functional as F
+
+    from rlkit.plugins.models import gpt as gpt_module
+
+    model = tiny(vocab_size=100)
+    with torch.no_grad():  # logits of ~20 (deep in the softcap's tanh) and non-zero output projections
+        model.lm_head.weight.normal_(0, 2.0)
+        for block in model.blocks:
+            block.attn.c_proj.weight.normal_(0, 0.05)
+            block.mlp.c_proj.weight.normal_(0, 0.05)
+    idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(0, 100, (3, 16))
+    targets[1, 3:9] = -1
+    weights = torch.rand(3, 16)
+
+    def plain_loss(logits, targets, c, reduction):
+        return F.cross_entropy(c * torch.tanh(logits.float() / c), targets, ignore_index=-1, reduction=reduction)
+
+    def run(plain):
+        if plain:
+            monkeypatch.setattr(gpt_module, "fused_softcap_cross_entropy", plain_loss)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            loss = compiled(idx, targets, loss_reduction=reduction)
+        (loss * weights).sum().backward() if reduction == "none" else loss.backward()
+        monkeypatch.undo()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (loss, grads), (plain, plain_grads) = run(False), run(True)
+    tol = dict(rtol=1e-3, atol=1e-5)
+    assert torch.allclose(plain, loss, **tol)
+    assert (loss.view(-1)[targets.view(-1) == -1] == 0).all() if reduction == "none" else loss > 0
+    for a, b in zip(plain_grads, grads):
+        assert torch.allclose(a, b, **tol), (a - b).abs().max()
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_chunked_loss_equals_the_plain_formula_bit_for_bit(monkeypatch, amp, reduction):

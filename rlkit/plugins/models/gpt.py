@@ -10,7 +10,8 @@ Architecture (after nanochat and modded-nanogpt):
 - Attention: separate q, k, v projections, rotary embeddings (base 10000), QK-norm (RMSNorm of each head),
   causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU².
 - Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap); the training
-  loss runs that and the cross-entropy in row chunks (softcap_loss.py: the same numbers, a fraction of the time).
+  loss runs that and the cross-entropy in row chunks (softcap_loss.py: the same numbers, a fraction of the time);
+  under torch.compile, with a hand-written gradient (two fused passes over the logits; float rounding differs).
 - No biases, no dropout, no GQA, no sliding windows. Weights stay float32; run the forward under
   torch.autocast(bf16) for bf16 compute (the residual stream then stays float32).
 - The vocabulary is padded to a multiple of 64 inside the model; logits are sliced back to vocab_size.
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.plugins.models.softcap_loss import softcap_cross_entropy
+from rlkit.plugins.models.softcap_loss import fused_softcap_cross_entropy, softcap_cross_entropy
 
 
 @dataclass
@@ -198,9 +199,12 @@ class GPT(nn.Module):
         c = self.config.softcap
         if targets is None:
             return c * torch.tanh(logits.float() / c)
-        # compiled, inductor fuses the passes over the logits itself; on a GPU the chunks would be thousands of
-        # small kernel launches a step (unmeasured there), so only eager CPU steps take the chunked path
-        if torch.compiler.is_compiling() or logits.device.type != "cpu":
+        # compiled: the loss's gradient is computed in its forward pass (softcap_loss.py), half the plain formula's
+        # cost under inductor; eager on a GPU the chunks would be thousands of small kernel launches a step
+        # (unmeasured there), so only eager CPU steps take the chunked path
+        if torch.compiler.is_compiling():
+            loss = fused_softcap_cross_entropy(logits.flatten(0, 1), targets.flatten(), c, loss_reduction)
+        elif logits.device.type != "cpu":
             logits = c * torch.tanh(logits.float() / c)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
         else:  # the same numbers, bit for bit, in cache-sized row chunks (softcap_loss.py)
