@@ -37,6 +37,32 @@ def test_greedy_with_cache_equals_recomputing_without_cache(model):
         assert out.completions[2 * p] == out.completions[2 * p + 1] == expected
 
 
+def test_decode_steps_match_full_forward_across_suffix_growth_and_keep(model):
+    """The decoder's logits at every step equal a fresh forward over each row's whole sequence, over 40
+    steps (the CPU suffix grows at 16 and 32) with rows dropped by keep() before and after a growth."""
+    G, steps = 3, 40
+    lens = torch.tensor([len(p) for p in PROMPTS])
+    idx = torch.zeros(len(PROMPTS), int(lens.max()), dtype=torch.long)
+    for p, prompt in enumerate(PROMPTS):
+        idx[p, :len(prompt)] = torch.tensor(prompt)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        decoder = model.decoder(torch.float32)
+        logits = decoder.prefill(idx, lens, G, steps).repeat_interleave(G, dim=0)
+        seqs = [list(PROMPTS[r // G]) for r in range(len(PROMPTS) * G)]
+        for t in range(steps):
+            if t in (10, 17):  # drop every third row, then two more, keeping a shuffled order
+                rows = [i for i in range(len(seqs)) if i % 3 != 1] if t == 10 else [4, 0, 2, 5, 1, 3, 6]
+                decoder.keep(torch.tensor(rows))
+                seqs, logits = [seqs[i] for i in rows], logits[rows]
+            full = torch.stack([model(torch.tensor([s]))[0, -1] for s in seqs])
+            torch.testing.assert_close(model.config.softcap * torch.tanh(logits / model.config.softcap), full,
+                                       rtol=1e-4, atol=1e-4)
+            tok = torch.randint(0, V, (len(seqs),), generator=gen)
+            seqs = [s + [int(x)] for s, x in zip(seqs, tok)]
+            logits = decoder.step(tok)
+
+
 def test_rollout_layout(model):
     out = generate(model, PROMPTS, samples=3, max_new_tokens=6, temperature=1.0, top_k=10, seeds=list(range(12)),
                    pad_id=99)

@@ -233,19 +233,26 @@ class SharedPrefixCache:
     """Decode-time KV cache for G samples of each of P prompts: each prompt's keys/values are stored once.
 
     prefix k/v: (n_layer, P, H, Tp, D) from the prefill, prompt p's padding masked; suffix k/v: (n_layer, N, H,
-    max_new, D), one row per sample, all rows in step (t tokens each). A row's query is scored against its
-    prompt's prefix (one (G, D) x (D, Tp) matmul per prompt and head, so the prefix is read once per prompt,
-    not G times) and against its own suffix; one softmax runs over both. GPT.forward drives it through
+    slots, D), one row per sample, all rows in step (t tokens each; slots: max_new, or on CPU t rounded up to
+    GROW). A row's query is scored against its prompt's prefix (one (G, D) x (D, Tp) matmul per prompt and
+    head, so the prefix is read once per prompt, not G times) and against its own suffix; one softmax runs over both. GPT.forward drives it through
     begin / attend / end, like KVCache; keep(rows) compacts the rows.
     """
+
+    GROW = 16  # CPU: suffix slots added at a time
 
     def __init__(self, prefill, lens, G, max_new, dtype):
         L, P, Tp, H, D = prefill.k.shape
         self.P, self.G, self.Tp = P, G, Tp
         self.pk = prefill.k.transpose(2, 3).contiguous()  # (L, P, H, Tp, D)
         self.pv = prefill.v.transpose(2, 3).contiguous()
-        self.k = torch.zeros(L, P * G, H, max_new, D, dtype=dtype, device=lens.device)
+        # CPU matmuls copy a strided slice of the suffix first, so on CPU the suffix holds only the slots reached
+        # so far, rounded up to GROW, and every step scores all of them (contiguous): it grows by a copy every
+        # GROW steps, and a step reads ~t + GROW / 2 slots, not max_new (elsewhere: max_new slots, t + 1 read)
+        slots = min(max_new, self.GROW) if lens.device.type == "cpu" else max_new
+        self.k = torch.zeros(L, P * G, H, slots, D, dtype=dtype, device=lens.device)
         self.v = torch.zeros_like(self.k)
+        self.n = P * G  # active rows
         self.rows = torch.arange(P * G, device=lens.device)  # original row (p * G + g) of each active row
         self.pos = lens.repeat_interleave(G)  # (n,): rotary position of each row's next token
         pad = torch.arange(Tp, device=lens.device) >= lens[:, None]  # (P, Tp): True on prompt padding
@@ -255,6 +262,14 @@ class SharedPrefixCache:
 
     def begin(self, T):
         assert T == 1, "SharedPrefixCache decodes one token per row per forward"
+        if self.t == self.k.size(3):  # CPU: the suffix is full; grow it by GROW slots (rows still active only)
+            L, _, H, S, D = self.k.shape
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = old.new_empty(L, self.n, H, S + self.GROW, D)
+                new[..., :S, :] = old[:, :self.n]
+                new[..., S:, :] = 0  # unwritten slots get probability 0, and 0 * (garbage NaN) would be NaN
+                setattr(self, name, new)
         return self.pos[:, None]  # (n, 1)
 
     def attend(self, layer, q, k, v):
@@ -268,9 +283,7 @@ class SharedPrefixCache:
         grid[self.rows] = q  # queries by prompt: (P, G) slots, finished rows left zero
         s_pre = grid.view(P, G, H, D).transpose(1, 2) @ self.pk[layer].transpose(-1, -2)  # (P, H, G, Tp)
         s_pre = s_pre.transpose(1, 2).reshape(P * G, H, Tp)[self.rows]  # (n, H, Tp)
-        # CPU matmuls copy a strided slice of the suffix first, so on CPU score all max_new slots (contiguous)
-        # and mask the unwritten ones; elsewhere read just the t + 1 written slots
-        S = self.k.size(3) if q.device.type == "cpu" else t + 1
+        S = self.k.size(3) if q.device.type == "cpu" else t + 1  # CPU: every slot (see __init__), masked past t
         s_suf = q[:, :, None] @ self.k[layer, :n, :, :S].transpose(-1, -2)  # (n, H, 1, S)
         s_suf = s_suf[:, :, 0].float()
         if S > t + 1:
@@ -294,3 +307,4 @@ class SharedPrefixCache:
         self.k[:, :n, :, :t] = self.k[:, rows, :, :t]
         self.v[:, :n, :, :t] = self.v[:, rows, :, :t]
         self.rows, self.pos, self.pad = self.rows[rows], self.pos[rows], self.pad[rows]
+        self.n = n
