@@ -235,8 +235,8 @@ class SharedPrefixCache:
     prefix k/v: (n_layer, P, H, Tp, D) from the prefill, prompt p's padding masked; suffix k/v: (n_layer, N, H,
     slots, D), one row per sample, all rows in step (t tokens each; slots: max_new, or on CPU t rounded up to
     GROW). A row's query is scored against its prompt's prefix (one (G, D) x (D, Tp) matmul per prompt and
-    head, so the prefix is read once per prompt, not G times) and against its own suffix; one softmax runs over both. GPT.forward drives it through
-    begin / attend / end, like KVCache; keep(rows) compacts the rows.
+    head, so the prefix is read once per prompt, not G times) and against its own suffix; one softmax runs
+    over both. GPT.forward drives it through begin / attend / end, like KVCache; keep(rows) compacts the rows.
     """
 
     GROW = 16  # CPU: suffix slots added at a time
