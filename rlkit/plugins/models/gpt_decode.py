@@ -252,7 +252,6 @@ class SharedPrefixCache:
         slots = min(max_new, self.GROW) if lens.device.type == "cpu" else max_new
         self.k = torch.zeros(L, P * G, H, slots, D, dtype=dtype, device=lens.device)
         self.v = torch.zeros_like(self.k)
-        self.n = P * G  # active rows
         self.rows = torch.arange(P * G, device=lens.device)  # original row (p * G + g) of each active row
         self.pos = lens.repeat_interleave(G)  # (n,): rotary position of each row's next token
         pad = torch.arange(Tp, device=lens.device) >= lens[:, None]  # (P, Tp): True on prompt padding
@@ -263,11 +262,11 @@ class SharedPrefixCache:
     def begin(self, T):
         assert T == 1, "SharedPrefixCache decodes one token per row per forward"
         if self.t == self.k.size(3):  # CPU: the suffix is full; grow it by GROW slots (rows still active only)
-            L, _, H, S, D = self.k.shape
+            (L, _, H, S, D), n = self.k.shape, self.rows.numel()
             for name in ("k", "v"):
                 old = getattr(self, name)
-                new = old.new_empty(L, self.n, H, S + self.GROW, D)
-                new[..., :S, :] = old[:, :self.n]
+                new = old.new_empty(L, n, H, S + self.GROW, D)
+                new[..., :S, :] = old[:, :n]
                 new[..., S:, :] = 0  # unwritten slots get probability 0, and 0 * (garbage NaN) would be NaN
                 setattr(self, name, new)
         return self.pos[:, None]  # (n, 1)
@@ -307,4 +306,3 @@ class SharedPrefixCache:
         self.k[:, :n, :, :t] = self.k[:, rows, :, :t]
         self.v[:, :n, :, :t] = self.v[:, rows, :, :t]
         self.rows, self.pos, self.pad = self.rows[rows], self.pos[rows], self.pad[rows]
-        self.n = n
