@@ -12,6 +12,11 @@ lm_head redrawn N(0, 0.05) on both sides so logits spread as a trained model's d
   rlkit:    rlkit.core.sampling.generate, all 256 rows in one call, under autocast(bf16);
   nanochat: Engine(model, tokenizer).generate_batch(prompt, num_samples=16, ...) once per prompt.
 
+Allocator (CPU): `rlkit run` makes malloc keep freed memory (rlkit/core/hostmem.py: a step's 512 MB logits
+then reuse mapped pages instead of faulting fresh ones in). --malloc as-shipped (the default) does the same
+in rlkit's child and leaves nanochat's as nanochat runs; --malloc both gives nanochat's child the same
+setting, which compares the code alone; --malloc neither leaves both at glibc's default.
+
 Method: every (configuration, side) runs in its own child process (`--worker`), which builds the model,
 warms up (compiles) and then times one round each time the parent asks; the parent alternates the two sides
 round by round (the side that goes first alternates too), keeps each side's best round, and prints
@@ -158,6 +163,9 @@ def rollout_round(spec, device):
 
 def worker(spec):
     device = torch.device(spec["device"])
+    if device.type == "cpu" and (spec["malloc"] == "both" or spec["malloc"] == "as-shipped" and spec["side"] == "rlkit"):
+        from rlkit.core import hostmem  # what `rlkit run` does on a CPU (dist.init): malloc keeps freed pages
+        hostmem.keep_freed_memory()
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     timing.CPU_CLOCK = spec["cpu_clock"]
@@ -201,7 +209,7 @@ class Child:
 def spec_for(name, side, args):
     kind = "rollout" if name.startswith("rollout") else "train"
     parts = name.split("-")
-    spec = dict(side=side, kind=kind, device=args.device, threads=args.threads, cpu_clock=args.cpu_clock,
+    spec = dict(side=side, kind=kind, device=args.device, threads=args.threads, cpu_clock=args.cpu_clock, malloc=args.malloc,
                 nanochat=args.nanochat, vocab=args.vocab, seq=args.seq, batch=args.batch, steps=args.steps,
                 dtype="bf16", depth=args.rollout_depth, mode="eager",
                 prompts=args.prompts, samples=args.samples, new=args.new_tokens)
@@ -247,6 +255,9 @@ def main():
     parser.add_argument("--cpu-clock", action="store_true", help="time by each child's CPU clock (see timing.py)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="take MFU against this peak (e.g. 989 for H100/H200 dense bf16) instead of the measured mm peak")
+    parser.add_argument("--malloc", choices=["as-shipped", "both", "neither"], default="as-shipped",
+                        help="CPU only: which children keep freed memory (rlkit/core/hostmem.py); as-shipped: rlkit's, "
+                             "as `rlkit run` does, and not nanochat's; both: the same allocator on both sides")
     parser.add_argument("--quick", action="store_true", help="smoke run: d2, vocab 4096, seq 128, 4 x 4 x 16, 1 round")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,6 +274,7 @@ def main():
     timing.CPU_CLOCK = args.cpu_clock
     print(f"device {device}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}, {args.rounds} rounds, "
           f"threads {args.threads or torch.get_num_threads()}, {'CPU' if args.cpu_clock else 'wall'} clock, "
+          f"malloc {args.malloc}, "
           f"torch {torch.__version__}, nanochat {args.nanochat or '(not given)'}", flush=True)
 
     peaks, rows = {}, []
