@@ -4,8 +4,8 @@ glibc serves an allocation above its mmap threshold (32 MB at most) with a fresh
 free. A training step's large buffers (the logits and the loss's gradient: 512 MB each at 4096 tokens x
 a 32768 vocabulary) are therefore new pages every step. The kernel zero-fills every page on its first
 write, in a page fault. On this project's 2-core VM that costs ~0.4 s per GB, about ten times the
-write itself. A depth-6, 32768-vocab bf16 step spent 8.9 s on one core, and 4.8 s with the settings below
-(docs/performance.md).
+write itself. A compiled depth-6, 32768-vocab bf16 step took 8.9 s on one core, and 4.8 s with the
+settings below (docs/performance.md).
 
 Two mallopt settings make malloc keep freed memory in the process, so later steps reuse pages that are
 already mapped:
