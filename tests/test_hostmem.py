@@ -1,7 +1,8 @@
 """core/hostmem.py, through dist.init on a CPU: a loop that allocates, writes and frees a 64 MB block (as a
 training step does its logits) settles on pages it already has, where glibc's default maps fresh pages and
-faults every one in again, each time. The count is the process's minor page faults (getrusage). Each case runs in a child process, so the malloc settings do not
-carry over into the test run, and RLKIT_KEEP_FREED_MEMORY=0 gives the default case."""
+faults every one in again, each time. The count is the process's minor page faults (getrusage). Each case
+runs in a child process, so the malloc settings do not carry over into the test run, and
+RLKIT_KEEP_FREED_MEMORY=0 gives the default case."""
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from rlkit.core import hostmem
 
 CHILD = """
-import resource, sys, torch
+import resource, torch
 from rlkit.core import dist
 
 dist.init("cpu")
