@@ -203,6 +203,9 @@ def test_chunked_loss_equals_the_plain_formula_bit_for_bit(monkeypatch, amp, red
     from rlkit.plugins.models import softcap_loss
 
     monkeypatch.setattr(softcap_loss, "CHUNK_BYTES", 4 * 100 * 7)  # 7 rows a chunk: 48 rows -> 7 chunks
+    lookups = []  # bf16 logits (under autocast) take tanh from the table: count that they did
+    monkeypatch.setattr(softcap_loss, "_lookup", lambda *a, lookup=softcap_loss._lookup, **k: lookups.append(1)
+                        or lookup(*a, **k))
     model = tiny(vocab_size=100)  # padded to 128: the logits are a strided slice
     idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(0, 100, (3, 16))
     targets[1, 3:9] = -1
@@ -226,3 +229,19 @@ def test_chunked_loss_equals_the_plain_formula_bit_for_bit(monkeypatch, amp, red
     assert torch.equal(plain_loss, loss)
     assert all(torch.equal(a, b) for a, b in zip(plain_grads, grads))
     assert sum(g.abs().sum() for g in grads) > 0
+    assert len(lookups) == (7 if amp else 0)
+
+
+def test_bf16_tanh_table_is_the_tanh_kernel_for_every_bf16_value():
+    """The eager loss reads tanh(b / c) of a bf16 logit b from a table: for all 65,536 bit patterns (nan, inf,
+    subnormals included), laid out whole, and again as a strided slice of odd width, it returns exactly what
+    the plain ops (cast, divide, tanh) return for the same tensor."""
+    from rlkit.plugins.models.softcap_loss import _bf16_tanh_table, _lookup
+
+    every = torch.arange(65536, dtype=torch.int32).to(torch.uint16).view(torch.bfloat16)
+    for x in (every.view(256, 256), every.view(512, 128)[:, 3:100]):
+        out = torch.empty(x.shape)
+        _lookup(_bf16_tanh_table(15.0, x.device), x, out)
+        plain = torch.tanh(x.float() / 15.0)
+        assert torch.equal(out.view(torch.int32), plain.view(torch.int32))  # bits, so that nan == nan
+    assert out.isnan().any() and (out == 1).any() and (out == -1).any()
