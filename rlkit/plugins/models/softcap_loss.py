@@ -51,8 +51,9 @@ class _PickedLogProbs(torch.autograd.Function):
         for i in range(0, t.size(0), rows):
             g = torch.zeros_like(t[i:i + rows]).scatter_(1, index[i:i + rows], grad_picked[i:i + rows, None])
             g = torch._log_softmax_backward_data(g, logp[i:i + rows], 1, torch.float32)
-            g = torch.ops.aten.tanh_backward(g * c, t[i:i + rows]) / c
-            grad[i:i + rows] = g  # the cast back to the logits' dtype, as .float()'s backward does
+            g = torch.ops.aten.tanh_backward(g.mul_(c), t[i:i + rows])
+            # divide in float32, rounded to the logits' dtype on store: the cast .float()'s backward does, in one pass
+            torch.div(g, c, out=grad[i:i + rows])
         return grad, None, None
 
 
