@@ -186,3 +186,17 @@ def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_pat
             torch.testing.assert_close(grads[size][k], g, rtol=1e-4, atol=1e-5, msg=f"{k} (device batch {size})")
     assert losses[2] == pytest.approx(losses[8], abs=1e-5)
     assert losses[3] == pytest.approx(losses[8], abs=1e-5)
+
+
+@pytest.mark.parametrize("name, args, inert", [(n, {}, n != "deepseek_grpo") for n in FAMILY] +
+                         [("deepseek_grpo", {"kl_coef": 0.0}, True)])
+def test_zero_advantage_inert_is_declared_where_the_loss_gives_such_rows_no_gradient(name, args, inert):
+    """The rl stage skips the backward of rows with advantage 0 only for algorithms that declare it; for
+    those the loss's gradient on such a row is 0 (the clipped ratios of the shared batch included), and
+    deepseek_grpo's KL term (kl_coef > 0) gives that row a gradient, so it does not declare it."""
+    algorithm = ALGORITHMS[name](**args)
+    assert getattr(algorithm, "zero_advantage_inert", False) is inert
+    logp = LOGP.clone().requires_grad_(True)
+    algorithm.loss(logp, MASK, torch.tensor([0.0, 1.0]), EXTRA).backward()
+    assert bool(logp.grad[0].abs().max() == 0) is inert  # row 0, advantage 0: its sampled tokens have rho 1.5, 1
+    assert logp.grad[1, 0] != 0  # row 1, advantage +1 at rho 0.5: unclipped, it trains

@@ -86,6 +86,7 @@ class Faulty:
 
     def __init__(self, fault="", method="loss", at_call=0):
         self.fault, self.method, self.at_call, self.calls = fault, method, at_call, {"advantages": 0, "loss": 0}
+        self.zero_advantage_inert = fault == "inert"  # a false claim: its loss below has an entropy-like term
 
     def now(self, method):
         self.calls[method] += 1
@@ -102,6 +103,8 @@ class Faulty:
 
     def loss(self, logp, mask, adv, extra):
         loss = -(logp * mask * adv[:, None]).sum() / extra["num_tokens"]
+        if self.fault == "inert":
+            return loss + 0.01 * (logp * mask).sum() / extra["num_tokens"]
         if self.now("loss"):
             if self.fault == "raise":
                 raise ValueError("cannot sum")
@@ -212,6 +215,10 @@ CHECKED_UP_FRONT = {  # id: (algorithm, args, what the line says)
                                       "of shape (2,); expected the rewards' shape"),
     "loss-not-a-scalar": ("faulty", "{fault: per-token, method: loss, at_call: 1}",
                           "algorithm 'faulty' loss() on a tiny batch in the check returned a tensor of shape (8, 3)"),
+    "claims-zero-advantage-inert": ("faulty", "{fault: inert}",
+                                    "algorithm 'faulty' loss() on a tiny batch in the check: the algorithm sets "
+                                    "zero_advantage_inert = True, but its loss gives a row whose advantage is 0 a "
+                                    "gradient"),
 }
 
 

@@ -169,3 +169,78 @@ def test_filter_groups_drops_constant_groups_and_refills(write_file, write_yaml,
     for b in batches:
         assert b.stats["groups_kept"] == 4 and b.ids.shape[0] == 4 * 4  # full steps, refilled
         assert torch.all(b.adv.view(4, 4).abs().sum(dim=1) > 0)  # every kept group is informative
+
+
+# --------------------------------------------------------------------------- rows that cannot move the weights
+
+class WithoutInert:
+    """An algorithm as it is, minus its zero_advantage_inert: the rl stage then backpropagates every row."""
+
+    def __init__(self, inner):
+        self.inner, self.needs = inner, inner.needs
+
+    def advantages(self, rewards):
+        return self.inner.advantages(rewards)
+
+    def loss(self, logp, mask, adv, extra):
+        return self.inner.loss(logp, mask, adv, extra)
+
+
+def _update_counting_rows(ctx, model, algorithm, ids, mask, adv):
+    """One rl step's updates with SGD + momentum; the rows that went through a forward with / without autograd."""
+    rows = {True: 0, False: 0}
+
+    def count(module, inputs, output):
+        rows[torch.is_grad_enabled()] += inputs[0].shape[0]
+    hook = model.register_forward_hook(count)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    stats = rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0)
+    hook.remove()
+    return stats, rows
+
+
+@pytest.mark.parametrize("epochs, minibatches", [(1, 1), (2, 2)])
+def test_rows_with_zero_advantage_skip_the_backward_and_the_step_is_the_same(epochs, minibatches, write_yaml,
+                                                                             tmp_path, stage_ctx):
+    """reinforce (no baseline) sets zero_advantage_inert: its reward-0 rows get a forward without autograd and
+    no backward. The weights after the step, and what is tracked, are those of the full backward. With 2
+    minibatches, the odd rows (minibatch 1) all have advantage 0: that minibatch takes a zero gradient through
+    an empty pass and its optimizer step still applies the momentum, as the full backward's step does."""
+    path = write_yaml(f"""\
+        name: inert
+        stages:
+          rl:
+            task: {{name: arithmetic}}
+            rewards: [{{name: gsm8k}}]
+            rollout: {{max_new_tokens: 30}}
+            device_batch_size: 3
+            updates: {{epochs: {epochs}, minibatches: {minibatches}}}
+        """)
+    ctx = stage_ctx(path, "rl", Path(tmp_path) / "runs")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 300, (8, 30), generator=g)  # (N, L)
+    mask = torch.zeros(8, 29)
+    for r in range(8):
+        mask[r, 6 + r % 3:18 + r] = 1  # (N, L-1): rows end at different places
+    adv = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # reinforce's advantages: the 0/1 rewards
+    reinforce = ALGORITHMS["reinforce"]()
+    assert reinforce.zero_advantage_inert
+
+    results = {}
+    for name, algorithm in (("skipping", reinforce), ("full", WithoutInert(reinforce))):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        stats, rows = _update_counting_rows(ctx, model, algorithm, ids, mask, adv)
+        results[name] = (model.state_dict(), stats, rows)
+    (skip_w, skip_stats, skip_rows), (full_w, full_stats, full_rows) = results["skipping"], results["full"]
+
+    empty_passes = epochs if minibatches == 2 else 0  # minibatch 1 has no row to train: one 1-token pass
+    assert skip_rows[True] == epochs * 3 + empty_passes  # the 3 rows whose advantage is 1, each update
+    assert full_rows[True] == epochs * 8
+    assert skip_stats["no_backward_frac"] == 5 / 8 and full_stats["no_backward_frac"] == 0.0
+    assert any(not torch.equal(full_w[k], start[k]) for k in start), "the step moved nothing: vacuous"
+    for k in full_w:
+        torch.testing.assert_close(skip_w[k], full_w[k], rtol=1e-5, atol=1e-6, msg=k)
+    for key in ("loss", "grad_norm", "entropy", "ratio_mean", "ratio_max", "kl_old", "clip_frac"):
+        assert skip_stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key

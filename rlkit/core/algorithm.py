@@ -46,8 +46,12 @@ class Guarded:
         """Where the next calls happen (e.g. "at rl step 3"), for the error lines."""
         self.__dict__["_at"] = text
 
+    def label(self, method: str) -> str:
+        """How error lines name a call: the stage, the plugin, the method and where in the run."""
+        return f"{self._where}: algorithm '{self._name}' {method}() {self._at}".rstrip()
+
     def _call(self, method: str, fn, *args):
-        where = f"{self._where}: algorithm '{self._name}' {method}() {self._at}".rstrip()
+        where = self.label(method)
         try:
             out = fn(*args)
         except RlkitError as e:
@@ -139,6 +143,21 @@ def check_contract(algorithm: Guarded, samples: int, max_new_tokens: int) -> Non
         if "ref_logp" in getattr(algorithm, "needs", ()):
             extra["ref_logp"] = logp.detach() - 0.05
         algorithm.loss(logp, mask, adv, extra)
+        if getattr(algorithm, "zero_advantage_inert", False):
+            check_inert(algorithm, logp, mask, adv, extra)
         if hasattr(algorithm, "clipped"):
             algorithm.clipped(logp.detach(), mask, adv, extra)
         algorithm.at("")
+
+
+def check_inert(algorithm: Guarded, logp, mask, adv, extra) -> None:
+    """An algorithm that sets `zero_advantage_inert` lets the rl stage skip the backward of rows whose
+    advantage is 0; its loss must then give those rows no gradient. Checked here on every other row."""
+    zeroed = adv.detach().clone()
+    zeroed[::2] = 0.0
+    leaf = logp.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(algorithm.loss(leaf, mask, zeroed, extra), leaf, allow_unused=True)
+    if grad is not None and grad[::2].abs().max() > 0:
+        raise RlkitError(f"{algorithm.label('loss')}: the algorithm sets zero_advantage_inert = True, but its loss "
+                         "gives a row whose advantage is 0 a gradient (a KL or entropy term?); set it False, or "
+                         "True only where that term is off (docs/plugins.md)")

@@ -47,9 +47,10 @@ def rlkit_algorithms() -> dict:
     (the sampling policy's log-probs), plus `ref_logp [B, T]` when declared. Optional: a set `needs`
     ("old_logp": computed before the first of several updates; "ref_logp": a frozen reference model),
     `min_samples` (completions per prompt it needs), `filter_groups` (drop groups whose rewards are
-    all equal and sample more), `shape(lengths[P, G], max_new_tokens) -> {name: [P, G]}` (reward
-    terms added before advantages), `clipped(logp, mask, adv, extra) -> bool [B, T]` (where a clip
-    acted, tracked) and `state_dict()` / `load_state_dict()` (checkpointed).
+    all equal and sample more), `zero_advantage_inert` (the loss gives a row with advantage 0 no
+    gradient, so the rl stage skips that row's backward), `shape(lengths[P, G], max_new_tokens) ->
+    {name: [P, G]}` (reward terms added before advantages), `clipped(logp, mask, adv, extra) ->
+    bool [B, T]` (where a clip acted, tracked) and `state_dict()` / `load_state_dict()` (checkpointed).
     """
 
 

@@ -16,6 +16,7 @@ from rlkit.core.objectives import group_advantages, ratio
 
 class CISPO:
     needs = frozenset({"old_logp"})
+    zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2
 
     def __init__(self, clip_eps_low: float, clip_eps_high: float, eps: float):

@@ -21,6 +21,7 @@ from rlkit.core.objectives import clipped_objective, group_advantages, ratio
 
 class DAPO:
     needs = frozenset({"old_logp"})
+    zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2
     filter_groups = True
 

@@ -25,6 +25,7 @@ class DeepSeekGRPO:
 
     def __init__(self, clip_eps: float, kl_coef: float, eps: float):
         self.clip_eps, self.kl_coef, self.eps = clip_eps, kl_coef, eps
+        self.zero_advantage_inert = kl_coef == 0  # else the KL term moves rows whose advantage is 0
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """(P, G) -> (P, G): group-normalised rewards."""

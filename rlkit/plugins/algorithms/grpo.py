@@ -19,6 +19,7 @@ import rlkit
 
 class GRPO:
     needs = frozenset()  # no old_logp, no ref_logp
+    zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2  # advantages compare samples within a group
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ BASELINES = ("none", "batch", "ema")
 
 class Reinforce:
     needs = frozenset()
+    zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
 
     def __init__(self, baseline: str, decay: float):
         self.baseline = baseline

@@ -13,6 +13,7 @@ from rlkit.core.objectives import leave_one_out
 
 class RLOO:
     needs = frozenset()
+    zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2  # the baseline needs another sample
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:

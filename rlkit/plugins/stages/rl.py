@@ -14,7 +14,9 @@ One step:
   4. updates: `updates.epochs` passes over the rollouts, each in
      `updates.minibatches` optimizer steps (default 1 x 1: one step), each
      minibatch's loss the algorithm's with its token and sequence counts over
-     all ranks, backward in micro-batches of `device_batch_size` sequences;
+     all ranks, backward in micro-batches of `device_batch_size` sequences
+     (none for rows with advantage 0 when the algorithm declares that its
+     loss gives them no gradient: `zero_advantage_inert`);
      lr = init_lr_frac * (1 - step/steps). old_logp / ref_logp (when the
      algorithm needs them), ratios, clip fraction, KLs and entropy: rl_update.py.
 Steps 1-3, and group filtering (DAPO's dynamic sampling) for an algorithm that
@@ -143,8 +145,10 @@ def run(ctx, start):
         # metrics (all ranks' means)
         stats = step_stats(ctx, batch.stats, mask, batch.adv)
         useful = batch.prompt_tokens + int(mask.sum())  # this rank's tokens, padding left out
+        forward_only = train_stats.pop("forward_only_tokens", 0)  # a third of a trained token's FLOPs
         stats.update(train_stats, lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / stats["rollout_s"],
-                     train_tok_s=useful * world / train_s, mfu=useful / train_s * flops / peak, train_s=train_s)
+                     train_tok_s=useful * world / train_s, train_s=train_s,
+                     mfu=(useful - 2 * forward_only / 3) / train_s * flops / peak)
         tokens += useful * world
         history.append(float(stats["reward"]))
         done = step + 1

@@ -9,6 +9,14 @@ counts over all ranks (`num_tokens`, `num_sequences`), so the gradient does not
 depend on the device batch size or the world size. Under DDP every rank runs as many micro-batches as the
 rank with the most (a rank short of rows runs an empty one), since DDP's all-reduce needs every rank.
 
+Rows that cannot move the weights get no backward: when the algorithm declares
+`zero_advantage_inert = True` (its loss gives a row whose advantage is 0 no gradient: no KL or entropy
+term), those rows go through a forward without autograd, for the tracked numbers only, and the rest are
+packed into the micro-batches. The gradient is the same sum (the counts that normalise it still include
+every row); only its rounding differs. REINFORCE without a baseline skips every reward-0 row this way,
+the GRPO family every group whose rewards agree. A minibatch left with no row to train takes a zero
+gradient (an empty pass), as the full backward would have given, so the optimizer steps as before.
+
 old_logp, the sampling policy's per-token log-prob, is taken once per step before the first update with
 the same forward (and micro-batch shapes) as training, so the first update sees ratio 1 exactly and
 later ones ratio != 1. With a single update there is no separate pass: the weights are still the sampling
@@ -44,16 +52,23 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
     s = ctx.cfg
     epochs, M = s.updates.epochs, s.updates.minibatches
     rows = torch.arange(ids.shape[0]) if rows is None else rows.cpu()
+    inert = (adv == 0).cpu() if getattr(algorithm, "zero_advantage_inert", False) else \
+        torch.zeros(len(rows), dtype=torch.bool)  # (N,) rows that get no backward
     # minibatch m holds the step's rows i with i % M == m, on whichever rank they are: the same
-    # minibatches at any world size. Sorted so that each minibatch is a contiguous slice here.
-    perm = sorted(range(len(rows)), key=lambda i: (int(rows[i]) % M, int(rows[i])))
+    # minibatches at any world size. Sorted so that each minibatch is a contiguous slice here, its
+    # rows to train first and its inert rows after them.
+    perm = sorted(range(len(rows)), key=lambda i: (int(rows[i]) % M, bool(inert[i]), int(rows[i])))
     if perm != list(range(len(rows))):
-        ids, mask, adv = ids[perm], mask[perm], adv[perm]
+        ids, mask, adv, inert = ids[perm], mask[perm], adv[perm], inert[perm]
     ends = torch.bincount(rows % M, minlength=M).cumsum(0).tolist()
     bounds = list(zip([0, *ends[:-1]], ends))  # this rank's rows of each minibatch
-    micros = [micro_batches(ctx, ids, mask, b0, b1, s.device_batch_size) for b0, b1 in bounds]
+    splits = [b0 + int((~inert[b0:b1]).sum()) for b0, b1 in bounds]  # where each one's inert rows start
+    micros = [micro_batches(ctx, ids, mask, b0, c, s.device_batch_size) for (b0, _), c in zip(bounds, splits)]
+    forward_only = [micro_batches(ctx, ids, mask, c, b1, s.device_batch_size, pad=False)
+                    for (_, b1), c in zip(bounds, splits)]
     acc = Stats(ctx.device)
-    old = None if epochs * M == 1 else before_update(ctx, model, micros, mask.shape, acc)  # (N, L-1)
+    acc.count_rows(inert, mask)
+    old = None if epochs * M == 1 else before_update(ctx, model, micros + forward_only, mask.shape, acc)  # (N, L-1)
     for _epoch in range(epochs):
         for m, (b0, b1) in enumerate(bounds):
             n_rows, tokens = ctx.sum_over_ranks(torch.tensor([float(b1 - b0), float(mask[b0:b1].sum())],
@@ -63,6 +78,7 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
             extra = {"num_tokens": tokens.clamp(min=1), "num_sequences": float(n_rows),
                      "max_new_tokens": s.rollout.max_new_tokens}
             loss = minibatch(ctx, train, algorithm, reference, micros[m], adv, extra, old, acc)
+            without_backward(ctx, model, algorithm, reference, forward_only[m], adv, extra, old, acc)
             gnorm = grad_norm(model)
             training.check_step(ctx, ctx.mean_over_ranks(torch.tensor(loss, device=ctx.device)), gnorm, step + 1)
             optimizer.step()
@@ -71,18 +87,19 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
     return acc.result(ctx, reference is not None)
 
 
-def micro_batches(ctx, ids, mask, b0: int, b1: int, size: int) -> list:
+def micro_batches(ctx, ids, mask, b0: int, b1: int, size: int, pad: bool = True) -> list:
     """The micro-batches of rows b0..b1, trailing padding trimmed: (rows slice, x, y, m); y is -1 where
-    nothing was sampled. Under DDP, padded with None to the count of the rank that has the most."""
+    nothing was sampled. With `pad` (for a backward), padded with None to the count of the rank that has
+    the most under DDP, and to one when no rank has a row (an empty pass then gives the zero gradient)."""
     out = []
     for r0 in range(b0, b1, size):
         sl = slice(r0, min(r0 + size, b1))
         length = int(mask[sl].nonzero()[:, 1].max()) + 2 if mask[sl].any() else 2  # trim trailing padding
         x, y, m = ids[sl, :length - 1], ids[sl, 1:length], mask[sl, :length - 1]
         out.append((sl, x, torch.where(m > 0, y, -1), m))
-    if ctx.dist.distributed:
-        most = all_reduce_max(len(out), ctx.device)
-        out += [None] * (most - len(out))
+    if pad:
+        most = all_reduce_max(len(out), ctx.device) if ctx.dist.distributed else len(out)
+        out += [None] * (max(most, 1) - len(out))
     return out
 
 
@@ -138,6 +155,21 @@ def minibatch(ctx, train, algorithm, reference, micros, adv, extra, old, acc) ->
 
 
 @torch.no_grad()
+def without_backward(ctx, model, algorithm, reference, micros, adv, extra, old, acc) -> None:
+    """The inert rows of one minibatch: a forward without autograd for what is tracked (entropy, ratio,
+    KL, clip), as `minibatch` tracks its rows; they add nothing to the gradient, so no backward."""
+    for sl, x, y, m in micros:
+        with ctx.autocast():
+            logp, logits = forward(model, x, y)
+        batch_extra = dict(extra, lengths=m.sum(dim=1), old_logp=logp if old is None else old[sl, :logp.shape[1]])
+        if reference is not None:
+            batch_extra["ref_logp"] = ref_logp(ctx, reference, x, y, acc, sl.start)
+        if old is None:
+            acc.add_entropy(entropy(logits), m)
+        acc.add_tokens(algorithm, logp, m, adv[sl], batch_extra)
+
+
+@torch.no_grad()
 def ref_logp(ctx, reference, x, y, acc, key: int) -> torch.Tensor:
     """The reference model's log-probs of this micro-batch, computed once per step."""
     if key not in acc.ref:
@@ -154,6 +186,16 @@ class Stats:
         self.sums = torch.zeros(7, device=device)  # tokens, clipped, ratio, kl_old, kl_ref, ent_tokens, entropy
         self.ratio_max = 0.0
         self.losses, self.gnorms = [], []
+        self.rows = torch.zeros(2, device=device)  # rows, rows without backward
+        self.forward_only_tokens = 0  # this rank's tokens (prompt + completion) in rows without backward
+
+    def count_rows(self, inert, mask):
+        """inert (N,) bool, mask (N, L-1): the rows that get no backward and their tokens."""
+        self.rows += torch.tensor([float(len(inert)), float(inert.sum())], device=self.device)
+        sampled = mask[inert.to(mask.device)] > 0  # (n, L-1)
+        ends = torch.where(sampled.any(dim=1), (sampled * torch.arange(1, sampled.shape[1] + 1,
+                                                                       device=mask.device)).amax(dim=1) + 1, 0)
+        self.forward_only_tokens = int(ends.sum())  # a row's tokens end one past its last sampled target
 
     def add_entropy(self, ent, m):
         self.sums[5] += m.sum()
@@ -183,7 +225,9 @@ class Stats:
         out = {"loss": sum(self.losses) / len(self.losses), "grad_norm": sum(self.gnorms) / len(self.gnorms),
                "clip_frac": float(sums[1]) / tokens, "ratio_mean": float(sums[2]) / tokens,
                "ratio_max": all_reduce_max(self.ratio_max, ctx.device, float), "kl_old": float(sums[3]) / tokens,
-               "entropy": float(sums[6]) / ent_tokens}
+               "entropy": float(sums[6]) / ent_tokens, "forward_only_tokens": self.forward_only_tokens}
+        rows = all_reduce_sum(self.rows.clone())
+        out["no_backward_frac"] = float(rows[1]) / max(float(rows[0]), 1.0)
         if has_ref:
             out["kl_ref"] = float(sums[4]) / tokens
         return out
