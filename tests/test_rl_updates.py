@@ -244,3 +244,42 @@ def test_rows_with_zero_advantage_skip_the_backward_and_the_step_is_the_same(epo
         torch.testing.assert_close(skip_w[k], full_w[k], rtol=1e-5, atol=1e-6, msg=k)
     for key in ("loss", "grad_norm", "entropy", "ratio_mean", "ratio_max", "kl_old", "clip_frac"):
         assert skip_stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key
+
+
+# --------------------------------------------------------------------------- micro-batches of like length
+
+def test_micro_batches_hold_rows_of_like_length_and_the_step_is_the_same(write_yaml, tmp_path, stage_ctx):
+    """8 rows alternating short and long, 2 rows to a micro-batch: cut in order of length, no micro-batch
+    pairs a short row with a long one, so the forwards cover 2 x 2 x 8 + 2 x 2 x 25 positions instead of
+    4 x 2 x 25 in row order; the weights after the step are those of one micro-batch holding all 8 rows."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 300, (8, 30), generator=g)  # (N, L)
+    mask = torch.zeros(8, 29)
+    for r in range(8):
+        mask[r, 5:5 + (20 if r % 2 else 3)] = 1  # short rows: targets 5..7 (x 8 wide), long: 5..24 (x 25 wide)
+    adv = torch.tensor([1.0, -1.0, 0.5, 1.0, -0.5, 1.0, 2.0, -1.0])  # no 0: every row is trained
+    weights = {}
+    for size in (2, 8):
+        path = write_yaml(f"""\
+            name: like{size}
+            stages:
+              rl:
+                task: {{name: arithmetic}}
+                rewards: [{{name: gsm8k}}]
+                rollout: {{max_new_tokens: 30}}
+                device_batch_size: {size}
+            """, name=f"like{size}.yaml")
+        ctx = stage_ctx(path, "rl", Path(tmp_path) / f"runs{size}")
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
+        shapes = []
+        hook = model.register_forward_hook(lambda m, inputs, out: shapes.append(tuple(inputs[0].shape)))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        rl_update.update(ctx, model, model, optimizer, ALGORITHMS["reinforce"](), None, ids, mask, adv, step=0)
+        hook.remove()
+        weights[size] = model.state_dict()
+        if size == 2:
+            assert sorted(shapes) == [(2, 8), (2, 8), (2, 25), (2, 25)]
+            assert sum(b * t for b, t in shapes) == 2 * 2 * 8 + 2 * 2 * 25 < 4 * 2 * 25
+    for name, w in weights[8].items():
+        torch.testing.assert_close(weights[2][name], w, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,9 @@ backward accumulated over micro-batches of `device_batch_size` rows, and its los
 counts over all ranks (`num_tokens`, `num_sequences`), so the gradient does not
 depend on the device batch size or the world size. Under DDP every rank runs as many micro-batches as the
 rank with the most (a rank short of rows runs an empty one), since DDP's all-reduce needs every rank.
+Within a minibatch the rows are cut into micro-batches in order of length, each micro-batch trimmed to its
+longest row: rows of mixed lengths would leave a quarter of a micro-batch padding (quickstart, 64 rows),
+like lengths leave a few percent. The gradient is the same sum, in another order.
 
 Rows that cannot move the weights get no backward: when the algorithm declares
 `zero_advantage_inert = True` (its loss gives a row whose advantage is 0 no gradient: no KL or entropy
@@ -56,8 +59,10 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
         torch.zeros(len(rows), dtype=torch.bool)  # (N,) rows that get no backward
     # minibatch m holds the step's rows i with i % M == m, on whichever rank they are: the same
     # minibatches at any world size. Sorted so that each minibatch is a contiguous slice here, its
-    # rows to train first and its inert rows after them.
-    perm = sorted(range(len(rows)), key=lambda i: (int(rows[i]) % M, bool(inert[i]), int(rows[i])))
+    # rows to train first and its inert rows after them, each part by length: a micro-batch is padded
+    # to its longest row, so rows of like length together leave little padding to compute on.
+    length = row_lengths(mask).tolist()
+    perm = sorted(range(len(rows)), key=lambda i: (int(rows[i]) % M, bool(inert[i]), length[i], int(rows[i])))
     if perm != list(range(len(rows))):
         ids, mask, adv, inert = ids[perm], mask[perm], adv[perm], inert[perm]
     ends = torch.bincount(rows % M, minlength=M).cumsum(0).tolist()
@@ -85,6 +90,13 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
             model.zero_grad(set_to_none=True)
             acc.add_update(loss, gnorm)
     return acc.result(ctx, reference is not None)
+
+
+def row_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """mask (N, L-1) -> (N,) tokens each row's forward needs: one past its last sampled target (0: none)."""
+    sampled = mask > 0
+    last = (sampled * torch.arange(1, mask.shape[1] + 1, device=mask.device)).amax(dim=1)  # 1-based; 0 if none
+    return torch.where(sampled.any(dim=1), last + 1, 0).cpu()
 
 
 def micro_batches(ctx, ids, mask, b0: int, b1: int, size: int, pad: bool = True) -> list:
@@ -192,10 +204,7 @@ class Stats:
     def count_rows(self, inert, mask):
         """inert (N,) bool, mask (N, L-1): the rows that get no backward and their tokens."""
         self.rows += torch.tensor([float(len(inert)), float(inert.sum())], device=self.device)
-        sampled = mask[inert.to(mask.device)] > 0  # (n, L-1)
-        ends = torch.where(sampled.any(dim=1), (sampled * torch.arange(1, sampled.shape[1] + 1,
-                                                                       device=mask.device)).amax(dim=1) + 1, 0)
-        self.forward_only_tokens = int(ends.sum())  # a row's tokens end one past its last sampled target
+        self.forward_only_tokens = int(row_lengths(mask[inert.to(mask.device)]).sum())
 
     def add_entropy(self, ent, m):
         self.sums[5] += m.sum()
