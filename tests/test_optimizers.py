@@ -93,15 +93,32 @@ def test_plugins_register_by_name():
 
 # --- orthogonalization ------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fast", [True, False], ids=["bf16-fast", "bf16-emulated"])
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (3, 48, 16)])
-def test_orthogonalize_pushes_singular_values_to_one(shape):
+def test_orthogonalize_pushes_singular_values_to_one(shape, fast, monkeypatch):
+    monkeypatch.setattr(muon_plugin, "fast_bf16", lambda device: fast)
     torch.manual_seed(0)
     G = torch.randn(*shape) * 1e-3  # scale must not matter
     O = orthogonalize(G if G.ndim == 3 else G[None])
     assert O.shape[-2:] == shape[-2:]
     s = torch.linalg.svdvals(O.float())
     assert s.min() >= 0.5 and s.max() <= 1.5, (s.min(), s.max())
-    assert O.dtype == torch.bfloat16
+    assert O.dtype == (torch.bfloat16 if fast else torch.float32)
+
+
+def test_orthogonalize_runs_in_fp32_where_bf16_is_emulated(monkeypatch):
+    """Where bf16 matmuls are not fast (an AVX2-only CPU), the iteration runs in fp32: it matches the
+    quintic iteration written out here in float64, which bf16's 8-bit mantissa could not."""
+    monkeypatch.setattr(muon_plugin, "fast_bf16", lambda device: False)
+    torch.manual_seed(0)
+    G = torch.randn(2, 24, 40)
+    X = G.double() / (G.double().norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    for a, b, c in muon_plugin.POLAR_EXPRESS:
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    torch.testing.assert_close(orthogonalize(G).double(), X, rtol=0, atol=1e-5)
+    monkeypatch.setattr(muon_plugin, "fast_bf16", lambda device: True)
+    assert (orthogonalize(G).double() - X).abs().max() > 1e-3  # bf16 is far coarser: the check can tell
 
 
 def test_muon_step_is_lr_times_shape_scale_times_orthogonalized_gradient():

@@ -7,6 +7,7 @@ no `if rank == 0` clutter.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 from dataclasses import dataclass
@@ -82,13 +83,18 @@ def compute_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if name != "auto":
         raise RlkitError(f"model.dtype: '{name}' is not valid (valid: auto, float32, bfloat16)")
+    return torch.bfloat16 if fast_bf16(device) else torch.float32
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are fast on this device: CUDA with bf16 support, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere (e.g. AVX2-only CPUs) torch emulates them, ~300x slower than fp32."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
-    return torch.float32
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and _cpu_has_fast_bf16()
 
 
+@functools.cache
 def _cpu_has_fast_bf16() -> bool:
     try:
         flags = open("/proc/cpuinfo").read()

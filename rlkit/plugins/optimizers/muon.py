@@ -6,7 +6,8 @@ Muon (Keller Jordan, 2024) for each "matrix" parameter W of shape (rows, cols) a
     O <- orthogonalize(U)                         # U = P S Q^T  ->  ~ P Q^T: every singular value ~1
     W <- W * (1 - lr * weight_decay) - lr * max(1, rows / cols) ** 0.5 * O
 orthogonalize() runs `ns_steps` Newton-Schulz-style odd quintic iterations X <- a X + (b A + c A^2) X,
-A = X X^T, in bfloat16, with the Polar Express coefficients (Amsel et al. 2025, arXiv:2505.16932):
+A = X X^T, in bfloat16 where bf16 matmuls are fast (CUDA, CPUs with AVX512-BF16 or AMX; elsewhere torch
+emulates bf16 ~300x slower than fp32, so there it runs in fp32), with the Polar Express coefficients (Amsel et al. 2025, arXiv:2505.16932):
 singular values land in about [0.85, 1.15] in 5 steps. Matrices of one shape are stacked and
 orthogonalized together in one batched matmul chain. Weights of more than 2 dims are flattened
 to (shape[0], -1). Muon's step has a fixed size whatever the gradient's scale: lr sets it.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import torch
 
 import rlkit
+from rlkit.core.dist import fast_bf16
 from rlkit.core.errors import RlkitError
 from rlkit.core.optim import param_roles
 
@@ -94,8 +96,9 @@ def _width(model: torch.nn.Module, roles: dict) -> int:
 
 @torch.no_grad()
 def orthogonalize(U: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """(N, rows, cols) -> same shape, each matrix's singular values pushed to ~1, in bfloat16."""
-    X = U.bfloat16()
+    """(N, rows, cols) -> same shape, each matrix's singular values pushed to ~1, in bfloat16 where that is
+    fast on U's device, else in fp32."""
+    X = U.bfloat16() if fast_bf16(U.device) else U.float()
     tall = X.size(-2) > X.size(-1)
     if tall:  # iterate on the wide side: A = X X^T is then the smaller Gram matrix
         X = X.mT
