@@ -178,6 +178,8 @@ class WithoutInert:
 
     def __init__(self, inner):
         self.inner, self.needs = inner, inner.needs
+        if hasattr(inner, "clipped"):
+            self.clipped = inner.clipped
 
     def advantages(self, rewards):
         return self.inner.advantages(rewards)
@@ -186,7 +188,7 @@ class WithoutInert:
         return self.inner.loss(logp, mask, adv, extra)
 
 
-def _update_counting_rows(ctx, model, algorithm, ids, mask, adv):
+def _update_counting_rows(ctx, model, algorithm, ids, mask, adv, entropy=None):
     """One rl step's updates with SGD + momentum; the rows that went through a forward with / without autograd."""
     rows = {True: 0, False: 0}
 
@@ -194,7 +196,7 @@ def _update_counting_rows(ctx, model, algorithm, ids, mask, adv):
         rows[torch.is_grad_enabled()] += inputs[0].shape[0]
     hook = model.register_forward_hook(count)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    stats = rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0)
+    stats = rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0, entropy=entropy)
     hook.remove()
     return stats, rows
 
@@ -283,3 +285,55 @@ def test_micro_batches_hold_rows_of_like_length_and_the_step_is_the_same(write_y
             assert sum(b * t for b, t in shapes) == 2 * 2 * 8 + 2 * 2 * 25 < 4 * 2 * 25
     for name, w in weights[8].items():
         torch.testing.assert_close(weights[2][name], w, rtol=1e-5, atol=1e-6)
+
+
+def _row_entropies(model, ids, mask):
+    """(N,) each row's entropy of softmax(logits) summed over its sampled positions, from one plain forward:
+    what the rollouts hand the update (written out here, not rl_update's own function)."""
+    with torch.no_grad():
+        p = torch.softmax(model(ids[:, :-1]).double(), dim=-1)  # (N, L-1, V): position t predicts token t+1
+    return (-(p * p.log()).sum(dim=-1) * mask).sum(dim=1).float()
+
+
+@pytest.mark.parametrize("name", ["reinforce", "dr_grpo"])
+@pytest.mark.parametrize("epochs, minibatches", [(1, 1), (2, 2)])
+def test_with_the_rollouts_entropy_one_update_gives_inert_rows_no_forward_and_tracks_the_same(
+        name, epochs, minibatches, write_yaml, tmp_path, stage_ctx):
+    """Given each row's entropy from the rollouts, a single update (no reference) runs no forward at all for
+    rows whose advantage is 0: their ratio is 1 and their KL 0 as the sampling weights give. The weights and
+    every tracked number equal the full backward's, which takes the entropy from its own forwards. Several
+    updates still need the inert rows' forwards (their ratios move)."""
+    path = write_yaml(f"""\
+        name: noforward
+        stages:
+          rl:
+            task: {{name: arithmetic}}
+            rewards: [{{name: gsm8k}}]
+            rollout: {{max_new_tokens: 30}}
+            device_batch_size: 3
+            updates: {{epochs: {epochs}, minibatches: {minibatches}}}
+        """)
+    ctx = stage_ctx(path, "rl", Path(tmp_path) / "runs")
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 300, (8, 30), generator=g)
+    mask = torch.zeros(8, 29)
+    for r in range(8):
+        mask[r, 6 + r % 3:18 + r] = 1
+    adv = torch.tensor([1.0, 0.0, -0.5, 0.0, 0.0, 0.0, 2.0, 0.0])
+    algorithm = ALGORITHMS[name]()
+    assert algorithm.zero_advantage_inert
+    results = {}
+    for way in ("rollout entropy", "full"):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
+        entropy = _row_entropies(model, ids, mask) if way == "rollout entropy" else None
+        alg = algorithm if way == "rollout entropy" else WithoutInert(algorithm)
+        stats, rows = _update_counting_rows(ctx, model, alg, ids, mask, adv, entropy)
+        results[way] = (model.state_dict(), stats, rows)
+    (w, stats, rows), (full_w, full_stats, _) = results["rollout entropy"], results["full"]
+    assert rows[False] == (0 if epochs * minibatches == 1 else 8 + 5 * epochs)  # 8: the old_logp pass
+    assert stats["no_backward_frac"] == 5 / 8
+    for k in full_w:
+        torch.testing.assert_close(w[k], full_w[k], rtol=1e-5, atol=1e-6, msg=k)
+    for key in ("loss", "grad_norm", "entropy", "ratio_mean", "ratio_max", "kl_old", "clip_frac"):
+        assert stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key

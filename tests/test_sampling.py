@@ -119,6 +119,26 @@ def test_stop_tokens_end_rows_and_mask_covers_exactly_the_sampled_tokens(model):
     assert ended >= 3
 
 
+def test_entropy_is_each_rows_sum_over_its_sampled_tokens_of_the_full_forwards_entropy(model):
+    """entropy=True: row r's sum, over the tokens it sampled, of the entropy of softmax(softcap(logits)) that a
+    plain forward over the finished row gives at the positions that predicted them (written out here). 32
+    rows and a stop token few rows hit: rows that ended wait, still in the batch, until 4 have (an eighth),
+    and must stop counting from the step after their stop token."""
+    seeds = list(range(32))
+    free = generate(model, PROMPTS, samples=8, max_new_tokens=16, temperature=0.7, top_k=20, seeds=seeds).completions
+    out = generate(model, PROMPTS, samples=8, max_new_tokens=16, temperature=0.7, top_k=20, seeds=seeds,
+                   stop_tokens={free[5][0]}, entropy=True)
+    lengths = [len(c) for c in out.completions]
+    assert out.entropy.shape == (32,) and 1 <= sum(n <= 2 for n in lengths) < 32 // 8  # ended, not yet compacted
+    for r, comp in enumerate(out.completions):
+        pl = out.prompt_lens[r]
+        with torch.no_grad():
+            logits = model(out.ids[r:r + 1, :pl + len(comp)].clone())[0].double()  # softcapped by the model
+        p = torch.softmax(logits[pl - 1:pl - 1 + len(comp)], dim=-1)  # the positions that predicted comp
+        expected = float(-(p * p.log()).sum())
+        assert abs(float(out.entropy[r]) - expected) < 1e-4 * max(1.0, expected), (r, float(out.entropy[r]), expected)
+
+
 def test_top_k_1_is_greedy(model):
     greedy = generate(model, PROMPTS, samples=2, max_new_tokens=10, temperature=0).completions
     top1 = generate(model, PROMPTS, samples=2, max_new_tokens=10, temperature=1.0, top_k=1, seeds=list(range(8)))

@@ -17,6 +17,11 @@ inverse CDF over the candidates in token-id order. The uniform number is counter
 uses u = hash(seed_r, t), so a row's completion depends only on its prompt and its seed, never on what else
 is in the batch (up to float rounding of the logits), and costs one vectorised hash per step.
 
+Entropy (`entropy=True`, for the rl stage's tracking): each row's sum, over the tokens it sampled (its
+stop token included), of the entropy in nats of the distribution the model gave that token, softmax(softcap(
+logits)) before temperature and top-k: what a training forward over the finished rows would give, up to the
+rounding of the decoder's dtype, read off logits the decode computes anyway.
+
 Compute dtype: under torch.autocast(bf16/fp16) on the model's device, the decoder is asked for that dtype
 (rlkit's GPT then samples from an inference copy whose matmul weights are stored in it: the same numbers as
 autocast, without casting every weight on every step); otherwise the model's own dtype (fp32).
@@ -38,14 +43,16 @@ class Rollout:
     mask: torch.Tensor  # (N, L) long: 1 on sampled tokens (stop token included), else 0
     completions: list[list[int]]  # sampled tokens of each row, stop token included if one was hit
     prompt_lens: list[int]  # prompt length of each row
+    entropy: torch.Tensor | None = None  # (N,) float32 with entropy=True: nats summed over each row's sampled tokens
 
 
 def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, stop_tokens: Collection[int] = (), seeds: list[int] | None = None,
-             pad_id: int = 0, batch_rows: int = 256) -> Rollout:
+             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False) -> Rollout:
     """Sample `samples` completions of each prompt; see the module docstring. seeds: one per row (default:
     drawn from torch's global RNG); batch_rows: most rows (prompts x samples) decoded at once. The Rollout's
-    tensors are on the model's device and are ordinary tensors (usable in a training forward)."""
+    tensors are on the model's device and are ordinary tensors (usable in a training forward); entropy: also
+    each row's summed next-token entropy (module docstring)."""
     model = _unwrap(model)
     _check(prompts, samples, max_new_tokens, temperature, top_k, seeds, batch_rows)
     device = next(model.parameters()).device
@@ -62,23 +69,31 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
         with torch.inference_mode():
             decoder = model.decoder(dtype)
             _check_length(decoder, prompts, max_new_tokens)
-            completions = []
+            completions, entropies = [], []
             per_chunk = max(1, batch_rows // samples)
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
                 chunk_keys = keys[start * samples:(start + len(chunk)) * samples]
-                completions += _generate_chunk(decoder, chunk, samples, max_new_tokens, temperature, top_k,
-                                               stop_tokens, chunk_keys, device)
+                done, ent = _generate_chunk(decoder, chunk, samples, max_new_tokens, temperature, top_k,
+                                            stop_tokens, chunk_keys, device, entropy)
+                completions += done
+                entropies.append(ent)
     finally:
         model.train(was_training)
-    return _rollout(prompts, samples, completions, pad_id, device)
+    out = _rollout(prompts, samples, completions, pad_id, device)
+    if entropy:
+        out.entropy = torch.cat(entropies) if entropies else torch.zeros(0, device=device)
+    return out
 
 
-def _generate_chunk(decoder, prompts, G, max_new_tokens, temperature, top_k, stop_tokens, keys, device):
-    """Prefill P prompts once, decode P * G rows -> list of P * G completions (prompt-major)."""
+def _generate_chunk(decoder, prompts, G, max_new_tokens, temperature, top_k, stop_tokens, keys, device,
+                    entropy=False):
+    """Prefill P prompts once, decode P * G rows -> (list of P * G completions (prompt-major), each row's
+    summed next-token entropy (P * G,) with `entropy`, else None)."""
     P, N = len(prompts), len(prompts) * G
+    ent = torch.zeros(N, device=device) if entropy else None
     if max_new_tokens == 0:
-        return [[] for _ in range(N)]
+        return [[] for _ in range(N)], ent
     lens = torch.tensor([len(p) for p in prompts], device=device)  # (P,)
     idx = torch.full((P, int(lens.max())), 0, dtype=torch.long)
     for p, prompt in enumerate(prompts):
@@ -102,9 +117,14 @@ def _generate_chunk(decoder, prompts, G, max_new_tokens, temperature, top_k, sto
     stop = torch.tensor(sorted(stop_tokens), dtype=torch.long, device=device)
     alive = torch.ones(N, dtype=torch.bool, device=device)
     tok = draw(first, keys, 0, expand=rows // G)  # (N,)
+    if entropy:
+        ent += next_token_entropy(first, decoder.logit_softcap)[rows // G]
     for t in range(max_new_tokens):
         if t > 0:
-            tok = draw(decoder.step(tok), keys, t)
+            logits = decoder.step(tok)
+            tok = draw(logits, keys, t)
+            if entropy:  # rows still running sampled this token (finished ones wait to be compacted away)
+                ent.index_add_(0, rows, next_token_entropy(logits, decoder.logit_softcap) * alive)
         out[rows, t] = tok
         if stop.numel() == 0:
             continue
@@ -119,7 +139,16 @@ def _generate_chunk(decoder, prompts, G, max_new_tokens, temperature, top_k, sto
             decoder.keep(keep)
             rows, tok, keys, alive = rows[keep], tok[keep], keys[keep], alive[keep]
     out, ends = out.tolist(), ends.tolist()
-    return [out[r][:ends[r]] for r in range(N)]
+    return [out[r][:ends[r]] for r in range(N)], ent
+
+
+def next_token_entropy(logits, softcap=None):
+    """logits (n, V) -> (n,) entropy in nats of softmax(softcap(logits)), in float32."""
+    z = logits.float()
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    logq = torch.log_softmax(z, dim=-1)
+    return -(logq.exp() * logq).sum(dim=-1)
 
 
 def _hash32(x):

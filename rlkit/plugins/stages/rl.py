@@ -140,15 +140,16 @@ def run(ctx, start):
         mask = batch.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
         adv = batch.adv.to(ctx.device)
         train_stats = rl_update.update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step,
-                                       batch.rows) if batch.stats["groups_kept"] else {}
+                                       batch.rows, batch.entropy) if batch.stats["groups_kept"] else {}
         train_s = time.perf_counter() - t1
         # metrics (all ranks' means)
         stats = step_stats(ctx, batch.stats, mask, batch.adv)
         useful = batch.prompt_tokens + int(mask.sum())  # this rank's tokens, padding left out
         forward_only = train_stats.pop("forward_only_tokens", 0)  # a third of a trained token's FLOPs
+        no_forward = train_stats.pop("no_forward_tokens", 0)  # none
         stats.update(train_stats, lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / stats["rollout_s"],
                      train_tok_s=useful * world / train_s, train_s=train_s,
-                     mfu=(useful - 2 * forward_only / 3) / train_s * flops / peak)
+                     mfu=(useful - 2 * forward_only / 3 - no_forward) / train_s * flops / peak)
         tokens += useful * world
         history.append(float(stats["reward"]))
         done = step + 1

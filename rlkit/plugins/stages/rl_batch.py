@@ -27,6 +27,7 @@ from rlkit.core.task import prompt_messages
 class Batch:
     ids: torch.Tensor  # (N, L) this rank's kept rows: prompt + completion, right-padded
     mask: torch.Tensor  # (N, L) 1 on sampled tokens
+    entropy: torch.Tensor  # (N,) each row's next-token entropy (nats) summed over its sampled tokens
     adv: torch.Tensor  # (N,)
     rows: torch.Tensor  # (N,) each row's index among the step's kept rows of all ranks (minibatches use it)
     prompt_tokens: int  # this rank's prompt tokens over its kept rows (for tokens/s)
@@ -74,10 +75,10 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
         if n_kept >= s.examples_per_step:
             break
     adv = advantages(algorithm, kept_rewards, rank, world)
-    ids, mask, prompt_tokens = merge(parts, G)
+    ids, mask, entropy, prompt_tokens = merge(parts, G)
     stats.update(groups_kept=n_kept, groups_filtered=n_dropped, refill_rounds=used)
     refill_prompts = used * s.examples_per_step
-    return Batch(ids, mask, adv, torch.cat(rows), prompt_tokens, {**stats, "refill_prompts": refill_prompts})
+    return Batch(ids, mask, entropy, adv, torch.cat(rows), prompt_tokens, {**stats, "refill_prompts": refill_prompts})
 
 
 def advantages(algorithm, kept_rewards, rank: int, world: int) -> torch.Tensor:
@@ -93,17 +94,18 @@ def advantages(algorithm, kept_rewards, rank: int, world: int) -> torch.Tensor:
 
 
 def merge(parts, G: int):
-    """(ids (N, L), mask (N, L), prompt tokens) of this rank's kept rows over the rounds."""
-    ids, masks, prompt_tokens = [], [], 0
+    """(ids (N, L), mask (N, L), entropy (N,), prompt tokens) of this rank's kept rows over the rounds."""
+    ids, masks, entropies, prompt_tokens = [], [], [], 0
     for out, mine in parts:
         rows = mine.repeat_interleave(G).cpu()  # (P*G,)
         ids.append(out.ids[rows])
         masks.append(out.mask[rows])
+        entropies.append(out.entropy[rows.to(out.entropy.device)])
         prompt_tokens += sum(n for n, keep in zip(out.prompt_lens, rows.tolist()) if keep)
     width = max(t.shape[1] for t in ids)
     pad = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in ids]  # right padding with 0
     return torch.cat(pad), torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]), \
-        prompt_tokens
+        torch.cat(entropies), prompt_tokens
 
 
 def rollouts(ctx, model, tokenizer, examples, seeds):
@@ -113,7 +115,7 @@ def rollouts(ctx, model, tokenizer, examples, seeds):
     model.eval()
     with ctx.autocast():
         out = generate(model, prompts, samples=r.samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                       top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds)
+                       top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds, entropy=True)
     model.train()
     return out
 

@@ -17,16 +17,20 @@ Rows that cannot move the weights get no backward: when the algorithm declares
 term), those rows go through a forward without autograd, for the tracked numbers only, and the rest are
 packed into the micro-batches. The gradient is the same sum (the counts that normalise it still include
 every row); only its rounding differs. REINFORCE without a baseline skips every reward-0 row this way,
-the GRPO family every group whose rewards agree. A minibatch left with no row to train takes a zero
-gradient (an empty pass), as the full backward would have given, so the optimizer steps as before.
+the GRPO family every group whose rewards agree. With one update, no reference model and the entropy from
+the rollouts, inert rows get no forward at all: the weights are still the sampling weights, so their ratio
+is 1 and their KL to the old policy 0 (the algorithm's `clipped` is asked at ratio 1). A minibatch left
+with no row to train takes a zero gradient (an empty pass), as the full backward would have given, so the
+optimizer steps as before.
 
 old_logp, the sampling policy's per-token log-prob, is taken once per step before the first update with
 the same forward (and micro-batch shapes) as training, so the first update sees ratio 1 exactly and
 later ones ratio != 1. With a single update there is no separate pass: the weights are still the sampling
 weights, so old_logp is the training forward's own log-prob, detached. ref_logp comes from the frozen
 reference model (for a policy with adapters, itself with the adapters off), under the same autocast. The
-policy is asked for logits (B, T, V), so the entropy of its next-token distribution on the sampled
-positions comes with the log-probs.
+entropy of the sampling policy's next-token distribution on the sampled positions comes with the rollouts
+(each row's sum, rlkit.core.sampling), read off the decode's logits; without it (`entropy=None`) it is
+taken from the training forwards' logits, a (B, T, V) float32 pass: GBs at a real vocabulary.
 
 Tracked per step (all ranks): the loss and gradient norm (means over the updates), the clip fraction
 (share of token-updates where the algorithm's `clipped` says the clip acted), mean and max ratio, the
@@ -48,10 +52,12 @@ from rlkit.core.policy import build
 from rlkit.core.track import grad_norm
 
 
-def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step: int, rows=None) -> dict:
+def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step: int, rows=None,
+           entropy=None) -> dict:
     """ids (N, L); mask (N, L-1): 1 where token t+1 was sampled; adv (N,); rows (N,): each row's index in
-    the step's rows of all ranks (default 0..N-1). Runs every update of the step and returns its tracked
-    numbers (means over ranks)."""
+    the step's rows of all ranks (default 0..N-1); entropy (N,): each row's sampled tokens' summed
+    next-token entropy from the rollout (default: taken from the forwards). Runs every update of the step
+    and returns its tracked numbers (means over ranks)."""
     s = ctx.cfg
     epochs, M = s.updates.epochs, s.updates.minibatches
     rows = torch.arange(ids.shape[0]) if rows is None else rows.cpu()
@@ -71,8 +77,12 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
     micros = [micro_batches(ctx, ids, mask, b0, c, s.device_batch_size) for (b0, _), c in zip(bounds, splits)]
     forward_only = [micro_batches(ctx, ids, mask, c, b1, s.device_batch_size, pad=False)
                     for (_, b1), c in zip(bounds, splits)]
+    # one update, no reference, the entropy from the rollouts: an inert row's forward would tell nothing new
+    inert_forward = entropy is None or epochs * M > 1 or reference is not None
     acc = Stats(ctx.device)
-    acc.count_rows(inert, mask)
+    acc.count_rows(inert, mask, inert_forward)
+    if entropy is not None:
+        acc.add_rollout_entropy(entropy, mask)
     old = None if epochs * M == 1 else before_update(ctx, model, micros + forward_only, mask.shape, acc)  # (N, L-1)
     for _epoch in range(epochs):
         for m, (b0, b1) in enumerate(bounds):
@@ -83,7 +93,7 @@ def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, s
             extra = {"num_tokens": tokens.clamp(min=1), "num_sequences": float(n_rows),
                      "max_new_tokens": s.rollout.max_new_tokens}
             loss = minibatch(ctx, train, algorithm, reference, micros[m], adv, extra, old, acc)
-            without_backward(ctx, model, algorithm, reference, forward_only[m], adv, extra, old, acc)
+            without_backward(ctx, model, algorithm, reference, forward_only[m], adv, extra, old, acc, inert_forward)
             gnorm = grad_norm(model)
             training.check_step(ctx, ctx.mean_over_ranks(torch.tensor(loss, device=ctx.device)), gnorm, step + 1)
             optimizer.step()
@@ -137,7 +147,7 @@ def before_update(ctx, model, micros, shape, acc) -> torch.Tensor:
         with ctx.autocast():
             logp, logits = forward(model, x, y)
         old[sl, :logp.shape[1]] = logp
-        acc.add_entropy(entropy(logits), m)
+        acc.add_entropy(logits, m)
     return old
 
 
@@ -161,23 +171,28 @@ def minibatch(ctx, train, algorithm, reference, micros, adv, extra, old, acc) ->
         loss.backward()
         loss_sum += loss.item() / world
         if old is None:
-            acc.add_entropy(entropy(logits), m)
+            acc.add_entropy(logits, m)
         acc.add_tokens(algorithm, logp.detach(), m, adv[sl], batch_extra)
     return loss_sum
 
 
 @torch.no_grad()
-def without_backward(ctx, model, algorithm, reference, micros, adv, extra, old, acc) -> None:
+def without_backward(ctx, model, algorithm, reference, micros, adv, extra, old, acc, run_forward=True) -> None:
     """The inert rows of one minibatch: a forward without autograd for what is tracked (entropy, ratio,
-    KL, clip), as `minibatch` tracks its rows; they add nothing to the gradient, so no backward."""
+    KL, clip), as `minibatch` tracks its rows; they add nothing to the gradient, so no backward. Without
+    `run_forward` (one update, no reference): tracked at ratio 1, as the sampling weights' forward gives."""
     for sl, x, y, m in micros:
+        if not run_forward:
+            zero = torch.zeros_like(m)
+            acc.add_tokens(algorithm, zero, m, adv[sl], dict(extra, lengths=m.sum(dim=1), old_logp=zero))
+            continue
         with ctx.autocast():
             logp, logits = forward(model, x, y)
         batch_extra = dict(extra, lengths=m.sum(dim=1), old_logp=logp if old is None else old[sl, :logp.shape[1]])
         if reference is not None:
             batch_extra["ref_logp"] = ref_logp(ctx, reference, x, y, acc, sl.start)
         if old is None:
-            acc.add_entropy(entropy(logits), m)
+            acc.add_entropy(logits, m)
         acc.add_tokens(algorithm, logp, m, adv[sl], batch_extra)
 
 
@@ -195,20 +210,32 @@ class Stats:
 
     def __init__(self, device):
         self.device, self.ref = device, {}
+        self.rollout_entropy = False  # the entropy came with the rollouts: the forwards skip it
         self.sums = torch.zeros(7, device=device)  # tokens, clipped, ratio, kl_old, kl_ref, ent_tokens, entropy
         self.ratio_max = 0.0
         self.losses, self.gnorms = [], []
         self.rows = torch.zeros(2, device=device)  # rows, rows without backward
         self.forward_only_tokens = 0  # this rank's tokens (prompt + completion) in rows without backward
+        self.no_forward_tokens = 0  # ... in rows without a forward either
 
-    def count_rows(self, inert, mask):
-        """inert (N,) bool, mask (N, L-1): the rows that get no backward and their tokens."""
+    def count_rows(self, inert, mask, forward: bool):
+        """inert (N,) bool, mask (N, L-1): the rows that get no backward, and the tokens of their forward
+        without autograd (when they get one)."""
         self.rows += torch.tensor([float(len(inert)), float(inert.sum())], device=self.device)
-        self.forward_only_tokens = int(row_lengths(mask[inert.to(mask.device)]).sum())
+        tokens = int(row_lengths(mask[inert.to(mask.device)]).sum())
+        self.forward_only_tokens, self.no_forward_tokens = (tokens, 0) if forward else (0, tokens)
 
-    def add_entropy(self, ent, m):
-        self.sums[5] += m.sum()
-        self.sums[6] += (ent * m).sum()
+    def add_entropy(self, logits, m):
+        """The forward's entropy on the sampled positions, unless the rollouts brought it."""
+        if not self.rollout_entropy:
+            self.sums[5] += m.sum()
+            self.sums[6] += (entropy(logits) * m).sum()
+
+    def add_rollout_entropy(self, ent_rows, mask):
+        """ent_rows (N,): each row's entropy summed over its sampled tokens, mask (N, L-1)."""
+        self.rollout_entropy = True
+        self.sums[5] += mask.sum()
+        self.sums[6] += ent_rows.to(self.device).float().sum()
 
     @torch.no_grad()
     def add_tokens(self, algorithm, logp, m, adv, extra):
@@ -234,7 +261,8 @@ class Stats:
         out = {"loss": sum(self.losses) / len(self.losses), "grad_norm": sum(self.gnorms) / len(self.gnorms),
                "clip_frac": float(sums[1]) / tokens, "ratio_mean": float(sums[2]) / tokens,
                "ratio_max": all_reduce_max(self.ratio_max, ctx.device, float), "kl_old": float(sums[3]) / tokens,
-               "entropy": float(sums[6]) / ent_tokens, "forward_only_tokens": self.forward_only_tokens}
+               "entropy": float(sums[6]) / ent_tokens, "forward_only_tokens": self.forward_only_tokens,
+               "no_forward_tokens": self.no_forward_tokens}
         rows = all_reduce_sum(self.rows.clone())
         out["no_backward_frac"] = float(rows[1]) / max(float(rows[0]), 1.0)
         if has_ref:
