@@ -188,6 +188,31 @@ class WithoutInert:
         return self.inner.loss(logp, mask, adv, extra)
 
 
+def _updates_ctx(write_yaml, tmp_path, stage_ctx, epochs, minibatches):
+    """A real StageContext of an rl entry: 3 rows a micro-batch, `epochs` x `minibatches` updates."""
+    path = write_yaml(f"""\
+        name: inert
+        stages:
+          rl:
+            task: {{name: arithmetic}}
+            rewards: [{{name: gsm8k}}]
+            rollout: {{max_new_tokens: 30}}
+            device_batch_size: 3
+            updates: {{epochs: {epochs}, minibatches: {minibatches}}}
+        """)
+    return stage_ctx(path, "rl", Path(tmp_path) / "runs")
+
+
+def _staggered_rows(seed):
+    """ids (8, 30) random tokens; mask (8, 29): rows whose sampled tokens start and end at different places."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 300, (8, 30), generator=g)
+    mask = torch.zeros(8, 29)
+    for r in range(8):
+        mask[r, 6 + r % 3:18 + r] = 1
+    return ids, mask
+
+
 def _update_counting_rows(ctx, model, algorithm, ids, mask, adv, entropy=None):
     """One rl step's updates with SGD + momentum; the rows that went through a forward with / without autograd."""
     rows = {True: 0, False: 0}
@@ -208,22 +233,8 @@ def test_rows_with_zero_advantage_skip_the_backward_and_the_step_is_the_same(epo
     no backward. The weights after the step, and what is tracked, are those of the full backward. With 2
     minibatches, the odd rows (minibatch 1) all have advantage 0: that minibatch takes a zero gradient through
     an empty pass and its optimizer step still applies the momentum, as the full backward's step does."""
-    path = write_yaml(f"""\
-        name: inert
-        stages:
-          rl:
-            task: {{name: arithmetic}}
-            rewards: [{{name: gsm8k}}]
-            rollout: {{max_new_tokens: 30}}
-            device_batch_size: 3
-            updates: {{epochs: {epochs}, minibatches: {minibatches}}}
-        """)
-    ctx = stage_ctx(path, "rl", Path(tmp_path) / "runs")
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 300, (8, 30), generator=g)  # (N, L)
-    mask = torch.zeros(8, 29)
-    for r in range(8):
-        mask[r, 6 + r % 3:18 + r] = 1  # (N, L-1): rows end at different places
+    ctx = _updates_ctx(write_yaml, tmp_path, stage_ctx, epochs, minibatches)
+    ids, mask = _staggered_rows(seed=0)
     adv = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # reinforce's advantages: the 0/1 rewards
     reinforce = ALGORITHMS["reinforce"]()
     assert reinforce.zero_advantage_inert
@@ -303,22 +314,8 @@ def test_with_the_rollouts_entropy_one_update_gives_inert_rows_no_forward_and_tr
     rows whose advantage is 0: their ratio is 1 and their KL 0 as the sampling weights give. The weights and
     every tracked number equal the full backward's, which takes the entropy from its own forwards. Several
     updates still need the inert rows' forwards (their ratios move)."""
-    path = write_yaml(f"""\
-        name: noforward
-        stages:
-          rl:
-            task: {{name: arithmetic}}
-            rewards: [{{name: gsm8k}}]
-            rollout: {{max_new_tokens: 30}}
-            device_batch_size: 3
-            updates: {{epochs: {epochs}, minibatches: {minibatches}}}
-        """)
-    ctx = stage_ctx(path, "rl", Path(tmp_path) / "runs")
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 300, (8, 30), generator=g)
-    mask = torch.zeros(8, 29)
-    for r in range(8):
-        mask[r, 6 + r % 3:18 + r] = 1
+    ctx = _updates_ctx(write_yaml, tmp_path, stage_ctx, epochs, minibatches)
+    ids, mask = _staggered_rows(seed=1)
     adv = torch.tensor([1.0, 0.0, -0.5, 0.0, 0.0, 0.0, 2.0, 0.0])
     algorithm = ALGORITHMS[name]()
     assert algorithm.zero_advantage_inert
