@@ -143,7 +143,7 @@ def _generate_chunk(decoder, prompts, G, max_new_tokens, temperature, top_k, sto
 
 
 def next_token_entropy(logits, softcap=None):
-    """logits (n, V) -> (n,) entropy in nats of softmax(softcap(logits)), in float32."""
+    """logits (..., V) -> (...) entropy in nats of softmax(softcap(logits)), in float32."""
     z = logits.float()
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)

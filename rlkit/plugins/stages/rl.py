@@ -146,7 +146,7 @@ def run(ctx, start):
         stats = step_stats(ctx, batch.stats, mask, batch.adv)
         useful = batch.prompt_tokens + int(mask.sum())  # this rank's tokens, padding left out
         forward_only = train_stats.pop("forward_only_tokens", 0)  # a third of a trained token's FLOPs
-        no_forward = train_stats.pop("no_forward_tokens", 0)  # none
+        no_forward = train_stats.pop("no_forward_tokens", 0)  # inert rows with no forward: no FLOPs at all
         stats.update(train_stats, lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / stats["rollout_s"],
                      train_tok_s=useful * world / train_s, train_s=train_s,
                      mfu=(useful - 2 * forward_only / 3 - no_forward) / train_s * flops / peak)

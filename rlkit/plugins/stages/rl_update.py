@@ -49,6 +49,7 @@ from rlkit.core.dist import all_reduce_sum, print0
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.objectives import k3
 from rlkit.core.policy import build
+from rlkit.core.sampling import next_token_entropy
 from rlkit.core.track import grad_norm
 
 
@@ -130,12 +131,6 @@ def forward(model, x, y):
     logits = model(x)
     logp = -F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none").view(y.shape)
     return logp.float(), logits
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) -> (B, T): entropy of softmax(logits), in nats."""
-    logq = torch.log_softmax(logits.detach().float(), dim=-1)
-    return -(logq.exp() * logq).sum(dim=-1)
 
 
 @torch.no_grad()
@@ -229,7 +224,7 @@ class Stats:
         """The forward's entropy on the sampled positions, unless the rollouts brought it."""
         if not self.rollout_entropy:
             self.sums[5] += m.sum()
-            self.sums[6] += (entropy(logits) * m).sum()
+            self.sums[6] += (next_token_entropy(logits.detach()) * m).sum()  # logits already capped
 
     def add_rollout_entropy(self, ent_rows, mask):
         """ent_rows (N,): each row's entropy summed over its sampled tokens, mask (N, L-1)."""
