@@ -18,8 +18,8 @@ tests/test_model.py checks logits, loss and gradients against the plain formula 
 import torch
 import torch.nn.functional as F
 
-CHUNK_BYTES = 1 << 24  # float32 rows per block: 16 MB (4 MB was faster on 1 thread, but each chunk costs ~12
-# kernel calls, and on cores shared with other jobs every call of a 2-thread op waits for a descheduled thread)
+CHUNK_BYTES = 1 << 21  # float32 rows per block: 2 MB, a block and its result stay in cache (16 / 4 / 2 MB: 691 / 734
+# / 740 tokens/s in a one-thread d4 fp32 step at vocab 32768; each block costs ~12 kernel calls: docs/performance.md)
 
 
 class _PickedLogProbs(torch.autograd.Function):
