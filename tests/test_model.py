@@ -245,3 +245,53 @@ def test_bf16_tanh_table_is_the_tanh_kernel_for_every_bf16_value():
         plain = torch.tanh(x.float() / 15.0)
         assert torch.equal(out.view(torch.int32), plain.view(torch.int32))  # bits, so that nan == nan
     assert out.isnan().any() and (out == 1).any() and (out == -1).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_squared_gives_the_plain_formulas_values_and_gradient(dtype):
+    """relu_squared (the MLP's activation, with a two-pass backward) against F.relu(x).square() under autograd:
+    the same outputs and input gradients (equal values; a masked 0 may come back as -0.0), half the inputs
+    negative, x exactly 0 included."""
+    import torch.nn.functional as F
+
+    from rlkit.plugins.models.relu_squared import relu_squared
+
+    x = torch.randn(64, 256).to(dtype)
+    x[0, :8] = 0
+    grad = torch.randn(64, 256).to(dtype)
+    outs = []
+    for f in (lambda t: F.relu(t).square(), relu_squared):
+        leaf = x.clone().requires_grad_()
+        y = f(leaf)
+        y.backward(grad)
+        outs.append((y.detach(), leaf.grad))
+    (y_plain, g_plain), (y, g) = outs
+    assert torch.equal(y_plain, y) and torch.equal(g_plain, g)
+    assert (g[x <= 0] == 0).all() and (g[x > 0] != 0).all()
+
+
+def test_training_steps_with_relu_squared_match_the_plain_activation_bit_for_bit(monkeypatch):
+    """Five Muon steps of a GPT with the MLP's activation as relu_squared and as F.relu(x).square(): the same
+    loss at every step, to the last bit (what keeps a run's figures unchanged)."""
+    import torch.nn.functional as F
+
+    from rlkit.plugins.models import gpt
+    from rlkit.plugins.optimizers.muon import muon
+
+    idx = torch.randint(0, 100, (4, 33))
+
+    def losses():
+        model = tiny()
+        opt = muon(model)
+        out = []
+        for _ in range(5):
+            loss = model(idx[:, :-1], idx[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            out.append(loss.item())
+        return out
+
+    ours = losses()
+    monkeypatch.setattr(gpt, "relu_squared", lambda t: F.relu(t).square())
+    assert losses() == ours and ours[-1] < ours[0]

@@ -8,7 +8,7 @@ Architecture (after nanochat and modded-nanogpt):
   x = x + attn(norm(x)) and x = x + mlp(norm(x)). `lambdas: false` leaves the scalars out (x stays x):
   exactly transformers' NanoChat architecture, so `rlkit export` can write it (gpt_export.py).
 - Attention: separate q, k, v projections, rotary embeddings (base 10000), QK-norm (RMSNorm of each head),
-  causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU².
+  causal F.scaled_dot_product_attention. MLP: width -> 4*width -> width with ReLU² (relu_squared.py).
 - Final norm, an untied `lm_head`, logits soft-capped in float32: softcap * tanh(logits / softcap); the training
   loss runs that and the cross-entropy in row chunks (softcap_loss.py: the same numbers, a fraction of the time);
   under torch.compile, with a hand-written gradient (two fused passes over the logits; float rounding differs).
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 import rlkit
 from rlkit.core.errors import RlkitError
+from rlkit.plugins.models.relu_squared import relu_squared
 from rlkit.plugins.models.softcap_loss import fused_softcap_cross_entropy, softcap_cross_entropy
 
 
@@ -126,7 +127,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.width, config.width, bias=False)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        return self.c_proj(relu_squared(self.c_fc(x)))  # relu(x)², with a two-pass backward (relu_squared.py)
 
 
 class Block(nn.Module):
