@@ -4,8 +4,9 @@ Autograd's backward of F.relu(x).square() makes five passes over the (tokens, 4 
 square's (x.pow(1), times 2, times the incoming gradient) and then relu's mask (threshold_backward). The
 gradient is grad * (2 * relu(x)) either way, and where relu(x) is 0 that product is already 0 (as -0.0 when
 grad < 0, equal in value), so here it is two passes: r * 2 (exact), then grad times it. The forward is
-relu(x) * relu(x), what x.square() computes. On this CPU that is ~3% of a quickstart training step
-(docs/performance.md); tests/test_model.py checks values and gradients against the plain formula.
+relu(x) * relu(x), what x.square() computes. That saves 1-4% of a quickstart training step on a 2-core CPU
+(benchmarks/eager_parts.py, docs/performance.md). tests/test_model.py checks values and gradients against the
+plain formula.
 """
 import torch
 
