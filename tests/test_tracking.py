@@ -247,3 +247,13 @@ def test_progress_is_a_live_bar_on_a_terminal(monkeypatch, capsys):
         for step in range(1, 5):
             bar.update(step, loss=1.0 / step)
     assert bar.bar.tasks[0].completed == 4 and bar.bar.tasks[0].fields["metrics"] == "loss 0.25"
+
+
+def test_the_matmul_peak_uses_a_smaller_product_where_the_dtype_is_slow():
+    """MFU's peak times an n^3 product; a 256^3 probe at 50 ms (bf16 on a CPU without bf16 instructions)
+    would make 2048^3 take 25.6 s, so it halves n until the product fits in a second: 512^3 at 0.4 s."""
+    from rlkit.core.speed import affordable_size
+
+    assert affordable_size(2048, 0.05) == 512
+    assert affordable_size(2048, 0.0005) == 2048  # 0.26 s: fp32 here keeps the whole product
+    assert affordable_size(2048, 2.0) == 256  # never below the probe's own size

@@ -88,7 +88,8 @@ def compute_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls are fast on this device: CUDA with bf16 support, or a CPU with AVX512-BF16 or
-    AMX. Elsewhere (e.g. AVX2-only CPUs) torch emulates them, ~300x slower than fp32."""
+    AMX. Elsewhere (e.g. AVX2-only CPUs) torch emulates them: ~9x slower than fp32 in nn.Linear's layout
+    (x @ W.t()), ~150x in a plain a @ b (10.5 / 0.6 against 95 GFLOP/s, one thread of an AVX2 Zen 3)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and _cpu_has_fast_bf16()

@@ -13,21 +13,43 @@ import torch
 
 @functools.lru_cache(maxsize=None)
 def matmul_peak(device_type: str, dtype: torch.dtype, n: int = 2048, seconds: float = 0.3) -> float:
-    """FLOP/s of an n x n x n matmul in `dtype` on this device (best of repeated timings)."""
+    """FLOP/s of an n x n x n matmul a @ b.t() in `dtype` on this device (best of repeated timings): the
+    layout of nn.Linear's x @ W.t(), which is what the models multiply (a CPU without bf16 instructions
+    runs bf16 a @ b ~20x slower still). n is halved, down to 256, while a product would take over a second
+    at the rate a 256^3 product shows, so that a slow dtype (bf16 forced onto such a CPU, ~10x below fp32)
+    costs a second here, not half a minute before the first step."""
     device = torch.device(device_type)
+    n = affordable_size(n, _product_seconds(256, device, dtype))
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):  # warm up kernels and caches
-        a @ b
+        a @ b.t()
     _sync(device)
     best, spent = float("inf"), 0.0
     while spent < seconds:
         start = time.perf_counter()
-        a @ b
+        a @ b.t()
         _sync(device)
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
     return 2 * n ** 3 / best
+
+
+def affordable_size(n: int, probe_seconds: float, limit: float = 1.0) -> int:
+    """n halved (not below 256) until an n^3 product, timed at `probe_seconds` for 256^3, fits in `limit` s."""
+    while n > 256 and probe_seconds * (n / 256) ** 3 > limit:
+        n //= 2
+    return n
+
+
+def _product_seconds(n: int, device: torch.device, dtype: torch.dtype) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a.t()
+    _sync(device)
+    start = time.perf_counter()
+    a @ a.t()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:

@@ -7,7 +7,8 @@ Muon (Keller Jordan, 2024) for each "matrix" parameter W of shape (rows, cols) a
     W <- W * (1 - lr * weight_decay) - lr * max(1, rows / cols) ** 0.5 * O
 orthogonalize() runs `ns_steps` Newton-Schulz-style odd quintic iterations X <- a X + (b A + c A^2) X,
 A = X X^T, in bfloat16 where bf16 matmuls are fast (CUDA, CPUs with AVX512-BF16 or AMX; elsewhere torch
-emulates bf16 ~300x slower than fp32, so there it runs in fp32), with the Polar Express coefficients (Amsel et al. 2025, arXiv:2505.16932):
+emulates bf16, a Muon step 57x slower than in fp32, so there it runs in fp32), with the Polar Express
+coefficients (Amsel et al. 2025, arXiv:2505.16932):
 singular values land in about [0.85, 1.15] in 5 steps. Matrices of one shape are stacked and
 orthogonalized together in one batched matmul chain. Weights of more than 2 dims are flattened
 to (shape[0], -1). Muon's step has a fixed size whatever the gradient's scale: lr sets it.
