@@ -7,9 +7,10 @@ Training step (forward + backward + optimizer step, random tokens, batch 8 x seq
             model.setup_optimizer() (its MuonAdamW, whose Muon and AdamW kernels nanochat always
             torch.compile's, also in the "eager" rows); bf16 = NANOCHAT_DTYPE=bfloat16, its own switch.
   "compiled" = torch.compile(model) on both sides (nanochat: dynamic=False, as its base_train does).
-Rollouts: 16 prompts (48..80 random tokens) x 16 samples x 128 new tokens, top-k 50, temperature 1, bf16,
-lm_head redrawn N(0, 0.05) on both sides so logits spread as a trained model's do:
-  rlkit:    rlkit.core.sampling.generate, all 256 rows in one call, under autocast(bf16);
+Rollouts: 16 prompts (48..80 random tokens) x 16 samples x 128 new tokens, top-k 50, temperature 1, bf16
+(rollout-bf16) or fp32 (rollout-fp32: what `dtype: auto` picks on a CPU without fast bf16), lm_head redrawn
+N(0, 0.05) on both sides so logits spread as a trained model's do:
+  rlkit:    rlkit.core.sampling.generate, all 256 rows in one call, under autocast(bf16) for bf16;
   nanochat: Engine(model, tokenizer).generate_batch(prompt, num_samples=16, ...) once per prompt.
 
 Allocator (CPU): `rlkit run` makes malloc keep freed memory (rlkit/core/hostmem.py: a step's 512 MB logits
@@ -53,7 +54,7 @@ from timing import matmul_peak, table, timed
 def configurations(args):
     """Names like d4-bf16-eager / rollout-bf16: all of them, or those of --only in its order."""
     names = [f"d{d}-{dt}-{mode}" for d in args.depths for dt in ("bf16", "fp32") for mode in ("eager", "compiled")]
-    names.append("rollout-bf16")
+    names += ["rollout-bf16", "rollout-fp32"]
     if args.only and set(args.only) - set(names):
         raise SystemExit(f"vs_nanochat: --only {' '.join(sorted(set(args.only) - set(names)))}: not among {' '.join(names)}")
     return args.only or names
@@ -154,7 +155,7 @@ def rollout_round(spec, device):
         from rlkit.core.sampling import generate
 
         def run(ps=ps):
-            with torch.autocast(device.type, torch.bfloat16):
+            with torch.autocast(device.type, torch.bfloat16, enabled=spec["dtype"] == "bf16"):
                 generate(model, ps, G, new, temperature=1.0, top_k=50, seeds=list(range(len(ps) * G)))
 
     run(ps[:2])  # warm-up
@@ -211,7 +212,7 @@ def spec_for(name, side, args):
     parts = name.split("-")
     spec = dict(side=side, kind=kind, device=args.device, threads=args.threads, cpu_clock=args.cpu_clock, malloc=args.malloc,
                 nanochat=args.nanochat, vocab=args.vocab, seq=args.seq, batch=args.batch, steps=args.steps,
-                dtype="bf16", depth=args.rollout_depth, mode="eager",
+                dtype=parts[-1], depth=args.rollout_depth, mode="eager",
                 prompts=args.prompts, samples=args.samples, new=args.new_tokens)
     if kind == "train":
         spec.update(depth=int(parts[0][1:]), dtype=parts[1], mode=parts[2],
@@ -280,14 +281,14 @@ def main():
     peaks, rows = {}, []
     for name in configurations(args):
         best, info = compare(name, args)
-        dtype = torch.bfloat16 if "bf16" in name else torch.float32
-        width = 64 * (args.rollout_depth if name.startswith("rollout") else int(name.split("-")[0][1:]))  # rlkit's
-        shapes = [(args.batch * args.seq, width, args.vocab), (args.batch * args.seq, width, 4 * width), (2048, 2048, 2048)]
-        peaks[dtype] = max(peaks.get(dtype, 0.0), matmul_peak(shapes, dtype, device))
         rows.append((name, best, info, os.getloadavg()[0]))
         ratio = f", rlkit / nanochat {best['rlkit'] / best['nanochat']:.2f}x" if args.nanochat else ""
         print(f"{name}: " + ", ".join(f"{s} {v:,.0f} tok/s" for s, v in best.items()) + ratio
               + f" (load {rows[-1][3]:.2f})", flush=True)
+        dtype = torch.bfloat16 if "bf16" in name else torch.float32
+        width = 64 * (args.rollout_depth if name.startswith("rollout") else int(name.split("-")[0][1:]))  # rlkit's
+        shapes = [(args.batch * args.seq, width, args.vocab), (args.batch * args.seq, width, 4 * width), (2048, 2048, 2048)]
+        peaks[dtype] = max(peaks.get(dtype, 0.0), matmul_peak(shapes, dtype, device))
 
     out = []
     for name, best, info, load in rows:
