@@ -31,7 +31,7 @@ def matmul_peak(shapes, dtype, device, budget=2.0):
     """Best FLOP/s of torch.mm(a, b.t()) over the (M, K, N) shapes (b stored (N, K): nn.Linear's layout, what
     the models multiply), in `dtype` on `device`, best of 5 timings each. On a CPU each M is cut so one
     product takes at most ~`budget` seconds at the rate a 64-row product shows: on a CPU without bf16
-    instructions bf16 runs ~10x below fp32 in this layout (and ~100x below in a @ b's), and a whole
+    instructions bf16 runs ~10x below fp32 in this layout (~150x below in a @ b's), and a whole
     (4096, 256, 32768) product would take seconds; the fp32 shapes stay whole."""
     best = 0.0
     for M, K, N in shapes:

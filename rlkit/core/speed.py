@@ -17,7 +17,7 @@ def matmul_peak(device_type: str, dtype: torch.dtype, n: int = 2048, seconds: fl
     layout of nn.Linear's x @ W.t(), which is what the models multiply (a CPU without bf16 instructions
     runs bf16 a @ b ~20x slower still). n is halved, down to 256, while a product would take over a second
     at the rate a 256^3 product shows, so that a slow dtype (bf16 forced onto such a CPU, ~10x below fp32)
-    costs a second here, not half a minute before the first step."""
+    costs about a second here, not several before the first step."""
     device = torch.device(device_type)
     n = affordable_size(n, _product_seconds(256, device, dtype))
     a = torch.randn(n, n, device=device, dtype=dtype)
