@@ -19,20 +19,8 @@ def matmul_peak(device_type: str, dtype: torch.dtype, n: int = 2048, seconds: fl
     at the rate a 256^3 product shows, so that a slow dtype (bf16 forced onto such a CPU, ~10x below fp32)
     costs about a second here, not several before the first step."""
     device = torch.device(device_type)
-    n = affordable_size(n, _product_seconds(256, device, dtype))
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):  # warm up kernels and caches
-        a @ b.t()
-    _sync(device)
-    best, spent = float("inf"), 0.0
-    while spent < seconds:
-        start = time.perf_counter()
-        a @ b.t()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        best, spent = min(best, elapsed), spent + elapsed
-    return 2 * n ** 3 / best
+    n = affordable_size(n, _product_seconds(256, device, dtype, seconds=0.0))
+    return 2 * n ** 3 / _product_seconds(n, device, dtype, seconds)
 
 
 def affordable_size(n: int, probe_seconds: float, limit: float = 1.0) -> int:
@@ -42,14 +30,21 @@ def affordable_size(n: int, probe_seconds: float, limit: float = 1.0) -> int:
     return n
 
 
-def _product_seconds(n: int, device: torch.device, dtype: torch.dtype) -> float:
+def _product_seconds(n: int, device: torch.device, dtype: torch.dtype, seconds: float) -> float:
+    """Best time of an n x n x n a @ b.t(), timed at least once and until `seconds` have been spent."""
     a = torch.randn(n, n, device=device, dtype=dtype)
-    a @ a.t()
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):  # warm up kernels and caches
+        a @ b.t()
     _sync(device)
-    start = time.perf_counter()
-    a @ a.t()
-    _sync(device)
-    return time.perf_counter() - start
+    best, spent = float("inf"), 0.0
+    while spent < seconds or spent == 0.0:
+        start = time.perf_counter()
+        a @ b.t()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return best
 
 
 def _sync(device: torch.device) -> None:
