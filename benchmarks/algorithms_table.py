@@ -23,7 +23,7 @@ import torch
 from rlkit.core import checkpoint as ckpt
 from rlkit.core import policy
 from rlkit.core.dist import DistInfo, compute_dtype
-from rlkit.core.evaluate import evaluate
+from rlkit.lib.evaluation.evaluate import evaluate
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.plugins import load_plugins
 from rlkit.core.tokenizer import Tokenizer

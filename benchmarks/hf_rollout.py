@@ -15,7 +15,7 @@ import torch
 
 import timing
 from timing import table, timed
-from rlkit.core.sampling import generate
+from rlkit.lib.generation.sampling import generate
 from rlkit.plugins.models.hf import HFPolicy
 
 

@@ -1,4 +1,4 @@
-"""Rollout throughput: generated tokens/s of rlkit.core.sampling.generate at the GRPO rollout shape.
+"""Rollout throughput: generated tokens/s of rlkit.lib.generation.sampling.generate at the GRPO rollout shape.
 
 Shape: 16 prompts x 16 samples x 128 new tokens (no stop tokens, so exactly 128), depth-4 GPT, vocab 32768,
 top-k 50, temperature 1, bf16 autocast; prompts of 48..80 random tokens. Compared, in the same process, with
@@ -17,7 +17,7 @@ import torch
 import timing
 from timing import matmul_peak, table, timed
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.core.sampling import _candidates, _choose, _row_key, generate
+from rlkit.lib.generation.sampling import _candidates, _choose, _row_key, generate
 
 
 @torch.inference_mode()

@@ -7,7 +7,7 @@ divides the completion tokens the server reports (`usage`) by the wall time, and
 server process used meanwhile (Linux: /proc; on cores shared with other jobs the wall clock counts the time
 the server waited for a core, the CPU clock does not). The same seeded requests give the same completions
 at every level, so the token counts agree. Concurrent requests share the engine's decode batch
-(rlkit.core.engine), so a step decodes c rows for not much more than the cost of one: the ratio to c = 1 is
+(rlkit.lib.generation.engine), so a step decodes c rows for not much more than the cost of one: the ratio to c = 1 is
 the figure to read.
 
     python benchmarks/serve_throughput.py runs/quickstart [--requests 128] [--max-tokens 64] [--dtype bfloat16] [--quick]

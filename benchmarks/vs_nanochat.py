@@ -10,7 +10,7 @@ Training step (forward + backward + optimizer step, random tokens, batch 8 x seq
 Rollouts: 16 prompts (48..80 random tokens) x 16 samples x 128 new tokens, top-k 50, temperature 1, bf16
 (rollout-bf16) or fp32 (rollout-fp32: what `dtype: auto` picks on a CPU without fast bf16), lm_head redrawn
 N(0, 0.05) on both sides so logits spread as a trained model's do:
-  rlkit:    rlkit.core.sampling.generate, all 256 rows in one call, under autocast(bf16) for bf16;
+  rlkit:    rlkit.lib.generation.sampling.generate, all 256 rows in one call, under autocast(bf16) for bf16;
   nanochat: Engine(model, tokenizer).generate_batch(prompt, num_samples=16, ...) once per prompt.
 
 Allocator (CPU): `rlkit run` makes malloc keep freed memory (rlkit/core/hostmem.py: a step's 512 MB logits
@@ -152,7 +152,7 @@ def rollout_round(spec, device):
             for i, p in enumerate(ps):
                 engine.generate_batch(p, num_samples=G, max_tokens=new, temperature=1.0, top_k=50, seed=i)
     else:
-        from rlkit.core.sampling import generate
+        from rlkit.lib.generation.sampling import generate
 
         def run(ps=ps):
             with torch.autocast(device.type, torch.bfloat16, enabled=spec["dtype"] == "bf16"):

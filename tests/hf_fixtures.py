@@ -12,7 +12,7 @@ def hf_tokenizer(folder: Path, vocab_size: int = 400, chat_template: str | None 
     from transformers import PreTrainedTokenizerFast
 
     from rlkit.core.plugins import load_plugins
-    from rlkit.core.task import example_text
+    from rlkit.lib.text.task import example_text
 
     texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=500)]
     bpe = Tokenizer(models.BPE())

@@ -4,8 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rlkit.cli import app
-from rlkit.core.inference import load
-from rlkit.core.sampling import generate
+from rlkit.cli.inference import load
+from rlkit.lib.generation.sampling import generate
 
 
 @pytest.fixture(scope="module")

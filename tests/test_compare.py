@@ -11,7 +11,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from rlkit.core import compare as compare_lib
+from rlkit.cli import compare as compare_lib
 
 TINY = """\
 # two-stage tiny run for compare tests: rlkit run tiny.yaml seed=2 name=cmp-s2

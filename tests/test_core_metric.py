@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlkit.core.corebench import bundle, evaluate_core
+from rlkit.lib.evaluation.corebench import bundle, evaluate_core
 from rlkit.core.errors import RlkitError
 from rlkit.core.tokenizer import train_tokenizer
 

@@ -145,7 +145,7 @@ def test_optimizer_example_runs(tmp_path, monkeypatch):
     import torch
     from torch import nn
 
-    from rlkit.core.optim import set_lr
+    from rlkit.lib.training.optim import set_lr
 
     optimizers, _ = load_example("rlkit_optimizers", tmp_path, monkeypatch)
     for factory in optimizers.values():

@@ -1,4 +1,4 @@
-"""The serving engine (rlkit.core.engine): requests that join a running batch at different steps get, token
+"""The serving engine (rlkit.lib.generation.engine): requests that join a running batch at different steps get, token
 for token, what rlkit's sampler (generate) gives each of them alone; a decoder without join still serves."""
 import contextlib
 import threading
@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from rlkit.core.engine import Engine, Request
+from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
-from rlkit.core.inference import TextStream, load
-from rlkit.core.sampling import generate
+from rlkit.cli.inference import TextStream, load
+from rlkit.lib.generation.sampling import generate
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import torch
 
 import test_core_metric as core_bundle  # its small DCLM-layout bundle
 
-from rlkit.core.choice import centred, evaluate_choice, letter_ids
-from rlkit.core.evaluate import pass_at
-from rlkit.core.task import Task, make_choice_example, prompt_messages
+from rlkit.lib.evaluation.choice import centred, evaluate_choice, letter_ids
+from rlkit.lib.evaluation.evaluate import pass_at
+from rlkit.lib.text.task import Task, make_choice_example, prompt_messages
 from rlkit.core.tokenizer import train_tokenizer
 
 CTX = SimpleNamespace(name="eval", dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,
@@ -139,7 +139,7 @@ def test_mmlu_and_gsm8k_rows_load_from_local_files(tmp_path):
 
 
 def test_humaneval_scores_right_and_wrong_replies_by_running_the_tests(tmp_path):
-    from rlkit.core.scoring import score
+    from rlkit.lib.evaluation.scoring import score
     from rlkit.plugins.tasks.humaneval import HumanEvalReward, humaneval
 
     task = humaneval("test", path=str(write_jsonl(tmp_path / "he.jsonl", HUMANEVAL_ROWS)))
@@ -159,7 +159,7 @@ def test_humaneval_scores_right_and_wrong_replies_by_running_the_tests(tmp_path)
 
 
 def test_a_task_that_is_a_plain_list_still_works_and_is_generative():
-    from rlkit.core.task import evaluation_of, make_example
+    from rlkit.lib.text.task import evaluation_of, make_example
 
     assert evaluation_of([make_example("q", "#### 1")], "mine") == ("generative", None, "mine")
     t = Task([make_choice_example("q", ["a", "b"], 1)], "x", evaluation="choice", title="X")
@@ -223,7 +223,7 @@ def rlkit_rewards():
 READ_BACK = """
 import json, sys
 from aim import Repo
-from rlkit.core.compare import read_metrics
+from rlkit.cli.compare import read_metrics
 repo = Repo.from_path(sys.argv[1])
 run = next(iter(repo.query_runs("run.name == 'evals'", report_mode=0).iter_runs())).run
 print(json.dumps({f"{stage}|{name}": values[-1] for (stage, name), (steps, values) in read_metrics(run).items()}))
@@ -328,7 +328,7 @@ def test_rlkit_eval_bad_task_is_one_line(evaluated, cli):
 
 
 def test_rlkit_compare_shows_eval_metrics_by_default():
-    from rlkit.core.compare import _metric_rows
+    from rlkit.cli.compare import _metric_rows
 
     series = [{("rl", "reward"): 1, ("eval_rl", "arithmetic/pass@8"): 1, ("eval_rl", "arc_easy/centred"): 1,
                ("eval_rl", "ChatCORE"): 1, ("rl", "reward/gsm8k"): 1}]

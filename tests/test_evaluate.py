@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlkit.core.evaluate import evaluate, pass_at
+from rlkit.lib.evaluation.evaluate import evaluate, pass_at
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.core.task import make_example
+from rlkit.lib.text.task import make_example
 from rlkit.core.tokenizer import train_tokenizer
 
 CTX = SimpleNamespace(name="eval", dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlkit.core.plugins import load_plugins
-from rlkit.core.sampling import generate
+from rlkit.lib.generation.sampling import generate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -27,7 +27,7 @@ PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}],
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from rlkit.core.task import example_text
+    from rlkit.lib.text.task import example_text
     from rlkit.core.tokenizer import train_tokenizer
 
     texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=300)]

@@ -14,7 +14,7 @@ from hf_fixtures import hf_model  # noqa: E402
 
 from rlkit.core.errors import RlkitError  # noqa: E402
 from rlkit.core.plugins import load_plugins  # noqa: E402
-from rlkit.core.sampling import generate  # noqa: E402
+from rlkit.lib.generation.sampling import generate  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -233,7 +233,7 @@ def test_export_of_an_hf_model_trained_with_rlkits_tokenizer_carries_it(tmp_path
     template included, and names its special ids, so transformers renders and generates as rlkit does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlkit.core.task import example_text
+    from rlkit.lib.text.task import example_text
     from rlkit.core.tokenizer import train_tokenizer
 
     texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=300)]
@@ -360,7 +360,7 @@ def test_reward_model_scores_the_same_batched_and_one_by_one(tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from hf_fixtures import hf_tokenizer
-    from rlkit.core.scoring import score
+    from rlkit.lib.evaluation.scoring import score
 
     tok = hf_tokenizer(tmp_path)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -74,6 +74,62 @@ def test_core_imports_no_plugin():
     assert not offences, "rlkit/core must not import or name plugins:\n" + "\n".join(offences)
 
 
+# the layers, top to bottom: a module may import its own layer and the layers below it, never one above
+LAYERS = ["rlkit.cli", "rlkit.plugins", "rlkit.lib", "rlkit.core"]
+
+
+def layer_of(name: str) -> int | None:
+    return next((i for i, layer in enumerate(LAYERS) if name == layer or name.startswith(layer + ".")), None)
+
+
+def upward_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    own = layer_of(module)
+    return sorted(n for n in imported_names(source, module, is_package)
+                  if (other := layer_of(n)) is not None and other < own)
+
+
+@pytest.mark.parametrize("source, module, bad", [
+    ("from rlkit.lib.generation import sampling", "rlkit.core.policy", True),
+    ("from rlkit.cli import compare", "rlkit.core.pipeline", True),
+    ("from ...cli.compare import render", "rlkit.lib.evaluation.evaluate", True),
+    ("from rlkit.plugins.tasks import rows", "rlkit.lib.text.task", True),
+    ("from rlkit.cli import inference", "rlkit.plugins.stages.rl", True),
+    ("from rlkit.core import dist", "rlkit.lib.training.loop", False),
+    ("from rlkit.lib.text import task", "rlkit.plugins.tasks.gsm8k", False),
+    ("from rlkit.plugins.stages import rl", "rlkit.cli.evalrun", False),
+    ("from . import sampling", "rlkit.lib.generation.engine", False),
+])
+def test_upward_import_checker(source, module, bad):
+    assert bool(upward_imports(source, module)) is bad
+
+
+def test_arrows_point_down_only():
+    """cli -> plugins -> lib -> core: no module imports a layer above its own (lazy imports included)."""
+    offences, seen = [], set()
+    for path in sorted((ROOT / "rlkit").rglob("*.py")):
+        module = module_name(path)
+        if layer_of(module) is None:
+            continue  # rlkit/__init__.py and __main__.py sit above the layers
+        seen.add(LAYERS[layer_of(module)])
+        offences += [f"{path.relative_to(ROOT)} imports {n}"
+                     for n in upward_imports(path.read_text(), module, path.name == "__init__.py")]
+    assert seen == set(LAYERS), seen  # the walk finds every layer
+    assert not offences, "an import points up a layer:\n" + "\n".join(offences)
+
+
+def test_old_core_names_still_import():
+    """A user's plugin that imports a library module by its pre-split rlkit.core name gets the same module."""
+    import importlib
+    import warnings
+
+    import rlkit
+
+    for old, new in rlkit.MOVED.items():
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            assert importlib.import_module(old) is importlib.import_module(new), old
+
+
 def hook_modules() -> set[str]:
     """Modules under rlkit/plugins that define a top-level rlkit_* function decorated with hookimpl."""
     modules = set()

@@ -10,7 +10,7 @@ from torch import nn
 
 from rlkit.core import hookspecs
 from rlkit.core.errors import RlkitError
-from rlkit.core.optim import lr_multiplier, param_roles, set_lr
+from rlkit.lib.training.optim import lr_multiplier, param_roles, set_lr
 from rlkit.plugins.optimizers import adamw as adamw_plugin
 from rlkit.plugins.optimizers import muon as muon_plugin
 from rlkit.plugins.optimizers.muon import MuonAdamW, orthogonalize

@@ -15,7 +15,7 @@ import torch
 from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.errors import RlkitError
-from rlkit.core.scoring import score
+from rlkit.lib.evaluation.scoring import score
 
 REWARD_PLUGIN = '''\
 """A user's reward: the share of the completion's characters that are digits."""
@@ -218,7 +218,7 @@ def test_a_reward_too_large_for_a_float_is_blamed_on_the_reward(value, said):
 
 
 def test_a_weighted_total_that_overflows_names_the_rewards():
-    from rlkit.core.scoring import weighted_total
+    from rlkit.lib.evaluation.scoring import weighted_total
 
     scores = {"big": torch.tensor([3e38]), "bigger": torch.tensor([3e38])}
     rewards = [("big", 1.0, None), ("bigger", 1.0, None)]

@@ -15,7 +15,7 @@ import torch
 
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.errors import RlkitError
-from rlkit.core.scoring import score
+from rlkit.lib.evaluation.scoring import score
 
 HOLD = '''\
 """Test-only: hold the process (until RLKIT_TEST_RELEASE exists) right after the file or checkpoint named by

@@ -4,7 +4,7 @@ import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.core.sampling import _top_k, generate
+from rlkit.lib.generation.sampling import _top_k, generate
 
 V = 100
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [42]]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from rlkit.core.sandbox import run_program, run_programs
+from rlkit.lib.evaluation.sandbox import run_program, run_programs
 
 TIMEOUT = 3.0
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from openai import APIStatusError, OpenAI
 
-from rlkit.core.inference import load
-from rlkit.core.sampling import generate
+from rlkit.cli.inference import load
+from rlkit.lib.generation.sampling import generate
 
 KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is 2 + 5?"}]

@@ -21,7 +21,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.stages.sft import collate
-from rlkit.core.task import example_text
+from rlkit.lib.text.task import example_text
 from rlkit.core.tokenizer import train_tokenizer
 
 PIPELINE = """\

@@ -3,7 +3,7 @@ points are skipped on a second call, and the lot is compared at the end."""
 import pytest
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.sweep import point_name, points
+from rlkit.cli.sweep import point_name, points
 
 EXPERIMENT = """\
 # tokenizer -> rl on a depth-1 model, swept over algorithms (tests)

@@ -8,7 +8,7 @@ import pytest
 
 from rlkit.core import hookspecs
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import Task, example_text, make_example, prompt_messages
+from rlkit.lib.text.task import Task, example_text, make_example, prompt_messages
 from rlkit.plugins.tasks import arithmetic as arithmetic_plugin
 from rlkit.plugins.tasks import gsm8k as gsm8k_plugin
 from rlkit.plugins.tasks.arithmetic import arithmetic, evaluate, is_test

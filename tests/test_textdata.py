@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import example_text
-from rlkit.core.textdata import check_source, iter_texts, packed_batches
+from rlkit.lib.text.task import example_text
+from rlkit.lib.text.textdata import check_source, iter_texts, packed_batches
 from rlkit.plugins.tasks.arithmetic import arithmetic
 
 TASKS = {"arithmetic": arithmetic}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlkit.core import progress as progress_lib
+from rlkit.lib.training import progress as progress_lib
 from rlkit.core import track
 
 TINY = """\
@@ -252,7 +252,7 @@ def test_progress_is_a_live_bar_on_a_terminal(monkeypatch, capsys):
 def test_the_matmul_peak_uses_a_smaller_product_where_the_dtype_is_slow():
     """MFU's peak times an n^3 product; a 256^3 probe at 50 ms (bf16 on a CPU without bf16 instructions)
     would make 2048^3 take 25.6 s, so it halves n until the product fits in a second: 512^3 at 0.4 s."""
-    from rlkit.core.speed import affordable_size
+    from rlkit.lib.training.speed import affordable_size
 
     assert affordable_size(2048, 0.05) == 512
     assert affordable_size(2048, 0.0005) == 2048  # 0.26 s: fp32 here keeps the whole product

@@ -98,12 +98,12 @@ def run(
         world = nproc_per_node * nnodes
         cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [], world_size=world)
         if world > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
-            from rlkit.core.launch import torchrun
+            from rlkit.cli.launch import torchrun
 
             torchrun(sys.argv[1:], nproc_per_node, nnodes, node_rank, rdzv_endpoint)
             return
         if sweep:
-            from rlkit.core import sweep as sweep_lib
+            from rlkit.cli import sweep as sweep_lib
 
             sweep_lib.run(experiment, overrides or [], plugin or [], sweep, world)
             return
@@ -184,7 +184,7 @@ def eval_(
     """Evaluate a saved checkpoint on tasks with the code eval stages use; in a run folder, with the run's
     settings and seed for each task it evaluated, so its figures repeat exactly."""
     with user_errors():
-        from rlkit.core import evalrun
+        from rlkit.cli import evalrun
         from rlkit.core.dist import dist_info
 
         rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [])
@@ -205,7 +205,7 @@ def ui(
 ):
     """Open the Aim UI on the runs' repository and print its URL; Ctrl-C stops the whole server."""
     with user_errors():
-        from rlkit.core import aimui
+        from rlkit.cli import aimui
 
         raise typer.Exit(aimui.serve(repo, host, port))
 
@@ -222,7 +222,7 @@ def compare(
 ):
     """Print runs side by side from Aim: final and best metrics per stage, wall times, config differences."""
     with user_errors():
-        from rlkit.core import compare as compare_lib
+        from rlkit.cli import compare as compare_lib
 
         result = compare_lib.compare(repo, runs or [], metric or [])
         typer.echo(json.dumps(result, indent=2) if as_json else compare_lib.render(result))

@@ -2,7 +2,7 @@
 
 Routes: POST /v1/chat/completions (rlkit.cli.openai_api says what is accepted), GET /v1/models,
 GET /health, GET / (chat.html, one static file shipped in the package). Every request becomes an
-rlkit.core.engine Request, so concurrent requests share one decode batch and n > 1 samples share
+rlkit.lib.generation.engine Request, so concurrent requests share one decode batch and n > 1 samples share
 their prompt's prefill. A sample with seed s (row g of n: seed s + g) gets the tokens rlkit's sampler
 gives for that prompt and seed. Streams are server-sent events ending in `data: [DONE]`.
 
@@ -29,10 +29,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from rlkit.cli.openai_api import ApiError, Chat, Limits, parse_chat
-from rlkit.core import hosts
-from rlkit.core.engine import Engine, Request
+from rlkit.cli import hosts
+from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
-from rlkit.core.inference import TextStream
+from rlkit.cli.inference import TextStream
 
 
 def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: str | None = None):
@@ -278,7 +278,7 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
     import typer
     import uvicorn
 
-    from rlkit.core import inference
+    from rlkit.cli import inference
 
     if not hosts.is_loopback(host):
         typer.echo(f"warning: --host {host} exposes the model beyond this machine: anyone who can reach this address "

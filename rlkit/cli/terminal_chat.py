@@ -1,7 +1,7 @@
 """`rlkit chat`: a conversation in the terminal with a saved model, through the serving engine.
 
 Each turn renders the whole conversation in the model's chat format (the tokenizer's
-render_for_completion), samples one reply with rlkit.core.engine (the same draw as rlkit's sampler
+render_for_completion), samples one reply with rlkit.lib.generation.engine (the same draw as rlkit's sampler
 and `rlkit serve`: with --seed S, turn k uses seed S + k) and prints its text as the tokens arrive.
 /clear starts a new conversation, /quit (or Ctrl-D, Ctrl-C) ends; -p "question" answers once and exits.
 """
@@ -12,9 +12,9 @@ import sys
 
 import typer
 
-from rlkit.core.engine import Engine, Request
+from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
-from rlkit.core.inference import TextStream, load
+from rlkit.cli.inference import TextStream, load
 
 HELP = "/clear: new conversation   /quit: leave   (Ctrl-D or Ctrl-C leave too)"
 

@@ -285,3 +285,13 @@ def _valid_keys(schema: type, full_key: str) -> list[str]:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+def config_diff(values: list, prefix: str = "") -> list[dict]:
+    """[{key: dotted key, values: one per run}] where the runs' configs differ, descending into sections
+    while every run has one (a section one run leaves out is a single row; absent and null are both None)."""
+    if all(isinstance(v, dict) for v in values):
+        keys = sorted({k for v in values for k in v})
+        return [row for k in keys for row in config_diff([v.get(k) for v in values], f"{prefix}{k}.")]
+    if len({repr(v) for v in values}) == 1:
+        return []
+    return [{"key": prefix.rstrip("."), "values": values}]

@@ -8,7 +8,7 @@
     return ctx.save(step, model, optimizer, extra, done=True)   # the handle the next entry starts from
 
 The loop helpers that stages share (log line, checks before the update, save_every) are in
-rlkit.core.training.
+rlkit.lib.training.loop.
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def rlkit_optimizers() -> dict:
 def rlkit_tasks() -> dict:
     """Return {name: factory}; factory(split: str, **args) -> Task (a sequence of examples).
 
-    A rlkit.core.task.Task may also say how it is evaluated: evaluation="generative" (default; scored by
+    A rlkit.lib.text.task.Task may also say how it is evaluated: evaluation="generative" (default; scored by
     a reward plugin, its default named by `reward`) or "choice" (multiple choice: each example adds
     "choices" and "gold"), and `title`, its row on the report card. A plain list is generative.
     """

@@ -27,7 +27,7 @@ from rlkit.core.plugins import Plugins, bind_args, load_plugins
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
 from rlkit.core.memory import check_fits_memory
-from rlkit.core.runlock import RunLock
+from rlkit.core.lock import RunLock
 from rlkit.core.stage import Stage, StageSetup
 
 CONFIG_FILE = "config.yaml"
@@ -243,14 +243,12 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
         if _holds_work(run_dir):  # finished entries without a config (a sweep's shared ones): nothing to compare
             return
         raise RlkitError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE}); start it without --resume")
-    from rlkit.core.compare import config_diff
-
     try:
         before = OmegaConf.to_container(OmegaConf.load(saved))
     except Exception as e:  # noqa: BLE001 -- a damaged config.yaml: say which file and what to do
         raise RlkitError(f"--resume: {saved} cannot be read ({_first_line(e)}); restore it, or start a new run "
                          "with name=<new name>") from None
-    changed = [row["key"] for row in config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
+    changed = [row["key"] for row in config_lib.config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
     fresh = {e.name for e in found if _not_started(run_dir / e.name)}
     tracking = [k for k in changed if k.startswith("tracking.")]  # where metrics go changes no result
     refused = [k for k in changed if k not in tracking and not (k.startswith("stages.") and k.split(".")[1] in fresh)]

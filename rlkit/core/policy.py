@@ -6,7 +6,7 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
            with "none" a (B, T) tensor that is 0 where the target is -1 (minus the sampled
            tokens' log-probs, which RL trains on);
     param_roles() -> {"matrix" | "embedding" | "unembedding" | "scalar": [Parameter]}  (optional:
-        rlkit.core.optim guesses from module types otherwise);
+        rlkit.lib.training.optim guesses from module types otherwise);
     flops_per_token() -> int: training FLOPs per token, for MFU (optional: 6 x parameters);
     spec() -> dict: JSON-serialisable args with which the same factory rebuilds the same
         architecture (the checkpoint stores them; weights come from the state dict);
@@ -20,13 +20,13 @@ A factory may also carry `factory.check(seq_len, **args)`: checks that need no w
 exists, a chat template), run by `rlkit check` before any stage.
 Nothing outside the model plugin touches a model's modules or buffers.
 
-A Decoder owns its KV cache; rlkit.core.sampling drives it, one batch of prompts at a time:
+A Decoder owns its KV cache; rlkit.lib.generation.sampling drives it, one batch of prompts at a time:
     prefill(idx (P, Tp) right-padded, lens (P,), samples G, max_new) -> logits (P, V) float32 of
         each prompt's first new token; the P * G rows that follow (prompt-major) share the prompt;
     step(tokens (n,)) -> logits (n, V) float32 after each active row's newest token;
     keep(rows (m,)) -> None: only these active rows (indices into the active rows) go on;
     join(idx (P, Tp) right-padded, lens (P,), samples G, max_new) -> logits (P, V) float32 (optional,
-        for serving: rlkit.core.engine): like prefill, but the P * G new rows are appended after the
+        for serving: rlkit.lib.generation.engine): like prefill, but the P * G new rows are appended after the
         rows already decoding (rows may then be at different positions); the first join, or a join after
         keep() of no rows, starts a batch. Without it the engine serves one request at a time;
     step_join(tokens (n,), idx, lens, samples G, max_new) -> logits (n + P, V) float32 (optional, with

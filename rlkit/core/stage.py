@@ -49,7 +49,7 @@ class Stage:
     run: Callable  # (ctx, start) -> Checkpoint
     check: Optional[Callable] = None  # (cfg, setup) -> None
     report: Optional[Callable] = None  # (summary, tracked) -> list[str]
-    evals: Optional[Callable] = None  # (cfg) -> [rlkit.core.evaluate.EvalTask]: what run() evaluates, and how
+    evals: Optional[Callable] = None  # (cfg) -> [rlkit.lib.evaluation.evaluate.EvalTask]: what run() evaluates, and how
 
 
 # --- helpers for a stage's check -------------------------------------------------------------------
@@ -71,22 +71,3 @@ def divides(setup: StageSetup, key: str, total: int, unit: int, unit_text: str) 
         raise RlkitError(f"{setup.where}.{key}: {total} must be a multiple of {unit_text} = {unit} "
                          f"(e.g. {unit}, {2 * unit}, {4 * unit})")
 
-
-def check_optimizer(ref, setup: StageSetup, key: str = "optimizer") -> None:
-    """Build the optimizer once on a tiny stand-in model, so values it refuses (a negative learning rate,
-    say) fail up front; other failures (it needs a GPU or a process group) wait for the real model."""
-    import torch
-
-    from rlkit.core.optim import stand_in_model
-
-    factory = setup.plugins.get("optimizer", ref.name, f"{setup.where}.{key}.name")
-    with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
-        try:
-            optimizer = factory(stand_in_model(), **ref.args)
-        except (RlkitError, ValueError, TypeError) as e:
-            raise RlkitError(f"{setup.where}.{key}.args: {e}") from e
-        except Exception:  # noqa: BLE001 -- not about the values: the stage reports it with the real model
-            return
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise RlkitError(f"{setup.where}.{key}: plugin '{ref.name}' returned {type(optimizer).__name__}; an "
-                         "optimizer factory must return a torch.optim.Optimizer")

@@ -11,7 +11,7 @@ import torch
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.objectives import group_advantages, ratio
+from rlkit.lib.training.objectives import group_advantages, ratio
 
 
 class CISPO:

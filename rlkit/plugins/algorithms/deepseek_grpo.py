@@ -16,7 +16,7 @@ import torch
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.objectives import clipped_objective, group_advantages, k3, per_sequence_mean, ratio
+from rlkit.lib.training.objectives import clipped_objective, group_advantages, k3, per_sequence_mean, ratio
 
 
 class DeepSeekGRPO:

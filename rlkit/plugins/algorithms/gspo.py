@@ -10,7 +10,7 @@ import torch
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.objectives import clipped_objective, group_advantages, per_sequence_mean
+from rlkit.lib.training.objectives import clipped_objective, group_advantages, per_sequence_mean
 
 
 class GSPO:

@@ -8,7 +8,7 @@ S: sequences in the whole minibatch (all ranks). Leaves out: no ratio, no clip, 
 import torch
 
 import rlkit
-from rlkit.core.objectives import leave_one_out
+from rlkit.lib.training.objectives import leave_one_out
 
 
 class RLOO:

@@ -7,7 +7,7 @@ sample row its own preallocated suffix. step(tokens) decodes one token per activ
 compacts the rows. Logits come back before the soft cap (the sampler caps the top-k candidates),
 as float32 in buffers reused every step.
 
-Serving (rlkit.core.engine) uses join(idx, lens, G, max_new) instead of prefill: the new prompts are
+Serving (rlkit.lib.generation.engine) uses join(idx, lens, G, max_new) instead of prefill: the new prompts are
 prefilled once, together, and their G rows each get a copy of their prompt's keys in a growing KVCache
 of all active rows, appended after the rows already decoding; every row keeps its own position, so a
 request joins the running batch at the next step and leaves through keep(rows). step_join(tokens, idx,

@@ -12,7 +12,7 @@ import torch
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.optim import param_roles
+from rlkit.lib.training.optim import param_roles
 
 DECAYED_ROLES = ("matrix", "unembedding")
 

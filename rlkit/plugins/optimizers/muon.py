@@ -34,7 +34,7 @@ import torch
 import rlkit
 from rlkit.core.dist import fast_bf16
 from rlkit.core.errors import RlkitError
-from rlkit.core.optim import param_roles
+from rlkit.lib.training.optim import param_roles
 
 # Polar Express quintic coefficients for 5 iterations (safety factor 2e-2, cushion 2), paper above.
 POLAR_EXPRESS = [

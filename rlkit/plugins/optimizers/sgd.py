@@ -10,7 +10,7 @@ noise. Per-role learning rates as in adamw.
 import torch
 
 import rlkit
-from rlkit.core.optim import param_roles
+from rlkit.lib.training.optim import param_roles
 
 
 @rlkit.hookimpl

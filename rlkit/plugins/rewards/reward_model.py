@@ -19,7 +19,7 @@ from rlkit.core.errors import RlkitError
 
 
 class RewardModel:
-    """A reward with a batched form: core calls score_batch once per step (rlkit.core.scoring)."""
+    """A reward with a batched form: core calls score_batch once per step (rlkit.lib.evaluation.scoring)."""
 
     def __call__(self, completion: str, example, **args) -> float:
         return self.score_batch([completion], [example], **args)[0]

@@ -3,16 +3,16 @@
     stages:
       eval_sft: {kind: eval, tasks: [{name: arc_easy}, {name: gsm8k, k: 8, temperature: 1.0}], examples: 500}
 
-Each task is evaluated as it declares (rlkit.core.task): a generative one by sampling `k`
+Each task is evaluated as it declares (rlkit.lib.text.task): a generative one by sampling `k`
 completions per problem at `temperature` (greedy when 0) and scoring them with its reward,
-pass@1..k by the unbiased estimator (rlkit.core.evaluate); a multiple-choice one by the letter (or,
+pass@1..k by the unbiased estimator (rlkit.lib.evaluation.evaluate); a multiple-choice one by the letter (or,
 `mode: likelihood`, the continuation) the model prefers, accuracy and centred accuracy
-(rlkit.core.choice). Ranks take disjoint slices of the problems; sums are all-reduced. Samples
+(rlkit.lib.evaluation.choice). Ranks take disjoint slices of the problems; sums are all-reduced. Samples
 are drawn with the entry's seed, so `rlkit eval RUN --task T` repeats them exactly.
 ChatCORE, as nanochat defines it: the mean centred accuracy over the chat tasks that ran
 (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval; a generative task's chance is 0). With
 `core: {path: <DCLM eval bundle>}` (or `core: {}` to download it) also CORE, for base models
-(rlkit.core.corebench): its 22 tasks' centred accuracies and their mean.
+(rlkit.lib.evaluation.corebench): its 22 tasks' centred accuracies and their mean.
 Every figure is tracked in Aim with the context {stage, task} and put in ctx.summary["evals"],
 which the report card's table shows, one column per evaluated entry.
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Optional
 
 import rlkit
-from rlkit.core import corebench
-from rlkit.core.choice import MODES
+from rlkit.lib.evaluation import corebench
+from rlkit.lib.evaluation.choice import MODES
 from rlkit.core.config import plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.evaluate import EvalTask, headline, run_task
+from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.core.report import fmt
 from rlkit.core.stage import Stage, at_least
 
@@ -37,7 +37,7 @@ CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nano
 
 @dataclass
 class Core:
-    path: Optional[str] = None  # the DCLM eval bundle's folder; None: download it (rlkit.core.corebench)
+    path: Optional[str] = None  # the DCLM eval bundle's folder; None: download it (rlkit.lib.evaluation.corebench)
     max_per_task: int = -1  # examples per CORE task (-1: all)
 
 

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 import torch
 
 import rlkit
-from rlkit.core import training
+from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, plugin, plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.lib.training.optim import lr_multiplier, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.core.progress import progress
-from rlkit.core.speed import Meter
-from rlkit.core.stage import Stage, at_least, check_optimizer
+from rlkit.lib.training.progress import progress
+from rlkit.lib.training.speed import Meter
+from rlkit.lib.training.optim import check_optimizer
+from rlkit.core.stage import Stage, at_least
 from rlkit.plugins.stages.pretrain import check_batch_tokens, grad_accum_steps, packed_step
 
 

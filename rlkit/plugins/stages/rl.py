@@ -37,15 +37,15 @@ from typing import Optional
 import torch
 
 import rlkit
-from rlkit.core import training
+from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
 from rlkit.core.dist import print0
-from rlkit.core.evaluate import EvalTask, headline, run_task
-from rlkit.core.optim import set_lr
+from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
+from rlkit.lib.training.optim import set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.core.progress import progress
+from rlkit.lib.training.progress import progress
 from rlkit.core.report import fmt, tracked_change
-from rlkit.core.speed import matmul_peak
+from rlkit.lib.training.speed import matmul_peak
 from rlkit.core.stage import Stage
 from rlkit.plugins.stages import rl_update
 from rlkit.plugins.stages.rl_batch import collect

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from rlkit.core.sampling import generate
-from rlkit.core.scoring import score, weighted_total
-from rlkit.core.task import prompt_messages
+from rlkit.lib.generation.sampling import generate
+from rlkit.lib.evaluation.scoring import score, weighted_total
+from rlkit.lib.text.task import prompt_messages
 
 
 @dataclass

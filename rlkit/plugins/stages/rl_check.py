@@ -1,19 +1,20 @@
 """The rl stage's checks, made before any entry runs (and again once the tokenizer exists), and its algorithm.
 
 Every value run() uses: counts and ranges, the algorithm (built behind its guard, its methods called once on
-a tiny batch: rlkit/core/algorithm.py), the optimizer on a stand-in model, a reference checkpoint, and
+a tiny batch: rlkit/lib/training/algorithm.py), the optimizer on a stand-in model, a reference checkpoint, and
 rollouts (prompt + max_new_tokens) against model.seq_len.
 """
 from __future__ import annotations
 
 import functools
 
-from rlkit.core.algorithm import check_contract, guard
+from rlkit.lib.training.algorithm import check_contract, guard
 from rlkit.core.context import call_plugin
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
-from rlkit.core.stage import at_least, check_optimizer, divides
-from rlkit.core.task import prompt_messages
+from rlkit.lib.training.optim import check_optimizer
+from rlkit.core.stage import at_least, divides
+from rlkit.lib.text.task import prompt_messages
 
 
 def check(cfg, setup) -> None:
@@ -59,7 +60,7 @@ def check_rollout_fits(cfg, setup) -> None:
 
 
 def build_algorithm(cfg, plugins, where: str):
-    """The algorithm plugin's object, behind the guard (rlkit/core/algorithm.py) that checks every call."""
+    """The algorithm plugin's object, behind the guard (rlkit/lib/training/algorithm.py) that checks every call."""
     factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
     try:
         algorithm = factory(**cfg.algorithm.args)

@@ -29,7 +29,7 @@ later ones ratio != 1. With a single update there is no separate pass: the weigh
 weights, so old_logp is the training forward's own log-prob, detached. ref_logp comes from the frozen
 reference model (for a policy with adapters, itself with the adapters off), under the same autocast. The
 entropy of the sampling policy's next-token distribution on the sampled positions comes with the rollouts
-(each row's sum, rlkit.core.sampling), read off the decode's logits; without it (`entropy=None`) it is
+(each row's sum, rlkit.lib.generation.sampling), read off the decode's logits; without it (`entropy=None`) it is
 taken from the training forwards' logits, a (B, T, V) float32 pass: GBs at a real vocabulary.
 
 Tracked per step (all ranks): the loss and gradient norm (means over the updates), the clip fraction
@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from rlkit.core import checkpoint as ckpt
-from rlkit.core import training
+from rlkit.lib.training import loop as training
 from rlkit.core.dist import all_reduce_sum, print0
 from rlkit.core.handoff import Checkpoint
-from rlkit.core.objectives import k3
+from rlkit.lib.training.objectives import k3
 from rlkit.core.policy import build
-from rlkit.core.sampling import next_token_entropy
+from rlkit.lib.generation.sampling import next_token_entropy
 from rlkit.core.track import grad_norm
 
 

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 import torch
 
 import rlkit
-from rlkit.core import training
+from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, plugin
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.evaluate import EvalTask, run_task
-from rlkit.core.optim import lr_multiplier, set_lr
+from rlkit.lib.evaluation.evaluate import EvalTask, run_task
+from rlkit.lib.training.optim import lr_multiplier, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.core.progress import progress
+from rlkit.lib.training.progress import progress
 from rlkit.core.report import fmt
-from rlkit.core.speed import Meter
-from rlkit.core.stage import Stage, at_least, check_optimizer, divides
+from rlkit.lib.training.speed import Meter
+from rlkit.lib.training.optim import check_optimizer
+from rlkit.core.stage import Stage, at_least, divides
 from rlkit.core.track import grad_norm
 
 

@@ -4,7 +4,7 @@
       tokenizer: {vocab_size: 512, data: {source: arithmetic}}
 
 `data.source` is a task name, a local text/JSONL/parquet path, or a hub
-dataset id (see rlkit.core.textdata). Reading stops after `max_chars`. The
+dataset id (see rlkit.lib.text.textdata). Reading stops after `max_chars`. The
 tokenizer is saved in the entry's folder (runs/<name>/tokenizer/) and handed
 on alone: there is no model yet.
 """
@@ -19,7 +19,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.report import fmt
 from rlkit.core.stage import Stage, at_least
-from rlkit.core.textdata import TextData, check_data, iter_texts
+from rlkit.lib.text.textdata import TextData, check_data, iter_texts
 from rlkit.core.tokenizer import MIN_VOCAB_SIZE, SPECIALS, train_tokenizer
 
 

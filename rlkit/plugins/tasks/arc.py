@@ -1,7 +1,7 @@
 """arc_easy, arc_challenge: AI2's grade-school science questions (Clark et al. 2018), multiple choice.
 
 A row {"question", "choices": {"text": [...], "label": ["A", ...]}, "answerKey"} becomes one
-multiple-choice example (rlkit.core.task.make_choice_example). Evaluated as nanochat's chat_eval
+multiple-choice example (rlkit.lib.text.task.make_choice_example). Evaluated as nanochat's chat_eval
 does, by the letter the model prefers; chance is 1 / (number of choices), about 0.25.
 
     arc_easy(split)                        # datasets.load_dataset("allenai/ai2_arc", "ARC-Easy", split=split)
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import Task, make_choice_example
+from rlkit.lib.text.task import Task, make_choice_example
 from rlkit.plugins.tasks.rows import rows, take
 
 

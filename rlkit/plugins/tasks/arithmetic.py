@@ -23,7 +23,7 @@ import random
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import Task, make_example
+from rlkit.lib.text.task import Task, make_example
 
 DEFAULT_SIZE = {"train": 20000, "test": 500}
 TEST_BUCKETS = 10  # 1 in TEST_BUCKETS canonical problems is test-only

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import Task, make_example
-from rlkit.core.textdata import jsonl_rows
+from rlkit.lib.text.task import Task, make_example
+from rlkit.lib.text.textdata import jsonl_rows
 
 ANNOTATION = re.compile(r"<<[^<>]*>>")
 

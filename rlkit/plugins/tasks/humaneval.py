@@ -6,7 +6,7 @@ prompt and canonical solution in a ```python block. The task's reward, `humaneva
 completion's first ```python block (or the whole reply), puts the prompt before it when it does
 not define the function itself (a reply that only continues the body; else the prompt's imports
 alone), appends the row's `test`
-and `check(<entry_point>)`, and runs that program in rlkit.core.sandbox: 1.0 if it runs to its
+and `check(<entry_point>)`, and runs that program in rlkit.lib.evaluation.sandbox: 1.0 if it runs to its
 end, else 0.0 (a wrong answer, an exception, a timeout, anything the sandbox refuses). A batch of
 completions runs in parallel over the cores (`score_batch`).
 
@@ -19,8 +19,8 @@ import re
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.sandbox import run_programs
-from rlkit.core.task import Task, make_example
+from rlkit.lib.evaluation.sandbox import run_programs
+from rlkit.lib.text.task import Task, make_example
 from rlkit.plugins.tasks.rows import rows, take
 
 FIELDS = ("task_id", "prompt", "test", "entry_point")

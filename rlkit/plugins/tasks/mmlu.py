@@ -1,7 +1,7 @@
 """mmlu: Massive Multitask Language Understanding (Hendrycks et al. 2021), 57 subjects, 4 choices each.
 
 A row {"question", "subject", "choices": [4 strings], "answer": index} becomes one multiple-choice
-example (rlkit.core.task.make_choice_example); evaluated by the letter the model prefers, chance 0.25.
+example (rlkit.lib.text.task.make_choice_example); evaluated by the letter the model prefers, chance 0.25.
 
     mmlu(split)                          # datasets.load_dataset("cais/mmlu", "all", split=split)
     mmlu(split, subject="anatomy")       # one subject (the hub config of that name)
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import Task, make_choice_example
+from rlkit.lib.text.task import Task, make_choice_example
 from rlkit.plugins.tasks.rows import rows, take
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.textdata import jsonl_rows
+from rlkit.lib.text.textdata import jsonl_rows
 
 
 def rows(task: str, split: str, source: str, config: str | None = None, path: str | None = None):

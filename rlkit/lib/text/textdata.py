@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import example_text
+from rlkit.lib.text.task import example_text
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlkit.core import hosts
+from rlkit.cli import hosts
 from rlkit.core.aimrepo import probe
 from rlkit.core.errors import RlkitError
 

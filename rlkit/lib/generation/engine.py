@@ -12,7 +12,7 @@ prompt and `samples` completions of it); the loop, at every step:
    (Decoder.join), each prompt once; a request's `samples` rows share its prefill. New rows come after the rows
    already decoding, with their first token drawn, so a request starts at the very next step.
 
-Each row draws its tokens exactly as rlkit.core.sampling.generate does (the same candidates, the same
+Each row draws its tokens exactly as rlkit.lib.generation.sampling.generate does (the same candidates, the same
 counter-based uniform u = hash(seed, t)), so a request's completions depend only on its prompt, settings
 and seeds, not on what else is in the batch (up to float rounding of the logits), and equal generate()'s.
 A decoder without join still works: it then serves one request at a time through prefill.
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.sampling import _candidates, _choose, _row_key, _unwrap
+from rlkit.lib.generation.sampling import _candidates, _choose, _row_key, _unwrap
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""An algorithm plugin, guarded like rewards are (rlkit/core/scoring.py): one wrapper, one check per method.
+"""An algorithm plugin, guarded like rewards are (rlkit/lib/evaluation/scoring.py): one wrapper, one check per method.
 
 Every call the rl loop makes to an algorithm (advantages, loss, clipped, shape, state_dict,
 load_state_dict) goes through `Guarded`, which

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from rlkit.core.aimrepo import probe, reading
+from rlkit.core.config import config_diff
 from rlkit.core.errors import RlkitError
 
 # shown by default, per stage, when a run tracked them; after reward: pass@ the smallest and largest k tracked
@@ -137,16 +138,6 @@ def _param(run, key: str):
     except KeyError:
         return None
 
-
-def config_diff(values: list, prefix: str = "") -> list[dict]:
-    """[{key: dotted key, values: one per run}] where the runs' configs differ, descending into sections
-    while every run has one (a section one run leaves out is a single row; absent and null are both None)."""
-    if all(isinstance(v, dict) for v in values):
-        keys = sorted({k for v in values for k in v})
-        return [row for k in keys for row in config_diff([v.get(k) for v in values], f"{prefix}{k}.")]
-    if len({repr(v) for v in values}) == 1:
-        return []
-    return [{"key": prefix.rstrip("."), "values": values}]
 
 
 def _ordered(stages: set[str], order: list[str]) -> list[str]:

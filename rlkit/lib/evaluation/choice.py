@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.task import LETTERS, prompt_messages
+from rlkit.lib.text.task import LETTERS, prompt_messages
 
 MODES = ("letter", "likelihood")
 

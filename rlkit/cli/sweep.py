@@ -77,7 +77,8 @@ def _link(src, dst):
 
 def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str], world_size: int) -> list[str]:
     """Run every point of the sweep (checked first, all of them); print the comparison; return the run names."""
-    from rlkit.core import compare, pipeline
+    from rlkit.core import pipeline
+    from rlkit.cli import compare
 
     grid = points(sweeps)
     prepared = []

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.stage import StageSetup
 
 ROLES = ("matrix", "embedding", "unembedding", "scalar")
 UNEMBEDDING_NAMES = ("lm_head", "unembed")
@@ -106,3 +107,19 @@ class _StandIn(nn.Module):
 
 def stand_in_model() -> nn.Module:
     return _StandIn()
+
+
+def check_optimizer(ref, setup: StageSetup, key: str = "optimizer") -> None:
+    """Build the optimizer once on a tiny stand-in model, so values it refuses (a negative learning rate,
+    say) fail up front; other failures (it needs a GPU or a process group) wait for the real model."""
+    factory = setup.plugins.get("optimizer", ref.name, f"{setup.where}.{key}.name")
+    with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
+        try:
+            optimizer = factory(stand_in_model(), **ref.args)
+        except (RlkitError, ValueError, TypeError) as e:
+            raise RlkitError(f"{setup.where}.{key}.args: {e}") from e
+        except Exception:  # noqa: BLE001 -- not about the values: the stage reports it with the real model
+            return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise RlkitError(f"{setup.where}.{key}: plugin '{ref.name}' returned {type(optimizer).__name__}; an "
+                         "optimizer factory must return a torch.optim.Optimizer")

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.evaluate import EvalTask, headline, run_task
+from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.core.handoff import Checkpoint
 
 DEFAULT_EXAMPLES = 500

@@ -18,7 +18,7 @@ which is far smaller than the error of either estimate alone.
 
 `run_task(ctx, model, tokenizer, task, spec, examples=, seed=)` is the one entry point that eval stages,
 the rl stage's in-training pass@k and `rlkit eval` share: a generative task goes to `evaluate`, a
-multiple-choice one to rlkit.core.choice. `ctx` needs only name, dist, device, autocast(),
+multiple-choice one to rlkit.lib.evaluation.choice. `ctx` needs only name, dist, device, autocast(),
 sum_over_ranks() and plugin() (a StageContext has them).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch
 
 from rlkit.core.config import PluginRef
 from rlkit.core.errors import RlkitError
-from rlkit.core.sampling import generate
-from rlkit.core.scoring import score
-from rlkit.core.task import evaluation_of, prompt_messages
+from rlkit.lib.generation.sampling import generate
+from rlkit.lib.evaluation.scoring import score
+from rlkit.lib.text.task import evaluation_of, prompt_messages
 
 
 def pass_at(n: int, c: int, k: int) -> float:
@@ -111,10 +111,10 @@ class EvalTask(PluginRef):
 
 def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed: int,
              baseline: list[float] | None = None, timeout: float = 10.0) -> dict:
-    """Evaluate one task as it declares (rlkit.core.task.evaluation_of). Generative: evaluate()'s result plus
+    """Evaluate one task as it declares (rlkit.lib.text.task.evaluation_of). Generative: evaluate()'s result plus
     'accuracy' (greedy) or pass@1..k (sampled); multiple choice: accuracy, centred, chance. Both carry
     'centred' (a generative task's chance is 0, so its pass@1), which ChatCORE averages."""
-    from rlkit.core.choice import evaluate_choice
+    from rlkit.lib.evaluation.choice import evaluate_choice
 
     kind, default_reward, title = evaluation_of(task, spec.name)
     where = f"stages.{ctx.name}.tasks.{spec.name}"
