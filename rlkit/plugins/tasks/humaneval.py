@@ -10,8 +10,13 @@ and `check(<entry_point>)`, and runs that program in rlkit.lib.evaluation.sandbo
 end, else 0.0 (a wrong answer, an exception, a timeout, anything the sandbox refuses). A batch of
 completions runs in parallel over the cores (`score_batch`).
 
+The programs run contained by the operating system (bubblewrap namespaces, their own user); a host that
+cannot do that refuses to run them. `sandbox: weak` in the task's args runs them as plain subprocesses
+with rlimits and a timeout instead: only for code you trust, as it is not contained.
+
     humaneval("test")                          # datasets.load_dataset("openai/openai_humaneval")
     humaneval("test", path="data/humaneval.jsonl")
+    humaneval("test", sandbox="weak")          # YAML: {name: humaneval, args: {sandbox: weak}}
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import re
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.lib.evaluation.sandbox import run_programs
+from rlkit.lib.evaluation.sandbox import ISOLATIONS, Limits, run_many
 from rlkit.lib.text.task import Task, make_example
 from rlkit.plugins.tasks.rows import rows, take
 
@@ -38,9 +43,13 @@ def rlkit_rewards():
 
 
 def humaneval(split: str = "test", source: str = "openai/openai_humaneval", path: str | None = None,
-              limit: int | None = None) -> Task:
+              limit: int | None = None, sandbox: str = "namespaces") -> Task:
     """HumanEval has only a test split: any `split` reads it (it is for evaluation, not training)."""
-    examples = [to_example(row, where) for where, row in rows("humaneval", "test", source, None, path)]
+    if sandbox not in ISOLATIONS:
+        raise RlkitError(f"humaneval: args.sandbox is {sandbox!r}; valid: {' or '.join(ISOLATIONS)} (weak does not "
+                         f"contain the program)")
+    examples = [{**to_example(row, where), "sandbox": sandbox}
+                for where, row in rows("humaneval", "test", source, None, path)]
     return Task(take(examples, limit, "humaneval"), "humaneval-test", reward="humaneval", title="HumanEval")
 
 
@@ -74,5 +83,10 @@ class HumanEvalReward:
         return self.score_batch([completion], [example], timeout)[0]
 
     def score_batch(self, completions, examples, timeout: float = 5.0) -> list[float]:
-        results = run_programs([program(c, e) for c, e in zip(completions, examples)], timeout=timeout)
-        return [1.0 if r.passed else 0.0 for r in results]
+        scores = [0.0] * len(completions)
+        for isolation in ISOLATIONS:  # a batch normally has one; the task's `sandbox` arg chose it
+            picked = [i for i, e in enumerate(examples) if e.get("sandbox", "namespaces") == isolation]
+            programs = [program(completions[i], examples[i]) for i in picked]
+            for i, result in zip(picked, run_many(programs, Limits(timeout=timeout), isolation) if picked else []):
+                scores[i] = 1.0 if result.passed else 0.0
+        return scores
