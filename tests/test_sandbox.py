@@ -46,7 +46,7 @@ os.mkdir("d"); os.remove(f.name); print(sorted(os.environ))
 def test_output_is_capped_and_the_wall_clock_kills():
     result = run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", Limits(timeout=1.0, output_bytes=1000))
     assert result.timed_out and not result.passed and result.truncated
-    assert result.stdout == "x" * 1000 and result.returncode < 0
+    assert result.stdout == "x" * 1000 and result.returncode != 0
 
 
 def test_runs_from_threads_keep_their_own_results():

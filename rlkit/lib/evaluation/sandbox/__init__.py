@@ -60,7 +60,7 @@ class Limits:
 class Result:
     stdout: str
     stderr: str
-    returncode: int | None  # negative: killed by that signal
+    returncode: int         # a program killed by signal N: 128 + N (as bwrap reports it), or -N (weak mode)
     timed_out: bool
     completed: bool         # the program's last line returned (its code did not exit or crash early)
     truncated: bool         # stdout or stderr was longer than Limits.output_bytes

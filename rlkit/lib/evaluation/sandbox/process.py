@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -105,8 +106,8 @@ def init_pid(info: bytes) -> int | None:
 def stop(proc: subprocess.Popen, init: int | None) -> None:
     """Kill whatever is left, then reap: the namespace's init first (all in it die), then the session.
 
-    The init's exit waits for every process of its namespace to die, and bwrap waits for the init, so once
-    `proc` is reaped nothing of the program is left.
+    The init's exit waits for every process of its namespace to die, so once its pidfd says it exited,
+    nothing of the program is left; only then is bwrap itself killed and reaped.
     """
     if init:
         try:
@@ -117,6 +118,8 @@ def stop(proc: subprocess.Popen, init: int | None) -> None:
             try:  # still bwrap's child, so not a stranger that reused the number
                 if parent_pid(init) == proc.pid:
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    # readable once the init has exited, which it does only after all in its namespace died
+                    select.select([pidfd], [], [], 10.0)
             finally:
                 os.close(pidfd)
     try:  # not reaped yet, so the number is still the session's
