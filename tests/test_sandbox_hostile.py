@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlkit.lib.evaluation.sandbox import Limits, run_many
+from rlkit.lib.evaluation.sandbox import Limits, run, run_many
 
 LIMITS = Limits(timeout=3.0, memory_mb=512, disk_mb=16, processes=16)
 LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
@@ -206,7 +206,6 @@ def test_disk_processes_and_memory_are_bounded(world):
         "count threads": "import threading, time\nn = 0\ntry:\n    for _ in range(200):\n"
                          "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n        n += 1\n"
                          "except RuntimeError:\n    pass\nprint(n, flush=True)\nos._exit(0)",
-        "fork bomb": "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
         "huge allocation": "x = bytearray(8 * 2**30)\nprint(len(x))",
     }
     results = attack(world, programs)
@@ -216,4 +215,10 @@ def test_disk_processes_and_memory_are_bounded(world):
     assert results["fill /dev/shm"].stdout.strip() == "0"
     assert 0 < int(results["count forks"].stdout) < LIMITS.processes
     assert 0 < int(results["count threads"].stdout) < LIMITS.processes
-    assert results["fork bomb"].timed_out and "MemoryError" in results["huge allocation"].stderr
+    assert "MemoryError" in results["huge allocation"].stderr
+
+
+def test_a_fork_bomb_is_bounded_and_ends_at_the_timeout(world):
+    bomb = "import time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)"
+    assert attack(world, {"fork bomb": bomb})["fork bomb"].timed_out
+    assert run("print('after')", LIMITS).stdout == "after\n"  # the sandbox goes on working
