@@ -103,6 +103,10 @@ def test_the_weak_mode_runs_only_when_asked_and_says_so(monkeypatch, tmp_path):
     assert result.passed and result.isolation == "weak"
     assert not os.path.exists(result.stdout.strip())  # its temporary directory is gone
     assert not run("import sys\nsys.exit(0)", FAST, isolation="weak").passed
+    big = ("import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\nn = 0\ntry:\n    with open('big', 'wb') as f:\n"
+           "        for _ in range(8):\n            n += f.write(b'x' * 2**20)\n            f.flush()\nexcept OSError:\n"
+           "    pass\nprint(n)")
+    assert 0 < int(run(big, Limits(disk_mb=2), isolation="weak").stdout) <= 2 * 2**20  # rlimits hold there too
     with pytest.raises(RlkitError, match="isolation 'none' is not one of namespaces, weak"):
         run("print(1)", FAST, isolation="none")
     # the humaneval task's opt-in, from a YAML's args

@@ -2,7 +2,7 @@
 shutil, subprocess, ctypes calling libc, signal, multiprocessing, socket, posix_spawn, fork + setsid).
 
 The world outside is made reachable on purpose, so that only the sandbox stands in the way: a
-world-readable secret file and a world-writable folder under the host's /tmp, a victim process with a
+world-readable secret file and a world-writable folder under /var/tmp, a victim process with a
 secret in its environment, a TCP server on loopback, this process with a SIGUSR1 counter. After each
 batch: the files are as they were, no secret was printed, the victim lives, nothing connected, and no
 process the programs started is left (each carries a unique marker in its argv; /proc is scanned).
@@ -30,7 +30,7 @@ LONG = "[sys.executable, '-c', 'import time; time.sleep(600)', MARKER]"  # a pro
 
 @pytest.fixture(scope="module")
 def world():
-    base = tempfile.mkdtemp(prefix="rlkit-hostile-", dir="/tmp")
+    base = tempfile.mkdtemp(prefix="rlkit-hostile-", dir="/var/tmp")  # not /tmp: the sandbox has its own
     os.chmod(base, 0o755)
     secret, env_secret = "file-" + secrets.token_hex(8), "env-" + secrets.token_hex(8)
     with open(f"{base}/secret.txt", "w") as f:
@@ -64,11 +64,12 @@ def attack(world, programs: dict[str, str]):
     marker = "rlkit-marker-" + secrets.token_hex(8)
     head = (f"import os, sys, signal, subprocess\nSECRET = {world.base + '/secret.txt'!r}\n"
             f"OUTSIDE = {world.base + '/outside'!r}\nTEST_PID = {os.getpid()}\nVICTIM = {world.victim.pid}\n"
-            f"PORT = {world.port}\nMARKER = {marker!r}\n")
+            f"PORT = {world.port}\nMARKER = {marker!r}\nprint('ready', file=sys.stderr, flush=True)\n")
     began = time.monotonic()
     results = run_many([head + code for code in programs.values()], LIMITS, workers=8)
     assert time.monotonic() - began < LIMITS.timeout * len(programs) / 8 + 30
     assert leftovers(marker) == []  # nothing they started outlives the run
+    assert [name for name, r in zip(programs, results) if not r.stderr.startswith("ready")] == []  # they all ran
     return dict(zip(programs, results))
 
 

@@ -94,7 +94,9 @@ def run(code: str, limits: Limits = Limits(), isolation: str = "namespaces") -> 
         try:
             argv = bwrap_argv(bwrap_path(), limits.disk_mb * 2**20, info[1]) + [python_path(), "-I", "-c", CHILD,
                                                                         *child_args(done[1], uid, cpu_s, limits)]
-            command = Command(argv, token + b"\n" + code.encode("utf-8", "replace"), {"done": done, "info": info})
+            # bwrap gets no environment either: its /proc/<pid>/environ is inside the namespace
+            command = Command(argv, token + b"\n" + code.encode("utf-8", "replace"), {"done": done, "info": info},
+                              env={})
             finished = execute(command, limits.timeout, limits.output_bytes)
         finally:
             release_uid(uid)
