@@ -107,26 +107,35 @@ def stop(proc: subprocess.Popen, init: int | None) -> None:
     """Kill whatever is left, then reap: the namespace's init first (all in it die), then the session.
 
     The init's exit waits for every process of its namespace to die, so once its pidfd says it exited,
-    nothing of the program is left; only then is bwrap itself killed and reaped.
+    nothing of the program is left; bwrap then reaps it and exits with its status.
     """
-    if init:
+    if init and kill_init(init, proc.pid):
         try:
-            pidfd = os.pidfd_open(init)
-        except ProcessLookupError:
-            pidfd = None
-        if pidfd is not None:
-            try:  # still bwrap's child, so not a stranger that reused the number
-                if parent_pid(init) == proc.pid:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    # readable once the init has exited, which it does only after all in its namespace died
-                    select.select([pidfd], [], [], 10.0)
-            finally:
-                os.close(pidfd)
-    try:  # not reaped yet, so the number is still the session's
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.returncode is None:  # not reaped, so the number is still its session's
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     proc.wait()
+
+
+def kill_init(init: int, bwrap: int) -> bool:
+    """SIGKILL the namespace's init and wait until it has exited; False if it was already gone."""
+    try:
+        pidfd = os.pidfd_open(init)
+    except ProcessLookupError:
+        return False
+    try:
+        if parent_pid(init) != bwrap:  # no longer bwrap's child: a stranger reusing the number
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], 10.0)  # readable once it has exited
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def parent_pid(pid: int) -> int | None:
