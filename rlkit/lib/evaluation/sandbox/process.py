@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import selectors
 import signal
 import subprocess
@@ -106,8 +105,8 @@ def init_pid(info: bytes) -> int | None:
 def stop(proc: subprocess.Popen, init: int | None) -> None:
     """Kill whatever is left, then reap: the namespace's init first (all in it die), then the session.
 
-    The init's exit waits for every process of its namespace to die, so once its pidfd says it exited,
-    nothing of the program is left; bwrap then reaps it and exits with its status.
+    The init's exit waits for every process of its namespace to die, and bwrap exits only once it has
+    reaped the init: when bwrap is reaped, nothing of the program is left.
     """
     if init and kill_init(init, proc.pid):
         try:
@@ -123,7 +122,7 @@ def stop(proc: subprocess.Popen, init: int | None) -> None:
 
 
 def kill_init(init: int, bwrap: int) -> bool:
-    """SIGKILL the namespace's init and wait until it has exited; False if it was already gone."""
+    """SIGKILL the namespace's init (by pidfd, so no other process); False if it was already gone."""
     try:
         pidfd = os.pidfd_open(init)
     except ProcessLookupError:
@@ -132,7 +131,6 @@ def kill_init(init: int, bwrap: int) -> bool:
         if parent_pid(init) != bwrap:  # no longer bwrap's child: a stranger reusing the number
             return False
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        select.select([pidfd], [], [], 10.0)  # readable once it has exited
         return True
     finally:
         os.close(pidfd)
