@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlkit.lib.evaluation.sandbox import Limits, run, run_many
+from rlkit.lib.evaluation.sandbox import Limits, run, run_many, seccomp
 
 LIMITS = Limits(timeout=3.0, memory_mb=512, disk_mb=16, processes=16)
 LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
@@ -223,3 +223,17 @@ def test_a_fork_bomb_is_bounded_and_ends_at_the_timeout(world):
     bomb = "import time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)"
     assert attack(world, {"fork bomb": bomb})["fork bomb"].timed_out
     assert run("print('after')", LIMITS).stdout == "after\n"  # the sandbox goes on working
+
+
+@pytest.mark.skipif(not seccomp.supported(), reason="the seccomp filter is x86-64 only")
+def test_new_namespaces_and_kernel_surfaces_are_refused(world):
+    calls = {"unshare a user namespace": "libc.unshare(0x10000000)", "unshare a network": "libc.unshare(0x40000000)",
+             "clone into a user namespace": "libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)",
+             "ptrace": "libc.ptrace(0, 0, 0, 0)", "keyctl": "libc.syscall(250, 0, 0, 0, 0, 0)",
+             "bpf": "libc.syscall(321, 0, 0, 0)", "io_uring": "libc.syscall(425, 1, 0)",
+             "mount": "libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)"}
+    code = LIBC + "import errno\nfor name, call in " + repr(calls) + ".items():\n" \
+        "    result = eval(call)\n    if result == 0 and 'clone' in name:\n        os._exit(0)  # the clone's child\n" \
+        "    print(name, result, errno.errorcode.get(ctypes.get_errno()), flush=True)"
+    lines = attack(world, {"calls": code})["calls"].stdout.splitlines()
+    assert lines == [f"{name} -1 EPERM" for name in calls]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlkit.core.errors import RlkitError
+from rlkit.lib.evaluation.sandbox import seccomp
 from rlkit.lib.evaluation.sandbox.isolation import bwrap_argv, bwrap_path, python_path, require_isolation
 from rlkit.lib.evaluation.sandbox.process import Command, execute
 
@@ -91,12 +92,14 @@ def run(code: str, limits: Limits = Limits(), isolation: str = "namespaces") -> 
     else:
         info = os.pipe()
         uid = take_uid() if os.geteuid() == 0 else -1
+        rules = seccomp.filter_fd()
         try:
-            argv = bwrap_argv(bwrap_path(), limits.disk_mb * 2**20, info[1]) + [python_path(), "-I", "-c", CHILD,
-                                                                        *child_args(done[1], uid, cpu_s, limits)]
+            argv = bwrap_argv(bwrap_path(), limits.disk_mb * 2**20, info[1])
+            argv += ["--seccomp", str(rules)] if rules is not None else []
+            argv += [python_path(), "-I", "-c", CHILD, *child_args(done[1], uid, cpu_s, limits)]
             # bwrap gets no environment either: its /proc/<pid>/environ is inside the namespace
             command = Command(argv, token + b"\n" + code.encode("utf-8", "replace"), {"done": done, "info": info},
-                              env={})
+                              env={}, files=(rules,) if rules is not None else ())
             finished = execute(command, limits.timeout, limits.output_bytes)
         finally:
             release_uid(uid)

@@ -24,6 +24,7 @@ class Command:
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> a pipe's (read, write) ends
     env: dict[str, str] | None = None
     cwd: str | None = None
+    files: tuple[int, ...] = ()  # other descriptors the child inherits (and we close once it started)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Finished:
 
 def execute(command: Command, timeout: float, keep_bytes: int) -> Finished:
     """Run `command` in a session of its own until its streams close or `timeout` seconds pass."""
-    writes = [w for _, w in command.channels.values()]
+    writes = [w for _, w in command.channels.values()] + list(command.files)
     try:
         proc = subprocess.Popen(command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=writes, env=command.env, cwd=command.cwd, start_new_session=True)
