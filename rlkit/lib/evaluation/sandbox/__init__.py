@@ -11,7 +11,7 @@ written (the tmpfs's size caps the total), processes, no core dumps. A wall cloc
 namespace's init at `timeout`, which kills every process the program started; bwrap's
 --die-with-parent does the same if rlkit itself dies. Nothing in Python is patched: the program gets
 the whole standard library, and containment does not depend on which module reaches a system call.
-No seccomp filter is installed (the namespaces, the lost capabilities and no_new_privs do the work).
+On x86-64 a seccomp filter (seccomp.py) also refuses new namespaces, ptrace, mount, bpf and the like.
 
 A host that cannot build this sandbox (no bwrap, namespaces refused) gets an RlkitError instead of a
 run. `isolation="weak"` (a humaneval task's `sandbox: weak`) runs a plain `python -I` subprocess in a
