@@ -38,7 +38,7 @@ from pathlib import Path
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.sandbox import seccomp
 from rlkit.lib.evaluation.sandbox.isolation import bwrap_argv, bwrap_path, python_path, require_isolation
-from rlkit.lib.evaluation.sandbox.process import Command, execute
+from rlkit.lib.evaluation.sandbox.process import Command, Finished, execute
 
 CHILD = (Path(__file__).parent / "child.py").read_text()
 ISOLATIONS = ("namespaces", "weak")
@@ -51,7 +51,7 @@ _uid_lock = threading.Lock()
 class Limits:
     timeout: float = 5.0        # wall clock seconds, then every process of the program is killed
     memory_mb: int = 1024       # address space of each process
-    cpu_s: int | None = None    # CPU seconds of each process (default: the timeout, rounded up, plus 1)
+    cpu_s: int | None = None    # CPU seconds of each process (default: the timeout's whole seconds plus 2)
     disk_mb: int = 16           # the size of /tmp, and of any one file written
     processes: int = 16         # processes and threads the program's user may have at once
     output_bytes: int = 64_000  # of stdout and of stderr kept; the rest is read and dropped
@@ -80,32 +80,37 @@ def run(code: str, limits: Limits = Limits(), isolation: str = "namespaces") -> 
     if isolation == "namespaces":
         require_isolation(bwrap_path())
     token = secrets.token_hex(16).encode()
-    done = os.pipe()
-    cpu_s = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout) + 2
-    if isolation == "weak":
-        with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as work:
-            args = child_args(done[1], -1, cpu_s, limits)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
-            command = Command([sys.executable, "-I", "-c", CHILD, *args], token + b"\n" + code.encode("utf-8", "replace"),
-                              {"done": done}, env=env, cwd=work)
-            finished = execute(command, limits.timeout, limits.output_bytes)
-    else:
-        info = os.pipe()
-        uid = take_uid() if os.geteuid() == 0 else -1
-        rules = seccomp.filter_fd()
-        try:
-            argv = bwrap_argv(bwrap_path(), limits.disk_mb * 2**20, info[1])
-            argv += ["--seccomp", str(rules)] if rules is not None else []
-            argv += [python_path(), "-I", "-c", CHILD, *child_args(done[1], uid, cpu_s, limits)]
-            # bwrap gets no environment either: its /proc/<pid>/environ is inside the namespace
-            command = Command(argv, token + b"\n" + code.encode("utf-8", "replace"), {"done": done, "info": info},
-                              env={}, files=(rules,) if rules is not None else ())
-            finished = execute(command, limits.timeout, limits.output_bytes)
-        finally:
-            release_uid(uid)
+    stdin = token + b"\n" + code.encode("utf-8", "replace")
+    finished = run_weak(stdin, limits) if isolation == "weak" else run_contained(stdin, limits)
     streams = finished.streams
     return Result(streams["stdout"].decode("utf-8", "replace"), streams["stderr"].decode("utf-8", "replace"),
                   finished.returncode, finished.timed_out, streams["done"] == token, finished.truncated, isolation)
+
+
+def run_contained(stdin: bytes, limits: Limits) -> Finished:
+    """child.py in bwrap, with the seccomp filter where there is one, as a uid of its own when we are root."""
+    done, info = os.pipe(), os.pipe()
+    uid = take_uid() if os.geteuid() == 0 else -1
+    rules = seccomp.filter_fd()
+    try:
+        argv = bwrap_argv(bwrap_path(), limits.disk_mb * 2**20, info[1])
+        argv += ["--seccomp", str(rules)] if rules is not None else []
+        argv += [python_path(), "-I", "-c", CHILD, *child_args(done[1], uid, limits)]
+        # bwrap gets no environment either: its /proc/<pid>/environ is inside the namespace
+        command = Command(argv, stdin, {"done": done, "info": info}, env={},
+                          files=(rules,) if rules is not None else ())
+        return execute(command, limits.timeout, limits.output_bytes)
+    finally:
+        release_uid(uid)
+
+
+def run_weak(stdin: bytes, limits: Limits) -> Finished:
+    """child.py as a plain subprocess in a temporary directory: rlimits and the timeout, no containment."""
+    done = os.pipe()
+    with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as work:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
+        argv = [sys.executable, "-I", "-c", CHILD, *child_args(done[1], -1, limits)]
+        return execute(Command(argv, stdin, {"done": done}, env=env, cwd=work), limits.timeout, limits.output_bytes)
 
 
 def run_many(programs: list[str], limits: Limits = Limits(), isolation: str = "namespaces",
@@ -118,8 +123,9 @@ def run_many(programs: list[str], limits: Limits = Limits(), isolation: str = "n
         return list(pool.map(lambda code: run(code, limits, isolation), programs))
 
 
-def child_args(done_fd: int, uid: int, cpu_s: int, limits: Limits) -> list[str]:
+def child_args(done_fd: int, uid: int, limits: Limits) -> list[str]:
     """child.py's argv: where the token goes, the user to become (its group has the same number), the rlimits."""
+    cpu_s = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout) + 2
     values = (done_fd, uid, uid, limits.memory_mb * 2**20, cpu_s, limits.disk_mb * 2**20, limits.processes)
     return [str(v) for v in values]
 

@@ -101,7 +101,8 @@ def require_isolation(bwrap: str) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, timeout=30, start_new_session=True)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RlkitError(f"sandbox: cannot isolate model-written code: {bwrap} failed to start ({exc}); {HOW}") from None
+        raise RlkitError(f"sandbox: cannot isolate model-written code: {bwrap} failed to start ({exc}); "
+                         f"{HOW}") from None
     if done.returncode != 0:
         why = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
         raise RlkitError(f"sandbox: cannot isolate model-written code: {bwrap} refused ({why}); {HOW}")
