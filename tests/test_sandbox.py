@@ -3,6 +3,7 @@
 unless the weak mode is chosen. Hostile programs are in test_sandbox_hostile.py."""
 import json
 import os
+import signal
 
 import pytest
 
@@ -48,6 +49,14 @@ def test_output_is_capped_and_the_wall_clock_kills():
     result = run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", Limits(timeout=1.0, output_bytes=1000))
     assert result.timed_out and not result.passed and result.truncated
     assert result.stdout == "x" * 1000 and result.returncode != 0
+
+
+def test_the_cpu_limit_ends_a_busy_program_before_the_wall_clock():
+    for isolation in ("namespaces", "weak"):
+        result = run("while True:\n    pass", Limits(timeout=20.0, cpu_s=1), isolation)
+        # soft and hard limits are equal, so the kernel's SIGKILL (at the hard limit) may come before SIGXCPU
+        killed = {128 + signal.SIGKILL, -signal.SIGKILL, 128 + signal.SIGXCPU, -signal.SIGXCPU}
+        assert not result.timed_out and result.returncode in killed, isolation
 
 
 def test_runs_from_threads_keep_their_own_results():
