@@ -14,6 +14,8 @@ import torch
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.plugins.stages import rl_update
+from rlkit.plugins.stages.rl_plan import Minibatch, Plan, Rows, micro_batches
+from rlkit.plugins.stages.rl_stats import Tally
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 FAMILY = ["grpo", "reinforce", "deepseek_grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo"]
@@ -167,18 +169,21 @@ def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_pat
     model, sampler = _model(0), _model(1)  # old_logp from another model: ratios != 1, clips active
     ids, mask = _batch()
     N = ids.shape[0]
-    old = rl_update.before_update(ctx, sampler, [rl_update.micro_batches(ctx, ids, mask, 0, N, N)], mask.shape,
-                                  rl_update.Stats(ctx.device))
     adv = torch.randn(N, generator=torch.Generator().manual_seed(1))
     extra = {"num_tokens": mask.sum(), "num_sequences": float(N), "max_new_tokens": 30}
     algorithm = ALGORITHMS[name]()
+    # old_logp (and ref_logp) from the sampler, through the stage's own pass before the update
     reference = sampler if "ref_logp" in algorithm.needs else None
+    rows = Rows(ids, mask, adv)
+    steps = Plan([Minibatch(slice(0, N), micro_batches(ctx, rows, 0, N, N), [])], 2, True)
+    rl_update.before_update(rl_update.Learner(ctx, sampler, sampler, None, algorithm, reference), rows, steps,
+                            Tally(ctx.device))
+    learner = rl_update.Learner(ctx, model, model, None, algorithm, reference)
     grads, losses = {}, {}
     for size in (8, 2, 3):
         model.zero_grad(set_to_none=True)
-        micros = rl_update.micro_batches(ctx, ids, mask, 0, N, size)
-        losses[size] = rl_update.minibatch(ctx, model, algorithm, reference, micros, adv, extra, old,
-                                           rl_update.Stats(ctx.device))
+        micros = micro_batches(ctx, rows, 0, N, size)
+        losses[size] = sum(rl_update.backward(learner, rows, micro, extra, Tally(ctx.device)) for micro in micros)
         grads[size] = {k: p.grad.clone() for k, p in model.named_parameters()}
     for k, g in grads[8].items():
         assert g.abs().max() > 0, f"{k} got no gradient: the comparison would be vacuous"

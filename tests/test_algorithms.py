@@ -13,14 +13,17 @@ from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.stages import rl_update
+from rlkit.plugins.stages.rl_plan import Rows, micro_batches
+from rlkit.plugins.stages.rl_stats import Tally
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 
 
 def train_step(ctx, model, algorithm, ids, mask, adv, extra, size) -> float:
     """One update's backward over micro-batches of `size` rows (the rl stage's own code), no optimizer step."""
-    micros = rl_update.micro_batches(ctx, ids, mask, 0, ids.shape[0], size)
-    return rl_update.minibatch(ctx, model, algorithm, None, micros, adv, extra, None, rl_update.Stats(ctx.device))
+    rows, learner = Rows(ids, mask, adv), rl_update.Learner(ctx, model, model, None, algorithm)
+    micros = micro_batches(ctx, rows, 0, ids.shape[0], size)
+    return sum(rl_update.backward(learner, rows, micro, extra, Tally(ctx.device)) for micro in micros)
 
 
 
