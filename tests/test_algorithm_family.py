@@ -31,7 +31,11 @@ OLD = LOGP - RHO.log()
 REF = LOGP + torch.tensor([[math.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]])  # k3 = 2 - ln 2 - 1 on one token
 EXTRA = {"old_logp": OLD, "ref_logp": REF, "num_tokens": torch.tensor(10.0), "num_sequences": 4.0,
          "max_new_tokens": 5, "lengths": MASK.sum(dim=1)}
-REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # mean 0.5, unbiased std sqrt(1/3) = 0.57735
+# three groups with different means (0.5, 2, 2) and spreads, so centring on the batch's mean (1.5) or scaling
+# by the batch's std gives other numbers than each group's own
+REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0],   # mean 0.5, unbiased std sqrt(1/3) = 0.5773503
+                        [3.0, 1.0, 1.0, 3.0],   # mean 2, unbiased std sqrt(4/3) = 1.1547005
+                        [2.0, 2.0, 2.0, 2.0]])  # mean 2, std 0: every advantage 0
 
 
 def loss_and_grad(name, **args):
@@ -43,15 +47,22 @@ def loss_and_grad(name, **args):
 
 @pytest.mark.parametrize("name", ["deepseek_grpo", "dapo", "gspo", "cispo"])
 def test_std_normalised_advantages(name):
-    # (r - 0.5) / (0.57735 + 1e-4) = +-0.865875
+    # group 0: (r - 0.5) / (0.5773503 + 1e-4) = +-0.8658754; group 1: (r - 2) / (1.1547005 + 1e-4) = +-0.8659504;
+    # group 2: 0 / (0 + 1e-4) = 0
     adv = ALGORITHMS[name]().advantages(REWARDS)
-    torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0, -1.0, 1.0]]) * 0.8658754, rtol=0, atol=1e-6)
+    signs = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
+    expected = torch.cat([signs * 0.8658754, signs * 0.8659504, torch.zeros(1, 4)])
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
 
 
 def test_dr_grpo_and_rloo_advantages():
-    torch.testing.assert_close(ALGORITHMS["dr_grpo"]().advantages(REWARDS), torch.tensor([[0.5, -0.5, -0.5, 0.5]]))
-    # leave-one-out: r = 1 -> 1 - (0 + 0 + 1) / 3 = 2/3; r = 0 -> 0 - (1 + 0 + 1) / 3 = -2/3
-    torch.testing.assert_close(ALGORITHMS["rloo"]().advantages(REWARDS), torch.tensor([[2, -2, -2, 2]]) / 3.0)
+    # each reward minus its own group's mean (0.5, 2, 2), not the batch's (1.5)
+    torch.testing.assert_close(ALGORITHMS["dr_grpo"]().advantages(REWARDS),
+                               torch.tensor([[0.5, -0.5, -0.5, 0.5], [1.0, -1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))
+    # leave-one-out: r = 1 -> 1 - (0 + 0 + 1) / 3 = 2/3; r = 0 -> 0 - (1 + 0 + 1) / 3 = -2/3;
+    # r = 3 -> 3 - (1 + 1 + 3) / 3 = 4/3; r = 1 -> 1 - (3 + 1 + 3) / 3 = -4/3; r = 2 -> 2 - 6 / 3 = 0
+    torch.testing.assert_close(ALGORITHMS["rloo"]().advantages(REWARDS),
+                               torch.tensor([[2, -2, -2, 2], [4, -4, -4, 4], [0, 0, 0, 0]]) / 3.0)
 
 
 def test_deepseek_grpo_loss():

@@ -16,7 +16,7 @@ from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.lib.training.algorithm import guard
-from rlkit.plugins.stages import rl_batch, rl_update
+from rlkit.plugins.stages import rl_batch, rl_stats, rl_update
 from rlkit.plugins.stages.rl_plan import Rows
 
 ALGORITHMS = load_plugins().tables["algorithm"]
@@ -145,7 +145,8 @@ def test_ref_logp_is_the_starting_checkpoint_and_the_kl_grows(write_file, write_
     refs, stats = [], []
     build_ref, update = rl_update.reference_model, rl_update.update
     monkeypatch.setattr(rl_update, "reference_model", lambda *a: refs.append(build_ref(*a)) or refs[-1])
-    monkeypatch.setattr(rl_update, "update", lambda learner, rows: stats.append((learner.ctx, update(learner, rows))) or stats[-1][1])
+    monkeypatch.setattr(rl_update, "update",
+                        lambda learner, rows: stats.append((learner.ctx, update(learner, rows))) or stats[-1][1])
     entries = "first:\n" + RL.format(algorithm="grpo", steps=2, refills=0) + \
               "  second:\n" + RL.format(algorithm="deepseek_grpo", steps=3, refills=0)
     run_dir = _run(write_file, write_yaml, tmp_path, monkeypatch, entries)
@@ -293,7 +294,8 @@ def test_micro_batches_hold_rows_of_like_length_and_the_step_is_the_same(write_y
         shapes = []
         hook = model.register_forward_hook(lambda m, inputs, out: shapes.append(tuple(inputs[0].shape)))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        rl_update.update(rl_update.Learner(ctx, model, model, optimizer, ALGORITHMS["reinforce"]()), Rows(ids, mask, adv))
+        learner = rl_update.Learner(ctx, model, model, optimizer, ALGORITHMS["reinforce"]())
+        rl_update.update(learner, Rows(ids, mask, adv))
         hook.remove()
         weights[size] = model.state_dict()
         if size == 2:
@@ -339,3 +341,31 @@ def test_with_the_rollouts_entropy_one_update_gives_inert_rows_no_forward_and_tr
         torch.testing.assert_close(w[k], full_w[k], rtol=1e-5, atol=1e-6, msg=k)
     for key in ("loss", "grad_norm", "entropy", "ratio_mean", "ratio_max", "kl_old", "clip_frac"):
         assert stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key
+
+
+# --------------------------------------------------------------------------- the step's figures in one all-reduce
+
+def test_the_steps_figures_come_from_named_sums_in_one_all_reduce(write_yaml, tmp_path, stage_ctx, monkeypatch):
+    """One update of reinforce (inert rows forwarded without autograd, the entropy from the forwards), reduced
+    with the step's own figures: one all-reduce for all of them, each figure the one worked out independently."""
+    ctx = _updates_ctx(write_yaml, tmp_path, stage_ctx, 1, 1)
+    ids, mask = _staggered_rows(seed=2)
+    adv = torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0, 1.0, 0.0, 0.0])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
+    entropy = float(_row_entropies(model, ids, mask).sum()) / float(mask.sum())  # before the step moves it
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    learner = rl_update.Learner(ctx, model, model, optimizer, ALGORITHMS["reinforce"]())
+    tally = rl_update.update(learner, Rows(ids, mask, adv))
+    calls = []
+    real = rl_stats.all_reduce_sum
+    monkeypatch.setattr(rl_stats, "all_reduce_sum", lambda t: calls.append(t.numel()) or real(t))
+    stats = tally.reduce(ctx, {"reward": torch.tensor(0.25), "groups_kept": 2})
+
+    assert len(calls) == 1  # 2 own figures + 9 named sums + 1 max slot, one tensor
+    assert list(stats)[:2] == ["reward", "groups_kept"] and stats["reward"] == 0.25 and stats["groups_kept"] == 2.0
+    assert stats["no_backward_frac"] == 5 / 8  # the five rows of advantage 0
+    assert stats["ratio_mean"] == 1.0 and stats["ratio_max"] == 1.0 and stats["kl_old"] == 0.0  # one update
+    assert stats["clip_frac"] == 0.0 and "kl_ref" not in stats  # reinforce: no clip, no reference
+    assert stats["entropy"] == pytest.approx(entropy, rel=1e-5)
+    assert stats["loss"] == tally.losses[0] and stats["grad_norm"] == tally.gnorms[0] > 0
