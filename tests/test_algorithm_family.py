@@ -186,8 +186,8 @@ def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_pat
     # old_logp (and ref_logp) from the sampler, through the stage's own pass before the update
     reference = sampler if "ref_logp" in algorithm.needs else None
     rows = Rows(ids, mask, adv)
-    steps = Plan([Minibatch(slice(0, N), micro_batches(ctx, rows, 0, N, N), [])], 2, True)
-    rl_update.before_update(rl_update.Learner(ctx, sampler, sampler, None, algorithm, reference), rows, steps,
+    plan = Plan([Minibatch(slice(0, N), micro_batches(ctx, rows, 0, N, N), [])], 2, True)  # 2 updates: old_logp
+    rl_update.before_update(rl_update.Learner(ctx, sampler, sampler, None, algorithm, reference), rows, plan,
                             Tally(ctx.device))
     learner = rl_update.Learner(ctx, model, model, None, algorithm, reference)
     grads, losses = {}, {}

@@ -73,7 +73,7 @@ class Plan:
         return train + [mb for b in self.minibatches for mb in b.inert]
 
 
-def plan(ctx, rows: Rows, inert_ok: bool, reference) -> tuple[Rows, Plan]:
+def make_plan(ctx, rows: Rows, inert_ok: bool, reference) -> tuple[Rows, Plan]:
     """(the rows in the plan's order, the plan) for `updates.epochs` x `updates.minibatches` updates;
     `inert_ok`: the algorithm's zero_advantage_inert."""
     s = ctx.cfg

@@ -41,7 +41,7 @@ from rlkit.core.policy import build
 from rlkit.core.track import grad_norm
 from rlkit.lib.training import loop as training
 from rlkit.lib.training.algorithm import Algorithm
-from rlkit.plugins.stages.rl_plan import Plan, Rows, plan
+from rlkit.plugins.stages.rl_plan import Plan, Rows, make_plan
 from rlkit.plugins.stages.rl_stats import Tally
 
 
@@ -63,18 +63,18 @@ def update(learner: Learner, rows: Rows) -> Tally:
     tally = Tally(ctx.device, has_ref=learner.reference is not None)
     if rows.entropy is not None:
         tally.add_rollout_entropy(rows.entropy, rows.mask)
-    rows, steps = plan(ctx, rows, learner.algorithm.zero_advantage_inert, learner.reference)
-    tally.count_rows(rows, steps.forward_inert)
-    before_update(learner, rows, steps, tally)
-    for _epoch in range(steps.epochs):
-        for mb in steps.minibatches:
+    rows, plan = make_plan(ctx, rows, learner.algorithm.zero_advantage_inert, learner.reference)
+    tally.count_rows(rows, plan.forward_inert)
+    before_update(learner, rows, plan, tally)
+    for _epoch in range(plan.epochs):
+        for mb in plan.minibatches:
             extra = minibatch_extra(ctx, rows, mb.span)
             if extra is None:  # group filtering kept fewer rows than minibatches
                 continue
             loss = sum(backward(learner, rows, micro, extra, tally, last=i == len(mb.train) - 1)
                        for i, micro in enumerate(mb.train))
             for micro in mb.inert:
-                track_inert(learner, rows, micro, extra, tally, steps.forward_inert)
+                track_inert(learner, rows, micro, extra, tally, plan.forward_inert)
             optimizer_step(learner, loss, tally)
     return tally
 
@@ -108,11 +108,11 @@ def micro_extra(rows: Rows, micro, extra: dict, own_logp) -> dict:
 
 
 @torch.no_grad()
-def before_update(learner: Learner, rows: Rows, steps: Plan, tally: Tally) -> None:
+def before_update(learner: Learner, rows: Rows, plan: Plan, tally: Tally) -> None:
     """rows.old_logp (N, L-1) when the step makes several updates (and the entropy from the same forwards),
     rows.ref_logp when there is a reference: every micro-batch with rows, in the shapes training uses."""
-    ctx, micros = learner.ctx, steps.micros()
-    if steps.updates > 1:
+    ctx, micros = learner.ctx, plan.micros()
+    if plan.updates > 1:
         rows.old_logp = torch.zeros(rows.mask.shape, device=ctx.device)
         for micro in micros:
             with ctx.autocast():
