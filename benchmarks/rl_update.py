@@ -4,7 +4,7 @@ One rl step's update() (forward + backward over the micro-batches, then Muon + A
 mixed lengths: `--rows` rows, prompts of 60-99 tokens, completions of 20-399 (uniform), the GRPO loss
 with random non-zero advantages, `--device-batch-size` rows a micro-batch, rlkit's GPT (d4, vocab 512)
 under bf16 autocast. Two ways, alternating rounds, best round kept:
-- "length order", as shipped: each micro-batch holds rows of like length (rl_update.py);
+- "length order", as shipped: each micro-batch holds rows of like length (rl_plan.py);
 - "row order", as before: every row's length reads the same to the sort, which then keeps the rows' order.
 Positions: what the forwards cover (rows x the micro-batch's longest row), against the tokens the rows hold.
 
@@ -22,7 +22,7 @@ from rlkit.core.dist import DistInfo
 from rlkit.core.track import Tracker
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.plugins.optimizers.muon import muon
-from rlkit.plugins.stages import rl_update
+from rlkit.plugins.stages import rl_plan, rl_update
 from timing import now, table
 
 EXPERIMENT = """\
@@ -66,7 +66,7 @@ def one_update(ctx, model, optimizer, algorithm, ids, mask, adv) -> tuple[float,
     covered = []
     hook = model.register_forward_hook(lambda m, inputs, out: covered.append(inputs[0].numel()))
     t0 = now()
-    rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0)
+    rl_update.update(rl_update.Learner(ctx, model, model, optimizer, algorithm), rl_plan.Rows(ids, mask, adv))
     seconds = now() - t0
     hook.remove()
     return seconds, sum(covered)
@@ -81,8 +81,8 @@ def main():
     args = parser.parse_args()
     rows, longest, rounds = (16, 60, 1) if args.quick else (args.rows, 400, args.rounds)
     ids, mask, adv = rollouts(rows, longest)
-    needed = int(rl_update.row_lengths(mask).sum()) - rows  # a row of n tokens is n-1 forward positions
-    as_shipped = rl_update.row_lengths
+    needed = int(rl_plan.row_lengths(mask).sum()) - rows  # a row of n tokens is n-1 forward positions
+    as_shipped = rl_plan.row_lengths
     ways = {"length order": as_shipped, "row order": lambda m: torch.zeros(m.shape[0], dtype=torch.long)}
     best = {name: (float("inf"), 0) for name in ways}
     with tempfile.TemporaryDirectory() as folder:
@@ -95,11 +95,11 @@ def main():
         one_update(ctx, model, optimizer, algorithm, ids, mask, adv)  # warm-up
         for _ in range(rounds):
             for name, lengths in ways.items():
-                rl_update.row_lengths = lengths
+                rl_plan.row_lengths = lengths
                 try:
                     seconds, covered = one_update(ctx, model, optimizer, algorithm, ids, mask, adv)
                 finally:
-                    rl_update.row_lengths = as_shipped
+                    rl_plan.row_lengths = as_shipped
                 best[name] = min(best[name], (seconds, covered))
     base = best["row order"][0]
     print(f"rl update: {rows} rows, {args.device_batch_size} a micro-batch, {needed:,} positions needed, "

@@ -14,6 +14,8 @@ import torch
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.plugins.stages import rl_update
+from rlkit.plugins.stages.rl_plan import Minibatch, Plan, Rows, micro_batches
+from rlkit.plugins.stages.rl_stats import Tally
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 FAMILY = ["grpo", "reinforce", "deepseek_grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo"]
@@ -29,7 +31,11 @@ OLD = LOGP - RHO.log()
 REF = LOGP + torch.tensor([[math.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]])  # k3 = 2 - ln 2 - 1 on one token
 EXTRA = {"old_logp": OLD, "ref_logp": REF, "num_tokens": torch.tensor(10.0), "num_sequences": 4.0,
          "max_new_tokens": 5, "lengths": MASK.sum(dim=1)}
-REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # mean 0.5, unbiased std sqrt(1/3) = 0.57735
+# three groups with different means (0.5, 2, 2) and spreads, so centring on the batch's mean (1.5) or scaling
+# by the batch's std gives other numbers than each group's own
+REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0],   # mean 0.5, unbiased std sqrt(1/3) = 0.5773503
+                        [3.0, 1.0, 1.0, 3.0],   # mean 2, unbiased std sqrt(4/3) = 1.1547005
+                        [2.0, 2.0, 2.0, 2.0]])  # mean 2, std 0: every advantage 0
 
 
 def loss_and_grad(name, **args):
@@ -41,15 +47,22 @@ def loss_and_grad(name, **args):
 
 @pytest.mark.parametrize("name", ["deepseek_grpo", "dapo", "gspo", "cispo"])
 def test_std_normalised_advantages(name):
-    # (r - 0.5) / (0.57735 + 1e-4) = +-0.865875
+    # group 0: (r - 0.5) / (0.5773503 + 1e-4) = +-0.8658754; group 1: (r - 2) / (1.1547005 + 1e-4) = +-0.8659504;
+    # group 2: 0 / (0 + 1e-4) = 0
     adv = ALGORITHMS[name]().advantages(REWARDS)
-    torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0, -1.0, 1.0]]) * 0.8658754, rtol=0, atol=1e-6)
+    signs = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
+    expected = torch.cat([signs * 0.8658754, signs * 0.8659504, torch.zeros(1, 4)])
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
 
 
 def test_dr_grpo_and_rloo_advantages():
-    torch.testing.assert_close(ALGORITHMS["dr_grpo"]().advantages(REWARDS), torch.tensor([[0.5, -0.5, -0.5, 0.5]]))
-    # leave-one-out: r = 1 -> 1 - (0 + 0 + 1) / 3 = 2/3; r = 0 -> 0 - (1 + 0 + 1) / 3 = -2/3
-    torch.testing.assert_close(ALGORITHMS["rloo"]().advantages(REWARDS), torch.tensor([[2, -2, -2, 2]]) / 3.0)
+    # each reward minus its own group's mean (0.5, 2, 2), not the batch's (1.5)
+    torch.testing.assert_close(ALGORITHMS["dr_grpo"]().advantages(REWARDS),
+                               torch.tensor([[0.5, -0.5, -0.5, 0.5], [1.0, -1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))
+    # leave-one-out: r = 1 -> 1 - (0 + 0 + 1) / 3 = 2/3; r = 0 -> 0 - (1 + 0 + 1) / 3 = -2/3;
+    # r = 3 -> 3 - (1 + 1 + 3) / 3 = 4/3; r = 1 -> 1 - (3 + 1 + 3) / 3 = -4/3; r = 2 -> 2 - 6 / 3 = 0
+    torch.testing.assert_close(ALGORITHMS["rloo"]().advantages(REWARDS),
+                               torch.tensor([[2, -2, -2, 2], [4, -4, -4, 4], [0, 0, 0, 0]]) / 3.0)
 
 
 def test_deepseek_grpo_loss():
@@ -167,18 +180,21 @@ def test_gradient_does_not_depend_on_device_batch_size(name, write_yaml, tmp_pat
     model, sampler = _model(0), _model(1)  # old_logp from another model: ratios != 1, clips active
     ids, mask = _batch()
     N = ids.shape[0]
-    old = rl_update.before_update(ctx, sampler, [rl_update.micro_batches(ctx, ids, mask, 0, N, N)], mask.shape,
-                                  rl_update.Stats(ctx.device))
     adv = torch.randn(N, generator=torch.Generator().manual_seed(1))
     extra = {"num_tokens": mask.sum(), "num_sequences": float(N), "max_new_tokens": 30}
     algorithm = ALGORITHMS[name]()
+    # old_logp (and ref_logp) from the sampler, through the stage's own pass before the update
     reference = sampler if "ref_logp" in algorithm.needs else None
+    rows = Rows(ids, mask, adv)
+    plan = Plan([Minibatch(slice(0, N), micro_batches(ctx, rows, 0, N, N), [])], 2, True)  # 2 updates: old_logp
+    rl_update.before_update(rl_update.Learner(ctx, sampler, sampler, None, algorithm, reference), rows, plan,
+                            Tally(ctx.device))
+    learner = rl_update.Learner(ctx, model, model, None, algorithm, reference)
     grads, losses = {}, {}
     for size in (8, 2, 3):
         model.zero_grad(set_to_none=True)
-        micros = rl_update.micro_batches(ctx, ids, mask, 0, N, size)
-        losses[size] = rl_update.minibatch(ctx, model, algorithm, reference, micros, adv, extra, old,
-                                           rl_update.Stats(ctx.device))
+        micros = micro_batches(ctx, rows, 0, N, size)
+        losses[size] = sum(rl_update.backward(learner, rows, micro, extra, Tally(ctx.device)) for micro in micros)
         grads[size] = {k: p.grad.clone() for k, p in model.named_parameters()}
     for k, g in grads[8].items():
         assert g.abs().max() > 0, f"{k} got no gradient: the comparison would be vacuous"

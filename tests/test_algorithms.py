@@ -10,17 +10,21 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
+from rlkit.lib.training.algorithm import Algorithm, guard
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.stages import rl_update
+from rlkit.plugins.stages.rl_plan import Rows, micro_batches
+from rlkit.plugins.stages.rl_stats import Tally
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 
 
 def train_step(ctx, model, algorithm, ids, mask, adv, extra, size) -> float:
     """One update's backward over micro-batches of `size` rows (the rl stage's own code), no optimizer step."""
-    micros = rl_update.micro_batches(ctx, ids, mask, 0, ids.shape[0], size)
-    return rl_update.minibatch(ctx, model, algorithm, None, micros, adv, extra, None, rl_update.Stats(ctx.device))
+    rows, learner = Rows(ids, mask, adv), rl_update.Learner(ctx, model, model, None, algorithm)
+    micros = micro_batches(ctx, rows, 0, ids.shape[0], size)
+    return sum(rl_update.backward(learner, rows, micro, extra, Tally(ctx.device)) for micro in micros)
 
 
 
@@ -182,3 +186,50 @@ def test_gradient_is_the_hand_written_objective(write_yaml, tmp_path, stage_ctx)
     (-(logp * mask * adv[:, None]).sum() / mask.sum()).backward()
     for k, p in model.named_parameters():
         torch.testing.assert_close(got[k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
+# --------------------------------------------------------------------------- the Algorithm base class and the adapter
+
+class Bare:
+    """A duck-typed algorithm, as users write them: the two required methods and nothing else."""
+
+    def advantages(self, rewards):
+        return rewards - rewards.mean(dim=1, keepdim=True)
+
+    def loss(self, logp, mask, adv, extra):
+        return -(logp * mask * adv[:, None]).sum() / extra["num_tokens"]
+
+
+def test_a_duck_typed_algorithm_is_adapted_once_with_the_base_class_defaults():
+    algorithm = guard(Bare(), "bare", "stages.rl.algorithm")
+    assert isinstance(algorithm, Algorithm)
+    assert algorithm.needs == frozenset() and algorithm.min_samples == 1
+    assert algorithm.zero_advantage_inert is False and algorithm.filter_groups is False
+    assert algorithm.shape(torch.ones(2, 4), 8) == {} and algorithm.state_dict() == {}
+    assert torch.equal(algorithm.clipped(LOGP, MASK, ADV, {}), torch.zeros(2, 3, dtype=torch.bool))
+    # its own methods run: the grpo loss worked by hand above
+    assert algorithm.loss(LOGP, MASK, ADV, {"num_tokens": torch.tensor(10.0)}).item() == pytest.approx(0.55)
+    # what a plugin declares wins over the defaults
+    own = Bare()
+    own.needs, own.min_samples, own.zero_advantage_inert, own.filter_groups = ("ref_logp",), 2, True, True
+    own.state_dict = lambda: {"baseline": 0.5}
+    adapted = guard(own, "own", "stages.rl.algorithm")
+    assert adapted.needs == {"ref_logp"} and adapted.min_samples == 2
+    assert adapted.zero_advantage_inert is True and adapted.filter_groups is True
+    assert adapted.state_dict() == {"baseline": 0.5}
+
+
+def test_the_built_ins_subclass_algorithm_and_keep_what_they_declare():
+    for name, factory in ALGORITHMS.items():
+        assert isinstance(factory(), Algorithm), name
+    dapo, grpo = ALGORITHMS["dapo"](), ALGORITHMS["grpo"]()
+    assert dapo.filter_groups is True and grpo.filter_groups is False  # the default, inherited
+    guarded = guard(dapo, "dapo", "stages.rl.algorithm")
+    assert guarded.filter_groups is True and guarded.needs == {"old_logp"} and guarded.min_samples == 2
+    old = LOGP - torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])  # rho = e^0.5 = 1.65 on one token: clipped
+    extra = {"old_logp": old}
+    assert torch.equal(guarded.clipped(LOGP, MASK, ADV, extra), dapo.clipped(LOGP, MASK, ADV, extra))
+    assert guarded.clipped(LOGP, MASK, ADV, extra)[0, 0] and not guarded.clipped(LOGP, MASK, ADV, extra)[0, 1]
+    reinforce = ALGORITHMS["reinforce"](baseline="ema")
+    reinforce.advantages(torch.tensor([[1.0, 3.0]]))
+    assert guard(reinforce, "reinforce", "w").state_dict() == {"ema": 2.0}

@@ -15,7 +15,9 @@ from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.plugins.stages import rl_batch, rl_update
+from rlkit.lib.training.algorithm import guard
+from rlkit.plugins.stages import rl_batch, rl_stats, rl_update
+from rlkit.plugins.stages.rl_plan import Rows
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 
@@ -62,7 +64,8 @@ def test_second_epoch_sees_ratios_and_the_clip_stops_their_gradient(write_yaml, 
     adv = torch.tensor([1.0, -1.0] * 4)
     algorithm = Recording()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.02)
-    stats = rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0)
+    learner = rl_update.Learner(ctx, model, model, optimizer, guard(algorithm, "recording", "test"))
+    stats = rl_update.update(learner, Rows(ids, mask, adv)).reduce(ctx)
 
     per_update = len(algorithm.calls) // 2  # 3 micro-batches per update
     first, second = algorithm.calls[:per_update], algorithm.calls[per_update:]
@@ -142,7 +145,8 @@ def test_ref_logp_is_the_starting_checkpoint_and_the_kl_grows(write_file, write_
     refs, stats = [], []
     build_ref, update = rl_update.reference_model, rl_update.update
     monkeypatch.setattr(rl_update, "reference_model", lambda *a: refs.append(build_ref(*a)) or refs[-1])
-    monkeypatch.setattr(rl_update, "update", lambda *a, **k: stats.append(update(*a, **k)) or stats[-1])
+    monkeypatch.setattr(rl_update, "update",
+                        lambda learner, rows: stats.append((learner.ctx, update(learner, rows))) or stats[-1][1])
     entries = "first:\n" + RL.format(algorithm="grpo", steps=2, refills=0) + \
               "  second:\n" + RL.format(algorithm="deepseek_grpo", steps=3, refills=0)
     run_dir = _run(write_file, write_yaml, tmp_path, monkeypatch, entries)
@@ -152,6 +156,7 @@ def test_ref_logp_is_the_starting_checkpoint_and_the_kl_grows(write_file, write_
     for k, v in refs[0].state_dict().items():
         assert torch.equal(v, start[k]), k
     assert all(not p.requires_grad for p in refs[0].parameters())
+    stats = [tally.reduce(ctx) for ctx, tally in stats]  # what each step tracked of its update
     kl = [s["kl_ref"] for s in stats[2:]]  # the second entry's steps
     assert kl[0] == 0.0  # step 1: the policy still is the reference
     assert kl[1] > 0 and kl[2] > 0
@@ -221,7 +226,8 @@ def _update_counting_rows(ctx, model, algorithm, ids, mask, adv, entropy=None):
         rows[torch.is_grad_enabled()] += inputs[0].shape[0]
     hook = model.register_forward_hook(count)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    stats = rl_update.update(ctx, model, model, optimizer, algorithm, None, ids, mask, adv, step=0, entropy=entropy)
+    learner = rl_update.Learner(ctx, model, model, optimizer, algorithm)
+    stats = rl_update.update(learner, Rows(ids, mask, adv, entropy=entropy)).reduce(ctx)
     hook.remove()
     return stats, rows
 
@@ -240,7 +246,7 @@ def test_rows_with_zero_advantage_skip_the_backward_and_the_step_is_the_same(epo
     assert reinforce.zero_advantage_inert
 
     results = {}
-    for name, algorithm in (("skipping", reinforce), ("full", WithoutInert(reinforce))):
+    for name, algorithm in (("skipping", reinforce), ("full", guard(WithoutInert(reinforce), "full", "test"))):
         torch.manual_seed(0)
         model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
         start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -288,7 +294,8 @@ def test_micro_batches_hold_rows_of_like_length_and_the_step_is_the_same(write_y
         shapes = []
         hook = model.register_forward_hook(lambda m, inputs, out: shapes.append(tuple(inputs[0].shape)))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        rl_update.update(ctx, model, model, optimizer, ALGORITHMS["reinforce"](), None, ids, mask, adv, step=0)
+        learner = rl_update.Learner(ctx, model, model, optimizer, ALGORITHMS["reinforce"]())
+        rl_update.update(learner, Rows(ids, mask, adv))
         hook.remove()
         weights[size] = model.state_dict()
         if size == 2:
@@ -324,7 +331,7 @@ def test_with_the_rollouts_entropy_one_update_gives_inert_rows_no_forward_and_tr
         torch.manual_seed(0)
         model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
         entropy = _row_entropies(model, ids, mask) if way == "rollout entropy" else None
-        alg = algorithm if way == "rollout entropy" else WithoutInert(algorithm)
+        alg = algorithm if way == "rollout entropy" else guard(WithoutInert(algorithm), "full", "test")
         stats, rows = _update_counting_rows(ctx, model, alg, ids, mask, adv, entropy)
         results[way] = (model.state_dict(), stats, rows)
     (w, stats, rows), (full_w, full_stats, _) = results["rollout entropy"], results["full"]
@@ -334,3 +341,31 @@ def test_with_the_rollouts_entropy_one_update_gives_inert_rows_no_forward_and_tr
         torch.testing.assert_close(w[k], full_w[k], rtol=1e-5, atol=1e-6, msg=k)
     for key in ("loss", "grad_norm", "entropy", "ratio_mean", "ratio_max", "kl_old", "clip_frac"):
         assert stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key
+
+
+# --------------------------------------------------------------------------- the step's figures in one all-reduce
+
+def test_the_steps_figures_come_from_named_sums_in_one_all_reduce(write_yaml, tmp_path, stage_ctx, monkeypatch):
+    """One update of reinforce (inert rows forwarded without autograd, the entropy from the forwards), reduced
+    with the step's own figures: one all-reduce for all of them, each figure the one worked out independently."""
+    ctx = _updates_ctx(write_yaml, tmp_path, stage_ctx, 1, 1)
+    ids, mask = _staggered_rows(seed=2)
+    adv = torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0, 1.0, 0.0, 0.0])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(depth=1, vocab_size=300, seq_len=64))
+    entropy = float(_row_entropies(model, ids, mask).sum()) / float(mask.sum())  # before the step moves it
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    learner = rl_update.Learner(ctx, model, model, optimizer, ALGORITHMS["reinforce"]())
+    tally = rl_update.update(learner, Rows(ids, mask, adv))
+    calls = []
+    real = rl_stats.all_reduce_sum
+    monkeypatch.setattr(rl_stats, "all_reduce_sum", lambda t: calls.append(t.numel()) or real(t))
+    stats = tally.reduce(ctx, {"reward": torch.tensor(0.25), "groups_kept": 2})
+
+    assert len(calls) == 1  # 2 own figures + 9 named sums + 1 max slot, one tensor
+    assert list(stats)[:2] == ["reward", "groups_kept"] and stats["reward"] == 0.25 and stats["groups_kept"] == 2.0
+    assert stats["no_backward_frac"] == 5 / 8  # the five rows of advantage 0
+    assert stats["ratio_mean"] == 1.0 and stats["ratio_max"] == 1.0 and stats["kl_old"] == 0.0  # one update
+    assert stats["clip_frac"] == 0.0 and "kl_ref" not in stats  # reinforce: no clip, no reference
+    assert stats["entropy"] == pytest.approx(entropy, rel=1e-5)
+    assert stats["loss"] == tally.losses[0] and stats["grad_norm"] == tally.gnorms[0] > 0

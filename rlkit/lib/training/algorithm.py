@@ -1,7 +1,16 @@
-"""An algorithm plugin, guarded like rewards are (rlkit/lib/evaluation/scoring.py): one wrapper, one check per method.
+"""The algorithm contract: a base class with a default for every optional part, and the guard every plugin runs behind.
 
-Every call the rl loop makes to an algorithm (advantages, loss, clipped, shape, state_dict,
-load_state_dict) goes through `Guarded`, which
+An algorithm turns a step's (P, G) rewards into advantages and a micro-batch's log-probs into a loss
+(docs/plugins.md). `Algorithm` names the rest of what the rl stage asks, each with its default: `needs`
+(empty: no reference model), `zero_advantage_inert` (False: every row gets a backward),
+`filter_groups` (False), `min_samples` (1), `clipped` (nothing clipped), `shape` (no reward terms),
+`state_dict` / `load_state_dict` (no state) and `at` (where the next calls happen). The built-ins
+subclass it; a plugin written without it (duck-typed, as in docs/plugins.md) works too: it is
+adapted once, when the stage builds it.
+
+Every plugin, subclass or not, is wrapped in `Guarded` (an `Algorithm`), which reads the plugin's
+optional attributes once, fills in the defaults for what it leaves out, and sends each method call
+through one check that
   - turns an exception raised by the plugin into one line naming the plugin, the method and where in
     the run it was called, and
   - checks what the method returned against the contract in docs/plugins.md (a tensor, its shape,
@@ -18,6 +27,45 @@ import torch
 from rlkit.core.errors import RlkitError
 
 
+class Algorithm:
+    """Base class of an algorithm plugin: subclass it and write `advantages` and `loss`; the rest has defaults."""
+
+    needs: frozenset = frozenset()  # what the rl stage must prepare for loss(): "old_logp", "ref_logp"
+    zero_advantage_inert: bool = False  # True: a row with advantage 0 gets no gradient from loss()
+    filter_groups: bool = False  # True: drop groups whose rewards all agree and refill (DAPO's dynamic sampling)
+    min_samples: int = 1  # completions per prompt it needs (2 for anything group-relative)
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(P, G) rewards -> (P, G) advantages."""
+        raise NotImplementedError
+
+    def loss(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
+        """logp, mask (B, T); adv (B,) -> a scalar: this micro-batch's share of the minibatch's loss."""
+        raise NotImplementedError
+
+    def clipped(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
+        """(B, T) bool: where the clip acted (tracked as clip_frac). Default: nowhere."""
+        return torch.zeros(logp.shape, dtype=torch.bool, device=logp.device)
+
+    def shape(self, lengths: torch.Tensor, max_new_tokens: int) -> dict:
+        """lengths (P, G) -> {name: (P, G)} reward terms added before advantages. Default: none."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the algorithm (a moving baseline, say). Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned."""
+
+    def at(self, text: str) -> None:
+        """Where the next calls happen (e.g. "at rl step 3"); the guard names it in its error lines."""
+
+
+OPTIONAL = ("needs", "zero_advantage_inert", "filter_groups", "min_samples")
+METHODS = ("advantages", "loss", "clipped", "shape", "state_dict", "load_state_dict")
+
+
 def guard(algorithm, name: str, where: str) -> "Guarded":
     """`algorithm` (what the factory returned) behind the guard; `where` prefixes every error line."""
     missing = [m for m in ("advantages", "loss") if not callable(getattr(algorithm, m, None))]
@@ -28,32 +76,48 @@ def guard(algorithm, name: str, where: str) -> "Guarded":
     return Guarded(algorithm, name, where)
 
 
-class Guarded:
-    """Proxy for an algorithm: its attributes as they are, its methods through `_call` and their check."""
+class Guarded(Algorithm):
+    """A plugin's algorithm as an `Algorithm`: its optional attributes read once (a duck-typed plugin's
+    missing ones take the base class's defaults), each method called through `_call` and its check."""
 
     def __init__(self, inner, name: str, where: str):
-        self.__dict__.update(_inner=inner, _name=name, _where=where, _at="")
+        self.inner, self.name, self.where, self.place = inner, name, where, ""
+        for attr in OPTIONAL:  # the one place a plugin's optional attributes are looked up
+            setattr(self, attr, getattr(inner, attr, getattr(Algorithm, attr)))
+        self.needs = frozenset(self.needs)
+        # the plugin's own method, else the base class's default bound to this object
+        self.methods = {m: getattr(inner, m, None) or functools.partial(getattr(Algorithm, m), self)
+                        for m in METHODS}
 
-    def __getattr__(self, attr: str):
-        if attr.startswith("_"):
-            raise AttributeError(attr)
-        value = getattr(self.__dict__["_inner"], attr)  # AttributeError as the plugin's own: hasattr works
-        if attr in CHECKS and callable(value):
-            return functools.partial(self._call, attr, value)
-        return value
+    def advantages(self, rewards):
+        return self._call("advantages", rewards)
+
+    def loss(self, logp, mask, adv, extra):
+        return self._call("loss", logp, mask, adv, extra)
+
+    def clipped(self, logp, mask, adv, extra):
+        return self._call("clipped", logp, mask, adv, extra)
+
+    def shape(self, lengths, max_new_tokens):
+        return self._call("shape", lengths, max_new_tokens)
+
+    def state_dict(self):
+        return self._call("state_dict")
+
+    def load_state_dict(self, state):
+        return self._call("load_state_dict", state)
 
     def at(self, text: str) -> None:
-        """Where the next calls happen (e.g. "at rl step 3"), for the error lines."""
-        self.__dict__["_at"] = text
+        self.place = text
 
     def label(self, method: str) -> str:
         """How error lines name a call: the stage, the plugin, the method and where in the run."""
-        return f"{self._where}: algorithm '{self._name}' {method}() {self._at}".rstrip()
+        return f"{self.where}: algorithm '{self.name}' {method}() {self.place}".rstrip()
 
-    def _call(self, method: str, fn, *args):
+    def _call(self, method: str, *args):
         where = self.label(method)
         try:
-            out = fn(*args)
+            out = self.methods[method](*args)
         except RlkitError as e:
             raise RlkitError(f"{where}: {e}") from e
         except Exception as e:
@@ -133,20 +197,18 @@ def check_contract(algorithm: Guarded, samples: int, max_new_tokens: int) -> Non
         rewards = torch.rand(2, samples)
         adv = algorithm.advantages(rewards.clone()).reshape(-1)
         lengths = torch.full((2, samples), 3.0)
-        if hasattr(algorithm, "shape"):
-            algorithm.shape(lengths, max_new_tokens)
+        algorithm.shape(lengths, max_new_tokens)
         B = adv.numel()
         logp = (-torch.rand(B, 3) - 0.1).requires_grad_()
         mask = torch.ones(B, 3)
         extra = {"num_tokens": mask.sum(), "num_sequences": float(B), "max_new_tokens": max_new_tokens,
                  "lengths": mask.sum(dim=1), "old_logp": logp.detach() - 0.01}
-        if "ref_logp" in getattr(algorithm, "needs", ()):
+        if "ref_logp" in algorithm.needs:
             extra["ref_logp"] = logp.detach() - 0.05
         algorithm.loss(logp, mask, adv, extra)
-        if getattr(algorithm, "zero_advantage_inert", False):
+        if algorithm.zero_advantage_inert:
             check_inert(algorithm, logp, mask, adv, extra)
-        if hasattr(algorithm, "clipped"):
-            algorithm.clipped(logp.detach(), mask, adv, extra)
+        algorithm.clipped(logp.detach(), mask, adv, extra)
         algorithm.at("")
 
 

@@ -10,11 +10,12 @@ means no lower clip. Leaves out: no KL term.
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.objectives import group_advantages, ratio
 
 
-class CISPO:
+class CISPO(Algorithm):
     needs = frozenset({"old_logp"})
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2

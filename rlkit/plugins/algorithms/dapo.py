@@ -15,11 +15,12 @@ Leaves out: no KL term (as the paper); its overlong filtering (masking truncated
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.objectives import clipped_objective, group_advantages, ratio
 
 
-class DAPO:
+class DAPO(Algorithm):
     needs = frozenset({"old_logp"})
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2

@@ -15,11 +15,12 @@ stages.rl.updates (epochs, minibatches) for the off-policy updates the clip is f
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.objectives import clipped_objective, group_advantages, k3, per_sequence_mean, ratio
 
 
-class DeepSeekGRPO:
+class DeepSeekGRPO(Algorithm):
     needs = frozenset({"old_logp", "ref_logp"})
     min_samples = 2
 

@@ -10,11 +10,12 @@ Leaves out: the KL term (the paper drops it for rule-based rewards) and the pape
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.objectives import clipped_objective, group_advantages, ratio
 
 
-class DrGRPO:
+class DrGRPO(Algorithm):
     needs = frozenset({"old_logp"})
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2

@@ -15,9 +15,10 @@ sampling policy's nor a reference model's log-probs.
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 
 
-class GRPO:
+class GRPO(Algorithm):
     needs = frozenset()  # no old_logp, no ref_logp
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2  # advantages compare samples within a group

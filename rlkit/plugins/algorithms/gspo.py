@@ -9,11 +9,12 @@ tiny (3e-4, 4e-4, the paper's). Leaves out: GSPO-token (per-token advantages) an
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.objectives import clipped_objective, group_advantages, per_sequence_mean
 
 
-class GSPO:
+class GSPO(Algorithm):
     needs = frozenset({"old_logp"})
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2

@@ -13,12 +13,13 @@ the first step uses its own batch mean). No KL, no ratio, no clipping.
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
 
 BASELINES = ("none", "batch", "ema")
 
 
-class Reinforce:
+class Reinforce(Algorithm):
     needs = frozenset()
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
 

@@ -8,10 +8,11 @@ S: sequences in the whole minibatch (all ranks). Leaves out: no ratio, no clip, 
 import torch
 
 import rlkit
+from rlkit.lib.training.algorithm import Algorithm
 from rlkit.lib.training.objectives import leave_one_out
 
 
-class RLOO:
+class RLOO(Algorithm):
     needs = frozenset()
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2  # the baseline needs another sample

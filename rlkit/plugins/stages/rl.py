@@ -50,6 +50,7 @@ from rlkit.core.stage import Stage
 from rlkit.plugins.stages import rl_update
 from rlkit.plugins.stages.rl_batch import collect
 from rlkit.plugins.stages.rl_check import build_algorithm, check, check_fits
+from rlkit.plugins.stages.rl_stats import Tally
 
 
 @dataclass
@@ -109,7 +110,7 @@ def run(ctx, start):
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
     world, G = ctx.dist.world_size, r.samples
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
-    needs_ref = "ref_logp" in getattr(algorithm, "needs", ())
+    needs_ref = "ref_logp" in algorithm.needs
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
     train = ctx.ddp(model)
     resumed = ctx.restore(resume, optimizer, algorithm)
@@ -136,20 +137,18 @@ def run(ctx, start):
         kept["refill_prompts"] += batch.stats.pop("refill_prompts")
         # 4. the updates: epochs x minibatches optimizer steps, each normalised by its own counts
         t1 = time.perf_counter()
-        ids = batch.ids.clone().to(ctx.device)  # clone: generate() returns inference-mode tensors
-        mask = batch.mask[:, 1:].to(ctx.device).float()  # (N, L-1): 1 where token t+1 was sampled
-        adv = batch.adv.to(ctx.device)
-        train_stats = rl_update.update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step,
-                                       batch.rows, batch.entropy) if batch.stats["groups_kept"] else {}
+        rows = batch.training_rows(ctx.device)
+        learner = rl_update.Learner(ctx, train, model, optimizer, algorithm, reference, step)
+        tally = rl_update.update(learner, rows) if batch.stats["groups_kept"] else Tally(ctx.device)
         train_s = time.perf_counter() - t1
         # metrics (all ranks' means)
-        stats = step_stats(ctx, batch.stats, mask, batch.adv)
-        useful = batch.prompt_tokens + int(mask.sum())  # this rank's tokens, padding left out
-        forward_only = train_stats.pop("forward_only_tokens", 0)  # a third of a trained token's FLOPs
-        no_forward = train_stats.pop("no_forward_tokens", 0)  # inert rows with no forward: no FLOPs at all
-        stats.update(train_stats, lr_mult=lrm, rollout_tok_s=float(mask.sum()) * world / stats["rollout_s"],
-                     train_tok_s=useful * world / train_s, train_s=train_s,
-                     mfu=(useful - 2 * forward_only / 3 - no_forward) / train_s * flops / peak)
+        stats = step_stats(ctx, batch, rows, tally)
+        sampled = float(rows.mask.sum())  # this rank's completion tokens
+        useful = batch.prompt_tokens + int(sampled)  # this rank's tokens, padding left out
+        # a forward without autograd costs a third of a trained token's FLOPs; no forward at all, none
+        trained = useful - 2 * tally.forward_only_tokens / 3 - tally.no_forward_tokens
+        stats.update(lr_mult=lrm, rollout_tok_s=sampled * world / stats["rollout_s"],
+                     train_tok_s=useful * world / train_s, train_s=train_s, mfu=trained / train_s * flops / peak)
         tokens += useful * world
         history.append(float(stats["reward"]))
         done = step + 1
@@ -168,12 +167,13 @@ def run(ctx, start):
     return handle
 
 
-def step_stats(ctx, batch_stats: dict, mask, adv) -> dict:
-    """The step's rewards, group and time counts, advantage spread, completion length: all ranks' means."""
-    stats = {**batch_stats, "adv_std": adv.float().std() if adv.numel() > 1 else 0.0,
-             "completion_len": float(mask.sum()) / max(len(mask), 1)}
-    return {k: ctx.mean_over_ranks(torch.as_tensor(v, dtype=torch.float32, device=ctx.device))
-            for k, v in stats.items()}
+def step_stats(ctx, batch, rows, tally) -> dict:
+    """The step's rewards, group and time counts, advantage spread and completion length (all ranks' means),
+    then what the update tracked: one all-reduce for all of them (rl_stats.py)."""
+    adv = batch.adv
+    means = {**batch.stats, "adv_std": adv.float().std() if adv.numel() > 1 else 0.0,
+             "completion_len": float(rows.mask.sum()) / max(len(rows.mask), 1)}
+    return tally.reduce(ctx, means)
 
 
 def log_line(ctx, done: int, stats: dict, history: list[float]) -> None:
@@ -221,7 +221,7 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
 
 def saved_state(algorithm, kept: dict) -> dict:
     """What a checkpoint keeps besides weights and optimizer: `kept` and the algorithm's state."""
-    return {**kept, "algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else dict(kept)
+    return {**kept, "algorithm": algorithm.state_dict()}
 
 
 def report(summary: dict, tracked: dict) -> list[str]:

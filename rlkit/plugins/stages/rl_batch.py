@@ -21,6 +21,7 @@ import torch.distributed as torch_dist
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.evaluation.scoring import score, weighted_total
 from rlkit.lib.text.task import prompt_messages
+from rlkit.plugins.stages.rl_plan import Rows
 
 
 @dataclass
@@ -29,16 +30,22 @@ class Batch:
     mask: torch.Tensor  # (N, L) 1 on sampled tokens
     entropy: torch.Tensor  # (N,) each row's next-token entropy (nats) summed over its sampled tokens
     adv: torch.Tensor  # (N,)
-    rows: torch.Tensor  # (N,) each row's index among the step's kept rows of all ranks (minibatches use it)
+    index: torch.Tensor  # (N,) each row's index among the step's kept rows of all ranks (minibatches use it)
     prompt_tokens: int  # this rank's prompt tokens over its kept rows (for tokens/s)
     stats: dict  # reward, reward/<name>, groups kept / filtered, rounds, seconds of rollout and reward
+
+    def training_rows(self, device) -> Rows:
+        """The rows as the update reads them, on `device`; mask (N, L-1): 1 where token t+1 was sampled."""
+        return Rows(ids=self.ids.clone().to(device),  # clone: generate() returns inference-mode tensors
+                    mask=self.mask[:, 1:].to(device).float(), adv=self.adv.to(device), index=self.index,
+                    entropy=self.entropy)
 
 
 def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: int, refills: int) -> Batch:
     """This step's batch; `refills`: refill prompts used by earlier steps (they shift this step's prompts)."""
     s, G, world, rank = ctx.cfg, ctx.cfg.rollout.samples, ctx.dist.world_size, ctx.dist.rank
     P = s.examples_per_step // world
-    filtering = bool(getattr(algorithm, "filter_groups", False))
+    filtering = bool(algorithm.filter_groups)
     rounds = 1 + (s.max_refills if filtering else 0)
     parts, kept_rewards, rows, stats = [], [], [], {"rollout_s": 0.0, "reward_s": 0.0}
     n_kept = n_dropped = used = 0
@@ -53,11 +60,10 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
         scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], f"at {ctx.name} step {step + 1}",
                        s.reward_timeout, f"stages.{ctx.name}.reward_timeout")
         total = weighted_total(rewards, scores, f"at {ctx.name} step {step + 1}")  # (P*G,)
-        if hasattr(algorithm, "shape"):  # reward terms from the completion lengths (DAPO's overlong shaping)
-            lengths = torch.tensor([len(c) for c in out.completions], dtype=torch.float32).view(P, G)
-            for name, term in algorithm.shape(lengths, s.rollout.max_new_tokens).items():
-                scores[name] = term.reshape(-1)
-                total = total + scores[name]
+        lengths = torch.tensor([len(c) for c in out.completions], dtype=torch.float32).view(P, G)
+        for name, term in algorithm.shape(lengths, s.rollout.max_new_tokens).items():  # DAPO's overlong shaping
+            scores[name] = term.reshape(-1)
+            total = total + scores[name]
         stats["rollout_s"] += t1 - t0
         stats["reward_s"] += time.perf_counter() - t1
         if rnd == 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from rlkit.lib.training.algorithm import check_contract, guard
+from rlkit.lib.training.algorithm import Algorithm, check_contract, guard
 from rlkit.core.context import call_plugin
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
@@ -33,7 +33,7 @@ def check(cfg, setup) -> None:
         Checkpoint.open(cfg.reference.init, f"{setup.where}.reference.init")
     divides(setup, "examples_per_step", cfg.examples_per_step, setup.world_size, "the number of processes")
     algorithm = build_algorithm(cfg, setup.plugins, setup.where)  # cheap, no model: its own checks apply now
-    need = getattr(algorithm, "min_samples", 1)
+    need = algorithm.min_samples
     if cfg.rollout.samples < need:
         raise RlkitError(f"{setup.where}.rollout.samples: algorithm '{cfg.algorithm.name}' needs at least "
                          f"{need} samples per prompt (got {cfg.rollout.samples})")
@@ -59,8 +59,9 @@ def check_rollout_fits(cfg, setup) -> None:
     fits(where, longest_prompt(setup.tokenizer, task), cfg.rollout.max_new_tokens, seq_len)
 
 
-def build_algorithm(cfg, plugins, where: str):
-    """The algorithm plugin's object, behind the guard (rlkit/lib/training/algorithm.py) that checks every call."""
+def build_algorithm(cfg, plugins, where: str) -> Algorithm:
+    """The algorithm plugin's object as an `Algorithm`: behind the guard (rlkit/lib/training/algorithm.py)
+    that checks every call and supplies the defaults a duck-typed plugin leaves out."""
     factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
     try:
         algorithm = factory(**cfg.algorithm.args)
