@@ -4,7 +4,8 @@ import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.lib.generation.sampling import _top_k, generate
+from rlkit.lib.generation.draw import top_k
+from rlkit.lib.generation.sampling import generate
 
 V = 100
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [42]]
@@ -149,7 +150,7 @@ def test_top_k_1_is_greedy(model):
 def test_two_stage_top_k_equals_torch_topk():
     torch.manual_seed(0)
     logits = torch.randn(5, 64 * 64)
-    values, ids = _top_k(logits, 10)
+    values, ids = top_k(logits, 10)
     expected = torch.topk(logits, 10, dim=-1)
     assert torch.equal(values.sort(dim=-1).values, expected.values.sort(dim=-1).values)
     assert torch.equal(ids.sort(dim=-1).values, expected.indices.sort(dim=-1).values)
