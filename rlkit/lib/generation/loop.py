@@ -51,12 +51,12 @@ class DecodeLoop:
         """One iteration (module docstring) -> the rows that took a token or ended."""
         s = self.scheduler
         changed, forced, events = s.record(self.tok.tolist())
-        if forced:
-            self.tok[torch.tensor([i for i, _ in forced])] = torch.tensor([tok for _, tok in forced],
-                                                                           device=self.device)
-        if self.entropy and events:
-            self.live[torch.tensor(events)] = torch.tensor(
-                [float(s.rows[i].state is State.RUNNING and not s.rows[i].forced) for i in events], device=self.device)
+        if forced:  # the decoder is fed the forced token instead of the draw
+            rows, tokens = zip(*forced)
+            self.tok[torch.tensor(rows, device=self.device)] = torch.tensor(tokens, device=self.device)
+        if self.entropy and events:  # rows that ended, or whose next token is forced, stop adding entropy
+            samples = [float(s.rows[i].state is State.RUNNING and not s.rows[i].forced) for i in events]
+            self.live[torch.tensor(events, device=self.device)] = torch.tensor(samples, device=self.device)
         groups = by_samples(s.admit(changed))
         order = s.compaction(joining_now=bool(groups))
         if order is not None:
@@ -117,7 +117,6 @@ class DecodeLoop:
             self.ent, self.live = self.ent[rows], self.live[rows]
         s.compacted(order)
         self.kinds = kinds_of(s.rows, self.device)
-
 
 
 def kinds_of(rows: list[Sequence], device) -> list[tuple]:
