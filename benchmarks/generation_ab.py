@@ -133,6 +133,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="a smoke run: small shapes")
     p.add_argument("--cpu-clock", action="store_true", help="time by each side's CPU time instead of the wall "
                    "clock: steadier on cores shared with other jobs (one thread a side)")
+    p.add_argument("--workloads", nargs="+", default=["rollout", "serve"], choices=["rollout", "serve"])
     p.add_argument("--worker", choices=["rollout", "serve"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -142,7 +143,7 @@ def main():
     trees = {"this": HERE.parent, "baseline": Path(args.baseline).resolve()}
     print(f"generation A/B: this tree {trees['this']} vs baseline {trees['baseline']}, {args.rounds} rounds, "
           f"{args.threads} thread(s) a side, {'CPU' if args.cpu_clock else 'wall'} clock, best round kept (tokens/s)")
-    for workload in ("rollout", "serve"):
+    for workload in args.workloads:
         best = {"this": 0.0, "baseline": 0.0}
         for r in range(args.rounds):
             for side in (("this", "baseline") if r % 2 == 0 else ("baseline", "this")):

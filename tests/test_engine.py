@@ -226,8 +226,8 @@ def test_text_stream_holds_back_split_characters_and_stop_string_prefixes():
 
 
 def test_an_ended_row_leaves_the_batch_before_it_outgrows_its_kv_room(model):
-    """Ended rows wait in the batch until an eighth of it has ended, but a row whose prompt nearly fills the
-    cache must leave before the next step would write past it: 15 rows decode on while it ends alone."""
+    """A row whose prompt nearly fills the cache ends alone while 15 rows decode on: it must leave the batch
+    before the next step would write past its room (generate()'s batches keep ended rows for a while)."""
     model, tokenizer = model
     engine = Engine(model, [], max_rows=64)  # no stop tokens: rows end at their max_new_tokens
     try:

@@ -3,7 +3,7 @@
 DecodeLoop.step() runs one iteration over the model plugin's Decoder (rlkit.core.policy) and a Scheduler
 (rlkit.lib.generation.scheduler), which holds the rows (rlkit.lib.generation.sequence):
 1. the scheduler records each row's newest token (a forced one replaces the draw; rows end);
-2. it admits waiting groups, and ended rows leave through decoder.keep when it says so;
+2. ended rows leave through decoder.keep when it says so, and it admits waiting groups;
 3. one decode step for every row of the batch (decoder.step) draws each row's next token
    (rlkit.lib.generation.draw, with the row's own sampling settings and counter). With a joining scheduler
    and a decoder that has step_join, the first admitted group's prompts are prefilled in that same forward
@@ -18,11 +18,14 @@ in a thread of its own while requests keep arriving.
 Entropy (entropy=True): each row's sum, over the tokens it sampled (not the forced ones), of the entropy of
 the distribution the model gave that token, next_token_entropy of the decode's own logits.
 
-Tools and environments plug in at the row: a row's `resume` (called at its stop token) returns tokens that
-the loop feeds into it, one a step, with mask 0, in place of its draws, while the other rows go on
-decoding; Sequence.force queues such tokens from anywhere. A tool call that runs off this thread would
-be a new Sequence state (waiting on the tool) that step 1 skips, and a join of the row's tokens so far
-when the output is back.
+Tools and environments plug in at the row. A row's `resume` (called at its stop token: an environment's
+turn) returns tokens that the loop feeds into it, one a step, with mask 0, in place of its draws, while the
+other rows go on decoding; Sequence.force queues such tokens from anywhere in the engine's thread. A tool
+call that runs off this thread (batched, timed out) is the next state to add: at its call-end token the
+scheduler parks the row (it leaves the batch at the next compaction, as an ended row does); when the output
+is back, it is appended to the row's tokens with mask 0 and the row is submitted again as a group of one,
+whose join prefills prompt + tokens so far (prompts() below builds that) and whose draws go on from
+t = len(tokens).
 """
 from __future__ import annotations
 
@@ -57,16 +60,15 @@ class DecodeLoop:
         if self.entropy and events:  # rows that ended, or whose next token is forced, stop adding entropy
             samples = [float(s.rows[i].state is State.RUNNING and not s.rows[i].forced) for i in events]
             self.live[torch.tensor(events, device=self.device)] = torch.tensor(samples, device=self.device)
-        groups = by_samples(s.admit(changed))
-        order = s.compaction(joining_now=bool(groups))
+        order = s.compaction()
         if order is not None:
             self._compact(order)
+        groups = by_samples(s.admit(changed))
         if s.rows:
             n = len(s.rows)
             mixed = groups.pop(0) if groups and self.mixes else None
             logits = self.decoder.step(self.tok) if mixed is None else \
                 self.decoder.step_join(self.tok, *prompts(mixed, self.device))  # (n [+ P], V)
-            s.steps += 1
             self.t += 1
             if self.entropy:  # the rows that sample their next token from these logits
                 self.ent += next_token_entropy(logits[:n], self.softcap) * self.live

@@ -5,9 +5,10 @@ Rows arrive in groups: a prompt's `samples` rows, which share its prefill. Each 
 1. record: every running row takes its newest token (the next forced one if it has any queued, else the one
    drawn), and ends at a stop token ("stop"; a row with `resume` may instead get forced tokens and go on),
    at its max_new tokens ("length") or when cancelled;
-2. compact: ended rows stay in the decoder's batch (a wasted row each step) until an eighth of the batch has
-   ended, rows are about to join, or an ended row would outgrow its KV room; then decoder.keep drops them
-   all at once, in the order that moves fewest rows (fill_holes);
+2. compact: decoder.keep drops the ended rows, in the order that moves fewest rows (fill_holes). In a
+   prefilled batch (generate()) they first wait, each a wasted row a step, until an eighth of the batch
+   has ended, since that keep copies every row's cache; in a joining batch (the Engine) they leave at once,
+   to make room for waiting rows and because its rows have different KV room left;
 3. admit: waiting groups, first come first served, while the batch has room for all of a group's rows.
    With `joining` (the engine: decoder.join), groups join a running batch at any step; without it
    (generate(), or a decoder without join) a batch starts with one prefill of the groups that fit and
@@ -29,8 +30,6 @@ class Scheduler:
         self.waiting: deque[list[Sequence]] = deque()  # groups: one prompt's rows each
         self.rows: list[Sequence] = []  # the decode batch, in the decoder's row order
         self.ended = 0  # rows of the batch that ended and wait for compaction
-        self.steps = 0  # decode steps taken (a clock for `deadline`)
-        self.deadline = None  # the step by which the ended rows must leave (their KV room runs out)
 
     def submit(self, group: list[Sequence]) -> None:
         self.waiting.append(group)
@@ -79,21 +78,17 @@ class Scheduler:
     def _end(self, seq: Sequence, reason: str) -> None:
         seq.end(reason)
         self.ended += 1
-        # each step feeds an ended row one more token: it must leave before it passes prompt + max_new positions
-        room = self.steps + seq.max_new - len(seq.tokens) + 1
-        self.deadline = room if self.deadline is None else min(self.deadline, room)
 
-    def compaction(self, joining_now: bool) -> list[int] | None:
+    def compaction(self) -> list[int] | None:
         """The rows to keep, in the order decoder.keep takes, if ended rows should leave now; else None."""
-        n = len(self.rows)
-        if self.ended == 0 or not (self.ended >= max(1, n // 8) or joining_now or self.steps >= self.deadline):
+        if self.ended < (1 if self.joining else max(1, len(self.rows) // 8)):
             return None
         keep = [i for i, seq in enumerate(self.rows) if seq.state is State.RUNNING]
         return fill_holes(keep)
 
     def compacted(self, order: list[int]) -> None:
         self.rows = [self.rows[i] for i in order]
-        self.ended, self.deadline = 0, None
+        self.ended = 0
 
     def admit(self, changed: list[Sequence]) -> list[list[Sequence]]:
         """Waiting groups that start now (the loop appends their rows to the batch); a group cancelled while
