@@ -1,7 +1,7 @@
 """Generation A/B: this tree's generation engine against a baseline checkout's, alternating rounds in one run.
 
 Two workloads, each timed in a fresh subprocess per side and round (PYTHONPATH set to that tree), sides
-alternating (A B, then B A, ...), the best round of each side kept:
+alternating (A B, then B A, ...); each side's best round and median are compared:
   rollout: the quickstart's rl stage shape (experiments/quickstart.yaml: 8 prompts x 8 samples x 72 new
            tokens, top-k 50, temperature 1) with generate() on a random-init GPT of its model args (depth 4,
            vocab 512, seq_len 128), no stop tokens, so every row draws exactly 72 tokens;
@@ -17,6 +17,7 @@ rlkit.lib.generation is missing.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -144,14 +145,16 @@ def main():
     print(f"generation A/B: this tree {trees['this']} vs baseline {trees['baseline']}, {args.rounds} rounds, "
           f"{args.threads} thread(s) a side, {'CPU' if args.cpu_clock else 'wall'} clock, best round kept (tokens/s)")
     for workload in args.workloads:
-        best = {"this": 0.0, "baseline": 0.0}
+        rates = {"this": [], "baseline": []}
         for r in range(args.rounds):
             for side in (("this", "baseline") if r % 2 == 0 else ("baseline", "this")):
-                rate = measure(trees[side], workload, args)
-                best[side] = max(best[side], rate)
-                print(f"  {workload} round {r + 1} {side:>8}: {rate:8.0f}", flush=True)
-        print(f"{workload}: this {best['this']:.0f}, baseline {best['baseline']:.0f}, "
-              f"this / baseline {best['this'] / best['baseline']:.3f}", flush=True)
+                rates[side].append(measure(trees[side], workload, args))
+                print(f"  {workload} round {r + 1} {side:>8}: {rates[side][-1]:8.0f}", flush=True)
+        best = {side: max(r) for side, r in rates.items()}
+        median = {side: statistics.median(r) for side, r in rates.items()}
+        print(f"{workload}: best this {best['this']:.0f}, baseline {best['baseline']:.0f}, this / baseline "
+              f"{best['this'] / best['baseline']:.3f}; medians {median['this']:.0f}, {median['baseline']:.0f}, "
+              f"{median['this'] / median['baseline']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
