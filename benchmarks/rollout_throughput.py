@@ -17,7 +17,8 @@ import torch
 import timing
 from timing import matmul_peak, table, timed
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.lib.generation.sampling import _candidates, _choose, _row_key, generate
+from rlkit.lib.generation.draw import candidates, choose, row_key
+from rlkit.lib.generation.sampling import generate
 
 
 @torch.inference_mode()
@@ -40,11 +41,11 @@ def no_cache(model, prompts, samples, new_tokens, top_k, device):
 def sampler_step_ms(vocab, rows, top_k, device):
     """One sampling step on (rows, vocab) logits: ms for ours, full-vocab multinomial, per-row Generators."""
     logits = torch.randn(rows, vocab, device=device) * 3
-    keys = torch.tensor([_row_key(s) for s in range(rows)], device=device)
+    keys = torch.tensor([row_key(s) for s in range(rows)], device=device)
 
     def ours():
-        values, ids = _candidates(logits, top_k)
-        _choose(values, ids, keys, 0, 1.0, 15.0)
+        values, ids = candidates(logits, top_k)
+        choose(values, ids, keys, 0, 1.0, 15.0)
 
     def masked_multinomial():  # top-k by masking, then a multinomial over the whole vocabulary
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]

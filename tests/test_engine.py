@@ -223,3 +223,38 @@ def test_text_stream_holds_back_split_characters_and_stop_string_prefixes():
     assert text.stopped and text.text == "ab\u00e9cSTx" and text.finish() == ""
     plain = TextStream(Chars())
     assert plain.feed(list(b"hi #")) == "hi #" and plain.finish() == "" and plain.text == "hi #"
+
+
+def test_an_ended_row_leaves_the_batch_before_it_outgrows_its_kv_room(model):
+    """A row whose prompt nearly fills the cache ends alone while 15 rows decode on: it must leave the batch
+    before the next step would write past its room (generate()'s batches keep ended rows for a while)."""
+    model, tokenizer = model
+    engine = Engine(model, [], max_rows=64)  # no stop tokens: rows end at their max_new_tokens
+    try:
+        short = prompts(tokenizer, 1)[0]
+        long = (short * 1200)[:1200]
+        with engine._cond:  # admitted together: one join of 16 rows
+            many = engine.submit(Request(short, 15, 40, 1.0, 20, list(range(15))))
+            one = engine.submit(Request(long, 1, 3, 1.0, 20, [99]))
+        wait([many, one])
+    finally:
+        engine.close()
+    assert engine.error is None and many.finish == ["length"] * 15 and one.finish == ["length"]
+    assert one.tokens == generate(model, [long], 1, 3, 1.0, 20, seeds=[99]).completions
+    assert many.tokens == generate(model, [short], 15, 40, 1.0, 20, seeds=list(range(15))).completions
+
+
+def test_rows_with_different_sampling_settings_in_one_batch_each_draw_by_their_own(model):
+    model, tokenizer = model
+    settings = [(1.0, 5), (0.0, None), (0.7, None), (1.0, 5), (1.3, 40)]
+    engine = Engine(model, tokenizer.stop_ids)
+    try:
+        with engine._cond:  # one batch: admitted in the same step
+            reqs = [engine.submit(Request(p, 2, 12, temperature, k, [3 * i, 3 * i + 1]))
+                    for i, (p, (temperature, k)) in enumerate(zip(prompts(tokenizer, 5), settings))]
+        wait(reqs)
+    finally:
+        engine.close()
+    for i, (req, (temperature, k)) in enumerate(zip(reqs, settings)):
+        alone = generate(model, [req.prompt], 2, 12, temperature, k, tokenizer.stop_ids, seeds=[3 * i, 3 * i + 1])
+        assert req.tokens == alone.completions

@@ -1,10 +1,15 @@
-"""generate(): the KV cache gives the tokens of full recomputation; seeds, stop tokens, masks, top-k, autocast."""
+"""generate(): the KV cache gives the tokens of full recomputation; seeds, stop tokens, masks, top-k, autocast;
+the draw's frequencies; tokens forced into a live row."""
 import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.lib.generation.sampling import _top_k, generate
+from rlkit.lib.generation.draw import Sampling, row_key, top_k
+from rlkit.lib.generation.loop import DecodeLoop
+from rlkit.lib.generation.sampling import generate
+from rlkit.lib.generation.scheduler import Scheduler
+from rlkit.lib.generation.sequence import Sequence
 
 V = 100
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [42]]
@@ -149,7 +154,7 @@ def test_top_k_1_is_greedy(model):
 def test_two_stage_top_k_equals_torch_topk():
     torch.manual_seed(0)
     logits = torch.randn(5, 64 * 64)
-    values, ids = _top_k(logits, 10)
+    values, ids = top_k(logits, 10)
     expected = torch.topk(logits, 10, dim=-1)
     assert torch.equal(values.sort(dim=-1).values, expected.values.sort(dim=-1).values)
     assert torch.equal(ids.sort(dim=-1).values, expected.indices.sort(dim=-1).values)
@@ -179,3 +184,97 @@ def test_rollout_tensors_can_enter_a_training_forward(model):
     loss = model(out.ids[:, :-1], out.ids[:, 1:].masked_fill(out.mask[:, 1:] == 0, -1))
     loss.backward()
     assert model.lm_head.weight.grad is not None
+
+
+@pytest.fixture(scope="module")
+def capped():
+    """A tiny GPT whose logits spread well past a soft cap of 2 (raw logits of several units), so the cap, the
+    temperature and top-k each change the distribution a lot."""
+    torch.manual_seed(1)
+    m = GPT(GPTConfig(depth=1, vocab_size=V, seq_len=64, softcap=2.0))
+    with torch.no_grad():
+        for p in [*m.param_roles()["matrix"], m.lm_head.weight]:
+            p.normal_(0, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("temperature, k", [(0.6, None), (1.7, 30), (1.0, 3)])
+def test_drawn_frequencies_follow_softmax_of_capped_logits_over_temperature_within_top_k(capped, temperature, k):
+    """20,000 seeded rows of one prompt each draw a first token; their frequencies must match softmax(z / T)
+    over the top-k of z, z the model's own (soft-capped) logits, written out here: a chi-square statistic
+    within 6 standard deviations of its mean (df), and no token outside the top k. A sampler that ignores the
+    temperature, top-k or the cap, or draws u unevenly, fails (each was tried)."""
+    n, prompt = 20_000, [5, 17, 3]
+    with torch.no_grad():
+        z = capped(torch.tensor([prompt]))[0, -1].double()  # (V,), capped by the model's forward
+    p = torch.softmax(z / temperature, dim=-1)
+    if k is not None:
+        p = torch.where(z >= z.topk(k).values[-1], p, 0.0)
+        p /= p.sum()
+    out = generate(capped, [prompt], samples=n, max_new_tokens=1, temperature=temperature, top_k=k,
+                   seeds=list(range(n)), batch_rows=n)
+    counts = torch.bincount(torch.tensor([c[0] for c in out.completions]), minlength=V).double()
+    support = p > 0
+    assert counts[~support].sum() == 0
+    expected = n * p[support]
+    chi2 = float(((counts[support] - expected) ** 2 / expected).sum())
+    df = int(support.sum()) - 1
+    assert chi2 < df + 6 * (2 * df) ** 0.5, (chi2, df)
+
+
+def test_forced_tokens_enter_a_live_row_with_mask_0_and_the_row_samples_on_from_them(model):
+    """A row's `resume` (an environment's reply, a tool's output) is called at its stop token; the tokens it
+    returns are fed into the row, mask 0, while the other rows of the batch decode on; the row then samples
+    from its prompt + everything so far, here greedily: as recomputation without a cache says."""
+    free = generate(model, PROMPTS, 1, 24, temperature=0).completions
+    stop = free[0][4]
+    cut = free[0].index(stop) + 1  # row 0 hits the stop token after `cut` tokens
+    reply, calls = [3, 1, 4, 1, 5], []
+
+    def resume(seq):
+        calls.append(list(seq.tokens))
+        return reply if len(calls) == 1 else None
+
+    rows = [Sequence(p, row_key(r), 24, Sampling(0.0), resume=resume if r == 0 else None)
+            for r, p in enumerate(PROMPTS)]
+    scheduler = Scheduler(64, {stop}, joining=False)
+    for seq in rows:
+        scheduler.submit([seq])
+    with torch.inference_mode():
+        DecodeLoop(model.decoder(torch.float32), scheduler, torch.device("cpu")).run()
+    first = rows[0]
+    assert calls[0] == free[0][:cut] and first.tokens[cut:cut + len(reply)] == reply
+    rest = first.tokens[cut + len(reply):]
+    after = greedy_without_cache(model, PROMPTS[0] + first.tokens[:cut + len(reply)], len(rest))
+    assert rest == after and len(rest) > 0
+    assert first.mask == [1] * cut + [0] * len(reply) + [1] * len(rest)
+    assert first.finish == ("stop" if stop in rest else "length")
+    for seq, whole in zip(rows[1:], free[1:]):  # the other rows: their own completions, cut at the stop token
+        end = whole.index(stop) + 1 if stop in whole else len(whole)
+        assert seq.tokens == whole[:end] and seq.mask == [1] * end
+
+
+def lowbias32(x):
+    """The draw's hash, written out again on Python ints."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_each_token_is_the_inverse_cdf_draw_of_its_seed_and_step(model):
+    """Row r's t-th token is the first candidate (top-k, in token-id order) whose cumulative probability under
+    softmax(z / T) reaches u = hash(key(seed_r) ^ hash(t + 0x9E3779B9)): written out here on the logits of a
+    full forward, so the same seed and step give the same token as in every earlier release."""
+    seeds, T, k = [11, 2**40 + 3, 7], 0.8, 10
+    out = generate(model, PROMPTS[:3], 1, 6, temperature=T, top_k=k, seeds=seeds)
+    for prompt, seed, comp in zip(PROMPTS[:3], seeds, out.completions):
+        key = lowbias32((seed & 0xFFFFFFFF) ^ lowbias32(seed >> 32))
+        for t, token in enumerate(comp):
+            with torch.no_grad():
+                z = model(torch.tensor([prompt + comp[:t]]))[0, -1].double()  # capped by the model
+            ids = z.topk(k).indices.sort().values
+            cdf = torch.softmax(z[ids] / T, dim=-1).cumsum(0)
+            u = ((lowbias32(key ^ lowbias32((t + 0x9E3779B9) & 0xFFFFFFFF)) >> 8) + 0.5) * 2.0**-24
+            assert token == int(ids[int((cdf < u * cdf[-1]).sum())]), (seed, t)

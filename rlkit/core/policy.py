@@ -20,15 +20,17 @@ A factory may also carry `factory.check(seq_len, **args)`: checks that need no w
 exists, a chat template), run by `rlkit check` before any stage.
 Nothing outside the model plugin touches a model's modules or buffers.
 
-A Decoder owns its KV cache; rlkit.lib.generation.sampling drives it, one batch of prompts at a time:
+A Decoder owns its KV cache; the generation engine's one decode loop (rlkit.lib.generation.loop) drives it
+for rollouts, evaluation, chat and serving:
     prefill(idx (P, Tp) right-padded, lens (P,), samples G, max_new) -> logits (P, V) float32 of
         each prompt's first new token; the P * G rows that follow (prompt-major) share the prompt;
     step(tokens (n,)) -> logits (n, V) float32 after each active row's newest token;
-    keep(rows (m,)) -> None: only these active rows (indices into the active rows) go on;
+    keep(rows (m,)) -> None: only these active rows (indices into the active rows) go on, in that order;
     join(idx (P, Tp) right-padded, lens (P,), samples G, max_new) -> logits (P, V) float32 (optional,
         for serving: rlkit.lib.generation.engine): like prefill, but the P * G new rows are appended after the
         rows already decoding (rows may then be at different positions); the first join, or a join after
-        keep() of no rows, starts a batch. Without it the engine serves one request at a time;
+        keep() of no rows, starts a batch. Without it the engine starts a batch by prefill once the
+        last one has ended;
     step_join(tokens (n,), idx, lens, samples G, max_new) -> logits (n + P, V) float32 (optional, with
         join): step(tokens) and join(idx, lens, G, max_new) in one forward: the n active rows' logits,
         then the P prompts'; the engine then prefills arriving requests inside its decode steps;
