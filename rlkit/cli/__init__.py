@@ -222,10 +222,10 @@ def compare(
 ):
     """Print runs side by side from Aim: final and best metrics per stage, wall times, config differences."""
     with user_errors():
-        from rlkit.cli import compare as compare_lib
+        from rlkit.cli.compare import compare as compare_runs, render
 
-        result = compare_lib.compare(repo, runs or [], metric or [])
-        typer.echo(json.dumps(result, indent=2) if as_json else compare_lib.render(result))
+        result = compare_runs(repo, runs or [], metric or [])
+        typer.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
 CheckpointArg = Annotated[Path, typer.Argument(
