@@ -10,6 +10,8 @@ import textwrap  # noqa: E402
 import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from experiments import PRETRAIN, SFT, TOKENIZER, adamw, data, task, write_experiment  # noqa: E402
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
@@ -39,6 +41,15 @@ def write_yaml(write_file):
     """write_yaml(text, name="experiment.yaml") -> Path of the experiment file under tmp_path."""
     def write(text, name="experiment.yaml"):
         return write_file(name, text)
+    return write
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    """experiment(stages, file="experiment.yaml", comment="", **top) -> Path of a tiny experiment YAML under
+    tmp_path, written from dicts by tests/experiments.py (e.g. stages={"tokenizer": TOKENIZER, ...}, seed=1)."""
+    def write(stages, file="experiment.yaml", comment="", **top):
+        return write_experiment(tmp_path / file, stages, comment, **top)
     return write
 
 
@@ -92,33 +103,10 @@ def doc_example():
     return find
 
 
-TINY_RUN = """\
 # a tiny chat model for the serving tests: tokenizer, a few pretrain steps, two sft steps
-name: tiny
-seed: 0
-device: cpu
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 320, max_chars: 50000, data: {source: arithmetic, args: {size: 300}}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 300}}
-    steps: 4
-    total_batch_tokens: 1024
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.01}}
-    eval_every: 0
-    eval_tokens: 512
-    log_every: 2
-  sft:
-    task: {name: arithmetic, args: {size: 300}}
-    steps: 2
-    examples_per_step: 8
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    eval_examples: 0
-    log_every: 1
-"""
+TINY_RUN = {"tokenizer": {**TOKENIZER, "vocab_size": 320, "max_chars": 50000, "data": data(300)},
+            "pretrain": {**PRETRAIN, "data": data(300), "optimizer": adamw(0.01), "eval_tokens": 512, "log_every": 2},
+            "sft": {**SFT, "task": task(300)}}
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +115,7 @@ def tiny_run(tmp_path_factory):
     from rlkit.core import pipeline
 
     folder = tmp_path_factory.mktemp("tiny")
-    (folder / "tiny.yaml").write_text(TINY_RUN)
+    write_experiment(folder / "tiny.yaml", TINY_RUN)
     cfg, plugins = pipeline.prepare(folder / "tiny.yaml", [f"run_dir={folder / 'runs' / 'tiny'}"], [])
     pipeline.run(cfg, plugins)
     return folder / "runs" / "tiny"

@@ -13,27 +13,16 @@ from typer.testing import CliRunner
 
 from rlkit.cli import compare as compare_lib
 
-TINY = """\
-# two-stage tiny run for compare tests: rlkit run tiny.yaml seed=2 name=cmp-s2
-name: cmp
-seed: 1
-device: cpu
-model: {depth: 1, seq_len: 128, dtype: float32}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 20000, data: {source: arithmetic, args: {size: 300}}}
-  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 256, device_batch_size: 2,
-             optimizer: {name: adamw, args: {lr: 0.003}}, eval_every: 0, eval_tokens: 512, log_every: 1}
-  rl:
-    task: {name: arithmetic, args: {size: 300}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.001}}
-    rollout: {samples: 2, max_new_tokens: 6}
-    steps: 2
-    examples_per_step: 2
-    device_batch_size: 4
-    save_every: 0
-    eval: {every: 0, examples: 2, k: 2}
-"""
+from experiments import PRETRAIN, RL, TOKENIZER, adamw, data, experiment_text, task
+
+TINY = experiment_text(
+    {"tokenizer": {**TOKENIZER, "max_chars": 20000, "data": data(300)},
+     "pretrain": {**PRETRAIN, "data": data(300), "steps": 3, "total_batch_tokens": 256, "device_batch_size": 2,
+                  "optimizer": adamw(0.003), "eval_tokens": 512, "log_every": 1},
+     "rl": {**RL, "task": task(300), "optimizer": adamw(0.001), "rollout": {"samples": 2, "max_new_tokens": 6},
+            "eval": {"every": 0, "examples": 2, "k": 2}}},
+    comment="two-stage tiny run for compare tests: rlkit run tiny.yaml seed=2 name=cmp-s2",
+    name="cmp", seed=1, tracking=None)
 
 
 def invoke(*args):

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from experiments import EVAL, PRETRAIN, RL, TOKENIZER, data, experiment_text, task, without
+
 pytestmark = pytest.mark.slow
 
 CHECKED_OPTIMIZER = '''
@@ -52,41 +54,17 @@ def checked_adamw(model, log="sync.jsonl", **args):
     return opt
 '''
 
-EXPERIMENT = """
-name: ddp
-seed: 3
-plugins: [./checked.py, ./digit.py]
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 512, data: {source: arithmetic, args: {size: 400}}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 400}}
-    steps: 4
-    total_batch_tokens: 1024
-    device_batch_size: 4
-    optimizer: {name: checked_adamw, args: {lr: 0.003}}
-    eval_every: 0
-    eval_tokens: 512
-    log_every: 1
-    save_every: 2
-  rl:
-    task: {name: arithmetic, args: {size: 64}}
-    algorithm: {name: grpo}
-    rewards: [{name: digit}]
-    optimizer: {name: checked_adamw, args: {lr: 0.003}}
-    rollout: {samples: 4, temperature: 1.0, top_k: 20, max_new_tokens: 8}
-    steps: 3
-    examples_per_step: 4
-    device_batch_size: 4
-    init_lr_frac: 1.0
-    save_every: 0
-    eval: {every: 0, examples: 4, k: 2, reward: {name: digit}}
-  eval_rl:
-    kind: eval
-    examples: 6
-    tasks: [{name: arithmetic, args: {size: 64}, k: 3, temperature: 1.0, top_k: 20, max_new_tokens: 8, reward: digit}]
-"""
+CHECKED_ADAMW = {"name": "checked_adamw", "args": {"lr": 0.003}}
+SAMPLED = {"temperature": 1.0, "top_k": 20, "max_new_tokens": 8}
+EXPERIMENT = experiment_text(
+    {"tokenizer": without({**TOKENIZER, "vocab_size": 512, "data": data(400)}, "max_chars"),
+     "pretrain": {**PRETRAIN, "data": data(400), "device_batch_size": 4, "optimizer": CHECKED_ADAMW,
+                  "eval_tokens": 512, "log_every": 1, "save_every": 2},
+     "rl": {**RL, "task": task(64), "algorithm": {"name": "grpo"}, "rewards": [{"name": "digit"}],
+            "optimizer": CHECKED_ADAMW, "rollout": {"samples": 4, **SAMPLED}, "steps": 3, "examples_per_step": 4,
+            "init_lr_frac": 1.0, "eval": {"every": 0, "examples": 4, "k": 2, "reward": {"name": "digit"}}},
+     "eval_rl": {**EVAL, "tasks": [{**task(64), "k": 3, **SAMPLED, "reward": "digit"}]}},
+    name="ddp", seed=3, device=None, plugins=["./checked.py", "./digit.py"])
 
 DIGIT_REWARD = '''
 import rlkit

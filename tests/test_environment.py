@@ -19,6 +19,8 @@ import pytest
 
 from rlkit.core.checkpoint import latest_checkpoint
 
+from experiments import PRETRAIN, TOKENIZER, experiment_text
+
 HOLD = '''\
 """Test-only: after checkpoint RLKIT_TEST_HOLD (stage/step_N) is committed, write RLKIT_TEST_MARKER and wait
 for RLKIT_TEST_RELEASE to exist; with RLKIT_TEST_ENOSPC=stage/step_N, that checkpoint's write fails as a
@@ -50,25 +52,8 @@ def full_write(folder, step, *args):
 checkpoint._commit, checkpoint._write_files = held_commit, full_write
 '''
 
-EXPERIMENT = """\
-name: f
-seed: 0
-device: cpu
-plugins: [./hold.py]
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 500}}
-    steps: 6
-    total_batch_tokens: 1024
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.005}}
-    eval_every: 0
-    eval_tokens: 1024
-    save_every: 2
-"""
+EXPERIMENT = experiment_text({"tokenizer": TOKENIZER, "pretrain": {**PRETRAIN, "steps": 6, "save_every": 2}},
+                             name="f", plugins=["./hold.py"])
 
 
 def folder_with(path: Path, text: str = EXPERIMENT) -> Path:

@@ -19,6 +19,8 @@ from rlkit.lib.evaluation.evaluate import pass_at
 from rlkit.lib.text.task import Task, make_choice_example, prompt_messages
 from rlkit.core.tokenizer import train_tokenizer
 
+from experiments import EVAL, PRETRAIN, RL, SFT, TOKENIZER, adamw, data, experiment_text, task
+
 CTX = SimpleNamespace(name="eval", dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,
                       sum_over_ranks=lambda t: t, device=torch.device("cpu"))
 
@@ -170,45 +172,21 @@ def test_a_task_that_is_a_plain_list_still_works_and_is_generative():
 
 # --- an eval stage in a tracked run ----------------------------------------------------------------------
 
-EXPERIMENT = """\
-name: evals
-seed: 5
-device: cpu
-plugins: [./parity.py]
-model: {depth: 1, seq_len: 128, dtype: float32}
-stages:
-  tokenizer: {vocab_size: 512, max_chars: 40000, data: {source: arithmetic, args: {size: 300}}}
-  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 512, device_batch_size: 4,
-             optimizer: {name: adamw, args: {lr: 0.003}}, eval_every: 0, eval_tokens: 512, log_every: 1}
-  sft: {task: {name: arithmetic, args: {size: 300}}, steps: 2, examples_per_step: 4, device_batch_size: 4,
-        optimizer: {name: adamw, args: {lr: 0.003}}, init_lr_frac: 1.0, eval_examples: 6, eval_max_new_tokens: 8,
-        eval_reward: {name: parity}, log_every: 1}
-  rl:
-    task: {name: arithmetic, args: {size: 300}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.001}}
-    rollout: {samples: 2, max_new_tokens: 8}
-    steps: 2
-    examples_per_step: 2
-    device_batch_size: 4
-    save_every: 0
-    eval: {every: 0, examples: 6, k: 3, reward: {name: parity}}
-  eval_sft:
-    kind: eval
-    init: sft
-    examples: 6
-    tasks: [{name: arithmetic, args: {size: 300}, max_new_tokens: 8, reward: parity}]
-    core: {path: bundle, max_per_task: 3}
-  eval_rl:
-    kind: eval
-    init: rl
-    examples: 6
-    tasks:
-      - {name: arithmetic, args: {size: 300}, max_new_tokens: 8, reward: parity}
-      - {name: arithmetic, args: {size: 300}, k: 4, temperature: 1.0, max_new_tokens: 8, reward: parity}
-      - {name: arc_easy, args: {path: arc.jsonl}}
-      - {name: humaneval, args: {path: he.jsonl}, max_new_tokens: 12}
-"""
+PARITY_TASK = {**task(300), "max_new_tokens": 8, "reward": "parity"}
+EXPERIMENT = experiment_text(
+    {"tokenizer": {**TOKENIZER, "vocab_size": 512, "max_chars": 40000, "data": data(300)},
+     "pretrain": {**PRETRAIN, "data": data(300), "steps": 3, "total_batch_tokens": 512, "device_batch_size": 4,
+                  "optimizer": adamw(0.003), "eval_tokens": 512, "log_every": 1},
+     "sft": {**SFT, "task": task(300), "examples_per_step": 4, "device_batch_size": 4, "init_lr_frac": 1.0,
+             "eval_examples": 6, "eval_max_new_tokens": 8, "eval_reward": {"name": "parity"}},
+     "rl": {**RL, "task": task(300), "optimizer": adamw(0.001), "rollout": {"samples": 2, "max_new_tokens": 8},
+            "eval": {"every": 0, "examples": 6, "k": 3, "reward": {"name": "parity"}}},
+     "eval_sft": {**EVAL, "init": "sft", "tasks": [PARITY_TASK], "core": {"path": "bundle", "max_per_task": 3}},
+     "eval_rl": {**EVAL, "init": "rl",
+                 "tasks": [PARITY_TASK, {**PARITY_TASK, "k": 4, "temperature": 1.0},
+                           {"name": "arc_easy", "args": {"path": "arc.jsonl"}},
+                           {"name": "humaneval", "args": {"path": "he.jsonl"}, "max_new_tokens": 12}]}},
+    name="evals", seed=5, plugins=["./parity.py"], tracking=None)
 
 # a reward that a barely trained model still scores unevenly on: so figures that agree are not all zeros
 PARITY = """

@@ -7,19 +7,17 @@ import torch
 from rlkit.core.plugins import load_plugins
 from rlkit.lib.generation.sampling import generate
 
+from experiments import PRETRAIN, TOKENIZER, adamw, data, experiment_text
+
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-EXPERIMENT = """\
-name: g
-seed: 0
-device: cpu
-model: {{depth: 2, seq_len: 64, dtype: float32{extra}}}
-tracking: {{enabled: false}}
-stages:
-  tokenizer: {{vocab_size: 300, max_chars: 20000, data: {{source: arithmetic, args: {{size: 200}}}}}}
-  pretrain: {{data: {{source: arithmetic, args: {{size: 200}}}}, steps: {steps}, total_batch_tokens: 512,
-             device_batch_size: 8, optimizer: {{name: adamw, args: {{lr: 0.01}}}}, eval_every: 0, eval_tokens: 512}}
-"""
+def gpt_experiment(steps: int, **model) -> str:
+    """Run g: tokenizer and `steps` pretrain steps of a depth-2 gpt at seq_len 64; `model` adds model args."""
+    return experiment_text(
+        {"tokenizer": {**TOKENIZER, "max_chars": 20000, "data": data(200)},
+         "pretrain": {**PRETRAIN, "data": data(200), "steps": steps, "total_batch_tokens": 512,
+                      "optimizer": adamw(0.01), "eval_tokens": 512}},
+        name="g", model={"depth": 2, "seq_len": 64, "dtype": "float32", **model})
 PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}],
            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tom has 3 apples and buys 4."},
             {"role": "assistant", "content": "#### 7"}, {"role": "user", "content": "And 5 more?"}]]
@@ -63,7 +61,7 @@ def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, 
     from rlkit.core.handoff import Checkpoint
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(extra=", lambdas: false", steps=20))
+    (tmp_path / "exp.yaml").write_text(gpt_experiment(20, lambdas=False))
     assert cli("run", "exp.yaml").exit_code == 0
     result = cli("export", "runs/g", "out")
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -85,7 +83,7 @@ def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, 
 
 def test_export_of_the_default_gpt_names_the_lambdas_in_one_line(tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(extra="", steps=1))
+    (tmp_path / "exp.yaml").write_text(gpt_experiment(1))
     assert cli("run", "exp.yaml").exit_code == 0
     result = cli("export", "runs/g", "out")
     lines = result.stderr.strip().splitlines()

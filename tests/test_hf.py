@@ -16,6 +16,8 @@ from rlkit.core.errors import RlkitError  # noqa: E402
 from rlkit.core.plugins import load_plugins  # noqa: E402
 from rlkit.lib.generation.sampling import generate  # noqa: E402
 
+from experiments import RL, SFT, adamw, task, write_experiment  # noqa: E402
+
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def folder(request, tmp_path_factory):
@@ -129,43 +131,23 @@ def rlkit_rewards():
 '''
 
 
-def hf_run(folder: Path, model: Path, steps: int, save_every: int = 0, algorithm: str = "grpo", lora: str = "",
-           rl_extra: str = "", name: str = "hf-tiny") -> str:
-    """exp.yaml in `folder`: sft then rl on the tiny model; `lora` adds model args (", lora: {...}"), `rl_extra`
-    lines to the rl entry."""
+def hf_run(folder: Path, model: Path, steps: int, save_every: int = 0, algorithm: str = "grpo",
+           lora: dict | None = None, name: str = "hf-tiny", **rl_extra) -> str:
+    """exp.yaml in `folder`: sft then rl on the tiny model; `lora` adds model args ({"r": 4, ...}), `rl_extra`
+    keys to the rl entry."""
     (folder / "digits.py").write_text(DIGITS)
-    (folder / "exp.yaml").write_text(f"""\
-# sft then rl (grpo) on a tiny random Llama from a local folder (tests)
-name: {name}
-seed: 0
-device: cpu
-plugins: [./digits.py]
-model: {{name: hf, args: {{path: {model}{lora}}}, seq_len: 160, dtype: float32}}
-tracking: {{enabled: false}}
-stages:
-  sft:
-    task: {{name: arithmetic, args: {{size: 200}}}}
-    steps: 4
-    examples_per_step: 8
-    device_batch_size: 8
-    optimizer: {{name: adamw, args: {{lr: 0.003}}}}
-    eval_examples: 4
-    eval_max_new_tokens: 8
-    log_every: 1
-  rl:
-    task: {{name: arithmetic, args: {{size: 200}}}}
-    algorithm: {{name: {algorithm}}}
-    rewards: [{{name: digits}}]
-    optimizer: {{name: adamw, args: {{lr: 0.01}}}}
-    rollout: {{samples: 8, temperature: 1.0, top_k: 0, max_new_tokens: 8}}
-    steps: {steps}
-    examples_per_step: 4
-    device_batch_size: 16
-    init_lr_frac: 1.0
-    log_every: 1
-    save_every: {save_every}
-    eval: {{every: 0, examples: 4, k: 2}}
-{rl_extra}""")
+    write_experiment(
+        folder / "exp.yaml",
+        {"sft": {**SFT, "task": task(200), "steps": 4, "eval_examples": 4, "eval_max_new_tokens": 8},
+         "rl": {**RL, "task": task(200), "algorithm": {"name": algorithm}, "rewards": [{"name": "digits"}],
+                "optimizer": adamw(0.01),
+                "rollout": {"samples": 8, "temperature": 1.0, "top_k": 0, "max_new_tokens": 8},
+                "steps": steps, "examples_per_step": 4, "device_batch_size": 16, "init_lr_frac": 1.0, "log_every": 1,
+                "save_every": save_every, **rl_extra}},
+        comment="sft then rl (grpo) on a tiny random Llama from a local folder (tests)",
+        name=name, plugins=["./digits.py"], tracking={"enabled": False},
+        model={"name": "hf", "args": {"path": str(model), **({"lora": lora} if lora else {})}, "seq_len": 160,
+               "dtype": "float32"})
     return str(folder / "exp.yaml")
 
 
@@ -270,11 +252,7 @@ def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, m
     assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == expected
 
     monkeypatch.chdir(tmp_path)
-    path = hf_run(tmp_path, llama, 2)
-    text = Path(path).read_text().replace("args: {path: " + str(llama) + "}",
-                                          "args: {path: " + str(llama) + ", lora: {r: 4, alpha: 8, target_modules: "
-                                          "[q_proj, v_proj]}}")
-    Path(path).write_text(text)
+    path = hf_run(tmp_path, llama, 2, lora=lora)
     pipeline.run(*pipeline.prepare(path, [], []))
     state, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "runs/hf-tiny/rl"))
     assert state and all("lora_" in k for k in state) and sum(t.numel() for t in state.values()) == expected
@@ -288,7 +266,7 @@ def test_lora_trains_only_its_adapters_and_export_merges_them(llama, tmp_path, m
     torch.testing.assert_close(merged.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
 
 
-LORA = ", lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"
+LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
 
 def _spy_on_the_reference(monkeypatch):
@@ -347,7 +325,7 @@ def test_a_lora_kl_reference_is_the_base_model_with_adapters_off_and_no_copy(lla
     # reference.init set: the generic frozen copy of that checkpoint (here the sft entry's), a second model
     seen.clear()
     path = hf_run(tmp_path, llama, 1, algorithm="deepseek_grpo", lora=LORA, name="with-init",
-                  rl_extra="    reference: {init: runs/hf-tiny/sft}\n")
+                  reference={"init": "runs/hf-tiny/sft"})
     pipeline.run(*pipeline.prepare(path, [], []))
     assert len(seen) == 2 and all(models == 2 for *_, models in seen)
     for x, y, ref, own, _ in seen:

@@ -18,6 +18,8 @@ from test_reliability import aim_metrics, assert_same_weights, invoke, kill_when
 
 from rlkit.core.checkpoint import latest_checkpoint  # noqa: E402
 
+from experiments import RL, SFT, adamw, experiment_text, task  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 CUES = '''\
@@ -45,38 +47,19 @@ def digits(completion, example):
     return sum(c in "0123456789" for c in completion) / max(1, len(completion))
 '''
 
-EXPERIMENT = """\
-# sft then rl (grpo) on a tiny random Llama from a local folder (tests/test_hf_runs.py)
-name: h
-seed: 0
-device: cpu
-plugins: [./cues.py]
-model: {{name: hf, args: {{path: {model}}}, seq_len: 160, dtype: float32}}
-tracking: {{repo: .aim}}
-stages:
-  sft:
-    task: {{name: arithmetic, args: {{size: 200}}}}
-    steps: 3
-    examples_per_step: 8
-    device_batch_size: 4
-    optimizer: {{name: adamw, args: {{lr: 0.003}}}}
-    eval_examples: 4
-    eval_max_new_tokens: 8
-    log_every: 1
-  rl:
-    task: {{name: arithmetic, args: {{size: 200}}}}
-    algorithm: {{name: grpo}}
-    rewards: [{{name: digits}}]
-    optimizer: {{name: adamw, args: {{lr: 0.01}}}}
-    rollout: {{samples: 4, temperature: 1.0, top_k: 0, max_new_tokens: 8}}
-    steps: 4
-    examples_per_step: 2
-    device_batch_size: 4
-    init_lr_frac: 1.0
-    log_every: 1
-    save_every: 2
-    eval: {{every: 2, examples: 4, k: 2}}
-"""
+def hf_experiment(model: Path) -> str:
+    """Run h: sft then rl (grpo) on the tiny random Llama saved in `model`, with the cues.py plugin, tracked."""
+    return experiment_text(
+        {"sft": {**SFT, "task": task(200), "steps": 3, "device_batch_size": 4, "eval_examples": 4,
+                 "eval_max_new_tokens": 8},
+         "rl": {**RL, "task": task(200), "algorithm": {"name": "grpo"}, "rewards": [{"name": "digits"}],
+                "optimizer": adamw(0.01),
+                "rollout": {"samples": 4, "temperature": 1.0, "top_k": 0, "max_new_tokens": 8},
+                "steps": 4, "init_lr_frac": 1.0, "log_every": 1, "save_every": 2,
+                "eval": {"every": 2, "examples": 4, "k": 2}}},
+        comment="sft then rl (grpo) on a tiny random Llama from a local folder (tests/test_hf_runs.py)",
+        name="h", plugins=["./cues.py"], model={"name": "hf", "args": {"path": str(model)}, "seq_len": 160,
+                                                "dtype": "float32"}, tracking={"repo": ".aim"})
 CALLS_PER_STEP = 2 * 4  # rl examples_per_step x samples
 
 
@@ -87,7 +70,7 @@ def model(tmp_path_factory):
 
 def setup_folder(folder: Path, model: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "exp.yaml").write_text(EXPERIMENT.format(model=model))
+    (folder / "exp.yaml").write_text(hf_experiment(model))
     (folder / "cues.py").write_text(CUES)
     return folder
 

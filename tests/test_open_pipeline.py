@@ -18,6 +18,8 @@ import torch
 
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 
+from experiments import PRETRAIN, RL, SFT, TOKENIZER, TOP, adamw, experiment_text, task, write_experiment
+
 HOLD = '''\
 """Test-only: pause right after the checkpoint named by RLKIT_TEST_HOLD (e.g. jitter/step_000002) is saved."""
 import os
@@ -39,69 +41,22 @@ def held_commit(tmp, final):
 checkpoint._commit = held_commit
 '''
 
-NOISE_RUN = """\
-# a user's stage between two built-in ones: rlkit run exp.yaml
-name: nz
-seed: 0
-device: cpu
-plugins: [./noise.py, ./hold.py]
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {repo: .aim}
-stages:
-  tokenizer: {vocab_size: 512, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 500}}
-    steps: 6
-    total_batch_tokens: 1024
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.005}}
-    eval_every: 0
-    eval_tokens: 1024
-    log_every: 3
-  jitter: {kind: noise, steps: 4, scale: 0.01}
-  sft:
-    task: {name: arithmetic, args: {size: 500}}
-    steps: 2
-    examples_per_step: 8
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    eval_examples: 0
-    log_every: 1
-"""
+NOISE_RUN = experiment_text(
+    {"tokenizer": {**TOKENIZER, "vocab_size": 512},
+     "pretrain": {**PRETRAIN, "steps": 6, "log_every": 3},
+     "jitter": {"kind": "noise", "steps": 4, "scale": 0.01},
+     "sft": SFT},
+    comment="a user's stage between two built-in ones: rlkit run exp.yaml",
+    name="nz", plugins=["./noise.py", "./hold.py"], tracking={"repo": ".aim"})
 
-CURRICULUM = """\
-# one stage kind twice: easy problems, then harder ones from where the first left off
-name: cur
-seed: 0
-device: cpu
-plugins: [./hold.py]
-model: {depth: 1, seq_len: 160, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  rl_easy:
-    kind: rl
-    task: {name: arithmetic, args: {size: 100, operands: 2}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    rollout: {samples: 4, max_new_tokens: 16}
-    steps: 2
-    examples_per_step: 2
-    device_batch_size: 8
-    save_every: 0
-    eval: {every: 0, examples: 4, k: 2}
-  rl_hard:
-    kind: rl
-    task: {name: arithmetic, args: {size: 100, operands: 3}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    rollout: {samples: 4, max_new_tokens: 16}
-    steps: 3
-    examples_per_step: 2
-    device_batch_size: 8
-    save_every: 1
-    eval: {every: 0, examples: 4, k: 2}
-"""
+RL_EASY = {"kind": "rl", **RL, "task": task(100, operands=2), "rollout": {"samples": 4, "max_new_tokens": 16},
+           "device_batch_size": 8}
+CURRICULUM = experiment_text(
+    {"tokenizer": TOKENIZER,
+     "rl_easy": RL_EASY,
+     "rl_hard": {**RL_EASY, "task": task(100, operands=3), "steps": 3, "save_every": 1}},
+    comment="one stage kind twice: easy problems, then harder ones from where the first left off",
+    name="cur", plugins=["./hold.py"], model={**TOP["model"], "seq_len": 160})
 
 
 def setup_folder(folder: Path, experiment: str, doc_example) -> Path:
@@ -212,37 +167,14 @@ def test_the_same_stage_twice_runs_in_order_and_resume_skips_the_first(tmp_path,
 
 def test_a_local_model_goes_through_sft_and_rl(tmp_path, doc_example, cli, monkeypatch):
     (tmp_path / "window_lm.py").write_text(doc_example("rlkit_models"))
-    (tmp_path / "exp.yaml").write_text("""\
-name: mlp
-seed: 0
-device: cpu
-plugins: [./window_lm.py]
-model: {name: window_lm, args: {window: 6, width: 32}, seq_len: 160}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  sft:
-    task: {name: arithmetic, args: {size: 500}}
-    steps: 30
-    examples_per_step: 16
-    device_batch_size: 16
-    optimizer: {name: muon}
-    init_lr_frac: 1.0
-    warmdown_frac: 0.0
-    eval_examples: 8
-    eval_max_new_tokens: 40
-    log_every: 1
-  rl:
-    task: {name: arithmetic, args: {size: 100}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.001}}
-    rollout: {samples: 4, max_new_tokens: 40}
-    steps: 3
-    examples_per_step: 4
-    device_batch_size: 16
-    save_every: 0
-    eval: {every: 0, examples: 8, k: 2}
-""")
+    write_experiment(tmp_path / "exp.yaml", {
+        "tokenizer": TOKENIZER,
+        "sft": {**SFT, "steps": 30, "examples_per_step": 16, "device_batch_size": 16, "optimizer": {"name": "muon"},
+                "init_lr_frac": 1.0, "warmdown_frac": 0.0, "eval_examples": 8, "eval_max_new_tokens": 40},
+        "rl": {**RL, "optimizer": adamw(0.001), "rollout": {"samples": 4, "max_new_tokens": 40}, "steps": 3,
+               "examples_per_step": 4, "device_batch_size": 16, "eval": {"every": 0, "examples": 8, "k": 2}}},
+        name="mlp", plugins=["./window_lm.py"], model={"name": "window_lm", "args": {"window": 6, "width": 32},
+                                                      "seq_len": 160})
     monkeypatch.chdir(tmp_path)
     result = cli("run", "exp.yaml")
     assert result.exit_code == 0, result.stdout + result.stderr

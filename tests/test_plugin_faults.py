@@ -11,15 +11,13 @@ import pytest
 
 from rlkit.core.checkpoint import latest_checkpoint
 
-EXPERIMENT = """\
-name: faults
-plugins: [./{plugin}]
-model: {{depth: 1, seq_len: 64}}
-stages:
-  pretrain:
-    data: {{source: arithmetic}}
-    optimizer: {{name: {optimizer}}}
-"""
+from experiments import PRETRAIN, RL, TOKENIZER, experiment_text
+
+def faults_experiment(plugin: str, optimizer: str) -> str:
+    """Run faults: one pretrain entry with the local `plugin` file and the `optimizer` it may supply."""
+    return experiment_text({"pretrain": {"data": {"source": "arithmetic"}, "optimizer": {"name": optimizer}}},
+                           name="faults", seed=None, device=None, tracking=None, plugins=[f"./{plugin}"],
+                           model={"depth": 1, "seq_len": 64})
 
 FAULTS = {  # name: (plugin file name, its text, optimizer used, what the one line must say)
     "hook-raises": ("bad.py", """
@@ -51,7 +49,7 @@ FAULTS = {  # name: (plugin file name, its text, optimizer used, what the one li
 @pytest.mark.parametrize("plugin, text, optimizer, said", FAULTS.values(), ids=FAULTS.keys())
 def test_a_faulty_plugin_is_one_line_in_rlkit_check(plugin, text, optimizer, said, tmp_path):
     (tmp_path / plugin).write_text(textwrap.dedent(text))
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT.format(plugin=plugin, optimizer=optimizer))
+    (tmp_path / "exp.yaml").write_text(faults_experiment(plugin, optimizer))
     out = subprocess.run([sys.executable, "-m", "rlkit", "check", "exp.yaml"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
@@ -118,37 +116,17 @@ def rlkit_algorithms():
     return {"faulty": Faulty, "nothing": lambda: None}
 '''
 
-BASE = """\
-name: base
-device: cpu
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  pretrain: {data: {source: arithmetic, args: {size: 500}}, steps: 2, total_batch_tokens: 1024, device_batch_size: 8,
-             optimizer: {name: adamw}, eval_every: 0, eval_tokens: 1024}
-"""
+BASE = experiment_text({"tokenizer": TOKENIZER,
+                        "pretrain": {**PRETRAIN, "steps": 2, "optimizer": {"name": "adamw"}}},
+                       name="base", seed=None)
 
-RL = """\
-name: {name}
-device: cpu
-plugins: [./algo.py]
-model: {{depth: 1, seq_len: 128, dtype: float32}}
-tracking: {{enabled: false}}
-stages:
-  rl:
-    init: runs/base/pretrain
-    task: {{name: arithmetic, args: {{size: 100}}}}
-    algorithm: {{name: {algorithm}, args: {args}}}
-    rewards: [{{name: gsm8k}}]
-    optimizer: {{name: adamw}}
-    rollout: {{samples: 4, max_new_tokens: 8}}
-    steps: 3
-    examples_per_step: 2
-    device_batch_size: 8
-    save_every: 1
-    eval: {{every: 0, examples: 2, k: 2}}
-"""
+def rl_experiment(name: str, algorithm: str, args: dict) -> str:
+    """Run `name`: rl from runs/base/pretrain with the local algo.py plugin's `algorithm` built with `args`."""
+    return experiment_text(
+        {"rl": {"init": "runs/base/pretrain", **RL, "algorithm": {"name": algorithm, "args": args},
+                "optimizer": {"name": "adamw"}, "rollout": {"samples": 4, "max_new_tokens": 8}, "steps": 3,
+                "device_batch_size": 8, "save_every": 1, "eval": {"every": 0, "examples": 2, "k": 2}}},
+        name=name, seed=None, plugins=["./algo.py"])
 
 
 def cli(folder, *args):
@@ -197,8 +175,7 @@ def test_a_faulty_algorithm_stops_the_run_naming_plugin_method_and_step(method, 
     no step 2, the pretrain run it started from byte-identical."""
     name = request.node.callspec.id
     before = digest(base / "runs/base")
-    (base / f"{name}.yaml").write_text(RL.format(name=name, algorithm="faulty",
-                                                 args=f"{{fault: {fault}, method: {method}, at_call: 2}}"))
+    (base / f"{name}.yaml").write_text(rl_experiment(name, "faulty", {"fault": fault, "method": method, "at_call": 2}))
     out = cli(base, "run", f"{name}.yaml")
     one_line(out, f"error: stages.rl.algorithm: algorithm 'faulty' {method}() at rl step 2{said}")
     stage = base / "runs" / name / "rl"
@@ -208,14 +185,14 @@ def test_a_faulty_algorithm_stops_the_run_naming_plugin_method_and_step(method, 
 
 
 CHECKED_UP_FRONT = {  # id: (algorithm, args, what the line says)
-    "factory-returns-none": ("nothing", "{}", "stages.rl.algorithm: plugin 'nothing' returned NoneType without "
-                                              "advantages() and loss(); an algorithm factory must return an object"),
-    "advantages-of-the-wrong-shape": ("faulty", "{fault: shape, method: advantages, at_call: 1}",
+    "factory-returns-none": ("nothing", {}, "stages.rl.algorithm: plugin 'nothing' returned NoneType without "
+                                            "advantages() and loss(); an algorithm factory must return an object"),
+    "advantages-of-the-wrong-shape": ("faulty", {"fault": "shape", "method": "advantages", "at_call": 1},
                                       "algorithm 'faulty' advantages() on a tiny batch in the check returned a tensor "
                                       "of shape (2,); expected the rewards' shape"),
-    "loss-not-a-scalar": ("faulty", "{fault: per-token, method: loss, at_call: 1}",
+    "loss-not-a-scalar": ("faulty", {"fault": "per-token", "method": "loss", "at_call": 1},
                           "algorithm 'faulty' loss() on a tiny batch in the check returned a tensor of shape (8, 3)"),
-    "claims-zero-advantage-inert": ("faulty", "{fault: inert}",
+    "claims-zero-advantage-inert": ("faulty", {"fault": "inert"},
                                     "algorithm 'faulty' loss() on a tiny batch in the check: the algorithm sets "
                                     "zero_advantage_inert = True, but its loss gives a row whose advantage is 0 a "
                                     "gradient"),
@@ -225,6 +202,6 @@ CHECKED_UP_FRONT = {  # id: (algorithm, args, what the line says)
 @pytest.mark.parametrize("algorithm, args, said", CHECKED_UP_FRONT.values(), ids=CHECKED_UP_FRONT.keys())
 def test_an_algorithms_contract_is_checked_by_rlkit_check(algorithm, args, said, base, request):
     name = "check-" + request.node.callspec.id
-    (base / f"{name}.yaml").write_text(RL.format(name=name, algorithm=algorithm, args=args))
+    (base / f"{name}.yaml").write_text(rl_experiment(name, algorithm, args))
     one_line(cli(base, "check", f"{name}.yaml"), said)
     assert not (base / "runs" / name).exists()

@@ -23,9 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint, verify_checkpoint
+
+from experiments import PRETRAIN, RL, TOKENIZER, adamw, experiment_text, task, without, write_experiment
 
 CUES = '''\
 """Test plugin: an optimizer and a reward that behave normally, and hold, poison or misbehave on cue.
@@ -113,39 +116,18 @@ def digits(completion, example, fault="", at_call=0, log=""):
     return sum(c in "0123456789" for c in completion) / max(1, len(completion))
 '''
 
-EXPERIMENT = """\
-# tokenizer -> pretrain -> rl on a depth-1 model, for the reliability tests: rlkit run exp.yaml
-name: k
-seed: 0
-device: cpu
-plugins: [./cues.py]
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {repo: .aim}
-stages:
-  tokenizer: {vocab_size: 512, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 500}}
-    steps: 8
-    total_batch_tokens: 1024          # one pass of 8 rows x 128 tokens
-    device_batch_size: 8
-    optimizer: {name: cued_adamw, args: {lr: 0.005}}
-    warmdown_frac: 0.5                # the lr falls after the kill: a resumed run must follow it
-    eval_every: 4
-    eval_tokens: 2048
-    log_every: 1
-    save_every: 4
-  rl:
-    task: {name: arithmetic, args: {size: 200}}
-    rewards: [{name: digits}]
-    optimizer: {name: adamw, args: {lr: 0.01}}
-    rollout: {samples: 4, temperature: 1.0, top_k: 0, max_new_tokens: 8}
-    steps: 4
-    examples_per_step: 2              # 8 reward calls a step
-    device_batch_size: 8
-    init_lr_frac: 1.0
-    save_every: 2
-    eval: {every: 2, examples: 4, k: 2}
-"""
+CUED_ADAMW = {"name": "cued_adamw", "args": {"lr": 0.005}}
+EXPERIMENT = experiment_text(
+    {"tokenizer": {**TOKENIZER, "vocab_size": 512},
+     "pretrain": {**PRETRAIN, "steps": 8, "optimizer": CUED_ADAMW,  # 1024 tokens: one pass of 8 rows x 128
+                  "warmdown_frac": 0.5,  # the lr falls after the kill: a resumed run must follow it
+                  "eval_every": 4, "eval_tokens": 2048, "log_every": 1, "save_every": 4},
+     "rl": {**RL, "task": task(200), "rewards": [{"name": "digits"}], "optimizer": adamw(0.01),
+            "rollout": {"samples": 4, "temperature": 1.0, "top_k": 0, "max_new_tokens": 8}, "steps": 4,
+            "examples_per_step": 2, "device_batch_size": 8,  # 8 reward calls a step
+            "init_lr_frac": 1.0, "save_every": 2, "eval": {"every": 2, "examples": 4, "k": 2}}},
+    comment="tokenizer -> pretrain -> rl on a depth-1 model, for the reliability tests: rlkit run exp.yaml",
+    name="k", plugins=["./cues.py"], tracking={"repo": ".aim"})
 TIMING = {"tokens_per_s", "mfu", "rollout_tok_s", "train_tok_s", "rollout_s", "reward_s", "train_s"}  # wall clock
 CALLS_PER_STEP = 2 * 4  # rl examples_per_step x samples
 
@@ -438,25 +420,14 @@ def test_a_faulty_reward_stops_the_run_naming_reward_example_and_value(fault, sa
     before = digest(straight / "runs/k")
     log = tmp_path / "example.json"
     name = f"reward-{fault}"
-    (straight / f"{name}.yaml").write_text(f"""\
-name: {name}
-device: cpu
-plugins: [./cues.py]
-model: {{depth: 1, seq_len: 128, dtype: float32}}
-tracking: {{enabled: false}}
-stages:
-  rl:
-    init: runs/k/pretrain
-    task: {{name: arithmetic, args: {{size: 200}}}}
-    rewards: [{{name: digits, args: {{fault: {fault}, at_call: {CALLS_PER_STEP + 3}, log: '{log}'}}}}]
-    optimizer: {{name: adamw, args: {{lr: 0.01}}}}
-    rollout: {{samples: 4, top_k: 0, max_new_tokens: 8}}
-    steps: 3
-    examples_per_step: 2
-    reward_timeout: 0.5
-    save_every: 1
-    eval: {{every: 0, examples: 2, k: 2}}
-""")
+    write_experiment(
+        straight / f"{name}.yaml",
+        {"rl": {"init": "runs/k/pretrain", **without(RL, "device_batch_size"), "task": task(200),
+                "rewards": [{"name": "digits",
+                             "args": {"fault": fault, "at_call": CALLS_PER_STEP + 3, "log": str(log)}}],
+                "optimizer": adamw(0.01), "rollout": {"samples": 4, "top_k": 0, "max_new_tokens": 8}, "steps": 3,
+                "reward_timeout": 0.5, "save_every": 1, "eval": {"every": 0, "examples": 2, "k": 2}}},
+        name=name, seed=None, plugins=["./cues.py"])
     start = time.time()
     code, out, err = invoke(straight, "run", f"{name}.yaml")
     question = json.loads(log.read_text())
@@ -481,24 +452,12 @@ def test_a_non_finite_loss_or_gradient_stops_naming_the_step_and_the_last_good_c
     before the update, so step 4's checkpoint is never written from poisoned weights."""
     before = digest(straight / "runs/k")
     name = "numeric-" + re.sub(r"\W+", "-", args)
-    (straight / f"{name}.yaml").write_text(f"""\
-name: {name}
-device: cpu
-plugins: [./cues.py]
-model: {{depth: 1, seq_len: 128, dtype: float32}}
-tracking: {{enabled: false}}
-stages:
-  pretrain:
-    init: runs/k/pretrain
-    data: {{source: arithmetic, args: {{size: 500}}}}
-    steps: 6
-    total_batch_tokens: 1024
-    device_batch_size: 8
-    optimizer: {{name: cued_adamw, args: {{lr: 0.005, {args}}}}}
-    eval_every: 0
-    eval_tokens: 1024
-    save_every: 2
-""")
+    write_experiment(
+        straight / f"{name}.yaml",
+        {"pretrain": {"init": "runs/k/pretrain", **PRETRAIN, "steps": 6,
+                      "optimizer": {"name": "cued_adamw", "args": {"lr": 0.005, **yaml.safe_load(f"{{{args}}}")}},
+                      "save_every": 2}},
+        name=name, seed=None, plugins=["./cues.py"])
     code, out, err = invoke(straight, "run", f"{name}.yaml")
     stage = straight / "runs" / name / "pretrain"
     one_line_error(code, err, f"stages.pretrain: {said}; the last good checkpoint is runs/{name}/pretrain/step_000002")

@@ -17,6 +17,8 @@ from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.scoring import score
 
+from experiments import RL, TOKENIZER, adamw, task
+
 REWARD_PLUGIN = '''\
 """A user's reward: the share of the completion's characters that are digits."""
 import json
@@ -40,33 +42,16 @@ def digits(completion, example, log=None):
 
 
 
-def experiment(steps: int, rewards: str, tracking: str = "{enabled: false}") -> str:
-    return f"""\
-# tokenizer -> rl on a depth-1 model with a local reward plugin (tests)
-name: rl-tiny
-seed: 0
-device: cpu
-plugins: [./digits.py]
-model: {{depth: 1, seq_len: 128, dtype: float32}}  # prompts are 45-87 tokens
-tracking: {tracking}
-stages:
-  tokenizer:
-    vocab_size: 300
-    max_chars: 100000
-    data: {{source: arithmetic, args: {{size: 500}}}}
-  rl:
-    task: {{name: arithmetic, args: {{size: 200}}}}
-    algorithm: {{name: grpo}}
-    rewards: {rewards}
-    optimizer: {{name: adamw, args: {{lr: 0.02}}}}
-    rollout: {{samples: 8, temperature: 1.0, top_k: 0, max_new_tokens: 8}}
-    steps: {steps}
-    examples_per_step: 4
-    device_batch_size: 16
-    init_lr_frac: 1.0
-    save_every: 0
-    eval: {{every: 0, examples: 4, k: 2}}
-"""
+def rl_experiment(experiment, steps: int, rewards: list, tracking: dict | None = None, **rl):
+    """experiment.yaml of tokenizer -> rl (grpo, 8 samples) on a depth-1 model with the local digits.py reward;
+    prompts are 45-87 tokens. `rl` overrides the rl entry (e.g. save_every=3)."""
+    return experiment(
+        {"tokenizer": TOKENIZER,
+         "rl": {**RL, "task": task(200), "algorithm": {"name": "grpo"}, "rewards": rewards, "optimizer": adamw(0.02),
+                "rollout": {"samples": 8, "temperature": 1.0, "top_k": 0, "max_new_tokens": 8}, "steps": steps,
+                "examples_per_step": 4, "device_batch_size": 16, "init_lr_frac": 1.0, **rl}},
+        comment="tokenizer -> rl on a depth-1 model with a local reward plugin (tests)",
+        name="rl-tiny", plugins=["./digits.py"], tracking=tracking or {"enabled": False})
 
 
 def digit_share(text: str) -> float:
@@ -77,10 +62,10 @@ def printed_rewards(output: str) -> list[float]:
     return [float(x) for x in re.findall(r"^\[rl\] step +\d+/\d+ \| reward (-?[\d.]+)", output, re.M)]
 
 
-def test_rl_raises_the_mean_reward(write_file, write_yaml, tmp_path, monkeypatch, capsys):
+def test_rl_raises_the_mean_reward(write_file, experiment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_file("digits.py", REWARD_PLUGIN)
-    path = write_yaml(experiment(16, "[{name: digits}]"))
+    path = rl_experiment(experiment, 16, [{"name": "digits"}])
     cfg, plugins = pipeline.prepare(path, [], [])
     pipeline.run(cfg, plugins)
     out = capsys.readouterr().out
@@ -96,11 +81,11 @@ def test_rl_raises_the_mean_reward(write_file, write_yaml, tmp_path, monkeypatch
     assert found is not None and json.loads((found / "meta.json").read_text())["done"] is True
 
 
-def test_rl_resumes_after_a_crash_to_the_same_weights(write_file, write_yaml, tmp_path, monkeypatch, capsys):
+def test_rl_resumes_after_a_crash_to_the_same_weights(write_file, experiment, tmp_path, monkeypatch, capsys):
     """Rollout seeds per (step, prompt, sample), optimizer state and RNG come back: bit-identical weights."""
     monkeypatch.chdir(tmp_path)
     write_file("digits.py", REWARD_PLUGIN)
-    path = write_yaml(experiment(6, "[{name: digits}]").replace("save_every: 0", "save_every: 3"))
+    path = rl_experiment(experiment, 6, [{"name": "digits"}], save_every=3)
     pipeline.run(*pipeline.prepare(path, [], []))
     final = tmp_path / "runs/rl-tiny/rl/step_000006"
     unbroken, _, _ = load_checkpoint(final)
@@ -129,14 +114,14 @@ def _aim_metrics(root) -> tuple[dict, dict]:
     return metrics, run.get("hparams")  # no run.close(): aim 3.29's close() fails on a read-only run
 
 
-def test_a_local_reward_plugin_is_used_and_tracked_in_aim(cli, write_file, write_yaml, tmp_path, monkeypatch):
+def test_a_local_reward_plugin_is_used_and_tracked_in_aim(cli, write_file, experiment, tmp_path, monkeypatch):
     """tracking.repo is left at its default (.aim, in the folder rlkit runs in)."""
     monkeypatch.chdir(tmp_path)
     write_file("digits.py", REWARD_PLUGIN)
     log = tmp_path / "scores.jsonl"
     steps, rows = 4, 4 * 8  # examples_per_step x samples
-    path = write_yaml(experiment(steps, f"[{{name: digits, weight: 2.0, args: {{log: '{log}'}}}}]",
-                                 tracking="{repo: .aim}"))
+    path = rl_experiment(experiment, steps, [{"name": "digits", "weight": 2.0, "args": {"log": str(log)}}],
+                         tracking={"repo": ".aim"})
     result = cli("run", path, "stages.rl.log_every=3")
     assert result.exit_code == 0, result.output + result.stderr
 
@@ -199,11 +184,11 @@ def test_a_reward_that_hangs_is_stopped_after_its_time_limit():
     (["stages.rl.examples_per_step=3"], 2, "stages.rl.examples_per_step: 3"),
     (["stages.rl.algorithm.name=reinforce", "stages.rl.algorithm.args={baseline: mean}"], 1, "baseline 'mean'"),
 ])
-def test_rl_settings_that_cannot_work_fail_before_any_model(overrides, world, where, write_file, write_yaml):
+def test_rl_settings_that_cannot_work_fail_before_any_model(overrides, world, where, write_file, experiment):
     """grpo compares samples within a group; prompts must split over the processes; algorithm args are
     checked by building the algorithm (cheap) in prepare."""
     write_file("digits.py", REWARD_PLUGIN)
-    path = write_yaml(experiment(4, "[{name: digits}]"))
+    path = rl_experiment(experiment, 4, [{"name": "digits"}])
     with pytest.raises(RlkitError, match=re.escape(where)):
         pipeline.prepare(path, overrides, [], world_size=world)
     pipeline.prepare(path, [], [], world_size=world)  # the file itself is fine

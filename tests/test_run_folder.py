@@ -17,6 +17,8 @@ from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.scoring import score
 
+from experiments import PRETRAIN, RL, TOKENIZER, experiment_text
+
 HOLD = '''\
 """Test-only: hold the process (until RLKIT_TEST_RELEASE exists) right after the file or checkpoint named by
 RLKIT_TEST_HOLD is written, as folder/name: a checkpoint (pretrain/step_000002) or a small file
@@ -52,37 +54,16 @@ checkpoint._commit = held_commit
 tokenizer.atomic_write = handoff.atomic_write = pipeline.atomic_write = held_write
 '''
 
-EXPERIMENT = """\
-# tokenizer -> pretrain -> rl on a depth-1 model (tests): rlkit run exp.yaml
-name: f
-seed: 0
-device: cpu
-plugins: [./hold.py]
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer: {vocab_size: 300, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 500}}
-    steps: 4
-    total_batch_tokens: 1024
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.005}}
-    eval_every: 0
-    eval_tokens: 1024
-    log_every: 2
-    save_every: 2
-  rl:
-    task: {name: arithmetic, args: {size: 100}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    rollout: {samples: 2, max_new_tokens: 16}
-    steps: 2
-    examples_per_step: 2
-    device_batch_size: 4
-    save_every: 0
-    eval: {every: 0, examples: 4, k: 2}
-"""
+STAGES = {"tokenizer": TOKENIZER, "pretrain": {**PRETRAIN, "log_every": 2, "save_every": 2}, "rl": RL}
+
+
+def experiment_yaml(stages: dict = STAGES) -> str:
+    """The YAML of run f with the hold.py plugin; line 3 is `seed: 0`."""
+    return experiment_text(stages, comment="tokenizer -> pretrain -> rl on a depth-1 model (tests): rlkit run exp.yaml",
+                           name="f", plugins=["./hold.py"])
+
+
+EXPERIMENT = experiment_yaml()
 
 
 def folder_with(path: Path, text: str = EXPERIMENT) -> Path:
@@ -272,8 +253,7 @@ def test_text_that_is_not_utf8_is_named_with_its_line(where, tmp_path):
         one_line_error(rlkit(folder, "check", "exp.yaml"), "exp.yaml: not UTF-8 text at line 3 (byte 0xe9)")
     else:
         (folder / "docs.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
-        experiment = EXPERIMENT.replace("data: {source: arithmetic, args: {size: 500}}}",
-                                        "data: {source: ./docs.jsonl}}", 1)
+        experiment = experiment_yaml({**STAGES, "tokenizer": {**TOKENIZER, "data": {"source": "./docs.jsonl"}}})
         one_line_error(rlkit(folder_with(folder, experiment), "run", "exp.yaml"),
                        "docs.jsonl:2: not UTF-8 text (byte 0xe9 at column 14)")
 

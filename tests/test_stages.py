@@ -20,50 +20,19 @@ from rlkit.core import handoff
 from rlkit.core.errors import RlkitError
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
-from rlkit.plugins.stages.sft import collate
-from rlkit.lib.text.task import example_text
-from rlkit.core.tokenizer import train_tokenizer
+from rlkit.plugins.stages.sft import collate, held_out_accuracy
+from rlkit.lib.text.task import example_text, prompt_messages
+from rlkit.core.tokenizer import Tokenizer, train_tokenizer
 
-PIPELINE = """\
+from experiments import MIDTRAIN, PRETRAIN, SFT, TOKENIZER, TOP, adamw, without, write_experiment
+
 # tiny supervised pipeline for tests: rlkit run experiment.yaml
-name: tiny
-seed: 0
-device: cpu
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer:
-    vocab_size: 512
-    max_chars: 100000
-    data: {source: arithmetic, args: {size: 500}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 500}}
-    steps: 40
-    total_batch_tokens: 1024          # one pass of 8 rows x 128 tokens
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.005}}
-    warmdown_frac: 0.0
-    eval_every: 0
-    eval_tokens: 2048
-    log_every: 5
-  midtrain:
-    tasks: [{name: arithmetic, args: {size: 500}}]
-    steps: 10
-    total_batch_tokens: 1024
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    log_every: 5
-  sft:
-    task: {name: arithmetic, args: {size: 500}}
-    steps: 10
-    examples_per_step: 8
-    device_batch_size: 4              # 2 accumulation passes
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    init_lr_frac: 1.0
-    eval_examples: 8
-    eval_max_new_tokens: 32
-    log_every: 5
-"""
+PIPELINE = {"tokenizer": {**TOKENIZER, "vocab_size": 512},
+            "pretrain": {**PRETRAIN, "steps": 40, "optimizer": adamw(0.005),  # 1024 tokens: one pass of 8 rows x 128
+                         "warmdown_frac": 0.0, "eval_tokens": 2048, "log_every": 5},
+            "midtrain": MIDTRAIN,
+            "sft": {**SFT, "steps": 10, "device_batch_size": 4,  # 2 accumulation passes
+                    "init_lr_frac": 1.0, "eval_examples": 8, "eval_max_new_tokens": 32, "log_every": 5}}
 STAGES = ("tokenizer", "pretrain", "midtrain", "sft")
 
 
@@ -80,7 +49,7 @@ def _invoke(*args):
 def finished(tmp_path_factory):
     """(folder, CLI result) of one finished run of PIPELINE, made in its own folder."""
     folder = tmp_path_factory.mktemp("pipeline")
-    (folder / "experiment.yaml").write_text(PIPELINE)
+    write_experiment(folder / "experiment.yaml", PIPELINE)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         result = _invoke("run", "experiment.yaml")
@@ -126,11 +95,69 @@ def test_each_stage_starts_from_the_previous_checkpoint(finished):
     assert _losses(result.output, "sft"), "sft printed no loss lines"
 
 
+def _greedy_reply(model, tokenizer, messages, max_new_tokens):
+    """The model's greedy reply to a chat, decoded one full forward pass per token (no KV cache): written apart
+    from rlkit's generate, so the two agree only if both decode what the model says."""
+    ids = tokenizer.render_for_completion(messages)
+    reply = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = model(torch.tensor([ids + reply]))[0, -1, :tokenizer.vocab_size].argmax().item()
+            if token in tokenizer.stop_ids:
+                break
+            reply.append(token)
+    return tokenizer.decode(reply)
+
+
 def test_sft_prints_its_held_out_accuracy(finished):
-    _, result = finished
+    """The printed accuracy is the share of the first 8 test problems whose greedy reply (32 tokens at most)
+    the gsm8k reward scores correct, recomputed here from the finished sft checkpoint."""
+    folder, result = finished
     match = re.search(r"^\[sft\] held-out accuracy \(greedy, 8 problems\): (\d\.\d{3})$", result.output, re.M)
     assert match, result.output
-    assert 0.0 <= float(match.group(1)) <= 1.0
+    state, _, meta = load_checkpoint(folder / "runs/tiny/sft/step_000010")
+    tokenizer = Tokenizer.load(folder / "runs/tiny/tokenizer")
+    model = GPT(GPTConfig(**meta["model"]["args"], vocab_size=tokenizer.vocab_size, seq_len=128))
+    model.load_state_dict(state)
+    plugins = load_plugins()
+    problems = plugins.tables["task"]["arithmetic"]("test", size=500)
+    gsm8k = plugins.tables["reward"]["gsm8k"]
+    replies = [_greedy_reply(model.eval(), tokenizer, prompt_messages(problems[i]), 32) for i in range(8)]
+    scores = [gsm8k(reply, problems[i]) for i, reply in enumerate(replies)]
+    assert match.group(1) == f"{sum(score > 0.5 for score in scores) / 8:.3f}", (replies, scores)
+    # the two samples it shows are the first two problems' replies, with their scores
+    shown = re.findall(r"^\[sft\] sample: .* -> (.*) \((.*)\)$", result.output, re.M)
+    assert shown == [(repr(replies[i][:120]), f"{scores[i]:g}") for i in range(2)]
+
+
+COMMA_REWARD = """\
+import rlkit
+
+
+@rlkit.hookimpl
+def rlkit_rewards():
+    return {"comma": lambda completion, example: float("," in completion)}
+"""
+
+
+def test_sft_held_out_accuracy_counts_the_replies_its_reward_scores_correct(finished, experiment, write_file,
+                                                                             tmp_path, stage_ctx, capsys):
+    """The trained model answers no test problem right (gsm8k accuracy 0), so the sft stage's evaluation is
+    also run with a reward that some of its replies pass: a reply with a comma. The accuracy it prints, and
+    keeps in the summary, is the share of the 8 greedy replies recomputed here that have one."""
+    folder, _ = finished
+    write_file("comma.py", COMMA_REWARD)
+    path = experiment({"tokenizer": PIPELINE["tokenizer"],
+                       "sft": {**PIPELINE["sft"], "eval_reward": {"name": "comma"}}}, plugins=["./comma.py"])
+    ctx = stage_ctx(path, "sft", tmp_path / "runs/tiny")
+    model, tokenizer = ctx.load_model(handoff.Checkpoint.open(folder / "runs/tiny/sft/step_000010"))
+    problems = load_plugins().tables["task"]["arithmetic"]("test", size=500)
+    replies = [_greedy_reply(model.eval(), tokenizer, prompt_messages(problems[i]), 32) for i in range(8)]
+    expected = sum("," in reply for reply in replies) / 8
+    assert 0 < expected < 1, replies  # the check tells a right count from "all" and "none"
+    held_out_accuracy(ctx, model, tokenizer)
+    assert f"[sft] held-out accuracy (greedy, 8 problems): {expected:.3f}\n" in capsys.readouterr().out
+    assert ctx.summary["accuracy"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_a_second_run_into_the_same_run_dir_fails_and_keeps_the_first(finished, cli, monkeypatch):
@@ -203,14 +230,10 @@ def test_sft_masked_positions_get_no_gradient(tokenizer):
     assert torch.all(per_token[y == -1] == 0)
 
 
-def test_checkpoint_reloads_to_bit_identical_logits(tokenizer, write_yaml, tmp_path, stage_ctx):
-    path = write_yaml("""\
-        name: ck
-        model: {depth: 1, seq_len: 128}
-        stages:
-          pretrain: {data: {source: arithmetic}, optimizer: {name: adamw}}
-          sft: {task: {name: arithmetic}, optimizer: {name: adamw}}
-        """)
+def test_checkpoint_reloads_to_bit_identical_logits(tokenizer, experiment, tmp_path, stage_ctx):
+    path = experiment({"pretrain": {"data": {"source": "arithmetic"}, "optimizer": {"name": "adamw"}},
+                       "sft": {"task": {"name": "arithmetic"}, "optimizer": {"name": "adamw"}}},
+                      name="ck", seed=None, device=None, tracking=None, model={"depth": 1, "seq_len": 128})
     run_dir = tmp_path / "runs/ck"
     tokenizer.save(run_dir / "tokenizer")
     pre = stage_ctx(path, "pretrain", run_dir)
@@ -254,40 +277,26 @@ def sgd(model, lr=1.0):
 """
 
 
-def _one_sft_step(tmp_path, write_file, write_yaml, name, lr, device_batch_size):
+def _one_sft_step(tmp_path, write_file, experiment, name, lr, device_batch_size):
     """Weights after one sft step with plain SGD from the same fresh model, on the same 8 conversations."""
     write_file("sgd.py", SGD_PLUGIN)
-    path = write_yaml(f"""\
-        name: {name}
-        seed: 0
-        device: cpu
-        plugins: [./sgd.py]
-        model: {{depth: 1, seq_len: 128, dtype: float32}}
-        tracking: {{enabled: false}}
-        stages:
-          tokenizer: {{vocab_size: 512, max_chars: 100000, data: {{source: arithmetic, args: {{size: 500}}}}}}
-          sft:
-            task: {{name: arithmetic, args: {{size: 500}}}}
-            steps: 1
-            examples_per_step: 8
-            device_batch_size: {device_batch_size}
-            optimizer: {{name: plain_sgd, args: {{lr: {lr}}}}}
-            init_lr_frac: 1.0
-            warmdown_frac: 0.0
-            eval_examples: 0
-        """, name=f"{name}.yaml")
+    path = experiment({"tokenizer": {**TOKENIZER, "vocab_size": 512},
+                       "sft": {**without(SFT, "log_every"), "steps": 1, "device_batch_size": device_batch_size,
+                               "optimizer": {"name": "plain_sgd", "args": {"lr": lr}}, "init_lr_frac": 1.0,
+                               "warmdown_frac": 0.0}},
+                      file=f"{name}.yaml", name=name, plugins=["./sgd.py"])
     pipeline.run(*pipeline.prepare(path, [], []))
     state, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "runs" / name / "sft"))
     return state
 
 
-def test_sft_step_does_not_depend_on_device_batch_size(write_file, write_yaml, tmp_path, monkeypatch):
+def test_sft_step_does_not_depend_on_device_batch_size(write_file, experiment, tmp_path, monkeypatch):
     """The sft loss is a mean over every trained token of the step (conversations differ in length), so
     4 passes of 2 conversations move the weights exactly as 1 pass of 8."""
     monkeypatch.chdir(tmp_path)
-    start = _one_sft_step(tmp_path, write_file, write_yaml, "lr0", 0.0, 8)
-    whole = _one_sft_step(tmp_path, write_file, write_yaml, "b8", 1.0, 8)
-    split = _one_sft_step(tmp_path, write_file, write_yaml, "b2", 1.0, 2)
+    start = _one_sft_step(tmp_path, write_file, experiment, "lr0", 0.0, 8)
+    whole = _one_sft_step(tmp_path, write_file, experiment, "b8", 1.0, 8)
+    split = _one_sft_step(tmp_path, write_file, experiment, "b2", 1.0, 2)
     moved = max((whole[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-3  # the step did something
     for k in start:
@@ -296,34 +305,15 @@ def test_sft_step_does_not_depend_on_device_batch_size(write_file, write_yaml, t
 
 # --------------------------------------------------------------------------- resume after a crash, late errors
 
-SMALL = """\
-name: small
-seed: 0
-device: cpu
-model: {depth: 1, seq_len: 64, dtype: float32}
-tracking: {enabled: false}
-stages:
-  tokenizer:
-    vocab_size: 512
-    max_chars: 100000
-    data: {source: arithmetic, args: {size: 500}}
-  pretrain:
-    data: {source: arithmetic, args: {size: 500}}
-    steps: 20
-    total_batch_tokens: 512
-    device_batch_size: 8
-    optimizer: {name: adamw, args: {lr: 0.003}}
-    eval_every: 0
-    eval_tokens: 1024
-    log_every: 5
-    save_every: 10
-"""
+SMALL = {"tokenizer": {**TOKENIZER, "vocab_size": 512},
+         "pretrain": {**PRETRAIN, "steps": 20, "total_batch_tokens": 512, "optimizer": adamw(0.003), "log_every": 5,
+                      "save_every": 10}}
 
 
-def test_resume_after_a_crash_reaches_the_same_weights(write_yaml, tmp_path, monkeypatch, capsys):
+def test_resume_after_a_crash_reaches_the_same_weights(experiment, tmp_path, monkeypatch, capsys):
     """Same data order, optimizer state and RNG: resuming from step 10 ends bit-identical to an unbroken run."""
     monkeypatch.chdir(tmp_path)
-    path = write_yaml(SMALL)
+    path = experiment(SMALL, name="small", model={**TOP["model"], "seq_len": 64})
     pipeline.run(*pipeline.prepare(path, [], []))
     final = tmp_path / "runs/small/pretrain/step_000020"
     unbroken, _, _ = load_checkpoint(final)
@@ -337,35 +327,23 @@ def test_resume_after_a_crash_reaches_the_same_weights(write_yaml, tmp_path, mon
     assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
 
 
-def test_a_bad_eval_split_fails_before_training(write_yaml, tmp_path, monkeypatch, capsys):
+def test_a_bad_eval_split_fails_before_training(experiment, tmp_path, monkeypatch, capsys):
     """size 2000 holds for the train split but the test split has only ~1457 distinct problems: the
     held-out evaluation cannot be built, which should be said before the first step, not after the last."""
     monkeypatch.chdir(tmp_path)
-    path = write_yaml(SMALL)
+    path = experiment(SMALL, name="small", model={**TOP["model"], "seq_len": 64})
     cfg, plugins = pipeline.prepare(path, ["stages.pretrain.data.args.size=2000", "stages.pretrain.steps=5"], [])
     with pytest.raises(RlkitError, match="test problems"):
         pipeline.run(cfg, plugins)
     assert "[pretrain] step" not in capsys.readouterr().out
 
 
-def test_sft_says_when_no_answer_fits_in_seq_len(write_yaml, tmp_path, monkeypatch):
+def test_sft_says_when_no_answer_fits_in_seq_len(experiment, tmp_path, monkeypatch):
     """At seq_len 32 every conversation is cut inside the question: no token is trained. The error
     should say so (model.seq_len), not blame the learning rate."""
     monkeypatch.chdir(tmp_path)
-    path = write_yaml("""\
-        name: short
-        device: cpu
-        model: {depth: 1, seq_len: 32, dtype: float32}
-        tracking: {enabled: false}
-        stages:
-          tokenizer: {vocab_size: 512, max_chars: 100000, data: {source: arithmetic, args: {size: 500}}}
-          sft:
-            task: {name: arithmetic, args: {size: 500}}
-            steps: 2
-            examples_per_step: 8
-            device_batch_size: 8
-            optimizer: {name: adamw}
-            eval_examples: 0
-        """)
+    path = experiment({"tokenizer": {**TOKENIZER, "vocab_size": 512},
+                       "sft": {**without(SFT, "log_every"), "steps": 2, "optimizer": {"name": "adamw"}}},
+                      name="short", seed=None, model={**TOP["model"], "seq_len": 32})
     with pytest.raises(RlkitError, match="seq_len"):
         pipeline.run(*pipeline.prepare(path, [], []))

@@ -5,29 +5,13 @@ import pytest
 from rlkit.core.errors import RlkitError
 from rlkit.cli.sweep import point_name, points
 
-EXPERIMENT = """\
-# tokenizer -> rl on a depth-1 model, swept over algorithms (tests)
-name: sw
-seed: 0
-device: cpu
-model: {depth: 1, seq_len: 128, dtype: float32}
-tracking: {repo: .aim}
-stages:
-  tokenizer:
-    vocab_size: 300
-    max_chars: 100000
-    data: {source: arithmetic, args: {size: 300}}
-  rl:
-    task: {name: arithmetic, args: {size: 100}}
-    algorithm: {name: grpo}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.01}}
-    rollout: {samples: 2, max_new_tokens: 4}
-    steps: 2
-    examples_per_step: 2
-    save_every: 0
-    eval: {every: 0, examples: 2, k: 1}
-"""
+from experiments import RL, TOKENIZER, adamw, data, experiment_text, without
+
+EXPERIMENT = experiment_text(
+    {"tokenizer": {**TOKENIZER, "data": data(300)},
+     "rl": {**without(RL, "device_batch_size"), "algorithm": {"name": "grpo"}, "optimizer": adamw(0.01),
+            "rollout": {"samples": 2, "max_new_tokens": 4}, "eval": {"every": 0, "examples": 2, "k": 1}}},
+    comment="tokenizer -> rl on a depth-1 model, swept over algorithms (tests)", name="sw", tracking={"repo": ".aim"})
 
 
 def test_points_are_the_cross_product_with_derived_names():

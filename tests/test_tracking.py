@@ -15,32 +15,18 @@ from typer.testing import CliRunner
 from rlkit.lib.training import progress as progress_lib
 from rlkit.core import track
 
-TINY = """\
-# tiny run of every stage, tracked: rlkit run tiny.yaml
-name: tiny
-seed: 1
-device: cpu
-model: {depth: 1, seq_len: 128, dtype: float32}
-stages:
-  tokenizer: {vocab_size: 512, max_chars: 20000, data: {source: arithmetic, args: {size: 300}}}
-  pretrain: {data: {source: arithmetic, args: {size: 300}}, steps: 3, total_batch_tokens: 256, device_batch_size: 2,
-             optimizer: {name: adamw, args: {lr: 0.003}}, eval_every: 0, eval_tokens: 512, log_every: 1}
-  midtrain: {tasks: [{name: arithmetic, args: {size: 300}}], steps: 2, total_batch_tokens: 256, device_batch_size: 2,
-             optimizer: {name: adamw, args: {lr: 0.003}}, log_every: 1}
-  sft: {task: {name: arithmetic, args: {size: 300}}, steps: 2, examples_per_step: 4, device_batch_size: 4,
-        optimizer: {name: adamw, args: {lr: 0.003}}, init_lr_frac: 1.0, eval_examples: 4, eval_max_new_tokens: 8,
-        log_every: 1}
-  rl:
-    task: {name: arithmetic, args: {size: 300}}
-    rewards: [{name: gsm8k}]
-    optimizer: {name: adamw, args: {lr: 0.001}}
-    rollout: {samples: 2, max_new_tokens: 8}
-    steps: 2
-    examples_per_step: 2
-    device_batch_size: 4
-    save_every: 0
-    eval: {every: 0, examples: 4, k: 2}
-"""
+from experiments import MIDTRAIN, PRETRAIN, RL, SFT, TOKENIZER, adamw, data, experiment_text, task
+
+TINY = experiment_text(
+    {"tokenizer": {**TOKENIZER, "vocab_size": 512, "max_chars": 20000, "data": data(300)},
+     "pretrain": {**PRETRAIN, "data": data(300), "steps": 3, "total_batch_tokens": 256, "device_batch_size": 2,
+                  "optimizer": adamw(0.003), "eval_tokens": 512, "log_every": 1},
+     "midtrain": {**MIDTRAIN, "tasks": [task(300)], "steps": 2, "total_batch_tokens": 256, "device_batch_size": 2,
+                  "log_every": 1},
+     "sft": {**SFT, "task": task(300), "examples_per_step": 4, "device_batch_size": 4, "init_lr_frac": 1.0,
+             "eval_examples": 4, "eval_max_new_tokens": 8},
+     "rl": {**RL, "task": task(300), "optimizer": adamw(0.001), "rollout": {"samples": 2, "max_new_tokens": 8}}},
+    comment="tiny run of every stage, tracked: rlkit run tiny.yaml", name="tiny", seed=1, tracking=None)
 STAGES = ("tokenizer", "pretrain", "midtrain", "sft", "rl")
 
 # read back in a fresh process, as `rlkit compare` would: {metric@stage: [steps, values]}, params, texts
