@@ -11,7 +11,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from rlkit.cli import compare as compare_lib
+from rlkit.cli import comparison as compare_lib
 
 from experiments import PRETRAIN, RL, TOKENIZER, adamw, data, experiment_text, task
 

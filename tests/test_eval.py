@@ -201,7 +201,7 @@ def rlkit_rewards():
 READ_BACK = """
 import json, sys
 from aim import Repo
-from rlkit.cli.compare import read_metrics
+from rlkit.cli.comparison import read_metrics
 repo = Repo.from_path(sys.argv[1])
 run = next(iter(repo.query_runs("run.name == 'evals'", report_mode=0).iter_runs())).run
 print(json.dumps({f"{stage}|{name}": values[-1] for (stage, name), (steps, values) in read_metrics(run).items()}))
@@ -306,7 +306,7 @@ def test_rlkit_eval_bad_task_is_one_line(evaluated, cli):
 
 
 def test_rlkit_compare_shows_eval_metrics_by_default():
-    from rlkit.cli.compare import _metric_rows
+    from rlkit.cli.comparison import _metric_rows
 
     series = [{("rl", "reward"): 1, ("eval_rl", "arithmetic/pass@8"): 1, ("eval_rl", "arc_easy/centred"): 1,
                ("eval_rl", "ChatCORE"): 1, ("rl", "reward/gsm8k"): 1}]

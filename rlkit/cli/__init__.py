@@ -222,7 +222,7 @@ def compare(
 ):
     """Print runs side by side from Aim: final and best metrics per stage, wall times, config differences."""
     with user_errors():
-        from rlkit.cli.compare import compare as compare_runs, render
+        from rlkit.cli.comparison import compare as compare_runs, render
 
         result = compare_runs(repo, runs or [], metric or [])
         typer.echo(json.dumps(result, indent=2) if as_json else render(result))
