@@ -78,7 +78,7 @@ def _link(src, dst):
 def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str], world_size: int) -> list[str]:
     """Run every point of the sweep (checked first, all of them); print the comparison; return the run names."""
     from rlkit.core import pipeline
-    from rlkit.cli import compare
+    from rlkit.cli import comparison
 
     grid = points(sweeps)
     prepared = []
@@ -99,8 +99,8 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
         pipeline.run(cfg, plugins, resume=begun or shared)
     cfg = prepared[-1][1]
     if cfg.tracking.enabled:
-        result = compare.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])
-        print0(compare.render(result))
+        result = comparison.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])
+        print0(comparison.render(result))
     else:
         print0("rlkit sweep: tracking is off, so there is no comparison (tracking.enabled=true to get one)")
     return [name for name, _, _ in prepared]
