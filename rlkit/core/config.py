@@ -42,6 +42,11 @@ def plugin(kind: str, name: str = MISSING, ref: type = PluginRef):
     return field(default_factory=lambda: ref(name=name), metadata={"kind": kind})
 
 
+def optional_plugin(kind: str):
+    """A stage config field holding one plugin reference of `kind` or nothing (None: the stage decides)."""
+    return field(default=None, metadata={"kind": kind})
+
+
 def plugin_list(kind: str):
     """A stage config field holding a list of plugin references of `kind` (e.g. rewards, tasks)."""
     return field(default_factory=list, metadata={"kind": kind})
@@ -176,7 +181,8 @@ def plugin_refs(obj, prefix: str = ""):
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
         if "kind" in f.metadata:
-            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else \
+                [(key, value)] if value is not None else []
             yield from ((at, f.metadata["kind"], ref) for at, ref in items)
         elif dataclasses.is_dataclass(value):
             yield from plugin_refs(value, key + ".")

@@ -26,6 +26,9 @@ import rlkit
 from rlkit.lib.evaluation import corebench
 from rlkit.lib.evaluation.choice import MODES
 from rlkit.core.config import plugin_list
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
+from rlkit.core.session import load_model
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
@@ -82,15 +85,15 @@ def check(cfg: EvalConfig, setup) -> None:
             setup.plugins.get("reward", t.reward, f"{where}.reward")
 
 
-def run(ctx, start):
+def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:
     if start is None or start.path is None:
         raise RlkitError(f"stages.{ctx.name}: no model to evaluate (the entry before handed on none)")
-    model, tokenizer = ctx.load_model(start)
+    model, tokenizer, _ = load_model(ctx, start)
     step = start.meta.get("step", 0)
     found, centred = ctx.summary.setdefault("evals", {}), {}
     for i, spec in enumerate(evals(ctx.cfg)):
         task = ctx.task(spec, ctx.cfg.split, key=f"tasks[{i}]")
-        result = run_task(ctx, model, tokenizer, task, spec, examples=spec.examples, seed=ctx.seed(),
+        result = run_task(ctx.runtime, model, tokenizer, task, spec, examples=spec.examples, seed=ctx.seed(),
                           timeout=ctx.cfg.reward_timeout)
         figures = headline(result)
         print0(f"[{ctx.name}] {result['title']}: " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()) +
@@ -114,7 +117,7 @@ def run_core(ctx, model, tokenizer, step: int, found: dict) -> None:
     """CORE over the eval bundle's tasks: each task's accuracy and centred accuracy, and their mean."""
     path = ctx.cfg.core.path
     folder = corebench.bundle(None if path is None else str(ctx.base_dir / path))
-    result = corebench.evaluate_core(ctx, model, tokenizer, folder, ctx.cfg.core.max_per_task)
+    result = corebench.evaluate_core(ctx.runtime, model, tokenizer, folder, ctx.cfg.core.max_per_task)
     for label, figures in result["tasks"].items():
         print0(f"[{ctx.name}] CORE {label}: accuracy {figures['accuracy']:.4f} | centred {figures['centred']:.4f}")
         ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=f"core/{label}")

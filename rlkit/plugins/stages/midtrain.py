@@ -18,9 +18,11 @@ import torch
 import rlkit
 from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, plugin, plugin_list
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.lib.training.optim import lr_multiplier, set_lr
+from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.lib.training.speed import Meter
@@ -54,11 +56,10 @@ def check(cfg: MidtrainConfig, setup) -> None:
     check_optimizer(cfg.optimizer, setup)
 
 
-def run(ctx, start):
+def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
-    resume = ctx.resume_point()
-    model, tokenizer = ctx.load_model(resume or start)
-    optimizer = ctx.optimizer(s.optimizer, model)
+    session = ctx.session(start, s.optimizer)
+    model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
     tasks = [ctx.task(ref, "train", f"tasks[{i}]") for i, ref in enumerate(s.tasks)]
@@ -66,27 +67,26 @@ def run(ctx, start):
     random.Random(ctx.seed()).shuffle(mixture)
     conversations = (tokenizer.render_conversation(tasks[t][i]["messages"])[0] for t, i in _forever(mixture))
     batches = pack(conversations, s.device_batch_size, seq_len, ctx.dist.rank, world)
-    resumed = ctx.restore(resume, optimizer)
-    start_step = resumed["step"] if resumed else 0
+    start_step = session.start_step
     for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
         next(batches)
-    train = ctx.ddp(training.maybe_compile(ctx, model))
+    train = session.begin()  # compiled per model.compile, DDP under torchrun
     meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
     print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 
     loss_value, bar = float("nan"), progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
-        lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
+        lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
         loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         bar.update(step + 1, loss=loss_value)
-        training.end_step(ctx, step + 1, model, optimizer, {})
+        session.end_step(step + 1, {})
     bar.close()
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)
-    return ctx.save(s.steps, model, optimizer, {}, done=True)
+    return session.save(s.steps, {}, done=True)
 
 
 def _forever(items):

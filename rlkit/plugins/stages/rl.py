@@ -37,11 +37,12 @@ from typing import Optional
 import torch
 
 import rlkit
-from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
+from rlkit.core.config import PluginRef, RewardRef, optional_plugin, plugin, plugin_list
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
-from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
-from rlkit.lib.training.optim import set_lr
+from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
+from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.core.report import fmt, tracked_change
@@ -65,7 +66,7 @@ class RLEval:
     every: int = 60  # pass@k on held-out problems every N steps (0: only before and after)
     examples: int = 400
     k: int = 8  # samples per problem: pass@1..k
-    reward: PluginRef = plugin("reward", "gsm8k")  # decides "correct"
+    reward: Optional[PluginRef] = optional_plugin("reward")  # decides "correct" (left out: the task's own reward)
 
 
 @dataclass
@@ -99,11 +100,10 @@ class RLConfig:
     eval: RLEval = field(default_factory=RLEval)
 
 
-def run(ctx, start):
+def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     s, r = ctx.cfg, ctx.cfg.rollout
-    resume = ctx.resume_point()
-    model, tokenizer = ctx.load_model(resume or start)
-    optimizer = ctx.optimizer(s.optimizer, model)
+    session = ctx.session(start, s.optimizer)
+    model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
@@ -111,16 +111,17 @@ def run(ctx, start):
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
     needs_ref = "ref_logp" in getattr(algorithm, "needs", ())
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
-    train = ctx.ddp(model)
-    resumed = ctx.restore(resume, optimizer, algorithm)
-    start_step = resumed.get("step", 0)
+    train = session.begin(compile=False)
+    resumed, start_step = session.extra, session.start_step
+    if "algorithm" in resumed and hasattr(algorithm, "load_state_dict"):
+        algorithm.load_state_dict(resumed["algorithm"])
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
     # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards,
     # and the refill prompts group filtering drew (they shift later steps' prompts)
     kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", []),
-            "refill_prompts": resumed.get("refill_prompts", 0)} if resumed else \
+            "refill_prompts": resumed.get("refill_prompts", 0)} if session.resumed else \
         {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
          "refill_prompts": 0}
     baseline, history = kept["eval_baseline"], kept["rewards"]
@@ -128,7 +129,7 @@ def run(ctx, start):
     flops, peak = flops_per_token(model), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
     tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
-        lrm = s.init_lr_frac * (1.0 - step / s.steps)
+        lrm = lr_schedule(s, step)
         algorithm.at(f"at {ctx.name} step {step + 1}")  # for its error lines
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
@@ -157,10 +158,10 @@ def run(ctx, start):
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
-        training.end_step(ctx, done, model, optimizer, saved_state(algorithm, kept))
+        session.end_step(done, saved_state(algorithm, kept))
     bar.close()
 
-    handle = ctx.save(s.steps, model, optimizer, saved_state(algorithm, kept), done=True)
+    handle = session.save(s.steps, saved_state(algorithm, kept), done=True)
     run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
     tenth = max(1, len(history) // 10)
     ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
@@ -193,7 +194,7 @@ def evals(cfg: RLConfig) -> list[EvalTask]:
     r = cfg.rollout
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=cfg.eval.k, temperature=r.temperature,
                      top_k=r.top_k, max_new_tokens=r.max_new_tokens, examples=cfg.eval.examples,
-                     reward=cfg.eval.reward.name, reward_args=dict(cfg.eval.reward.args))]
+                     **eval_reward(cfg.eval.reward))]
 
 
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
@@ -202,7 +203,7 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
     function as `rlkit eval` and eval stages (run_task)."""
     s, r = ctx.cfg, ctx.cfg.rollout
     (spec,) = evals(s)
-    result = run_task(ctx, model, tokenizer, test_task, spec, examples=spec.examples, seed=ctx.seed(),
+    result = run_task(ctx.runtime, model, tokenizer, test_task, spec, examples=spec.examples, seed=ctx.seed(),
                       baseline=baseline, timeout=s.reward_timeout)
     k = s.eval.k if r.temperature > 0 else 1
     change = f" ({result['delta@1']:+.3f} ± {result['delta_se']:.3f} vs step 0)" if "delta@1" in result else ""

@@ -45,12 +45,12 @@ import torch.nn.functional as F
 
 from rlkit.core import checkpoint as ckpt
 from rlkit.lib.training import loop as training
-from rlkit.core.dist import all_reduce_sum, print0
+from rlkit.core.dist import all_reduce_max, all_reduce_sum, print0
 from rlkit.core.handoff import Checkpoint
 from rlkit.lib.training.objectives import k3
 from rlkit.core.policy import build
 from rlkit.lib.generation.sampling import next_token_entropy
-from rlkit.core.track import grad_norm
+from rlkit.lib.training.loop import grad_norm
 
 
 def update(ctx, train, model, optimizer, algorithm, reference, ids, mask, adv, step: int, rows=None,
@@ -263,17 +263,6 @@ class Stats:
         if has_ref:
             out["kl_ref"] = float(sums[4]) / tokens
         return out
-
-
-def all_reduce_max(value, device, kind=int):
-    """The largest of a number over ranks (itself in one process)."""
-    import torch.distributed as torch_dist
-
-    if not torch_dist.is_initialized():
-        return value
-    t = torch.tensor(float(value), device=device)
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return kind(t.item())
 
 
 def reference_model(ctx, model, tokenizer, start: Checkpoint | None):

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import rlkit
+from rlkit.core.context import StageContext
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
@@ -38,7 +39,7 @@ def check(cfg: TokenizerConfig, setup) -> None:
     check_data(cfg.data, setup)
 
 
-def run(ctx, start) -> Checkpoint:
+def run(ctx: StageContext[TokenizerConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
     texts = iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=s.data.args, text_field=s.data.text_field,
                        split=s.data.split, base_dir=ctx.base_dir, where=f"stages.{ctx.name}.data.source")
