@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,17 @@ def plugin(kind: str, name: str = MISSING, ref: type = PluginRef):
 def optional_plugin(kind: str):
     """A stage config field holding one plugin reference of `kind` or nothing (None: the stage decides)."""
     return field(default=None, metadata={"kind": kind})
+
+
+def bounded(default, ge: float):
+    """A number field that must be finite and >= `ge`: `steps: int = bounded(500, ge=1)`. Core checks it
+    when the entry is loaded (check_fields), in one line naming the file and key."""
+    return field(default=default, metadata={"ge": ge})
+
+
+def one_of(default, choices):
+    """A field whose value must be one of `choices`: `mode: str = one_of("letter", MODES)`."""
+    return field(default=default, metadata={"choices": tuple(choices)})
 
 
 def plugin_list(kind: str):
@@ -171,9 +183,11 @@ def entry_config(schema: type, name: str, entry, where: str, kinds: dict[str, di
     _check_choices(schema, merged, f"{where}.", kinds)
     try:
         _check_missing(merged, f"{where}.")
-        return OmegaConf.to_object(merged), merged
+        typed = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise RlkitError(f"{where}.{_explain(e, schema)}") from None
+    check_fields(typed, f"{where}.")
+    return typed, merged
 
 
 def plugin_refs(obj, prefix: str = ""):
@@ -186,6 +200,26 @@ def plugin_refs(obj, prefix: str = ""):
             yield from ((at, f.metadata["kind"], ref) for at, ref in items)
         elif dataclasses.is_dataclass(value):
             yield from plugin_refs(value, key + ".")
+
+
+def check_fields(obj, prefix: str) -> None:
+    """Every bounded / one_of field of a typed config, nested sections and lists of them included."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if "ge" in f.metadata and value is not None:
+            check_low(value, f.metadata["ge"], key)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise RlkitError(f"{key}: {value!r} is not valid (valid: {', '.join(map(str, f.metadata['choices']))})")
+        items = [(f"{key}[{i}].", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key + ".", value)]
+        for at, item in items:
+            if dataclasses.is_dataclass(item):
+                check_fields(item, at)
+
+
+def check_low(value, low, key: str) -> None:
+    """`value` (of `key`) must be a finite number >= low."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+        raise RlkitError(f"{key}: {value} must {'not be negative' if low == 0 else f'be at least {low}'}")
 
 
 def _check_choices(schema: type, node: DictConfig, prefix: str, kinds: dict[str, dict]) -> None:
@@ -244,18 +278,10 @@ def _unwrap_optional(kind):
 
 
 def _check_missing(cfg: DictConfig, prefix: str) -> None:
-    """OmegaConf only complains about '???' when a value is read; read them all now."""
-    for key in cfg:
-        full = f"{prefix}{key}"  # prefix carries the file name on the outermost call
-        if OmegaConf.is_missing(cfg, key):
-            raise RlkitError(f"{full}: missing required value")
-        value = cfg[key]
-        if isinstance(value, DictConfig):
-            _check_missing(value, full + ".")
-        elif OmegaConf.is_list(value):
-            for i, item in enumerate(value):
-                if isinstance(item, DictConfig):
-                    _check_missing(item, f"{full}[{i}].")
+    """OmegaConf only complains about '???' when a value is read; name the first one now."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise RlkitError(f"{prefix}{min(missing)}: missing required value")  # prefix: the file, the entry
 
 
 def _explain(e: OmegaConfBaseException, schema: type, extra: tuple = ()) -> str:

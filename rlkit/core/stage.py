@@ -21,11 +21,11 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from rlkit.core.config import check_low
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins
 
@@ -55,14 +55,13 @@ class Stage:
 # --- helpers for a stage's check -------------------------------------------------------------------
 
 def at_least(cfg, setup: StageSetup, low, *keys: str) -> None:
-    """Each dotted key of `cfg` (e.g. "rollout.samples") must be a finite number >= low."""
+    """Each dotted key of `cfg` (e.g. "rollout.samples") must be a finite number >= low. (Built-in stages
+    declare this on the field instead: rlkit.core.config.bounded.)"""
     for key in keys:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
-            need = "not be negative" if low == 0 else f"be at least {low}"
-            raise RlkitError(f"{setup.where}.{key}: {value} must {need}")
+        check_low(value, low, f"{setup.where}.{key}")
 
 
 def divides(setup: StageSetup, key: str, total: int, unit: int, unit_text: str) -> None:

@@ -30,10 +30,11 @@ from typing import Any, Optional
 
 import torch
 
-from rlkit.core.config import PluginRef
+from rlkit.core.config import PluginRef, bounded, one_of
 from rlkit.core.errors import RlkitError
 from rlkit.core.runtime import Runtime
 from rlkit.lib.generation.sampling import generate
+from rlkit.lib.evaluation.choice import MODES
 from rlkit.lib.evaluation.scoring import score
 from rlkit.lib.text.task import evaluation_of, prompt_messages
 
@@ -101,14 +102,14 @@ def evaluate(rt: Runtime, model, tokenizer, task, reward, *, examples: int, samp
 @dataclass
 class EvalTask(PluginRef):
     """One task to evaluate and how (an item of an eval stage's `tasks:`; what a stage's `evals` returns)."""
-    k: int = 1  # generative: samples per problem, pass@1..k (greedy, k = 1, when temperature is 0)
-    temperature: float = 0.0
-    top_k: int = 50  # 0 keeps the whole vocabulary
-    max_new_tokens: int = 256
-    examples: Optional[int] = None  # problems to evaluate (None: the stage's `examples`)
+    k: int = bounded(1, ge=1)  # generative: samples per problem, pass@1..k (greedy, k = 1, when temperature is 0)
+    temperature: float = bounded(0.0, ge=0)
+    top_k: int = bounded(50, ge=0)  # 0 keeps the whole vocabulary
+    max_new_tokens: int = bounded(256, ge=1)
+    examples: Optional[int] = bounded(None, ge=1)  # problems to evaluate (None: the stage's `examples`)
     reward: Optional[str] = None  # generative: the reward plugin that decides "correct" (None: the task's own)
     reward_args: dict[str, Any] = field(default_factory=dict)
-    mode: str = "letter"  # multiple choice: letter (chat models) | likelihood (base models)
+    mode: str = one_of("letter", MODES)  # multiple choice: letter (chat models) | likelihood (base models)
 
 
 def eval_reward(ref: PluginRef | None) -> dict:

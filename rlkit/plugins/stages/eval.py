@@ -24,8 +24,7 @@ from typing import Optional
 
 import rlkit
 from rlkit.lib.evaluation import corebench
-from rlkit.lib.evaluation.choice import MODES
-from rlkit.core.config import plugin_list
+from rlkit.core.config import bounded, plugin_list
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.session import load_model
@@ -33,7 +32,7 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.core.report import fmt
-from rlkit.core.stage import Stage, at_least
+from rlkit.core.stage import Stage
 
 CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nanochat's ChatCORE set
 
@@ -48,9 +47,9 @@ class Core:
 class EvalConfig:
     tasks: list[EvalTask] = plugin_list("task")
     core: Optional[Core] = None  # CORE for base models: {path: ...} or {} to download the bundle
-    examples: int = 500  # problems per task (a task's own `examples` wins)
+    examples: int = bounded(500, ge=1)  # problems per task (a task's own `examples` wins)
     split: str = "test"
-    reward_timeout: float = 10.0  # seconds a reward may take on one completion
+    reward_timeout: float = bounded(10.0, ge=0)  # seconds a reward may take on one completion
 
 
 def evals(cfg: EvalConfig) -> list[EvalTask]:
@@ -70,19 +69,9 @@ def check(cfg: EvalConfig, setup) -> None:
     if not setup.has_start:
         raise RlkitError(f"{setup.where}: an eval entry evaluates a checkpoint; put it after a training entry or "
                          "give it init: <checkpoint or run folder>")
-    at_least(cfg, setup, 1, "examples")
-    at_least(cfg, setup, 0, "reward_timeout")
     for i, t in enumerate(cfg.tasks):
-        where = f"{setup.where}.tasks[{i}]"
-        for key, low in (("k", 1), ("temperature", 0), ("top_k", 0), ("max_new_tokens", 1)):
-            if not getattr(t, key) >= low:
-                raise RlkitError(f"{where}.{key}: {getattr(t, key)} must be at least {low}")
-        if t.examples is not None and t.examples < 1:
-            raise RlkitError(f"{where}.examples: {t.examples} must be at least 1 (or left out: the entry's examples)")
-        if t.mode not in MODES:
-            raise RlkitError(f"{where}.mode: {t.mode!r} is not valid (valid: {', '.join(MODES)})")
         if t.reward is not None:
-            setup.plugins.get("reward", t.reward, f"{where}.reward")
+            setup.plugins.get("reward", t.reward, f"{setup.where}.tasks[{i}].reward")
 
 
 def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:

@@ -17,7 +17,7 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, plugin, plugin_list
+from rlkit.core.config import PluginRef, bounded, plugin, plugin_list
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
@@ -27,31 +27,29 @@ from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import Stage, at_least
+from rlkit.core.stage import Stage
 from rlkit.plugins.stages.pretrain import check_batch_tokens, grad_accum_steps, packed_step
 
 
 @dataclass
 class MidtrainConfig:
     tasks: list[PluginRef] = plugin_list("task")  # conversation mixture, packed
-    steps: int = 200
-    total_batch_tokens: int = 524288
-    device_batch_size: int = 32
+    steps: int = bounded(200, ge=1)
+    total_batch_tokens: int = bounded(524288, ge=1)
+    device_batch_size: int = bounded(32, ge=1)
     optimizer: PluginRef = plugin("optimizer", "muon")
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2
-    final_lr_frac: float = 0.0
-    init_lr_frac: float = 1.0  # scale every group's lr by this
-    log_every: int = 10
-    save_every: int = 0
+    warmup_steps: int = bounded(0, ge=0)
+    warmdown_frac: float = bounded(0.2, ge=0)
+    final_lr_frac: float = bounded(0.0, ge=0)
+    init_lr_frac: float = bounded(1.0, ge=0)  # scale every group's lr by this
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(0, ge=0)
 
 
 def check(cfg: MidtrainConfig, setup) -> None:
     if not cfg.tasks:
         raise RlkitError(f"{setup.where}.tasks: empty; list at least one task, e.g. [{{name: <task>}}] "
                          f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
-    at_least(cfg, setup, 1, "steps", "total_batch_tokens", "device_batch_size", "log_every")
-    at_least(cfg, setup, 0, "warmup_steps", "warmdown_frac", "final_lr_frac", "init_lr_frac", "save_every")
     check_batch_tokens(cfg, setup)
     check_optimizer(cfg.optimizer, setup)
 

@@ -19,7 +19,7 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, plugin
+from rlkit.core.config import PluginRef, bounded, plugin
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
@@ -29,7 +29,7 @@ from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import Stage, at_least, divides
+from rlkit.core.stage import Stage, divides
 from rlkit.lib.text.textdata import TextData, check_data, iter_texts, packed_batches
 from rlkit.lib.training.loop import grad_norm
 
@@ -37,23 +37,20 @@ from rlkit.lib.training.loop import grad_norm
 @dataclass
 class PretrainConfig:
     data: TextData = field(default_factory=TextData)
-    steps: int = 1000  # optimizer steps
-    total_batch_tokens: int = 524288  # tokens per optimizer step, all ranks; accumulation is derived
-    device_batch_size: int = 32  # rows per forward pass
+    steps: int = bounded(1000, ge=1)  # optimizer steps
+    total_batch_tokens: int = bounded(524288, ge=1)  # tokens per optimizer step, all ranks; accumulation is derived
+    device_batch_size: int = bounded(32, ge=1)  # rows per forward pass
     optimizer: PluginRef = plugin("optimizer", "muon")
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2  # fraction of steps at the end where lr falls linearly
-    final_lr_frac: float = 0.0
-    eval_every: int = 250  # bits-per-byte on held-out text every N steps (0: only at the end)
-    eval_tokens: int = 65536
-    log_every: int = 10
-    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    warmup_steps: int = bounded(0, ge=0)
+    warmdown_frac: float = bounded(0.2, ge=0)  # fraction of steps at the end where lr falls linearly
+    final_lr_frac: float = bounded(0.0, ge=0)
+    eval_every: int = bounded(250, ge=0)  # bits-per-byte on held-out text every N steps (0: only at the end)
+    eval_tokens: int = bounded(65536, ge=0)
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(0, ge=0)  # checkpoint every N steps (0: only at the end)
 
 
 def check(cfg: PretrainConfig, setup) -> None:
-    at_least(cfg, setup, 1, "steps", "total_batch_tokens", "device_batch_size", "log_every")
-    at_least(cfg, setup, 0, "warmup_steps", "warmdown_frac", "final_lr_frac", "eval_every", "eval_tokens",
-             "save_every")
     check_batch_tokens(cfg, setup)
     check_data(cfg.data, setup)
     check_optimizer(cfg.optimizer, setup)

@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 
 import rlkit
-from rlkit.core.config import PluginRef, RewardRef, optional_plugin, plugin, plugin_list
+from rlkit.core.config import PluginRef, RewardRef, bounded, optional_plugin, plugin, plugin_list
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
@@ -55,24 +55,24 @@ from rlkit.plugins.stages.rl_check import build_algorithm, check, check_fits
 
 @dataclass
 class Rollout:
-    samples: int = 16  # completions per prompt (the group size G)
-    temperature: float = 1.0
-    top_k: int = 50  # 0 keeps the whole vocabulary
-    max_new_tokens: int = 256
+    samples: int = bounded(16, ge=1)  # completions per prompt (the group size G)
+    temperature: float = bounded(1.0, ge=0)
+    top_k: int = bounded(50, ge=0)  # 0 keeps the whole vocabulary
+    max_new_tokens: int = bounded(256, ge=1)
 
 
 @dataclass
 class RLEval:
-    every: int = 60  # pass@k on held-out problems every N steps (0: only before and after)
-    examples: int = 400
-    k: int = 8  # samples per problem: pass@1..k
+    every: int = bounded(60, ge=0)  # pass@k on held-out problems every N steps (0: only before and after)
+    examples: int = bounded(400, ge=0)
+    k: int = bounded(8, ge=1)  # samples per problem: pass@1..k
     reward: Optional[PluginRef] = optional_plugin("reward")  # decides "correct" (left out: the task's own reward)
 
 
 @dataclass
 class Updates:
-    epochs: int = 1  # passes over each step's rollouts
-    minibatches: int = 1  # optimizer steps per pass (the step's rows split into this many slices)
+    epochs: int = bounded(1, ge=1)  # passes over each step's rollouts
+    minibatches: int = bounded(1, ge=1)  # optimizer steps per pass (the step's rows split into this many slices)
 
 
 @dataclass
@@ -87,16 +87,16 @@ class RLConfig:
     rewards: list[RewardRef] = plugin_list("reward")
     optimizer: PluginRef = plugin("optimizer", "muon")
     rollout: Rollout = field(default_factory=Rollout)
-    steps: int = 500
-    examples_per_step: int = 16  # prompts per step, all ranks
-    device_batch_size: int = 8  # sequences per forward/backward micro-batch
+    steps: int = bounded(500, ge=1)
+    examples_per_step: int = bounded(16, ge=1)  # prompts per step, all ranks
+    device_batch_size: int = bounded(8, ge=1)  # sequences per forward/backward micro-batch
     updates: Updates = field(default_factory=Updates)
     reference: Reference = field(default_factory=Reference)  # loaded only for an algorithm that needs ref_logp
-    max_refills: int = 4  # group filtering (an algorithm's filter_groups): extra sampling rounds at most
-    init_lr_frac: float = 0.05
-    reward_timeout: float = 10.0  # seconds one reward call may take on one completion (0: no limit)
-    log_every: int = 1
-    save_every: int = 60
+    max_refills: int = bounded(4, ge=0)  # group filtering (an algorithm's filter_groups): most extra sampling rounds
+    init_lr_frac: float = bounded(0.05, ge=0)
+    reward_timeout: float = bounded(10.0, ge=0)  # seconds one reward call may take on one completion (0: no limit)
+    log_every: int = bounded(1, ge=1)
+    save_every: int = bounded(60, ge=0)
     eval: RLEval = field(default_factory=RLEval)
 
 

@@ -19,7 +19,7 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, optional_plugin, plugin
+from rlkit.core.config import PluginRef, bounded, optional_plugin, plugin
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
@@ -31,29 +31,27 @@ from rlkit.lib.training.progress import progress
 from rlkit.core.report import fmt
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import Stage, at_least, divides
+from rlkit.core.stage import Stage, divides
 from rlkit.lib.training.loop import grad_norm
 
 
 @dataclass
 class SFTConfig:
     task: PluginRef = plugin("task")
-    steps: int = 200
-    examples_per_step: int = 32  # conversations per optimizer step, all ranks
-    device_batch_size: int = 8
+    steps: int = bounded(200, ge=1)
+    examples_per_step: int = bounded(32, ge=1)  # conversations per optimizer step, all ranks
+    device_batch_size: int = bounded(8, ge=1)
     optimizer: PluginRef = plugin("optimizer", "muon")
-    init_lr_frac: float = 0.02
-    warmdown_frac: float = 1.0  # nanochat's sft ramps lr down linearly over the whole stage
-    eval_examples: int = 200  # greedy accuracy on held-out problems at the end (0: skip)
+    init_lr_frac: float = bounded(0.02, ge=0)
+    warmdown_frac: float = bounded(1.0, ge=0)  # nanochat's sft ramps lr down linearly over the whole stage
+    eval_examples: int = bounded(200, ge=0)  # greedy accuracy on held-out problems at the end (0: skip)
     eval_reward: Optional[PluginRef] = optional_plugin("reward")  # scores that accuracy (left out: the task's own)
-    eval_max_new_tokens: int = 128
-    log_every: int = 10
-    save_every: int = 0
+    eval_max_new_tokens: int = bounded(128, ge=0)
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(0, ge=0)
 
 
 def check(cfg: SFTConfig, setup) -> None:
-    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every")
-    at_least(cfg, setup, 0, "init_lr_frac", "warmdown_frac", "eval_examples", "eval_max_new_tokens", "save_every")
     divides(setup, "examples_per_step", cfg.examples_per_step, cfg.device_batch_size * setup.world_size,
             f"device_batch_size x processes = {cfg.device_batch_size} x {setup.world_size}")
     check_optimizer(cfg.optimizer, setup)
