@@ -140,3 +140,48 @@ def test_sft_and_rl_evaluate_with_the_tasks_own_reward_unless_told_otherwise():
     assert task_reward(rt, task, told, "stages.rl.eval.reward")[0] == "gsm8k"
     with pytest.raises(RlkitError, match=r"^stages.sft.eval_reward: task 'humaneval' names no reward of its own"):
         task_reward(rt, Task([make_example("q", "a")]), spec, "stages.sft.eval_reward")
+
+
+BOUNDED = '''\
+from dataclasses import dataclass, field
+
+import rlkit
+from rlkit.core.config import bounded, one_of
+from rlkit.core.stage import Stage
+
+
+@dataclass
+class Inner:
+    rate: float = bounded(0.5, ge=0)
+
+
+@dataclass
+class TidyConfig:
+    steps: int = bounded(3, ge=1)
+    style: str = one_of("neat", ("neat", "loose"))
+    inner: Inner = field(default_factory=Inner)
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"tidy": Stage(config=TidyConfig, run=lambda ctx, start: start)}
+'''
+
+
+@pytest.mark.parametrize("entry, line", [
+    ("{steps: 0}", "stages.tidy.steps: 0 must be at least 1"),
+    ("{inner: {rate: -0.1}}", "stages.tidy.inner.rate: -0.1 must not be negative"),
+    ("{inner: {rate: .nan}}", "stages.tidy.inner.rate: nan must not be negative"),
+    ("{style: messy}", "stages.tidy.style: 'messy' is not valid (valid: neat, loose)"),
+])
+def test_field_constraints_of_a_local_stage_fail_in_one_line_naming_file_and_key(tmp_path, entry, line):
+    from rlkit.core import pipeline
+
+    (tmp_path / "tidy.py").write_text(BOUNDED)
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: t\nplugins: [./tidy.py]\nstages:\n  tidy: {entry}\n")
+    with pytest.raises(RlkitError) as e:
+        pipeline.prepare(path, [], [])
+    assert str(e.value) == f"{path}: {line}"
+    path.write_text("name: t\nplugins: [./tidy.py]\nstages:\n  tidy: {steps: 1, style: loose}\n")
+    pipeline.prepare(path, [], [])  # valid values pass
