@@ -62,6 +62,29 @@ def rlkit_stages():
     return {"draws": Stage(config=DrawsConfig, run=run)}
 '''
 
+# the same stage written against the pre-session context (load_model, optimizer, restore, ddp, save, ...)
+DRAWS_BEFORE_SESSIONS = DRAWS[:DRAWS.index("def run(")] + '''\
+def run(ctx, start):
+    resume = ctx.resume_point()
+    model, _ = ctx.load_model(resume or start)
+    optimizer = ctx.optimizer(ctx.cfg.optimizer, model)
+    resumed = ctx.restore(resume, optimizer)
+    ctx.ddp(model)
+    drawn = resumed.get("drawn", [])
+    for step in range(resumed.get("step", 0), ctx.cfg.steps):
+        drawn.append(torch.rand(()).item())
+        if os.environ.get("STOP_AT") == str(step + 1):
+            os.kill(os.getpid(), signal.SIGINT)
+        ctx.stop_if_requested(step + 1, model, optimizer, {"drawn": drawn})
+    print("drawn", json.dumps(drawn))
+    return ctx.save(ctx.cfg.steps, model, optimizer, {"drawn": drawn}, done=True)
+
+
+@rlkit.hookimpl
+def rlkit_stages():
+    return {"draws": Stage(config=DrawsConfig, run=run)}
+'''
+
 EXPERIMENT = """\
 name: draws
 seed: 0
@@ -85,17 +108,18 @@ def _drawn(stdout: str) -> list[float]:
     return json.loads(next(line for line in stdout.splitlines() if line.startswith("drawn "))[6:])
 
 
-def _folder(path: Path) -> Path:
+def _folder(path: Path, plugin: str) -> Path:
     path.mkdir(parents=True)
-    (path / "draws.py").write_text(DRAWS)
+    (path / "draws.py").write_text(plugin)
     (path / "exp.yaml").write_text(EXPERIMENT)
     return path
 
 
-def test_a_stopped_and_resumed_run_draws_the_same_random_numbers_as_a_straight_one(tmp_path):
-    straight = _rlkit(_folder(tmp_path / "straight"))
+@pytest.mark.parametrize("plugin", [DRAWS, DRAWS_BEFORE_SESSIONS], ids=["session", "before-sessions"])
+def test_a_stopped_and_resumed_run_draws_the_same_random_numbers_as_a_straight_one(tmp_path, plugin):
+    straight = _rlkit(_folder(tmp_path / "straight", plugin))
     assert straight.returncode == 0, straight.stdout + straight.stderr
-    stopped = _folder(tmp_path / "stopped")
+    stopped = _folder(tmp_path / "stopped", plugin)
     first = _rlkit(stopped, stop_at="2")
     assert first.returncode != 0 and "stopped at draws step 2" in first.stdout + first.stderr
     again = _rlkit(stopped, "--resume")

@@ -1,6 +1,6 @@
 """A training stage's session: its model, tokenizer and optimizer, resumed or fresh, and its checkpoints.
 
-    session = ctx.session(start, cfg.optimizer)  # resume point -> model -> optimizer -> optimizer state
+    session = ctx.session(start, cfg.optimizer)  # resume point -> model -> optimizer (None: none) -> its state
     train = session.begin()                     # the saved random state back (--resume), then compile and DDP
     for step in range(session.start_step, cfg.steps):
         ...                                     # forward/backward on `train`, optimizer.step()
@@ -49,11 +49,11 @@ class Session:
         self.ctx = ctx
         self.resumed = ctx.resume_point()  # this entry's own newest checkpoint under --resume, its meta read
         self.model, self.tokenizer, self.origin = load_model(ctx, self.resumed or start)
-        self.optimizer = ctx.optimizer(optimizer_ref, self.model)
+        self.optimizer = None if optimizer_ref is None else ctx.optimizer(optimizer_ref, self.model)
         meta = self.resumed.meta if self.resumed else {}
         if self.resumed is not None:
             state = ckpt.read_optimizer(self.resumed.path, verify=not self.resumed.verified)
-            if state is not None:
+            if state is not None and self.optimizer is not None:
                 self.optimizer.load_state_dict(state)
             print0(f"[{ctx.name}] resuming at step {meta['step']}")
         self.start_step: int = meta.get("step", 0)
