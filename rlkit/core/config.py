@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.stage import bounded, check_fields, one_of  # noqa: F401 -- declared on fields, like plugin()
 from rlkit.core.yamlfile import StrictLoader, read_yaml
 
 @dataclass
@@ -46,17 +46,6 @@ def plugin(kind: str, name: str = MISSING, ref: type = PluginRef):
 def optional_plugin(kind: str):
     """A stage config field holding one plugin reference of `kind` or nothing (None: the stage decides)."""
     return field(default=None, metadata={"kind": kind})
-
-
-def bounded(default, ge: float):
-    """A number field that must be finite and >= `ge`: `steps: int = bounded(500, ge=1)`. Core checks it
-    when the entry is loaded (check_fields), in one line naming the file and key."""
-    return field(default=default, metadata={"ge": ge})
-
-
-def one_of(default, choices):
-    """A field whose value must be one of `choices`: `mode: str = one_of("letter", MODES)`."""
-    return field(default=default, metadata={"choices": tuple(choices)})
 
 
 def plugin_list(kind: str):
@@ -200,26 +189,6 @@ def plugin_refs(obj, prefix: str = ""):
             yield from ((at, f.metadata["kind"], ref) for at, ref in items)
         elif dataclasses.is_dataclass(value):
             yield from plugin_refs(value, key + ".")
-
-
-def check_fields(obj, prefix: str) -> None:
-    """Every bounded / one_of field of a typed config, nested sections and lists of them included."""
-    for f in dataclasses.fields(obj):
-        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
-        if "ge" in f.metadata and value is not None:
-            check_low(value, f.metadata["ge"], key)
-        if "choices" in f.metadata and value not in f.metadata["choices"]:
-            raise RlkitError(f"{key}: {value!r} is not valid (valid: {', '.join(map(str, f.metadata['choices']))})")
-        items = [(f"{key}[{i}].", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key + ".", value)]
-        for at, item in items:
-            if dataclasses.is_dataclass(item):
-                check_fields(item, at)
-
-
-def check_low(value, low, key: str) -> None:
-    """`value` (of `key`) must be a finite number >= low."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
-        raise RlkitError(f"{key}: {value} must {'not be negative' if low == 0 else f'be at least {low}'}")
 
 
 def _check_choices(schema: type, node: DictConfig, prefix: str, kinds: dict[str, dict]) -> None:

@@ -112,9 +112,8 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     needs_ref = "ref_logp" in getattr(algorithm, "needs", ())
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
     train = session.begin(compile=False)
-    resumed, start_step = session.extra, session.start_step
-    if "algorithm" in resumed and hasattr(algorithm, "load_state_dict"):
-        algorithm.load_state_dict(resumed["algorithm"])
+    resumed, start_step = session.extra, session.start_step  # what saved_state kept ({} when fresh)
+    restore_algorithm(algorithm, resumed)
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
@@ -223,6 +222,12 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
 def saved_state(algorithm, kept: dict) -> dict:
     """What a checkpoint keeps besides weights and optimizer: `kept` and the algorithm's state."""
     return {**kept, "algorithm": algorithm.state_dict()} if hasattr(algorithm, "state_dict") else dict(kept)
+
+
+def restore_algorithm(algorithm, extra: dict) -> None:
+    """On --resume, the algorithm's own state (an object with load_state_dict) from what saved_state kept."""
+    if "algorithm" in extra and hasattr(algorithm, "load_state_dict"):
+        algorithm.load_state_dict(extra["algorithm"])
 
 
 def report(summary: dict, tracked: dict) -> list[str]:
