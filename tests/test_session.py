@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import load_plugins
 from rlkit.core.runtime import Runtime
 from rlkit.core.track import Tracker
-from rlkit.lib.evaluation.evaluate import EvalTask, task_reward
+from rlkit.lib.evaluation.evaluate import task_reward
 from rlkit.lib.text.task import Task, make_example
 from rlkit.lib.training.optim import lr_multiplier, lr_schedule
 from rlkit.plugins.stages import rl, sft
