@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from rlkit.lib.training import progress as progress_lib
 from rlkit.core import track
+from rlkit.lib.training.loop import grad_norm
 
 from experiments import MIDTRAIN, PRETRAIN, RL, SFT, TOKENIZER, adamw, data, experiment_text, task
 
@@ -199,7 +200,7 @@ def test_grad_norm_is_the_l2_norm_of_all_gradients():
     model = torch.nn.Module()
     model.a, model.b = a, b
     model.c = torch.nn.Parameter(torch.ones(1))  # no gradient: left out
-    assert track.grad_norm(model).item() == pytest.approx(13.0)  # sqrt(9 + 16 + 144)
+    assert grad_norm(model).item() == pytest.approx(13.0)  # sqrt(9 + 16 + 144)
 
 
 def test_progress_prints_a_plain_line_each_tenth_off_a_terminal(capsys, monkeypatch):

@@ -15,8 +15,6 @@ Under torchrun each rank takes a slice of the problems, as in an eval stage.
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,9 +32,10 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
     """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}."""
     import torch
 
-    from rlkit.core import dist
-    from rlkit.core.context import StageContext, entry_seed
+    from rlkit.core import dist, policy
+    from rlkit.core.context import entry_seed
     from rlkit.core.plugins import load_plugins
+    from rlkit.core.runtime import Runtime
     from rlkit.core.track import Tracker
 
     if not tasks:
@@ -53,16 +52,14 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)
         rows, loaded = [], None
         for spec, index, entry in [found for item in tasks for found in _specs(item, known, examples, plugins)]:
-            ctx = StageContext("rlkit-eval", None, cfg, index, plugins, run_dir or start.path, device, dtype, info,
-                               Tracker())
-            if loaded is None:
-                with contextlib.redirect_stdout(sys.stderr):  # stdout is the table or the JSON alone
-                    loaded = ctx.load_model(start)
-            model, tokenizer = loaded
-            task = ctx.task(spec, "test", key=f"task {spec.name}")
             seed = entry_seed(cfg.seed, index) if entry is not None else 0
+            rt = Runtime("rlkit-eval", device, dtype, info, Tracker(), plugins, seed)
+            if loaded is None:
+                loaded = policy.load(plugins, start, cfg.model.get("seq_len"), "rlkit eval", device)
+            model, tokenizer = loaded
+            task = load_task(plugins, spec)
             with torch.no_grad():
-                result = run_task(ctx, model, tokenizer, task, spec, examples=spec.examples, seed=seed)
+                result = run_task(rt, model, tokenizer, task, spec, examples=spec.examples, seed=seed)
             rows.append({"task": spec.name, "title": result["title"], "kind": result["kind"], "entry": entry,
                          "seed": seed, "problems": min(spec.examples, len(task)),
                          "settings": {"k": spec.k, "temperature": spec.temperature, "top_k": spec.top_k,
@@ -72,6 +69,18 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
         return rows
     finally:
         dist.shutdown()
+
+
+def load_task(plugins, spec: EvalTask):
+    """The task's test examples, checked as a stage checks them."""
+    from rlkit.core.context import call_plugin, check_examples
+
+    fn = plugins.get("task", spec.name, f"--task {spec.name}")
+    task = call_plugin(f"rlkit eval: task {spec.name}", spec.name, fn, "test", **spec.args)
+    if len(task) == 0:
+        raise RlkitError(f"rlkit eval: task {spec.name}: task '{spec.name}' has no test examples")
+    check_examples(task, f"rlkit eval: task {spec.name}: task '{spec.name}' (test)")
+    return task
 
 
 def _figures(result: dict) -> dict:

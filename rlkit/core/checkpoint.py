@@ -235,16 +235,24 @@ def load_checkpoint(path, device="cpu", load_optimizer: bool = True, load_model:
             model_state = load_file(str(path / MODEL_FILE), device=str(device))
         except Exception as e:  # noqa: BLE001 -- whatever safetensors says, name the file
             raise RlkitError(f"{path / MODEL_FILE} cannot be read ({e})") from None
-    optimizer_state = None
-    if load_optimizer and has_opt:
-        try:
-            optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 -- includes the refusal of non-weight pickles
-            why = str(e).strip().split(".")[0][:120] or type(e).__name__  # torch's first sentence, not its advice
-            raise RlkitError(f"{path / OPTIMIZER_FILE} is refused: it holds something other than tensors and "
-                             f"plain values, which rlkit never unpickles ({why}); use a checkpoint rlkit saved") from None
+    optimizer_state = read_optimizer(path, device, verify=False) if load_optimizer and has_opt else None
     meta.pop("checkpoint")
     return model_state, optimizer_state, meta
+
+
+def read_optimizer(path, device="cpu", verify: bool = True) -> dict | None:
+    """A checkpoint's optimizer state alone (None when it saved none), for a resume whose meta is already read."""
+    path = Path(path)
+    if not (path / OPTIMIZER_FILE).is_file():
+        return None
+    if verify:
+        verify_checkpoint(path, files=[OPTIMIZER_FILE])
+    try:
+        return torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- includes the refusal of non-weight pickles
+        why = str(e).strip().split(".")[0][:120] or type(e).__name__  # torch's first sentence, not its advice
+        raise RlkitError(f"{path / OPTIMIZER_FILE} is refused: it holds something other than tensors and "
+                         f"plain values, which rlkit never unpickles ({why}); use a checkpoint rlkit saved") from None
 
 
 # ----------------------------------------------------------------------------- find

@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.stage import bounded, check_fields, one_of  # noqa: F401 -- declared on fields, like plugin()
 from rlkit.core.yamlfile import StrictLoader, read_yaml
 
 @dataclass
@@ -40,6 +41,11 @@ def plugin(kind: str, name: str = MISSING, ref: type = PluginRef):
     """A stage config field holding one plugin reference of `kind`; core checks its name and args up
     front. `name` is the plugin's default, MISSING to make the YAML choose one."""
     return field(default_factory=lambda: ref(name=name), metadata={"kind": kind})
+
+
+def optional_plugin(kind: str):
+    """A stage config field holding one plugin reference of `kind` or nothing (None: the stage decides)."""
+    return field(default=None, metadata={"kind": kind})
 
 
 def plugin_list(kind: str):
@@ -166,9 +172,11 @@ def entry_config(schema: type, name: str, entry, where: str, kinds: dict[str, di
     _check_choices(schema, merged, f"{where}.", kinds)
     try:
         _check_missing(merged, f"{where}.")
-        return OmegaConf.to_object(merged), merged
+        typed = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise RlkitError(f"{where}.{_explain(e, schema)}") from None
+    check_fields(typed, f"{where}.")
+    return typed, merged
 
 
 def plugin_refs(obj, prefix: str = ""):
@@ -176,7 +184,8 @@ def plugin_refs(obj, prefix: str = ""):
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
         if "kind" in f.metadata:
-            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else \
+                [(key, value)] if value is not None else []
             yield from ((at, f.metadata["kind"], ref) for at, ref in items)
         elif dataclasses.is_dataclass(value):
             yield from plugin_refs(value, key + ".")
@@ -238,18 +247,10 @@ def _unwrap_optional(kind):
 
 
 def _check_missing(cfg: DictConfig, prefix: str) -> None:
-    """OmegaConf only complains about '???' when a value is read; read them all now."""
-    for key in cfg:
-        full = f"{prefix}{key}"  # prefix carries the file name on the outermost call
-        if OmegaConf.is_missing(cfg, key):
-            raise RlkitError(f"{full}: missing required value")
-        value = cfg[key]
-        if isinstance(value, DictConfig):
-            _check_missing(value, full + ".")
-        elif OmegaConf.is_list(value):
-            for i, item in enumerate(value):
-                if isinstance(item, DictConfig):
-                    _check_missing(item, f"{full}[{i}].")
+    """OmegaConf only complains about '???' when a value is read; name the first one now."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise RlkitError(f"{prefix}{min(missing)}: missing required value")  # prefix: the file, the entry
 
 
 def _explain(e: OmegaConfBaseException, schema: type, extra: tuple = ()) -> str:

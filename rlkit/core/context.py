@@ -1,40 +1,39 @@
 """What a stage's run(ctx, start) gets: runtime services, nothing about any particular stage.
 
-    resume = ctx.resume_point()                        # this entry's own last checkpoint (--resume)
-    model, tokenizer = ctx.load_model(resume or start)  # from a checkpoint, else a fresh model
-    optimizer = ctx.optimizer(cfg.optimizer, model)
-    meta = ctx.restore(resume, optimizer)              # optimizer, RNG and algorithm state; {} if new
-    ...
-    return ctx.save(step, model, optimizer, extra, done=True)   # the handle the next entry starts from
+    def run(ctx: StageContext[MyConfig], start: Checkpoint | None) -> Checkpoint:
+        session = ctx.session(start, ctx.cfg.optimizer)   # model, tokenizer, optimizer; resumed or fresh
+        ...
+        return session.save(step, extra, done=True)       # the handle the next entry starts from
 
-The loop helpers that stages share (log line, checks before the update, save_every) are in
-rlkit.lib.training.loop.
+A stage that trains nothing may return `start`. `ctx.runtime` is the part library functions take
+(device, dtype, ranks, tracker, plugins, seed). The methods below the line "the pre-session contract"
+keep stages written against the older context working (resume_point, load_model, restore, save, ...).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rlkit.core import checkpoint as ckpt
-from rlkit.core import interrupt, policy, rng
-from rlkit.core.dist import DistInfo, all_reduce_sum, barrier, print0
+from rlkit.core import interrupt, rng, session
+from rlkit.core.dist import DistInfo, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.plugins import Plugins
-from rlkit.core.tokenizer import Tokenizer
+from rlkit.core.runtime import Runtime
+
+Cfg = TypeVar("Cfg")
 
 
 @dataclass
-class StageContext:
+class StageContext(Generic[Cfg]):
     name: str  # this entry's name: its folder runs/<name>/<entry>, its Aim context, its report section
-    cfg: Any  # this entry's typed config (its stage's dataclass)
+    cfg: Cfg  # this entry's typed config (its stage's dataclass)
     experiment: DictConfig  # the whole resolved experiment (seed, model, ...)
     index: int  # the entry's position in the YAML order
     plugins: Plugins
@@ -43,12 +42,10 @@ class StageContext:
     dtype: torch.dtype  # compute dtype for autocast
     dist: DistInfo
     tracker: Any  # rlkit.core.track.Tracker
-    resume: bool = False
+    resume: bool = False  # --resume: a session starts from this entry's own newest checkpoint
     summary: dict = field(default_factory=dict)  # what the stage reports at its end (report card)
     init: str | None = None  # the entry's `init:`, if it has one (named in errors about its start)
     start_path: Path | None = None  # the checkpoint the entry started from (named when a step fails)
-    model_name: str | None = None  # set by load_model: what save() records with the weights
-    tokenizer_dir: Path | None = None  # set by load_model: the rlkit tokenizer folder, if one is used
 
     @property
     def stage_dir(self) -> Path:
@@ -62,6 +59,11 @@ class StageContext:
     def seq_len(self) -> int:
         return self.experiment.model.seq_len
 
+    @property
+    def runtime(self) -> Runtime:
+        """What library functions take: device, dtype, ranks, tracker, plugins and this entry's seed."""
+        return Runtime(self.name, self.device, self.dtype, self.dist, self.tracker, self.plugins, self.seed())
+
     def seed(self, offset: int = 0) -> int:
         """This entry's seed, from the experiment's one seed and the entry's position (entry i gets
         seed * 1000 + 100 * (i - 1): the first build's seeds for tokenizer, pretrain, ..., rl)."""
@@ -69,9 +71,11 @@ class StageContext:
 
     def autocast(self):
         """bf16 autocast when the compute dtype is bf16; a no-op context in fp32."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return self.runtime.autocast()
+
+    def session(self, start: Checkpoint | None, optimizer_ref) -> session.Session:
+        """A training session: resume point, model, optimizer and restored state (rlkit.core.session)."""
+        return session.Session(self, start, optimizer_ref)
 
     # --- plugins -----------------------------------------------------------
     def plugin(self, kind: str, ref):
@@ -101,46 +105,25 @@ class StageContext:
                 raise RlkitError(f"optimizer plugin '{ref.name}': every param group needs 'initial_lr'")
         return optimizer
 
-    # --- model and checkpoints ---------------------------------------------
     def resume_point(self) -> Checkpoint | None:
         """Under --resume, this entry's own newest whole checkpoint (only its own folder is looked in)."""
         found = ckpt.latest_checkpoint(self.stage_dir, warn=print0) if self.resume else None
         return None if found is None else Checkpoint.from_step(found, f"stages.{self.name}", verified=True)
 
+    # --- the pre-session contract: stages that load, restore and save step by step ----------------
     def load_model(self, start: Checkpoint | None):
-        """(model on device, tokenizer): the weights of `start`, else a new model from `model:` and the seed."""
-        mc, where = self.experiment.model, f"stages.{self.name}"
-        self.tokenizer_dir = start.tokenizer if start is not None else None
-        args = OmegaConf.to_container(mc.args)
-        if start is None or start.path is None:
-            tokenizer = Tokenizer.load(self.tokenizer_dir) if self.tokenizer_dir is not None else None
-            self.model_name = mc.name or policy.model_name(self.plugins, None, args, "model")
-            torch.manual_seed(self.experiment.seed)  # one seed, one init, whatever the entry
-            model, tokenizer = policy.build(self.plugins, self.model_name, args, tokenizer, mc.seq_len, "model")
-            print0(f"[{self.name}] new {self.model_name} model: {sum(p.numel() for p in model.parameters()):,} "
-                   "parameters")
-            return model.to(self.device), tokenizer
-        self.model_name, spec = start.model["name"], start.model["args"]
-        key = f"{where}.init" if self.init else "model"
-        if mc.name not in (None, self.model_name):
-            raise RlkitError(f"{key}: checkpoint {start.path} holds a {self.model_name} model but model.name is "
-                             f"{mc.name}; set model.name={self.model_name} or start from a matching checkpoint")
-        for k, v in args.items():
-            if k in spec and policy.differs(spec[k], v):
-                raise RlkitError(f"{key}: checkpoint {start.path} holds a {self.model_name} model with {k}={spec[k]} "
-                                 f"but model.{k} is {v}; set model.{k}={spec[k]} or start from a matching checkpoint")
-        model, tokenizer = policy.load(self.plugins, start, mc.seq_len, key, self.device)
-        own = start.path.parent == self.stage_dir  # this entry's own checkpoint: --resume
-        print0(f"[{self.name}] {'resuming from' if own else 'starting from'} {start.path}")
+        """(model, tokenizer) of `start` (or new); remembers what save() records with the weights."""
+        model, tokenizer, self._origin = session.load_model(self, start)
         return model, tokenizer
 
     def restore(self, resume: Checkpoint | None, optimizer, algorithm=None) -> dict:
-        """From this entry's own checkpoint: optimizer, RNG and algorithm state; returns its meta ({} if none)."""
+        """Optimizer, RNG and (an object with load_state_dict) algorithm state; the resume's meta ({} if none)."""
         if resume is None:
             return {}
-        _, opt_state, meta = ckpt.load_checkpoint(resume.path, load_model=False, verify=not resume.verified)
-        if optimizer is not None and opt_state is not None:
-            optimizer.load_state_dict(opt_state)
+        meta = {k: v for k, v in (resume.meta or Checkpoint.from_step(resume.path).meta).items() if k != "checkpoint"}
+        state = ckpt.read_optimizer(resume.path, verify=not resume.verified)
+        if optimizer is not None and state is not None:
+            optimizer.load_state_dict(state)
         rng.set_rng_state(meta["rng"])
         if algorithm is not None and "algorithm" in meta and hasattr(algorithm, "load_state_dict"):
             algorithm.load_state_dict(meta["algorithm"])
@@ -148,48 +131,28 @@ class StageContext:
         return meta
 
     def save(self, step: int, model, optimizer, extra: dict, done: bool = False) -> Checkpoint:
-        """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle."""
-        step_dir = self.stage_dir / f"step_{step:06d}"
-        record = {"name": self.model_name, "args": model.spec(), "seq_len": self.seq_len}
-        handle = Checkpoint(step_dir, record, self.tokenizer_dir)
-        if self.dist.is_main:
-            record = handle.record(step_dir)
-            meta = {"stage": self.name, "step": step, "done": done, "model": record["model"],
-                    "tokenizer": record["tokenizer"], "rng": rng.rng_state(), "saved_at": time.time(), **extra}
-            state = {k: v.detach() for k, v in model.state_dict().items()}
-            opt_state = optimizer.state_dict() if optimizer is not None else None
-            ckpt.save_checkpoint(self.stage_dir, step, state, opt_state, meta)
-        barrier()  # the next entry on every rank reads what rank 0 writes
-        return handle
-
-    # --- distributed -------------------------------------------------------
-    def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Wrap in DistributedDataParallel under torchrun (gradients averaged over ranks); as is otherwise."""
-        if not self.dist.distributed:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
-    def no_sync(self, model: torch.nn.Module, last: bool):
-        """Skip DDP's gradient all-reduce on every accumulation pass but the last."""
-        if last or not hasattr(model, "no_sync"):
-            return contextlib.nullcontext()
-        return model.no_sync()
-
-    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
-        return all_reduce_sum(t.clone())
-
-    def mean_over_ranks(self, t: torch.Tensor) -> float:
-        return all_reduce_sum(t.detach().clone().float()).item() / self.dist.world_size
+        """Rank 0 writes an atomic checkpoint of this entry (after load_model); every rank gets its handle."""
+        if getattr(self, "_origin", None) is None:
+            raise RlkitError(f"stages.{self.name}: ctx.save needs ctx.load_model first (or use ctx.session)")
+        return session.save(self, self._origin, step, model, optimizer, extra, done)
 
     def stop_if_requested(self, step: int, model, optimizer, extra: dict) -> None:
         """On Ctrl-C/SIGTERM (any rank): save this step's checkpoint and stop with the resume command."""
-        if not interrupt.stop_requested(self.device):
-            return
-        handle = self.save(step, model, optimizer, extra)
-        raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {handle.path}")
+        if interrupt.stop_requested(self.device):
+            handle = self.save(step, model, optimizer, extra)
+            raise interrupt.Interrupted(f"stopped at {self.name} step {step}; saved {handle.path}")
+
+    def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.runtime.ddp(model)
+
+    def no_sync(self, model: torch.nn.Module, last: bool):
+        return Runtime.no_sync(model, last)
+
+    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return self.runtime.sum_over_ranks(t)
+
+    def mean_over_ranks(self, t: torch.Tensor) -> float:
+        return self.runtime.mean_over_ranks(t)
 
 
 def entry_seed(seed: int, index: int) -> int:

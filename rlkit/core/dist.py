@@ -135,3 +135,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor(float(flag), device=device)
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def all_reduce_max(value, device: torch.device, kind=int):
+    """The largest of a number over ranks (itself in one process), as `kind`."""
+    if not torch_dist.is_initialized():
+        return value
+    t = torch.tensor(float(value), device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return kind(t.item())

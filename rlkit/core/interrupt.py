@@ -55,7 +55,3 @@ def stop_requested(device: torch.device | None = None) -> bool:
     torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
     return bool(flag.item())
 
-
-def request_stop() -> None:
-    """What the signal handler does; for tests and for code that wants to stop a run."""
-    _state["stop"] = True

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlkit.core import config as config_lib
 from rlkit.core import handoff, policy
@@ -57,7 +57,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
         if not p.is_file():
             raise RlkitError(f"{path}: plugins: {p}: file not found")
     plugins = load_plugins(local)
-    with _writable(cfg):
+    with open_dict(cfg):
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
         cfg.experiment = str(OmegaConf.load(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
     check_values(cfg, path)
@@ -116,7 +116,7 @@ def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]
             fn = plugins.get(plugin_kind, ref.name, f"{where}.{at}.name")
             bind_args(plugin_kind, ref.name, fn, ref.args, f"{where}.{at}.args")
         init = cfg.stages[name].get("init")
-        with _writable(cfg):
+        with open_dict(cfg):
             cfg.stages[name] = OmegaConf.merge({"kind": kind, "init": init}, merged)
         found.append(Entry(name, kind, stage, typed, None if init is None else str(init)))
     return found
@@ -141,7 +141,7 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
     args = OmegaConf.to_container(cfg.model.args)
     if cfg.model.name is None and not args and len(plugins.tables["model"]) != 1:
         return  # nothing to go by: a model built from scratch must then name its plugin (context.load_model)
-    with _writable(cfg):
+    with open_dict(cfg):
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
     policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
     check_fits_memory(plugins.tables["model"][cfg.model.name], args, cfg.model.seq_len, None, cfg.device,
@@ -275,15 +275,3 @@ def _not_started(entry_dir: Path) -> bool:
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
-
-class _writable:
-    """Temporarily lift OmegaConf's struct flag to add a derived key."""
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-
-    def __enter__(self):
-        OmegaConf.set_struct(self.cfg, False)
-
-    def __exit__(self, *exc):
-        OmegaConf.set_struct(self.cfg, True)

@@ -187,15 +187,6 @@ def git_sha(folder: Path) -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-@torch.no_grad()
-def grad_norm(model: torch.nn.Module) -> torch.Tensor:
-    """L2 norm of all gradients, as a 0-d tensor (no device sync until someone reads it)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
-
-
 def _plain(value: Any) -> Any:
     """Aim params take plain JSON-like values; non-finite floats become None."""
     if isinstance(value, Mapping):

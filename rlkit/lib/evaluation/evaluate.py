@@ -16,22 +16,25 @@ and its standard error, with d_i = pass@1_i - baseline_i:
     delta = mean(d),  se = std(d) / sqrt(n)
 which is far smaller than the error of either estimate alone.
 
-`run_task(ctx, model, tokenizer, task, spec, examples=, seed=)` is the one entry point that eval stages,
+`run_task(rt, model, tokenizer, task, spec, examples=, seed=)` is the one entry point that eval stages,
 the rl stage's in-training pass@k and `rlkit eval` share: a generative task goes to `evaluate`, a
-multiple-choice one to rlkit.lib.evaluation.choice. `ctx` needs only name, dist, device, autocast(),
-sum_over_ranks() and plugin() (a StageContext has them).
+multiple-choice one to rlkit.lib.evaluation.choice. `rt` is a rlkit.core.runtime.Runtime (a stage
+passes ctx.runtime; a command builds one).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
-from rlkit.core.config import PluginRef
+from rlkit.core.config import PluginRef, bounded, one_of
 from rlkit.core.errors import RlkitError
+from rlkit.core.runtime import Runtime
 from rlkit.lib.generation.sampling import generate
+from rlkit.lib.evaluation.choice import MODES
 from rlkit.lib.evaluation.scoring import score
 from rlkit.lib.text.task import evaluation_of, prompt_messages
 
@@ -44,14 +47,14 @@ def pass_at(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
+def evaluate(rt: Runtime, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
              top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
              baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0) -> dict:
     """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
     'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'."""
     model.eval()
     n = 1 if temperature == 0 else samples
-    indices = list(range(min(examples, len(task))))[ctx.dist.rank::ctx.dist.world_size]
+    indices = list(range(min(examples, len(task))))[rt.dist.rank::rt.dist.world_size]
     stops = tokenizer.stop_ids
     sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
     shown, per_problem = [], torch.zeros(min(examples, len(task)), dtype=torch.float64)
@@ -59,13 +62,13 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
         batch = [task[i] for i in indices[start:start + prompts_per_batch]]
         prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
         seeds = [seed * 1_000_003 + i * 997 + g for i in indices[start:start + prompts_per_batch] for g in range(n)]
-        with ctx.autocast():
+        with rt.autocast():
             out = generate(model, prompts, samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k or None, stop_tokens=stops, seeds=seeds)
         for p, example in enumerate(batch):
             rows = range(p * n, (p + 1) * n)
             texts = [tokenizer.decode([t for t in out.completions[r] if t not in stops]) for r in rows]
-            scores = score([(reward_name, 1.0, reward)], texts, [example] * n, f"in the {ctx.name} eval",
+            scores = score([(reward_name, 1.0, reward)], texts, [example] * n, f"in the {rt.name} eval",
                            timeout)[reward_name].tolist()  # guarded like training rewards
             correct = sum(score > 0.5 for score in scores)
             for j in range(1, n + 1):
@@ -82,11 +85,11 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
             if len(shown) < 4:
                 shown.append((example["messages"][0]["content"], texts[0], scores[0]))
     model.train()
-    sums = ctx.sum_over_ranks(sums.to(ctx.device)).cpu()
+    sums = rt.sum_over_ranks(sums.to(rt.device)).cpu()
     count = max(sums[n + 2].item(), 1)
     result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
     result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown,
-                  per_problem=ctx.sum_over_ranks(per_problem.to(ctx.device)).cpu().tolist())  # ranks' are disjoint
+                  per_problem=rt.sum_over_ranks(per_problem.to(rt.device)).cpu().tolist())  # ranks' are disjoint
     if baseline is not None:
         mean = sums[n + 3].item() / count
         var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)
@@ -99,34 +102,34 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
 @dataclass
 class EvalTask(PluginRef):
     """One task to evaluate and how (an item of an eval stage's `tasks:`; what a stage's `evals` returns)."""
-    k: int = 1  # generative: samples per problem, pass@1..k (greedy, k = 1, when temperature is 0)
-    temperature: float = 0.0
-    top_k: int = 50  # 0 keeps the whole vocabulary
-    max_new_tokens: int = 256
-    examples: Optional[int] = None  # problems to evaluate (None: the stage's `examples`)
+    k: int = bounded(1, ge=1)  # generative: samples per problem, pass@1..k (greedy, k = 1, when temperature is 0)
+    temperature: float = bounded(0.0, ge=0)
+    top_k: int = bounded(50, ge=0)  # 0 keeps the whole vocabulary
+    max_new_tokens: int = bounded(256, ge=1)
+    examples: Optional[int] = bounded(None, ge=1)  # problems to evaluate (None: the stage's `examples`)
     reward: Optional[str] = None  # generative: the reward plugin that decides "correct" (None: the task's own)
     reward_args: dict[str, Any] = field(default_factory=dict)
-    mode: str = "letter"  # multiple choice: letter (chat models) | likelihood (base models)
+    mode: str = one_of("letter", MODES)  # multiple choice: letter (chat models) | likelihood (base models)
 
 
-def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed: int,
+def eval_reward(ref: PluginRef | None) -> dict:
+    """EvalTask's reward keys for a stage's eval reward; none given: the task's own reward decides "correct"."""
+    return {} if ref is None else {"reward": ref.name, "reward_args": dict(ref.args)}
+
+
+def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: int, seed: int,
              baseline: list[float] | None = None, timeout: float = 10.0) -> dict:
     """Evaluate one task as it declares (rlkit.lib.text.task.evaluation_of). Generative: evaluate()'s result plus
     'accuracy' (greedy) or pass@1..k (sampled); multiple choice: accuracy, centred, chance. Both carry
     'centred' (a generative task's chance is 0, so its pass@1), which ChatCORE averages."""
     from rlkit.lib.evaluation.choice import evaluate_choice
 
-    kind, default_reward, title = evaluation_of(task, spec.name)
-    where = f"stages.{ctx.name}.tasks.{spec.name}"
+    kind, _, title = evaluation_of(task, spec.name)
     if kind == "choice":
-        result = evaluate_choice(ctx, model, tokenizer, task, examples=examples, mode=spec.mode)
+        result = evaluate_choice(rt, model, tokenizer, task, examples=examples, mode=spec.mode)
     else:
-        name = spec.reward or default_reward
-        if name is None:
-            raise RlkitError(f"{where}.reward: task '{spec.name}' names no reward of its own; give one, e.g. "
-                             f"reward: <reward> (installed: {', '.join(sorted(ctx.plugins.tables['reward']))})")
-        reward = ctx.plugin("reward", PluginRef(name=name, args=dict(spec.reward_args)))
-        result = evaluate(ctx, model, tokenizer, task, reward, examples=examples, samples=spec.k,
+        name, reward = task_reward(rt, task, spec, f"stages.{rt.name}.tasks.{spec.name}.reward")
+        result = evaluate(rt, model, tokenizer, task, reward, examples=examples, samples=spec.k,
                           temperature=spec.temperature, top_k=spec.top_k, max_new_tokens=spec.max_new_tokens,
                           seed=seed, baseline=baseline, reward_name=name, timeout=timeout)
         if spec.temperature == 0:
@@ -134,6 +137,17 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
         result["centred"] = result["pass@1"]
     result.update(kind=kind, title=title)
     return result
+
+
+def task_reward(rt: Runtime, task, spec: EvalTask, where: str):
+    """(name, callable) of the reward that decides "correct": the spec's, else the task's own; a stage calls it
+    before training, so a task without one fails then, naming `where`."""
+    name = spec.reward or evaluation_of(task, spec.name)[1]
+    if name is None:
+        raise RlkitError(f"{where}: task '{spec.name}' names no reward of its own; give one, e.g. "
+                         f"reward: <reward> (installed: {', '.join(sorted(rt.plugins.tables['reward']))})")
+    fn = rt.plugins.get("reward", name, where)
+    return name, functools.partial(fn, **spec.reward_args) if spec.reward_args else fn
 
 
 def headline(result: dict) -> dict:

@@ -1,7 +1,7 @@
-"""Helpers every training loop shares: compile, the step line, the checks before an update, save_every.
+"""Helpers every training loop shares: the step line, the gradient norm, the checks before an update.
 
 They read the entry's `steps`, `log_every` and `save_every` from its config, so a stage that uses
-them declares those keys.
+them declares those keys. Loading, resuming, compiling and saving are the session's (rlkit.core.session).
 """
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ import math
 import torch
 
 from rlkit.core import checkpoint as ckpt
+from rlkit.core import session
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 
 
 def maybe_compile(ctx, model: torch.nn.Module, dynamic: bool = False):
-    """torch.compile the training forward per `model.compile`: auto compiles on CUDA only (on a CPU
-    the compile time outweighs the gain for the minutes-long runs rlkit makes there)."""
-    choice = str(ctx.experiment.model.compile).lower()
-    if choice == "false" or (choice == "auto" and ctx.device.type != "cuda"):
-        return model
-    return torch.compile(model, dynamic=dynamic)  # dynamic: one graph for batches of varying length
+    """torch.compile per `model.compile` (what session.begin() does; kept for stages that call it)."""
+    return session.maybe_compile(ctx, model, dynamic)
 
 
 def log_step(ctx, done: int, meter, **values) -> None:
@@ -37,12 +34,21 @@ def log_step(ctx, done: int, meter, **values) -> None:
 
 
 def end_step(ctx, done: int, model, optimizer, extra: dict) -> None:
-    """After step `done`: the `save_every` checkpoint (the last step's is the stage's own, saved as done),
-    then a requested stop."""
+    """session.end_step for stages that save through ctx.save: after step `done`, the `save_every`
+    checkpoint (the last step's is the stage's own, saved as done), then a requested stop."""
     every = ctx.cfg.save_every
     if every and done % every == 0 and done != ctx.cfg.steps:
         ctx.save(done, model, optimizer, extra)
     ctx.stop_if_requested(done, model, optimizer, extra)
+
+
+@torch.no_grad()
+def grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients, as a 0-d tensor (no device sync until someone reads it)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
 
 def check_step(ctx, loss: float, gnorm: torch.Tensor, step: int) -> None:

@@ -9,7 +9,7 @@ Roles. An optimizer treats parameters by what they do, not by their name:
 otherwise guesses from module types and names.
 
 Schedule. Optimizer plugins store each group's base rate as `group["initial_lr"]`; a stage
-computes `lr_multiplier(step, ...)` each step and applies it with `set_lr(optimizer, m)`.
+computes `lr_schedule(cfg, step)` each step and applies it with `set_lr(optimizer, m)`.
 """
 from __future__ import annotations
 
@@ -82,6 +82,19 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0,
         return 1.0
     progress = max(total_steps - step, 0) / warmdown_steps  # 1 -> 0 over the warmdown
     return progress + (1.0 - progress) * final_frac
+
+
+def lr_schedule(cfg, step: int) -> float:
+    """The lr multiplier of a training stage's 0-based `step`, from its config: init_lr_frac (default 1)
+    times the trapezoid lr_multiplier over cfg.steps, with warmup_steps and final_lr_frac (default 0).
+    A config without warmdown_frac (the rl stage's) decays linearly to 0 over all its steps, spelled
+    1 - step / steps: the trapezoid's (steps - step) / steps differs from it in the last bit, and the
+    stage's figures stay what they were."""
+    frac = getattr(cfg, "init_lr_frac", 1.0)
+    if not hasattr(cfg, "warmdown_frac"):
+        return frac * (1.0 - step / cfg.steps)
+    return frac * lr_multiplier(step, cfg.steps, getattr(cfg, "warmup_steps", 0), cfg.warmdown_frac,
+                                getattr(cfg, "final_lr_frac", 0.0))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:

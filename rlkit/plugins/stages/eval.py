@@ -24,13 +24,15 @@ from typing import Optional
 
 import rlkit
 from rlkit.lib.evaluation import corebench
-from rlkit.lib.evaluation.choice import MODES
-from rlkit.core.config import plugin_list
+from rlkit.core.config import bounded, plugin_list
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
+from rlkit.core.session import load_model
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.core.report import fmt
-from rlkit.core.stage import Stage, at_least
+from rlkit.core.stage import Stage
 
 CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nanochat's ChatCORE set
 
@@ -45,9 +47,9 @@ class Core:
 class EvalConfig:
     tasks: list[EvalTask] = plugin_list("task")
     core: Optional[Core] = None  # CORE for base models: {path: ...} or {} to download the bundle
-    examples: int = 500  # problems per task (a task's own `examples` wins)
+    examples: int = bounded(500, ge=1)  # problems per task (a task's own `examples` wins)
     split: str = "test"
-    reward_timeout: float = 10.0  # seconds a reward may take on one completion
+    reward_timeout: float = bounded(10.0, ge=0)  # seconds a reward may take on one completion
 
 
 def evals(cfg: EvalConfig) -> list[EvalTask]:
@@ -67,30 +69,20 @@ def check(cfg: EvalConfig, setup) -> None:
     if not setup.has_start:
         raise RlkitError(f"{setup.where}: an eval entry evaluates a checkpoint; put it after a training entry or "
                          "give it init: <checkpoint or run folder>")
-    at_least(cfg, setup, 1, "examples")
-    at_least(cfg, setup, 0, "reward_timeout")
     for i, t in enumerate(cfg.tasks):
-        where = f"{setup.where}.tasks[{i}]"
-        for key, low in (("k", 1), ("temperature", 0), ("top_k", 0), ("max_new_tokens", 1)):
-            if not getattr(t, key) >= low:
-                raise RlkitError(f"{where}.{key}: {getattr(t, key)} must be at least {low}")
-        if t.examples is not None and t.examples < 1:
-            raise RlkitError(f"{where}.examples: {t.examples} must be at least 1 (or left out: the entry's examples)")
-        if t.mode not in MODES:
-            raise RlkitError(f"{where}.mode: {t.mode!r} is not valid (valid: {', '.join(MODES)})")
         if t.reward is not None:
-            setup.plugins.get("reward", t.reward, f"{where}.reward")
+            setup.plugins.get("reward", t.reward, f"{setup.where}.tasks[{i}].reward")
 
 
-def run(ctx, start):
+def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:
     if start is None or start.path is None:
         raise RlkitError(f"stages.{ctx.name}: no model to evaluate (the entry before handed on none)")
-    model, tokenizer = ctx.load_model(start)
+    model, tokenizer, _ = load_model(ctx, start)
     step = start.meta.get("step", 0)
     found, centred = ctx.summary.setdefault("evals", {}), {}
     for i, spec in enumerate(evals(ctx.cfg)):
         task = ctx.task(spec, ctx.cfg.split, key=f"tasks[{i}]")
-        result = run_task(ctx, model, tokenizer, task, spec, examples=spec.examples, seed=ctx.seed(),
+        result = run_task(ctx.runtime, model, tokenizer, task, spec, examples=spec.examples, seed=ctx.seed(),
                           timeout=ctx.cfg.reward_timeout)
         figures = headline(result)
         print0(f"[{ctx.name}] {result['title']}: " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()) +
@@ -114,7 +106,7 @@ def run_core(ctx, model, tokenizer, step: int, found: dict) -> None:
     """CORE over the eval bundle's tasks: each task's accuracy and centred accuracy, and their mean."""
     path = ctx.cfg.core.path
     folder = corebench.bundle(None if path is None else str(ctx.base_dir / path))
-    result = corebench.evaluate_core(ctx, model, tokenizer, folder, ctx.cfg.core.max_per_task)
+    result = corebench.evaluate_core(ctx.runtime, model, tokenizer, folder, ctx.cfg.core.max_per_task)
     for label, figures in result["tasks"].items():
         print0(f"[{ctx.name}] CORE {label}: accuracy {figures['accuracy']:.4f} | centred {figures['centred']:.4f}")
         ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=f"core/{label}")

@@ -17,48 +17,47 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, plugin, plugin_list
+from rlkit.core.config import PluginRef, bounded, plugin, plugin_list
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.lib.training.optim import lr_multiplier, set_lr
+from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import Stage, at_least
+from rlkit.core.stage import Stage
 from rlkit.plugins.stages.pretrain import check_batch_tokens, grad_accum_steps, packed_step
 
 
 @dataclass
 class MidtrainConfig:
     tasks: list[PluginRef] = plugin_list("task")  # conversation mixture, packed
-    steps: int = 200
-    total_batch_tokens: int = 524288
-    device_batch_size: int = 32
+    steps: int = bounded(200, ge=1)
+    total_batch_tokens: int = bounded(524288, ge=1)
+    device_batch_size: int = bounded(32, ge=1)
     optimizer: PluginRef = plugin("optimizer", "muon")
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2
-    final_lr_frac: float = 0.0
-    init_lr_frac: float = 1.0  # scale every group's lr by this
-    log_every: int = 10
-    save_every: int = 0
+    warmup_steps: int = bounded(0, ge=0)
+    warmdown_frac: float = bounded(0.2, ge=0)
+    final_lr_frac: float = bounded(0.0, ge=0)
+    init_lr_frac: float = bounded(1.0, ge=0)  # scale every group's lr by this
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(0, ge=0)
 
 
 def check(cfg: MidtrainConfig, setup) -> None:
     if not cfg.tasks:
         raise RlkitError(f"{setup.where}.tasks: empty; list at least one task, e.g. [{{name: <task>}}] "
                          f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
-    at_least(cfg, setup, 1, "steps", "total_batch_tokens", "device_batch_size", "log_every")
-    at_least(cfg, setup, 0, "warmup_steps", "warmdown_frac", "final_lr_frac", "init_lr_frac", "save_every")
     check_batch_tokens(cfg, setup)
     check_optimizer(cfg.optimizer, setup)
 
 
-def run(ctx, start):
+def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
-    resume = ctx.resume_point()
-    model, tokenizer = ctx.load_model(resume or start)
-    optimizer = ctx.optimizer(s.optimizer, model)
+    session = ctx.session(start, s.optimizer)
+    model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
     tasks = [ctx.task(ref, "train", f"tasks[{i}]") for i, ref in enumerate(s.tasks)]
@@ -66,27 +65,26 @@ def run(ctx, start):
     random.Random(ctx.seed()).shuffle(mixture)
     conversations = (tokenizer.render_conversation(tasks[t][i]["messages"])[0] for t, i in _forever(mixture))
     batches = pack(conversations, s.device_batch_size, seq_len, ctx.dist.rank, world)
-    resumed = ctx.restore(resume, optimizer)
-    start_step = resumed["step"] if resumed else 0
+    start_step = session.start_step
     for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
         next(batches)
-    train = ctx.ddp(training.maybe_compile(ctx, model))
+    train = session.begin()  # compiled per model.compile, DDP under torchrun
     meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
     print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 
     loss_value, bar = float("nan"), progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
-        lrm = s.init_lr_frac * lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
+        lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
         loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         bar.update(step + 1, loss=loss_value)
-        training.end_step(ctx, step + 1, model, optimizer, {})
+        session.end_step(step + 1, {})
     bar.close()
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value)
-    return ctx.save(s.steps, model, optimizer, {}, done=True)
+    return session.save(s.steps, {}, done=True)
 
 
 def _forever(items):

@@ -19,39 +19,38 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, plugin
+from rlkit.core.config import PluginRef, bounded, plugin
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.lib.training.optim import lr_multiplier, set_lr
+from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import Stage, at_least, divides
+from rlkit.core.stage import Stage, divides
 from rlkit.lib.text.textdata import TextData, check_data, iter_texts, packed_batches
-from rlkit.core.track import grad_norm
+from rlkit.lib.training.loop import grad_norm
 
 
 @dataclass
 class PretrainConfig:
     data: TextData = field(default_factory=TextData)
-    steps: int = 1000  # optimizer steps
-    total_batch_tokens: int = 524288  # tokens per optimizer step, all ranks; accumulation is derived
-    device_batch_size: int = 32  # rows per forward pass
+    steps: int = bounded(1000, ge=1)  # optimizer steps
+    total_batch_tokens: int = bounded(524288, ge=1)  # tokens per optimizer step, all ranks; accumulation is derived
+    device_batch_size: int = bounded(32, ge=1)  # rows per forward pass
     optimizer: PluginRef = plugin("optimizer", "muon")
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2  # fraction of steps at the end where lr falls linearly
-    final_lr_frac: float = 0.0
-    eval_every: int = 250  # bits-per-byte on held-out text every N steps (0: only at the end)
-    eval_tokens: int = 65536
-    log_every: int = 10
-    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    warmup_steps: int = bounded(0, ge=0)
+    warmdown_frac: float = bounded(0.2, ge=0)  # fraction of steps at the end where lr falls linearly
+    final_lr_frac: float = bounded(0.0, ge=0)
+    eval_every: int = bounded(250, ge=0)  # bits-per-byte on held-out text every N steps (0: only at the end)
+    eval_tokens: int = bounded(65536, ge=0)
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(0, ge=0)  # checkpoint every N steps (0: only at the end)
 
 
 def check(cfg: PretrainConfig, setup) -> None:
-    at_least(cfg, setup, 1, "steps", "total_batch_tokens", "device_batch_size", "log_every")
-    at_least(cfg, setup, 0, "warmup_steps", "warmdown_frac", "final_lr_frac", "eval_every", "eval_tokens",
-             "save_every")
     check_batch_tokens(cfg, setup)
     check_data(cfg.data, setup)
     check_optimizer(cfg.optimizer, setup)
@@ -64,11 +63,10 @@ def check_batch_tokens(cfg, setup) -> None:
             f"device_batch_size x seq_len x processes = {cfg.device_batch_size} x {seq_len} x {world}")
 
 
-def run(ctx, start):
+def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
-    resume = ctx.resume_point()
-    model, tokenizer = ctx.load_model(resume or start)
-    optimizer = ctx.optimizer(s.optimizer, model)
+    session = ctx.session(start, s.optimizer)
+    model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
 
@@ -77,8 +75,7 @@ def run(ctx, start):
                                   text_field=s.data.text_field, split=split, base_dir=ctx.base_dir,
                                   where=f"stages.{ctx.name}.data.source")
 
-    resumed = ctx.restore(resume, optimizer)
-    start_step, position = (resumed["step"], resumed["data_position"]) if resumed else (0, None)
+    start_step, position = session.start_step, session.extra.get("data_position")
     eval_split = "test" if s.data.source in ctx.plugins.tables["task"] else s.data.split
     for split in dict.fromkeys((s.data.split, eval_split)):  # a bad or empty split fails now, not mid-run
         if next(iter(texts(split)()), None) is None:
@@ -87,7 +84,7 @@ def run(ctx, start):
     batches = packed_batches(texts(s.data.split), tokenizer, s.device_batch_size, seq_len,
                              rank=ctx.dist.rank, world_size=world, position=position)
     token_bytes = tokenizer.token_bytes().to(ctx.device)
-    train = ctx.ddp(training.maybe_compile(ctx, model))
+    train = session.begin()  # compiled per model.compile, DDP under torchrun
     flops = flops_per_token(model)
     meter = Meter(ctx.device, ctx.dtype, flops)
     print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens ({accum} accumulation passes "
@@ -95,7 +92,7 @@ def run(ctx, start):
 
     loss_value, bar = float("nan"), progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
-        lrm = lr_multiplier(step, s.steps, s.warmup_steps, s.warmdown_frac, s.final_lr_frac)
+        lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
         loss_value, gnorm, position = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
@@ -106,14 +103,14 @@ def run(ctx, start):
             print0(f"[{ctx.name}] step {done:5d} | held-out bits/byte {bpb:.4f}")
             ctx.tracker.metrics({"bpb": bpb}, step=done, stage=ctx.name)
         bar.update(done, loss=loss_value)
-        training.end_step(ctx, done, model, optimizer, {"data_position": position})
+        session.end_step(done, {"data_position": position})
     bar.close()
 
     bpb = evaluate_bpb(ctx, model, tokenizer, texts(eval_split), token_bytes, s.eval_tokens)
     print0(f"[{ctx.name}] final | loss {loss_value:.4f} | held-out bits/byte {bpb:.4f}")
     ctx.tracker.metrics({"bpb": bpb}, step=s.steps, stage=ctx.name)
     ctx.summary.update(steps=s.steps, tokens=s.steps * s.total_batch_tokens, final_loss=loss_value, bpb=bpb)
-    return ctx.save(s.steps, model, optimizer, {"data_position": position}, done=True)
+    return session.save(s.steps, {"data_position": position}, done=True)
 
 
 def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):

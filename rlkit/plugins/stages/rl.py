@@ -37,11 +37,12 @@ from typing import Optional
 import torch
 
 import rlkit
-from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, RewardRef, plugin, plugin_list
+from rlkit.core.config import PluginRef, RewardRef, bounded, optional_plugin, plugin, plugin_list
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
-from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
-from rlkit.lib.training.optim import set_lr
+from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
+from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.core.report import fmt, tracked_change
@@ -55,24 +56,24 @@ from rlkit.plugins.stages.rl_stats import Tally
 
 @dataclass
 class Rollout:
-    samples: int = 16  # completions per prompt (the group size G)
-    temperature: float = 1.0
-    top_k: int = 50  # 0 keeps the whole vocabulary
-    max_new_tokens: int = 256
+    samples: int = bounded(16, ge=1)  # completions per prompt (the group size G)
+    temperature: float = bounded(1.0, ge=0)
+    top_k: int = bounded(50, ge=0)  # 0 keeps the whole vocabulary
+    max_new_tokens: int = bounded(256, ge=1)
 
 
 @dataclass
 class RLEval:
-    every: int = 60  # pass@k on held-out problems every N steps (0: only before and after)
-    examples: int = 400
-    k: int = 8  # samples per problem: pass@1..k
-    reward: PluginRef = plugin("reward", "gsm8k")  # decides "correct"
+    every: int = bounded(60, ge=0)  # pass@k on held-out problems every N steps (0: only before and after)
+    examples: int = bounded(400, ge=0)
+    k: int = bounded(8, ge=1)  # samples per problem: pass@1..k
+    reward: Optional[PluginRef] = optional_plugin("reward")  # decides "correct" (left out: the task's own reward)
 
 
 @dataclass
 class Updates:
-    epochs: int = 1  # passes over each step's rollouts
-    minibatches: int = 1  # optimizer steps per pass (the step's rows split into this many slices)
+    epochs: int = bounded(1, ge=1)  # passes over each step's rollouts
+    minibatches: int = bounded(1, ge=1)  # optimizer steps per pass (the step's rows split into this many slices)
 
 
 @dataclass
@@ -87,24 +88,23 @@ class RLConfig:
     rewards: list[RewardRef] = plugin_list("reward")
     optimizer: PluginRef = plugin("optimizer", "muon")
     rollout: Rollout = field(default_factory=Rollout)
-    steps: int = 500
-    examples_per_step: int = 16  # prompts per step, all ranks
-    device_batch_size: int = 8  # sequences per forward/backward micro-batch
+    steps: int = bounded(500, ge=1)
+    examples_per_step: int = bounded(16, ge=1)  # prompts per step, all ranks
+    device_batch_size: int = bounded(8, ge=1)  # sequences per forward/backward micro-batch
     updates: Updates = field(default_factory=Updates)
     reference: Reference = field(default_factory=Reference)  # loaded only for an algorithm that needs ref_logp
-    max_refills: int = 4  # group filtering (an algorithm's filter_groups): extra sampling rounds at most
-    init_lr_frac: float = 0.05
-    reward_timeout: float = 10.0  # seconds one reward call may take on one completion (0: no limit)
-    log_every: int = 1
-    save_every: int = 60
+    max_refills: int = bounded(4, ge=0)  # group filtering (an algorithm's filter_groups): most extra sampling rounds
+    init_lr_frac: float = bounded(0.05, ge=0)
+    reward_timeout: float = bounded(10.0, ge=0)  # seconds one reward call may take on one completion (0: no limit)
+    log_every: int = bounded(1, ge=1)
+    save_every: int = bounded(60, ge=0)
     eval: RLEval = field(default_factory=RLEval)
 
 
-def run(ctx, start):
+def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     s, r = ctx.cfg, ctx.cfg.rollout
-    resume = ctx.resume_point()
-    model, tokenizer = ctx.load_model(resume or start)
-    optimizer = ctx.optimizer(s.optimizer, model)
+    session = ctx.session(start, s.optimizer)
+    model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
@@ -112,16 +112,16 @@ def run(ctx, start):
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
     needs_ref = "ref_logp" in algorithm.needs
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
-    train = ctx.ddp(model)
-    resumed = ctx.restore(resume, optimizer, algorithm)
-    start_step = resumed.get("step", 0)
+    train = session.begin(compile=False)
+    resumed, start_step = session.extra, session.start_step  # what saved_state kept ({} when fresh)
+    restore_algorithm(algorithm, resumed)
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
     # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards,
     # and the refill prompts group filtering drew (they shift later steps' prompts)
     kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", []),
-            "refill_prompts": resumed.get("refill_prompts", 0)} if resumed else \
+            "refill_prompts": resumed.get("refill_prompts", 0)} if session.resumed else \
         {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
          "refill_prompts": 0}
     baseline, history = kept["eval_baseline"], kept["rewards"]
@@ -129,7 +129,7 @@ def run(ctx, start):
     flops, peak = flops_per_token(model), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
     tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
-        lrm = s.init_lr_frac * (1.0 - step / s.steps)
+        lrm = lr_schedule(s, step)
         algorithm.at(f"at {ctx.name} step {step + 1}")  # for its error lines
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
@@ -156,10 +156,10 @@ def run(ctx, start):
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
-        training.end_step(ctx, done, model, optimizer, saved_state(algorithm, kept))
+        session.end_step(done, saved_state(algorithm, kept))
     bar.close()
 
-    handle = ctx.save(s.steps, model, optimizer, saved_state(algorithm, kept), done=True)
+    handle = session.save(s.steps, saved_state(algorithm, kept), done=True)
     run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
     tenth = max(1, len(history) // 10)
     ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
@@ -193,7 +193,7 @@ def evals(cfg: RLConfig) -> list[EvalTask]:
     r = cfg.rollout
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=cfg.eval.k, temperature=r.temperature,
                      top_k=r.top_k, max_new_tokens=r.max_new_tokens, examples=cfg.eval.examples,
-                     reward=cfg.eval.reward.name, reward_args=dict(cfg.eval.reward.args))]
+                     **eval_reward(cfg.eval.reward))]
 
 
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
@@ -202,7 +202,7 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
     function as `rlkit eval` and eval stages (run_task)."""
     s, r = ctx.cfg, ctx.cfg.rollout
     (spec,) = evals(s)
-    result = run_task(ctx, model, tokenizer, test_task, spec, examples=spec.examples, seed=ctx.seed(),
+    result = run_task(ctx.runtime, model, tokenizer, test_task, spec, examples=spec.examples, seed=ctx.seed(),
                       baseline=baseline, timeout=s.reward_timeout)
     k = s.eval.k if r.temperature > 0 else 1
     change = f" ({result['delta@1']:+.3f} ± {result['delta_se']:.3f} vs step 0)" if "delta@1" in result else ""
@@ -222,6 +222,12 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
 def saved_state(algorithm, kept: dict) -> dict:
     """What a checkpoint keeps besides weights and optimizer: `kept` and the algorithm's state."""
     return {**kept, "algorithm": algorithm.state_dict()}
+
+
+def restore_algorithm(algorithm, extra: dict) -> None:
+    """On --resume, the algorithm's own state (an object with load_state_dict) from what saved_state kept."""
+    if "algorithm" in extra and hasattr(algorithm, "load_state_dict"):
+        algorithm.load_state_dict(extra["algorithm"])
 
 
 def report(summary: dict, tracked: dict) -> list[str]:

@@ -13,7 +13,7 @@ from rlkit.core.context import call_plugin
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import at_least, divides
+from rlkit.core.stage import divides
 from rlkit.lib.text.task import prompt_messages
 
 
@@ -21,10 +21,6 @@ def check(cfg, setup) -> None:
     if not cfg.rewards:
         raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
                          f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
-    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every", "rollout.samples",
-             "rollout.max_new_tokens", "eval.k", "updates.epochs", "updates.minibatches")
-    at_least(cfg, setup, 0, "init_lr_frac", "reward_timeout", "save_every", "rollout.temperature",
-             "rollout.top_k", "eval.every", "eval.examples", "max_refills")
     rows = cfg.examples_per_step // setup.world_size * cfg.rollout.samples
     if cfg.updates.minibatches > rows:
         raise RlkitError(f"{setup.where}.updates.minibatches: {cfg.updates.minibatches} is more than the "

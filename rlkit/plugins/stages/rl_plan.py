@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
-import torch.distributed as torch_dist
+
+from rlkit.core.dist import all_reduce_max
 
 
 @dataclass
@@ -121,11 +122,3 @@ def micro_batches(ctx, rows: Rows, b0: int, b1: int, size: int, pad: bool = True
         out += [None] * (max(most, 1) - len(out))
     return out
 
-
-def all_reduce_max(value: int, device) -> int:
-    """The largest of a count over ranks (itself in one process)."""
-    if not torch_dist.is_initialized():
-        return value
-    t = torch.tensor(float(value), device=device)
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return int(t.item())

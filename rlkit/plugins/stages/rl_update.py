@@ -38,7 +38,7 @@ from rlkit.core import checkpoint as ckpt
 from rlkit.core.dist import print0
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.policy import build
-from rlkit.core.track import grad_norm
+from rlkit.lib.training.loop import grad_norm
 from rlkit.lib.training import loop as training
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.plugins.stages.rl_plan import Plan, Rows, make_plan

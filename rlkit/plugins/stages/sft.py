@@ -13,69 +13,70 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, plugin
+from rlkit.core.config import PluginRef, bounded, optional_plugin, plugin
+from rlkit.core.context import StageContext
+from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.lib.evaluation.evaluate import EvalTask, run_task
-from rlkit.lib.training.optim import lr_multiplier, set_lr
+from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, run_task, task_reward
+from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
 from rlkit.core.report import fmt
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
-from rlkit.core.stage import Stage, at_least, divides
-from rlkit.core.track import grad_norm
+from rlkit.core.stage import Stage, divides
+from rlkit.lib.training.loop import grad_norm
 
 
 @dataclass
 class SFTConfig:
     task: PluginRef = plugin("task")
-    steps: int = 200
-    examples_per_step: int = 32  # conversations per optimizer step, all ranks
-    device_batch_size: int = 8
+    steps: int = bounded(200, ge=1)
+    examples_per_step: int = bounded(32, ge=1)  # conversations per optimizer step, all ranks
+    device_batch_size: int = bounded(8, ge=1)
     optimizer: PluginRef = plugin("optimizer", "muon")
-    init_lr_frac: float = 0.02
-    warmdown_frac: float = 1.0  # nanochat's sft ramps lr down linearly over the whole stage
-    eval_examples: int = 200  # greedy accuracy on held-out problems at the end (0: skip)
-    eval_reward: PluginRef = plugin("reward", "gsm8k")  # scores that accuracy
-    eval_max_new_tokens: int = 128
-    log_every: int = 10
-    save_every: int = 0
+    init_lr_frac: float = bounded(0.02, ge=0)
+    warmdown_frac: float = bounded(1.0, ge=0)  # nanochat's sft ramps lr down linearly over the whole stage
+    eval_examples: int = bounded(200, ge=0)  # greedy accuracy on held-out problems at the end (0: skip)
+    eval_reward: Optional[PluginRef] = optional_plugin("reward")  # scores that accuracy (left out: the task's own)
+    eval_max_new_tokens: int = bounded(128, ge=0)
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(0, ge=0)
 
 
 def check(cfg: SFTConfig, setup) -> None:
-    at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every")
-    at_least(cfg, setup, 0, "init_lr_frac", "warmdown_frac", "eval_examples", "eval_max_new_tokens", "save_every")
     divides(setup, "examples_per_step", cfg.examples_per_step, cfg.device_batch_size * setup.world_size,
             f"device_batch_size x processes = {cfg.device_batch_size} x {setup.world_size}")
     check_optimizer(cfg.optimizer, setup)
 
 
-def run(ctx, start):
+def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
-    resume = ctx.resume_point()
-    model, tokenizer = ctx.load_model(resume or start)
-    optimizer = ctx.optimizer(s.optimizer, model)
+    session = ctx.session(start, s.optimizer)
+    model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     train_task = ctx.task(s.task, "train")
+    if s.eval_examples:  # a task without a reward of its own, and no eval_reward, fails now, not after training
+        task_reward(ctx.runtime, ctx.task(s.task, "test"), evals(s)[0], f"stages.{ctx.name}.eval_reward")
     world, B = ctx.dist.world_size, s.device_batch_size
     accum = s.examples_per_step // (B * world)  # divisibility checked up front (check)
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))  # one epoch's order
     check_fits(tokenizer, train_task, ctx.seq_len, f"stages.{ctx.name}.task '{s.task.name}'")
-    resumed = ctx.restore(resume, optimizer)
-    start_step = resumed["step"] if resumed else 0
-    train = ctx.ddp(training.maybe_compile(ctx, model, dynamic=True))  # batches are padded to their longest row
+    start_step = session.start_step
+    train = session.begin(dynamic=True)  # dynamic: batches are padded to their longest row
     meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
 
     loss_value, tokens, bar = float("nan"), 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
-        lrm = s.init_lr_frac * lr_multiplier(step, s.steps, 0, s.warmdown_frac, 0.0)
+        lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
         # this step's conversations: all ranks' slices together are examples_per_step consecutive ones
         first = step * s.examples_per_step + ctx.dist.rank * B * accum
@@ -100,10 +101,10 @@ def run(ctx, start):
         model.zero_grad(set_to_none=True)
         training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         bar.update(step + 1, loss=loss_value)
-        training.end_step(ctx, step + 1, model, optimizer, {})
+        session.end_step(step + 1, {})
     bar.close()
 
-    handle = ctx.save(s.steps, model, optimizer, {}, done=True)
+    handle = session.save(s.steps, {}, done=True)
     if s.eval_examples:
         held_out_accuracy(ctx, model, tokenizer)
     ctx.summary.update(steps=s.steps, tokens=tokens, final_loss=loss_value)
@@ -116,14 +117,14 @@ def evals(cfg: SFTConfig) -> list[EvalTask]:
         return []
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=1, temperature=0.0, top_k=0,
                      max_new_tokens=cfg.eval_max_new_tokens, examples=cfg.eval_examples,
-                     reward=cfg.eval_reward.name, reward_args=dict(cfg.eval_reward.args))]
+                     **eval_reward(cfg.eval_reward))]
 
 
 def held_out_accuracy(ctx, model, tokenizer) -> None:
     """Greedy accuracy on the task's test problems, scored by `eval_reward`."""
     s = ctx.cfg
     (spec,) = evals(s)
-    result = run_task(ctx, model, tokenizer, ctx.task(s.task, "test"), spec, examples=spec.examples,
+    result = run_task(ctx.runtime, model, tokenizer, ctx.task(s.task, "test"), spec, examples=spec.examples,
                       seed=ctx.seed())  # greedy: the seed changes nothing
     print0(f"[{ctx.name}] held-out accuracy (greedy, {s.eval_examples} problems): {result['pass@1']:.3f}")
     for question, answer, score in result["samples"][:2]:

@@ -14,11 +14,13 @@ import time
 from dataclasses import dataclass, field
 
 import rlkit
+from rlkit.core.config import bounded
+from rlkit.core.context import StageContext
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.report import fmt
-from rlkit.core.stage import Stage, at_least
+from rlkit.core.stage import Stage
 from rlkit.lib.text.textdata import TextData, check_data, iter_texts
 from rlkit.core.tokenizer import MIN_VOCAB_SIZE, SPECIALS, train_tokenizer
 
@@ -27,18 +29,17 @@ from rlkit.core.tokenizer import MIN_VOCAB_SIZE, SPECIALS, train_tokenizer
 class TokenizerConfig:
     vocab_size: int = 32768  # includes the special tokens
     data: TextData = field(default_factory=TextData)
-    max_chars: int = 2_000_000_000  # stop reading text after this many characters
+    max_chars: int = bounded(2_000_000_000, ge=1)  # stop reading text after this many characters
 
 
 def check(cfg: TokenizerConfig, setup) -> None:
     if cfg.vocab_size < MIN_VOCAB_SIZE:
         raise RlkitError(f"{setup.where}.vocab_size: {cfg.vocab_size} is too small; it must be at least "
                          f"{MIN_VOCAB_SIZE} (256 byte tokens + {len(SPECIALS)} special tokens + 1 merge)")
-    at_least(cfg, setup, 1, "max_chars")
     check_data(cfg.data, setup)
 
 
-def run(ctx, start) -> Checkpoint:
+def run(ctx: StageContext[TokenizerConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
     texts = iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=s.data.args, text_field=s.data.text_field,
                        split=s.data.split, base_dir=ctx.base_dir, where=f"stages.{ctx.name}.data.source")

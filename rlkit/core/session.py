@@ -1,0 +1,134 @@
+"""A training stage's session: its model, tokenizer and optimizer, resumed or fresh, and its checkpoints.
+
+    session = ctx.session(start, cfg.optimizer)  # resume point -> model -> optimizer (None: none) -> its state
+    train = session.begin()                     # the saved random state back (--resume), then compile and DDP
+    for step in range(session.start_step, cfg.steps):
+        ...                                     # forward/backward on `train`, optimizer.step()
+        session.end_step(step + 1, extra)       # the save_every checkpoint, then a requested stop
+    return session.save(cfg.steps, extra, done=True)   # the handle the next entry starts from
+
+The model comes from this entry's own newest checkpoint under --resume, else from `start`, else is
+built fresh from `model:` and the seed. The resumed checkpoint's meta is read once, when it is found;
+`session.extra` holds what the stage saved besides the core's keys ({} when fresh), and a stage restores
+its own state from it (the rl stage its algorithm's).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from omegaconf import OmegaConf
+
+from rlkit.core import checkpoint as ckpt
+from rlkit.core import interrupt, policy, rng
+from rlkit.core.dist import barrier, print0
+from rlkit.core.errors import RlkitError
+from rlkit.core.handoff import Checkpoint
+from rlkit.core.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from rlkit.core.context import StageContext
+
+CORE_KEYS = ("stage", "step", "done", "model", "tokenizer", "rng", "saved_at", "checkpoint")  # the rest: extra
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a checkpoint records about the model it holds: its model plugin and rlkit tokenizer folder."""
+    model_name: str
+    tokenizer: Path | None
+
+
+class Session:
+    """One training entry's model, optimizer and resume state (see the module docstring)."""
+
+    def __init__(self, ctx: StageContext, start: Checkpoint | None, optimizer_ref):
+        self.ctx = ctx
+        self.resumed = ctx.resume_point()  # this entry's own newest checkpoint under --resume, its meta read
+        self.model, self.tokenizer, self.origin = load_model(ctx, self.resumed or start)
+        self.optimizer = None if optimizer_ref is None else ctx.optimizer(optimizer_ref, self.model)
+        meta = self.resumed.meta if self.resumed else {}
+        if self.resumed is not None:
+            state = ckpt.read_optimizer(self.resumed.path, verify=not self.resumed.verified)
+            if state is not None and self.optimizer is not None:
+                self.optimizer.load_state_dict(state)
+            print0(f"[{ctx.name}] resuming at step {meta['step']}")
+        self.start_step: int = meta.get("step", 0)
+        self.extra: dict = {k: v for k, v in meta.items() if k not in CORE_KEYS}
+
+    def begin(self, compile: bool = True, dynamic: bool = False) -> torch.nn.Module:
+        """The model to train: the saved random state comes back first (--resume; last thing before the loop,
+        so what the stage drew before it on the first run, a reference model's init say, shifts nothing), then
+        torch.compile per `model.compile` (dynamic: one graph for batches of varying length), then DDP."""
+        if self.resumed is not None:
+            rng.set_rng_state(self.resumed.meta["rng"])
+        model = maybe_compile(self.ctx, self.model, dynamic) if compile else self.model
+        return self.ctx.runtime.ddp(model)
+
+    def save(self, step: int, extra: dict, done: bool = False) -> Checkpoint:
+        return save(self.ctx, self.origin, step, self.model, self.optimizer, extra, done)
+
+    def end_step(self, done: int, extra: dict) -> None:
+        """After step `done`: the `save_every` checkpoint (the last step's is the stage's own, saved as done),
+        then, on Ctrl-C/SIGTERM on any rank, this step's checkpoint and a stop with the resume command."""
+        cfg = self.ctx.cfg
+        every = getattr(cfg, "save_every", 0)
+        if every and done % every == 0 and done != cfg.steps:
+            self.save(done, extra)
+        if interrupt.stop_requested(self.ctx.device):
+            handle = self.save(done, extra)
+            raise interrupt.Interrupted(f"stopped at {self.ctx.name} step {done}; saved {handle.path}")
+
+
+def maybe_compile(ctx: StageContext, model: torch.nn.Module, dynamic: bool = False) -> torch.nn.Module:
+    """torch.compile the training forward per `model.compile`: auto compiles on CUDA only (on a CPU the
+    compile time outweighs the gain for the minutes-long runs rlkit makes there)."""
+    choice = str(ctx.experiment.model.compile).lower()
+    if choice == "false" or (choice == "auto" and ctx.device.type != "cuda"):
+        return model
+    return torch.compile(model, dynamic=dynamic)
+
+
+def load_model(ctx: StageContext, start: Checkpoint | None) -> tuple[torch.nn.Module, object, Origin]:
+    """(model on device, tokenizer, origin): the weights of `start`, else a new model from `model:` and the seed."""
+    mc, tokenizer_dir = ctx.experiment.model, start.tokenizer if start is not None else None
+    args = OmegaConf.to_container(mc.args)
+    if start is None or start.path is None:
+        tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+        name = mc.name or policy.model_name(ctx.plugins, None, args, "model")
+        torch.manual_seed(ctx.experiment.seed)  # one seed, one init, whatever the entry
+        model, tokenizer = policy.build(ctx.plugins, name, args, tokenizer, mc.seq_len, "model")
+        print0(f"[{ctx.name}] new {name} model: {sum(p.numel() for p in model.parameters()):,} parameters")
+        return model.to(ctx.device), tokenizer, Origin(name, tokenizer_dir)
+    name, spec = start.model["name"], start.model["args"]
+    key = f"stages.{ctx.name}.init" if ctx.init else "model"
+    if mc.name not in (None, name):
+        raise RlkitError(f"{key}: checkpoint {start.path} holds a {name} model but model.name is "
+                         f"{mc.name}; set model.name={name} or start from a matching checkpoint")
+    for k, v in args.items():
+        if k in spec and policy.differs(spec[k], v):
+            raise RlkitError(f"{key}: checkpoint {start.path} holds a {name} model with {k}={spec[k]} "
+                             f"but model.{k} is {v}; set model.{k}={spec[k]} or start from a matching checkpoint")
+    model, tokenizer = policy.load(ctx.plugins, start, mc.seq_len, key, ctx.device)
+    own = start.path.parent == ctx.stage_dir  # this entry's own checkpoint: --resume
+    print0(f"[{ctx.name}] {'resuming from' if own else 'starting from'} {start.path}")
+    return model, tokenizer, Origin(name, tokenizer_dir)
+
+
+def save(ctx: StageContext, origin: Origin, step: int, model, optimizer, extra: dict, done: bool) -> Checkpoint:
+    """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle."""
+    step_dir = ctx.stage_dir / f"step_{step:06d}"
+    handle = Checkpoint(step_dir, {"name": origin.model_name, "args": model.spec(), "seq_len": ctx.seq_len},
+                        origin.tokenizer)
+    if ctx.dist.is_main:
+        record = handle.record(step_dir)
+        meta = {"stage": ctx.name, "step": step, "done": done, "model": record["model"],
+                "tokenizer": record["tokenizer"], "rng": rng.rng_state(), "saved_at": time.time(), **extra}
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        opt_state = optimizer.state_dict() if optimizer is not None else None
+        ckpt.save_checkpoint(ctx.stage_dir, step, state, opt_state, meta)
+    barrier()  # the next entry on every rank reads what rank 0 writes
+    return handle
