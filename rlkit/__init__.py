@@ -41,6 +41,8 @@ MOVED = {
     "rlkit.core.sandbox": "rlkit.lib.evaluation.sandbox",
     "rlkit.core.task": "rlkit.lib.text.task",
     "rlkit.core.textdata": "rlkit.lib.text.textdata",
+    "rlkit.core.report": "rlkit.lib.tracking.report",
+    "rlkit.core.aimrepo": "rlkit.lib.tracking.aimrepo",
 }
 
 

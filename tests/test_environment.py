@@ -242,7 +242,7 @@ def test_an_aim_repo_deleted_before_resume_continues_in_a_new_aim_run(tmp_path):
 @pytest.fixture
 def damaged_repo(tmp_path) -> Path:
     """tmp_path/.aim holding one closed run, then garbage written over its metadata database and index."""
-    from rlkit.core import track
+    from rlkit.lib.tracking import aim as track
 
     tracker = track.AimTracker(tmp_path / ".aim", experiment="e", name="r")
     tracker.metrics({"loss": 1.0}, step=1, stage="pretrain")
@@ -298,7 +298,7 @@ def test_ui_on_a_network_host_warns_that_it_is_reachable(tmp_path):
 
 
 def test_ui_serves_on_ipv6_loopback(tmp_path):
-    from rlkit.core import track
+    from rlkit.lib.tracking import aim as track
 
     tracker = track.AimTracker(tmp_path / ".aim", experiment="e", name="r")
     tracker.close()

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from rlkit.lib.training import progress as progress_lib
-from rlkit.core import track
+from rlkit.lib.tracking import aim as track
 from rlkit.lib.training.loop import grad_norm
 
 from experiments import MIDTRAIN, PRETRAIN, RL, SFT, TOKENIZER, adamw, data, experiment_text, task

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rlkit.core import track
+from rlkit.lib.tracking import aim as track
 
 HOST = "127.0.0.1"
 

@@ -94,6 +94,7 @@ def run(
     """Validate the experiment and its plugins, then run its stages in order (alone or under torchrun)."""
     with user_errors():
         from rlkit.core import pipeline
+        from rlkit.lib.tracking import RunTracking
 
         world = nproc_per_node * nnodes
         cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [], world_size=world)
@@ -107,7 +108,7 @@ def run(
 
             sweep_lib.run(experiment, overrides or [], plugin or [], sweep, world)
             return
-        pipeline.run(cfg, plugins, resume=resume)
+        pipeline.run(cfg, plugins, resume=resume, tracking=RunTracking())
 
 
 @app.command()

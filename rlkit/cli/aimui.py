@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rlkit.cli import hosts
-from rlkit.core.aimrepo import probe
+from rlkit.lib.tracking.aimrepo import probe
 from rlkit.core.errors import RlkitError
 
 AIM_UP = "import sys; from aim.cli.cli import cli_entry_point; sys.exit(cli_entry_point())"

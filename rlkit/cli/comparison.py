@@ -16,7 +16,7 @@ import difflib
 import re
 from pathlib import Path
 
-from rlkit.core.aimrepo import probe, reading
+from rlkit.lib.tracking.aimrepo import probe, reading
 from rlkit.core.config import config_diff
 from rlkit.core.errors import RlkitError
 

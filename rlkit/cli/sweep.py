@@ -79,6 +79,7 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
     """Run every point of the sweep (checked first, all of them); print the comparison; return the run names."""
     from rlkit.core import pipeline
     from rlkit.cli import comparison
+    from rlkit.lib.tracking import RunTracking
 
     grid = points(sweeps)
     prepared = []
@@ -96,7 +97,7 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
         print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}): {' '.join(f'{k}={v}' for k, v in grid[i])}")
         shared = reuse(cfg, names, [c for _, c, _ in prepared[:i]])
         begun = (run_dir / "config.yaml").exists() or any(handoff.finished(run_dir / e) is not None for e in names)
-        pipeline.run(cfg, plugins, resume=begun or shared)
+        pipeline.run(cfg, plugins, resume=begun or shared, tracking=RunTracking())
     cfg = prepared[-1][1]
     if cfg.tracking.enabled:
         result = comparison.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])

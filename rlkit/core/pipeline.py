@@ -29,6 +29,7 @@ from rlkit.core.files import atomic_write
 from rlkit.core.memory import check_fits_memory
 from rlkit.core.lock import RunLock
 from rlkit.core.stage import Stage, StageSetup
+from rlkit.core.track import Tracking
 
 CONFIG_FILE = "config.yaml"
 
@@ -148,9 +149,10 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
                       f"{path}: model")
 
 
-def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
+def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Tracking | None = None) -> None:
     """Run the entries in order, each starting from the previous one's checkpoint (or its own `init:`),
-    holding the run folder's lock throughout."""
+    holding the run folder's lock throughout. `tracking` (rlkit.core.track.Tracking) hands out the tracker
+    and hears when each entry ends; `rlkit run` passes Aim and the report card, the default writes nothing."""
     from rlkit.core import dist
 
     info, device = dist.init(cfg.device)
@@ -160,25 +162,23 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False) -> None:
         found = entries(cfg, plugins)
         lock = _lock(run_dir, info, device)
         try:
-            _run(cfg, plugins, found, run_dir, resume, info, device, dtype)
+            _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking or Tracking())
         finally:
             lock.release()
     finally:
         dist.shutdown()
 
 
-def _run(cfg, plugins, found, run_dir, resume, info, device, dtype) -> None:
-    from rlkit.core import dist, interrupt, report, track
+def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking) -> None:
+    from rlkit.core import dist, interrupt
     from rlkit.core.context import StageContext
 
     _check_run_dir(run_dir, cfg, found, resume)
-    tracker = track.open_run(cfg, run_dir, info, resume)
-    env, began = track.environment(device, dtype, info.world_size), time.time()
+    tracker, began = tracking.open(cfg, run_dir, info, resume, device, dtype), time.time()
     interrupt.install()
     try:
         if info.is_main:
             atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
-        tracker.params({"hparams": OmegaConf.to_container(cfg), "env": env})
         dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
                     f"world size {info.world_size}, run dir {run_dir}")
         start, checked = None, None
@@ -207,8 +207,8 @@ def _run(cfg, plugins, found, run_dir, resume, info, device, dtype) -> None:
             dist.barrier()
             seconds = time.time() - began_stage
             dist.print0(f"[{e.name}] done in {seconds:.1f}s")
-            report.stage_done(ctx, seconds, env, e.stage)  # report.md after every entry
-        report.run_done(cfg, run_dir, tracker, env, time.time() - began)
+            tracking.stage_done(ctx, seconds, e.stage)  # the report card after every entry
+        tracking.run_done(cfg, run_dir, tracker, time.time() - began)
         dist.barrier()  # leave together: a rank tearing down gloo while a peer is still busy can abort
     finally:
         interrupt.uninstall()

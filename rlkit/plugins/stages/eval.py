@@ -31,7 +31,7 @@ from rlkit.core.session import load_model
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
-from rlkit.core.report import fmt
+from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
 
 CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nanochat's ChatCORE set

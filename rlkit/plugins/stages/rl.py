@@ -45,7 +45,7 @@ from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_t
 from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
-from rlkit.core.report import fmt, tracked_change
+from rlkit.lib.tracking.report import fmt, tracked_change
 from rlkit.lib.training.speed import matmul_peak
 from rlkit.core.stage import Stage
 from rlkit.plugins.stages import rl_update

@@ -28,7 +28,7 @@ from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, run_task, task_
 from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress
-from rlkit.core.report import fmt
+from rlkit.lib.tracking.report import fmt
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import Stage, divides

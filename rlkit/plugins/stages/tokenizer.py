@@ -19,7 +19,7 @@ from rlkit.core.context import StageContext
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
-from rlkit.core.report import fmt
+from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
 from rlkit.lib.text.textdata import TextData, check_data, iter_texts
 from rlkit.core.tokenizer import MIN_VOCAB_SIZE, SPECIALS, train_tokenizer
