@@ -7,18 +7,27 @@ Two checks a token, each against the training logits z (softcapped by the model'
 - the sampling distribution: Rollout.logprobs equals log_softmax(topk(z) / T)[token], recomputed here from z
   with the temperature and top-k generate() was given, and the token is the inverse-CDF draw of that
   distribution at the row's uniform u (so the sampler drew from what it reports, not only reported it).
+The rl update's mismatch/* figures are checked against a hand computation, and are 0 on fp32 rollouts.
 The mutant tests break the sampler on purpose (no softcap; another temperature, reported or only drawn;
 bf16 decoding while the model is fp32) and assert that these checks see it.
 """
+from pathlib import Path
+
 import pytest
 import torch
 
+from rlkit.core.plugins import load_plugins
 from rlkit.lib.generation import draw as draw_mod
 from rlkit.lib.generation.draw import row_key, uniform
 from rlkit.lib.generation.sampling import generate
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.plugins.models.hf import HFPolicy
+from rlkit.lib.training.algorithm import guard
+from rlkit.plugins.stages import rl, rl_update
+from rlkit.plugins.stages.rl_plan import Rows
 from rlkit.plugins.stages.rl_update import forward
+
+ALGORITHMS = load_plugins().tables["algorithm"]
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
 G, NEW, T, K = 3, 12, 0.7, 20
@@ -104,6 +113,61 @@ def test_without_top_k_and_at_temperature_1_both_log_probs_are_the_models(gpt):
 def test_greedy_rows_report_log_probability_0_for_the_sampler_and_the_models_own(gpt):
     out = generate(gpt, PROMPTS, samples=1, max_new_tokens=5, temperature=0, logprobs=True)
     assert (out.logprobs == 0).all() and (out.model_logprobs[out.mask > 0] < 0).all()
+
+
+# the rl update tracks the gap (mismatch/*) from the rollouts' log-probs
+
+
+def _rl_ctx(write_yaml, tmp_path, stage_ctx, epochs, minibatches):
+    path = write_yaml(f"""\
+        name: mismatch
+        stages:
+          rl:
+            task: {{name: arithmetic}}
+            rewards: [{{name: gsm8k}}]
+            rollout: {{max_new_tokens: {NEW}}}
+            device_batch_size: 3
+            updates: {{epochs: {epochs}, minibatches: {minibatches}}}
+        """)
+    return stage_ctx(path, "rl", Path(tmp_path) / "runs")
+
+
+def _update(ctx, model, ids, mask, sample_logp):
+    """One rl step's updates (reinforce, some rows inert) -> the step's reduced figures."""
+    adv = torch.tensor([1.0, 0.0, -1.0] * (len(ids) // 3) + [2.0] * (len(ids) % 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay the sampling weights
+    learner = rl_update.Learner(ctx, model, model, optimizer, guard(ALGORITHMS["reinforce"](), "reinforce", "test"))
+    return rl_update.update(learner, Rows(ids, mask, adv, sample_logp=sample_logp)).reduce(ctx)
+
+
+@pytest.mark.parametrize("epochs, minibatches", [(1, 1), (2, 2)])
+def test_the_update_tracks_the_mismatch_as_computed_by_hand(write_yaml, tmp_path, stage_ctx, gpt, epochs, minibatches):
+    """A known gap: sample_logp = the training log-prob + delta; the step's mismatch/* are its |mean|, max and k3."""
+    ctx = _rl_ctx(write_yaml, tmp_path, stage_ctx, epochs, minibatches)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 100, (8, 20), generator=g)
+    mask = torch.zeros(8, 19)
+    for r in range(8):
+        mask[r, 4 + r % 3:10 + r] = 1
+    with torch.no_grad():
+        train = forward(gpt, ids[:, :-1], torch.where(mask > 0, ids[:, 1:], -1))[0]
+    delta = torch.randn(mask.shape, generator=g) * 0.05
+    stats = _update(ctx, gpt, ids, mask, train + delta)
+    d = -delta[mask > 0].double()  # log p_train - log p_sample
+    assert stats["mismatch/logratio_mean"] == pytest.approx(float(d.abs().mean()), abs=2e-6)
+    assert stats["mismatch/logratio_max"] == pytest.approx(float(d.abs().max()), abs=2e-6)
+    assert stats["mismatch/kl"] == pytest.approx(float((d.exp() - d - 1).mean()), rel=1e-3)
+
+
+def test_fp32_rollouts_give_a_mismatch_of_0_and_the_report_card_shows_it(write_yaml, tmp_path, stage_ctx, gpt):
+    ctx = _rl_ctx(write_yaml, tmp_path, stage_ctx, 1, 1)
+    out = generate(gpt, PROMPTS, samples=G, max_new_tokens=NEW, temperature=T, top_k=K, seeds=SEEDS, logprobs=True)
+    stats = _update(ctx, gpt, out.ids.clone(), out.mask[:, 1:].float(), out.model_logprobs[:, 1:])
+    assert stats["mismatch/logratio_max"] < 1e-5 and stats["mismatch/kl"] < 1e-9
+    tracked = {f"mismatch/{m}": {"first": v, "last": v, "mean": v, "max": v, "min": v}
+               for m, v in [("logratio_mean", 0.0123), ("logratio_max", 0.5), ("kl", 4.5e-4)]}
+    (line,) = [x for x in rl.report({}, tracked) if "mismatch" in x]
+    assert "mean 0.0123" in line and "max 0.5" in line and "KL (k3) mean 0.00045" in line
 
 
 # mutants: each breaks the sampler in one way, and the checks above must see it
