@@ -170,6 +170,20 @@ def test_fp32_rollouts_give_a_mismatch_of_0_and_the_report_card_shows_it(write_y
     assert "mean 0.0123" in line and "max 0.5" in line and "KL (k3) mean 0.00045" in line
 
 
+def test_a_step_whose_rows_get_no_forward_tracks_no_mismatch(write_yaml, tmp_path, stage_ctx, gpt):
+    """One update, reinforce, every advantage 0: no row gets a forward, so nothing was measured (not a 0)."""
+    ctx = _rl_ctx(write_yaml, tmp_path, stage_ctx, 1, 1)
+    out = generate(gpt, PROMPTS, samples=G, max_new_tokens=NEW, temperature=T, top_k=K, seeds=SEEDS, entropy=True,
+                   logprobs=True)
+    mask = out.mask[:, 1:].float()
+    rows = Rows(out.ids.clone(), mask, torch.zeros(len(mask)), entropy=out.entropy,
+                sample_logp=out.model_logprobs[:, 1:])
+    learner = rl_update.Learner(ctx, gpt, gpt, torch.optim.SGD(gpt.parameters(), lr=0.0),
+                                guard(ALGORITHMS["reinforce"](), "reinforce", "test"))
+    stats = rl_update.update(learner, rows).reduce(ctx)
+    assert "loss" in stats and not any(k.startswith("mismatch/") for k in stats)
+
+
 def test_the_rl_batch_carries_the_models_own_log_probs_of_the_kept_rows(gpt):
     """rl_batch.merge keeps, for the kept groups, the sampler's model log-probs (T=1, full vocabulary): the ones a
     training forward computes, not the tempered top-k ones."""

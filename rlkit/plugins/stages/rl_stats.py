@@ -13,7 +13,9 @@ sample_logp (old_logp: the training forward's log-prob at the sampling weights, 
 mismatch/logratio_mean and mismatch/logratio_max, the mean and max of |d|, and mismatch/kl, Schulman's
 k3 estimate exp(d) - d - 1 of KL(sampler || trainer), unbiased for tokens drawn from the sampler's T=1
 full-vocabulary distribution (under another temperature or a top-k, a non-negative measure of the gap).
-Every epoch adds the same tokens again, which leaves the mean and the max as they are.
+Every epoch adds the same tokens again, which leaves the mean and the max as they are. A step whose rows
+all went without a forward (one update, every advantage 0 and the algorithm's zero_advantage_inert)
+measured nothing and tracks no mismatch/* figure.
 """
 from __future__ import annotations
 
@@ -113,8 +115,8 @@ class Tally:
                "no_backward_frac": sums["inert_rows"] / max(sums["rows"], 1.0)}
         if self.has_ref:
             out["kl_ref"] = sums["kl_ref"] / tokens
-        if self.has_mismatch:
-            n = max(sums["mismatch_tokens"], 1.0)
+        if self.has_mismatch and sums["mismatch_tokens"] > 0:  # not a 0 where no token was measured
+            n = sums["mismatch_tokens"]
             out.update({"mismatch/logratio_mean": sums["logratio"] / n, "mismatch/logratio_max": logratio_max,
                         "mismatch/kl": sums["mismatch_kl"] / n})
         return out
