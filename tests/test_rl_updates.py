@@ -362,7 +362,7 @@ def test_the_steps_figures_come_from_named_sums_in_one_all_reduce(write_yaml, tm
     monkeypatch.setattr(rl_stats, "all_reduce_sum", lambda t: calls.append(t.numel()) or real(t))
     stats = tally.reduce(ctx, {"reward": torch.tensor(0.25), "groups_kept": 2})
 
-    assert len(calls) == 1  # 2 own figures + 9 named sums + 1 max slot, one tensor
+    assert len(calls) == 1  # 2 own figures + 12 named sums + 2 max slots, one tensor
     assert list(stats)[:2] == ["reward", "groups_kept"] and stats["reward"] == 0.25 and stats["groups_kept"] == 2.0
     assert stats["no_backward_frac"] == 5 / 8  # the five rows of advantage 0
     assert stats["ratio_mean"] == 1.0 and stats["ratio_max"] == 1.0 and stats["kl_old"] == 0.0  # one update

@@ -10,6 +10,12 @@ step for all rows: the idea of counter-based generators (Salmon et al., "Paralle
 1, 2, 3", SC 2011), without their rounds.
 
 next_token_entropy gives the entropy (nats) of softmax(softcap(logits)), before temperature and top-k.
+
+Log-probabilities of the drawn tokens (draw(..., logp=True)): log softmax(softcap(values) / temperature)
+over the candidates at the drawn one, from the very z whose CDF the draw inverted, so it is the distribution
+the token was drawn from (0 at temperature 0: argmax is certain). model_logp gives the other one: the
+untempered full-vocabulary log softmax(softcap(logits)) at the token, the model's own log-probability, the
+one a training forward computes (rlkit.lib.generation.loop reports both).
 """
 from dataclasses import dataclass
 
@@ -46,16 +52,18 @@ def uniform(keys, t):
     return ((h >> 8).float() + 0.5) * 2.0**-24
 
 
-def draw(logits, keys, t, sampling: Sampling, softcap=None, expand=None):
+def draw(logits, keys, t, sampling: Sampling, softcap=None, expand=None, logp=False):
     """logits (m, V) -> tokens (n,), one per row; `expand` (n,) says which logits row each row draws from
-    (a prompt's G samples share its first logits), else n = m."""
+    (a prompt's G samples share its first logits), else n = m. With `logp`: (tokens, their log-probabilities
+    (n,) float32 under the distribution drawn from)."""
     if sampling.temperature == 0:
         tok = logits.argmax(dim=-1)
-        return tok if expand is None else tok[expand]
+        tok = tok if expand is None else tok[expand]
+        return (tok, torch.zeros(tok.shape, device=tok.device)) if logp else tok
     values, ids = candidates(logits, sampling.top_k)
     if expand is not None:  # top-k once per prompt, not once per sample
         values, ids = values[expand], (None if ids is None else ids[expand])
-    return choose(values, ids, keys, t, sampling.temperature, softcap)
+    return choose(values, ids, keys, t, sampling.temperature, softcap, logp)
 
 
 def candidates(logits, k):
@@ -67,13 +75,17 @@ def candidates(logits, k):
     return values.gather(1, order), ids
 
 
-def choose(values, ids, keys, t, temperature, softcap=None):
-    """Draw one candidate per row by inverse CDF of softmax(softcap(values) / temperature) -> tokens (n,)."""
+def choose(values, ids, keys, t, temperature, softcap=None, logp=False):
+    """Draw one candidate per row by inverse CDF of softmax(softcap(values) / temperature) -> tokens (n,);
+    with `logp`, (tokens, log softmax(z) at each drawn candidate (n,)), from the same z."""
     z = (values if softcap is None else softcap * torch.tanh(values / softcap)) / temperature
     cdf = torch.softmax(z, dim=-1).cumsum(dim=-1)  # (n, k)
     u = uniform(keys, t)[:, None] * cdf[:, -1:]
     j = (cdf < u).sum(dim=-1, keepdim=True).clamp_(max=values.size(-1) - 1)  # (n, 1)
-    return (j if ids is None else ids.gather(1, j))[:, 0]
+    tok = (j if ids is None else ids.gather(1, j))[:, 0]
+    if not logp:
+        return tok
+    return tok, (z.gather(1, j)[:, 0] - torch.logsumexp(z, dim=-1)).float()
 
 
 def top_k(logits, k):
@@ -94,8 +106,17 @@ def top_k(logits, k):
 
 def next_token_entropy(logits, softcap=None):
     """logits (..., V) -> (...) entropy in nats of softmax(softcap(logits)), in float32."""
+    return entropy_of(model_log_softmax(logits, softcap))
+
+
+def model_log_softmax(logits, softcap=None):
+    """logits (..., V) -> log softmax(softcap(logits)) (..., V) float32: the model's own, untempered, full vocabulary."""
     z = logits.float()
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
-    logq = torch.log_softmax(z, dim=-1)
+    return torch.log_softmax(z, dim=-1)
+
+
+def entropy_of(logq):
+    """logq (..., V) log-probabilities -> (...) entropy in nats."""
     return -(logq.exp() * logq).sum(dim=-1)

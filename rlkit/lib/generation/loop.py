@@ -18,6 +18,11 @@ in a thread of its own while requests keep arriving.
 Entropy (entropy=True): each row's sum, over the tokens it sampled (not the forced ones), of the entropy of
 the distribution the model gave that token, next_token_entropy of the decode's own logits.
 
+Log-probabilities (logprobs=True): each drawn token's pair (log-probability under the distribution it was
+drawn from, the model's untempered full-vocabulary log-probability; rlkit.lib.generation.draw), appended to
+its row's `logprobs` at the draw, from the logits the decode already has (the full log softmax is shared with
+the entropy's). A row's pairs line up with its tokens (a forced token keeps the pair of the draw it replaced).
+
 Tools and environments plug in at the row. A row's `resume` (called at its stop token: an environment's
 turn) returns tokens that the loop feeds into it, one a step, with mask 0, in place of its draws, while the
 other rows go on decoding; Sequence.force queues such tokens from anywhere in the engine's thread. A tool
@@ -31,14 +36,16 @@ from __future__ import annotations
 
 import torch
 
-from rlkit.lib.generation.draw import draw, next_token_entropy
+from rlkit.lib.generation.draw import draw, entropy_of, model_log_softmax
 from rlkit.lib.generation.scheduler import Scheduler
 from rlkit.lib.generation.sequence import Sequence, State
 
 
 class DecodeLoop:
-    def __init__(self, decoder, scheduler: Scheduler, device: torch.device, entropy: bool = False):
+    def __init__(self, decoder, scheduler: Scheduler, device: torch.device, entropy: bool = False,
+                 logprobs: bool = False):
         self.decoder, self.scheduler, self.device, self.entropy = decoder, scheduler, device, entropy
+        self.logprobs = logprobs
         self.softcap = decoder.logit_softcap
         self.mixes = scheduler.joining and hasattr(decoder, "step_join")
         none = torch.empty(0, dtype=torch.long, device=device)
@@ -70,9 +77,10 @@ class DecodeLoop:
             logits = self.decoder.step(self.tok) if mixed is None else \
                 self.decoder.step_join(self.tok, *prompts(mixed, self.device))  # (n [+ P], V)
             self.t += 1
+            logq = model_log_softmax(logits[:n], self.softcap) if self.entropy or self.logprobs else None
             if self.entropy:  # the rows that sample their next token from these logits
-                self.ent += next_token_entropy(logits[:n], self.softcap) * self.live
-            self.tok = self._draw(logits[:n])
+                self.ent += entropy_of(logq) * self.live
+            self.tok = self._draw(logits[:n], logq)
             if mixed:
                 self._start(mixed, logits[n:])
         for group in groups:
@@ -81,9 +89,13 @@ class DecodeLoop:
             self._start(group, first)
         return changed
 
-    def _draw(self, logits):
-        """logits (n, V) -> each row's next token, by its own sampling settings."""
-        return draw_rows(logits, self.keys, self.t, self.kinds, self.softcap)
+    def _draw(self, logits, logq=None):
+        """logits (n, V) -> each row's next token, by its own sampling settings (logq: their log softmax)."""
+        if not self.logprobs:
+            return draw_rows(logits, self.keys, self.t, self.kinds, self.softcap)
+        tok, lp = draw_rows(logits, self.keys, self.t, self.kinds, self.softcap, logp=True)
+        note_logprobs(self.scheduler.rows, tok, lp, logq)
+        return tok
 
     def _start(self, batch: tuple[int, list[Sequence]], first):
         """Append a prefill's rows (G a prompt) to the batch, each with its first token drawn from its
@@ -94,12 +106,16 @@ class DecodeLoop:
         t = torch.tensor([len(seq.tokens) for seq in rows], dtype=torch.long, device=self.device)
         kinds = kinds_of(rows, self.device)
         if len(kinds) == 1:  # the candidates once a prompt, not once a row
-            tok = draw(first, keys, t, kinds[0][0], self.softcap, expand)
+            tok = draw(first, keys, t, kinds[0][0], self.softcap, expand, logp=self.logprobs)
         else:
-            tok = draw_rows(first[expand], keys, t, kinds, self.softcap)
+            tok = draw_rows(first[expand], keys, t, kinds, self.softcap, logp=self.logprobs)
+        logq = model_log_softmax(first, self.softcap)[expand] if self.entropy or self.logprobs else None
+        if self.logprobs:
+            tok, lp = tok
+            note_logprobs(rows, tok, lp, logq)
         self.tok, self.keys, self.t = torch.cat([self.tok, tok]), torch.cat([self.keys, keys]), torch.cat([self.t, t])
         if self.entropy:
-            self.ent = torch.cat([self.ent, next_token_entropy(first, self.softcap)[expand]])
+            self.ent = torch.cat([self.ent, entropy_of(logq)])
             self.live = torch.cat([self.live, torch.ones(len(rows), device=self.device)])
         self.scheduler.started(rows)
         self.kinds = kinds_of(self.scheduler.rows, self.device)
@@ -130,14 +146,26 @@ def kinds_of(rows: list[Sequence], device) -> list[tuple]:
     return [(kind, torch.tensor([i for i, k in enumerate(settings) if k == kind], device=device)) for kind in kinds]
 
 
-def draw_rows(logits, keys, t, kinds, softcap):
-    """logits (n, V) -> tokens (n,): each row drawn with the settings of its kind (kinds_of)."""
+def draw_rows(logits, keys, t, kinds, softcap, logp=False):
+    """logits (n, V) -> tokens (n,): each row drawn with the settings of its kind (kinds_of); with `logp`,
+    (tokens, their log-probabilities under the distributions drawn from)."""
     if len(kinds) == 1:
-        return draw(logits, keys, t, kinds[0][0], softcap)
+        return draw(logits, keys, t, kinds[0][0], softcap, logp=logp)
     tok = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+    lp = torch.empty(logits.size(0), device=logits.device)
     for sampling, rows in kinds:
-        tok[rows] = draw(logits[rows], keys[rows], t[rows], sampling, softcap)
-    return tok
+        out = draw(logits[rows], keys[rows], t[rows], sampling, softcap, logp=logp)
+        tok[rows], lp[rows] = out if logp else (out, 0.0)
+    return (tok, lp) if logp else tok
+
+
+def note_logprobs(rows: list[Sequence], tok, lp, logq) -> None:
+    """Append each live row's (sampled, model) log-probabilities of its drawn token: lp (n,) and the model's
+    log softmax logq (n, V) at the token."""
+    model = logq.gather(1, tok[:, None])[:, 0]
+    for seq, pair in zip(rows, zip(lp.tolist(), model.tolist())):
+        if seq.state is not State.ENDED:  # an ended row waiting for compaction draws for nothing
+            seq.logprobs.append(pair)
 
 
 def by_samples(groups: list[list[Sequence]]) -> list[tuple[int, list[Sequence]]]:

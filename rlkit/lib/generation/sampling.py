@@ -17,6 +17,12 @@ Each row draws with rlkit.lib.generation.draw: temperature 0 is argmax, else an 
 top_k logits (softcapped by the decoder's logit_softcap) with the counter-based u = hash(seed_r, t), so a
 row's completion depends only on its prompt and its seed, never on what else is in the batch (up to float
 rounding of the logits). entropy=True: each row's summed next-token entropy (rlkit.lib.generation.loop).
+logprobs=True: each sampled token's log-probability, twice (at the token's position in `ids`, 0 elsewhere):
+`logprobs` under the distribution it was drawn from (temperature, top-k, softcap: what the sampler says it
+did), `model_logprobs` the model's own untempered, full-vocabulary log softmax(softcap(z)). The RL loss
+uses the model's log-probability at temperature 1, so a training forward must equal `model_logprobs`
+(tests/test_mismatch.py, and the rl stage's mismatch/* metrics); `logprobs` is checked against the sampling
+distribution recomputed from the training logits.
 
 Compute dtype: under torch.autocast(bf16/fp16) on the model's device, the decoder is asked for that dtype
 (rlkit's GPT then samples from an inference copy whose matmul weights are stored in it: the same numbers as
@@ -44,15 +50,17 @@ class Rollout:
     completions: list[list[int]]  # each row's tokens after its prompt, stop token included if one was hit
     prompt_lens: list[int]  # prompt length of each row
     entropy: torch.Tensor | None = None  # (N,) float32 with entropy=True: nats summed over each row's sampled tokens
+    logprobs: torch.Tensor | None = None  # (N, L) float32 with logprobs=True: under the sampling distribution
+    model_logprobs: torch.Tensor | None = None  # (N, L) float32 with logprobs=True: the model's, T=1, full vocabulary
 
 
 def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, stop_tokens: Collection[int] = (), seeds: list[int] | None = None,
-             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False) -> Rollout:
+             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False, logprobs: bool = False) -> Rollout:
     """Sample `samples` completions of each prompt; see the module docstring. seeds: one per row (default:
     drawn from torch's global RNG); batch_rows: most rows (prompts x samples) decoded at once. The Rollout's
     tensors are on the model's device and are ordinary tensors (usable in a training forward); entropy: also
-    each row's summed next-token entropy (module docstring)."""
+    each row's summed next-token entropy; logprobs: each sampled token's log-probabilities (module docstring)."""
     model = unwrap(model)
     _check(prompts, samples, max_new_tokens, temperature, top_k, seeds, batch_rows)
     device = next(model.parameters()).device
@@ -75,12 +83,14 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
                 scheduler = Scheduler(max(1, batch_rows // samples) * samples, stop_tokens, joining=False)
                 for r in range(0, len(rows), samples):
                     scheduler.submit(rows[r:r + samples])
-                DecodeLoop(decoder, scheduler, device, entropy).run()
+                DecodeLoop(decoder, scheduler, device, entropy, logprobs).run()
     finally:
         model.train(was_training)
     out = _rollout(rows, pad_id, device)
     if entropy:
         out.entropy = torch.tensor([seq.entropy for seq in rows], dtype=torch.float32, device=device)
+    if logprobs:
+        out.logprobs, out.model_logprobs = _logprobs(rows, out.mask)
     return out
 
 
@@ -112,6 +122,17 @@ def _check_length(decoder, prompts, max_new_tokens):
     if longest + max_new_tokens > decoder.max_len:
         raise RlkitError(f"generate: prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{decoder.max_len} positions")
+
+
+def _logprobs(rows: list[Sequence], mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sampled, model) log-probabilities (N, L) at each sampled token's position in the rollout, 0 elsewhere."""
+    pair = torch.zeros(2, *mask.shape)
+    for r, seq in enumerate(rows):
+        pl, n = len(seq.prompt), len(seq.tokens)
+        if n:
+            pair[:, r, pl:pl + n] = torch.tensor(seq.logprobs[:n], dtype=torch.float32).T  # extra draws: none kept
+    pair = pair.to(mask.device) * (mask > 0)
+    return pair[0], pair[1]
 
 
 def _rollout(rows: list[Sequence], pad_id, device) -> Rollout:

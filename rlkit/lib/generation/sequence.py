@@ -39,6 +39,7 @@ class Sequence:
     state: State = State.WAITING
     finish: str | None = None
     entropy: float = 0.0  # nats summed over the sampled tokens' distributions (when the engine is asked to)
+    logprobs: list[tuple[float, float]] = field(default_factory=list)  # per draw (sampled, model): loop.py
     forced: deque[int] = field(default_factory=deque)  # tokens to feed before the next draw (mask 0)
     resume: Callable[[Sequence], list[int] | None] | None = None  # see the module docstring
     cancelled: bool = False  # set by any thread: the row ends at the next step

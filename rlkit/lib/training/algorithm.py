@@ -30,7 +30,7 @@ from rlkit.core.errors import RlkitError
 class Algorithm:
     """Base class of an algorithm plugin: subclass it and write `advantages` and `loss`; the rest has defaults."""
 
-    needs: frozenset = frozenset()  # what the rl stage must prepare for loss(): "old_logp", "ref_logp"
+    needs: frozenset = frozenset()  # what loss() reads besides counts: "old_logp", "ref_logp", "sample_logp"
     zero_advantage_inert: bool = False  # True: a row with advantage 0 gets no gradient from loss()
     filter_groups: bool = False  # True: drop groups whose rewards all agree and refill (DAPO's dynamic sampling)
     min_samples: int = 1  # completions per prompt it needs (2 for anything group-relative)
@@ -163,7 +163,7 @@ def check_loss(out, args, where: str) -> None:
         raise RlkitError(f"{where} returned a loss with no gradient; expected one computed from logp")
     if torch.isfinite(loss.detach()).all():
         return  # the usual case: one scalar checked, the inputs are looked at only when the loss is bad
-    inputs = [logp[mask > 0], adv] + [extra[k][mask > 0] for k in ("old_logp", "ref_logp") if k in extra]
+    inputs = [logp[mask > 0], adv] + [extra[k][mask > 0] for k in ("old_logp", "ref_logp", "sample_logp") if k in extra]
     if all(torch.isfinite(t.detach()).all() for t in inputs):  # else the model is at fault: training.check_step
         _finite(loss, where, "log-probs and advantages")
 
@@ -205,6 +205,8 @@ def check_contract(algorithm: Guarded, samples: int, max_new_tokens: int) -> Non
                  "lengths": mask.sum(dim=1), "old_logp": logp.detach() - 0.01}
         if "ref_logp" in algorithm.needs:
             extra["ref_logp"] = logp.detach() - 0.05
+        if "sample_logp" in algorithm.needs:
+            extra["sample_logp"] = logp.detach() - 0.02
         algorithm.loss(logp, mask, adv, extra)
         if algorithm.zero_advantage_inert:
             check_inert(algorithm, logp, mask, adv, extra)

@@ -1,4 +1,5 @@
-"""Pieces the policy-gradient losses share: group-relative advantages, the clipped surrogate, the k3 KL.
+"""Pieces the policy-gradient losses share: group-relative advantages, the clipped surrogate, the k3 KL,
+truncated importance sampling (an algorithm's `tis_cap`).
 
 Algorithm plugins import these (rlkit.core names no plugin); each is a few lines, written out so a
 loss reads as its paper's formula. Shapes: rewards (P, G): P prompts x G completions; per token (B, T).
@@ -6,6 +7,8 @@ loss reads as its paper's formula. Shapes: rewards (P, G): P prompts x G complet
 from __future__ import annotations
 
 import torch
+
+from rlkit.core.errors import RlkitError
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
@@ -46,3 +49,24 @@ def k3(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
 def per_sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T) -> (B,): the mean over each sequence's sampled tokens (1/|o_i| sum_t); 0 for an empty row."""
     return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def tis_weight(extra: dict, cap: float | None):
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"; verl's and TRL's TIS): the detached per-token weight (B, T)
+    min(p_train / p_sample, cap), p_train = exp(old_logp) the training forward's probability at the sampling
+    weights, p_sample = exp(sample_logp) the sampler's (the model's own, T=1, full vocabulary). It corrects
+    the gap between the two (e.g. bf16 sampling), not the rollout's temperature or top-k. cap None: 1 (off)."""
+    if cap is None:
+        return 1.0
+    return torch.exp(extra["old_logp"] - extra["sample_logp"]).clamp(max=cap).detach()
+
+
+def with_tis(algorithm, cap: float | None, name: str):
+    """`algorithm` with its `tis_cap` set (None: off) and, when on, "sample_logp" added to what it needs."""
+    if cap is not None and not cap > 0:
+        raise RlkitError(f"algorithm {name}: tis_cap must be a positive number (e.g. 2.0) or null, got {cap!r}")
+    algorithm.tis_cap = cap
+    if cap is not None:
+        algorithm.needs = frozenset(algorithm.needs) | {"sample_logp"}
+    return algorithm

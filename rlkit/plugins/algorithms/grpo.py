@@ -11,17 +11,22 @@ What it leaves out, on purpose: no trust region, no KL penalty to a
 reference model, and, being on-policy (one gradient step per batch of
 rollouts), no importance ratio and no clipping. So it needs neither the
 sampling policy's nor a reference model's log-probs.
+
+tis_cap (default null: off): truncated importance sampling, each token's term times the detached
+min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
 import torch
 
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
+from rlkit.lib.training.objectives import tis_weight, with_tis
 
 
 class GRPO(Algorithm):
     needs = frozenset()  # no old_logp, no ref_logp
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
     min_samples = 2  # advantages compare samples within a group
+    tis_cap = None
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """(P, G) rewards -> (P, G) advantages: each reward minus its group's mean."""
@@ -29,11 +34,11 @@ class GRPO(Algorithm):
 
     def loss(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
         """logp, mask (B, T); adv (B,). This micro-batch's share of the step's token-mean objective."""
-        return -(logp * mask * adv[:, None]).sum() / extra["num_tokens"]
+        return -(logp * mask * adv[:, None] * tis_weight(extra, self.tis_cap)).sum() / extra["num_tokens"]
 
 
-def grpo() -> GRPO:
-    return GRPO()
+def grpo(tis_cap: float | None = None) -> GRPO:
+    return with_tis(GRPO(), tis_cap, "grpo")
 
 
 @rlkit.hookimpl

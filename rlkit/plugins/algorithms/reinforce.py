@@ -9,12 +9,16 @@ weighted by its advantage, averaged per sequence.
 Baselines: `none` (b = 0, the default), `batch` (b = mean reward of this
 step's batch), `ema` (b = a moving average of past batch means with `decay`;
 the first step uses its own batch mean). No KL, no ratio, no clipping.
+
+tis_cap (default null: off): truncated importance sampling, each token's term times the detached
+min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
 import torch
 
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
+from rlkit.lib.training.objectives import tis_weight, with_tis
 
 BASELINES = ("none", "batch", "ema")
 
@@ -22,6 +26,7 @@ BASELINES = ("none", "batch", "ema")
 class Reinforce(Algorithm):
     needs = frozenset()
     zero_advantage_inert = True  # a row with advantage 0 gets no gradient: the rl stage skips its backward
+    tis_cap = None
 
     def __init__(self, baseline: str, decay: float):
         self.baseline = baseline
@@ -41,7 +46,7 @@ class Reinforce(Algorithm):
 
     def loss(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
         """logp, mask (B, T); adv (B,). Sequence log-probs weighted by advantage, averaged per sequence."""
-        seq_logp = (logp * mask).sum(dim=1)  # (B,)
+        seq_logp = (logp * mask * tis_weight(extra, self.tis_cap)).sum(dim=1)  # (B,)
         return -(seq_logp * adv).sum() / extra["num_sequences"]
 
     def state_dict(self) -> dict:
@@ -51,12 +56,12 @@ class Reinforce(Algorithm):
         self.ema = state.get("ema")
 
 
-def reinforce(baseline: str = "none", decay: float = 0.9) -> Reinforce:
+def reinforce(baseline: str = "none", decay: float = 0.9, tis_cap: float | None = None) -> Reinforce:
     if baseline not in BASELINES:
         raise RlkitError(f"algorithm reinforce: baseline '{baseline}' is not valid (valid: {', '.join(BASELINES)})")
     if not 0.0 <= decay < 1.0:
         raise RlkitError(f"algorithm reinforce: decay must be in [0, 1), got {decay}")
-    return Reinforce(baseline, decay)
+    return with_tis(Reinforce(baseline, decay), tis_cap, "reinforce")
 
 
 @rlkit.hookimpl

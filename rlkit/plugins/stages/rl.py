@@ -252,6 +252,10 @@ def report(summary: dict, tracked: dict) -> list[str]:
             if "kl_ref" in tracked else []
         out.append(f"policy entropy (nats/token): {fmt(e['first'])} -> {fmt(e['last'])}" +
                    "".join(f"; {p}" for p in parts + kl))
+    if "mismatch/logratio_mean" in tracked:  # the sampler's log-probs against the training forward's (rl_stats.py)
+        mean, most, kl = (tracked[f"mismatch/{m}"] for m in ("logratio_mean", "logratio_max", "kl"))
+        out.append(f"sampling/training mismatch (|log p_train - log p_sample|, sampled tokens): mean "
+                   f"{fmt(mean['mean'])}, max {fmt(most['max'])}; KL (k3) mean {fmt(kl['mean'])}")
     if "groups_filtered" in tracked and tracked["groups_filtered"]["max"] > 0:
         out.append(f"group filtering: {fmt(tracked['groups_filtered']['mean'])} groups dropped per step, "
                    f"{fmt(tracked['refill_rounds']['mean'])} refill rounds (means)")

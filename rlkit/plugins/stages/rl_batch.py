@@ -29,6 +29,7 @@ class Batch:
     ids: torch.Tensor  # (N, L) this rank's kept rows: prompt + completion, right-padded
     mask: torch.Tensor  # (N, L) 1 on sampled tokens
     entropy: torch.Tensor  # (N,) each row's next-token entropy (nats) summed over its sampled tokens
+    sample_logp: torch.Tensor  # (N, L) the sampler's model log-prob (T=1, full vocabulary) of each sampled token
     adv: torch.Tensor  # (N,)
     index: torch.Tensor  # (N,) each row's index among the step's kept rows of all ranks (minibatches use it)
     prompt_tokens: int  # this rank's prompt tokens over its kept rows (for tokens/s)
@@ -38,7 +39,7 @@ class Batch:
         """The rows as the update reads them, on `device`; mask (N, L-1): 1 where token t+1 was sampled."""
         return Rows(ids=self.ids.clone().to(device),  # clone: generate() returns inference-mode tensors
                     mask=self.mask[:, 1:].to(device).float(), adv=self.adv.to(device), index=self.index,
-                    entropy=self.entropy)
+                    entropy=self.entropy, sample_logp=self.sample_logp[:, 1:].to(device))
 
 
 def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: int, refills: int) -> Batch:
@@ -81,10 +82,11 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
         if n_kept >= s.examples_per_step:
             break
     adv = advantages(algorithm, kept_rewards, rank, world)
-    ids, mask, entropy, prompt_tokens = merge(parts, G)
+    ids, mask, entropy, sample_logp, prompt_tokens = merge(parts, G)
     stats.update(groups_kept=n_kept, groups_filtered=n_dropped, refill_rounds=used)
     refill_prompts = used * s.examples_per_step
-    return Batch(ids, mask, entropy, adv, torch.cat(rows), prompt_tokens, {**stats, "refill_prompts": refill_prompts})
+    return Batch(ids, mask, entropy, sample_logp, adv, torch.cat(rows), prompt_tokens,
+                 {**stats, "refill_prompts": refill_prompts})
 
 
 def advantages(algorithm, kept_rewards, rank: int, world: int) -> torch.Tensor:
@@ -100,18 +102,21 @@ def advantages(algorithm, kept_rewards, rank: int, world: int) -> torch.Tensor:
 
 
 def merge(parts, G: int):
-    """(ids (N, L), mask (N, L), entropy (N,), prompt tokens) of this rank's kept rows over the rounds."""
-    ids, masks, entropies, prompt_tokens = [], [], [], 0
+    """(ids (N, L), mask (N, L), entropy (N,), sample_logp (N, L), prompt tokens) of this rank's kept rows over
+    the rounds."""
+    ids, masks, entropies, logps, prompt_tokens = [], [], [], [], 0
     for out, mine in parts:
         rows = mine.repeat_interleave(G).cpu()  # (P*G,)
         ids.append(out.ids[rows])
         masks.append(out.mask[rows])
         entropies.append(out.entropy[rows.to(out.entropy.device)])
+        logps.append(out.model_logprobs[rows.to(out.model_logprobs.device)])
         prompt_tokens += sum(n for n, keep in zip(out.prompt_lens, rows.tolist()) if keep)
     width = max(t.shape[1] for t in ids)
-    pad = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in ids]  # right padding with 0
-    return torch.cat(pad), torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]), \
-        torch.cat(entropies), prompt_tokens
+
+    def padded(ts):  # right padding with 0
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in ts])
+    return padded(ids), padded(masks), torch.cat(entropies), padded(logps), prompt_tokens
 
 
 def rollouts(ctx, model, tokenizer, examples, seeds):
@@ -121,7 +126,8 @@ def rollouts(ctx, model, tokenizer, examples, seeds):
     model.eval()
     with ctx.autocast():
         out = generate(model, prompts, samples=r.samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                       top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds, entropy=True)
+                       top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds, entropy=True,
+                       logprobs=True)  # the sampler's log-probs: mismatch/* metrics, truncated IS
     model.train()
     return out
 

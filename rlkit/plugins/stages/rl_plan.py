@@ -39,6 +39,7 @@ class Rows:
     old_logp: Optional[torch.Tensor] = None  # (N, L-1) the sampling weights' log-probs (several updates a step)
     ref_logp: Optional[torch.Tensor] = None  # (N, L-1) the reference model's (an algorithm that needs it)
     inert: Optional[torch.Tensor] = None  # (N,) bool: rows that get no backward (set by the plan)
+    sample_logp: Optional[torch.Tensor] = None  # (N, L-1) the sampler's model log-probs of the targets (T=1)
 
 
 @dataclass
@@ -86,7 +87,9 @@ def make_plan(ctx, rows: Rows, inert_ok: bool, reference) -> tuple[Rows, Plan]:
     perm = sorted(range(len(index)), key=lambda i: (int(index[i]) % M, bool(inert[i]), length[i], int(index[i])))
     if perm != list(range(len(index))):
         entropy = None if rows.entropy is None else rows.entropy[torch.tensor(perm, device=rows.entropy.device)]
-        rows = replace(rows, ids=rows.ids[perm], mask=rows.mask[perm], adv=rows.adv[perm], entropy=entropy)
+        sample_logp = None if rows.sample_logp is None else rows.sample_logp[perm]
+        rows = replace(rows, ids=rows.ids[perm], mask=rows.mask[perm], adv=rows.adv[perm], entropy=entropy,
+                       sample_logp=sample_logp)
         inert = inert[perm]
     rows = replace(rows, index=index, inert=inert)
     ends = torch.bincount(index % M, minlength=M).cumsum(0).tolist()

@@ -19,11 +19,14 @@ so old_logp is the training forward's own log-prob, detached. ref_logp comes fro
 model (for a policy with adapters, itself with the adapters off), under the same autocast. The entropy
 of the sampling policy on the sampled positions comes with the rollouts (each row's sum,
 rlkit.lib.generation.sampling); without it (`Rows.entropy` None) it is taken from the forwards' logits.
+The sampler's own log-probs of the sampled tokens (`Rows.sample_logp`: the model's, T=1, full vocabulary)
+reach the loss as extra["sample_logp"] (truncated importance sampling, an algorithm's `tis_cap`).
 
 Tracked per step (rl_stats.py, all ranks): the loss and gradient norm (means over the updates), the clip
 fraction (share of token-updates where the algorithm's `clipped` says the clip acted), mean and max
 ratio, the k3 KL to the old policy and to the reference, the token entropy and the share of rows that
-got no backward.
+got no backward; with the sampler's log-probs, the sampling/training mismatch (mismatch/*: rl_stats.py)
+from old_logp, which is the training forward's log-prob at the sampling weights, at no extra forward.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ class Learner:
 def update(learner: Learner, rows: Rows) -> Tally:
     """Every update of one step over this rank's `rows`; returns what it tracked, not yet reduced over ranks."""
     ctx = learner.ctx
-    tally = Tally(ctx.device, has_ref=learner.reference is not None)
+    tally = Tally(ctx.device, has_ref=learner.reference is not None, has_mismatch=rows.sample_logp is not None)
     if rows.entropy is not None:
         tally.add_rollout_entropy(rows.entropy, rows.mask)
     rows, plan = make_plan(ctx, rows, learner.algorithm.zero_advantage_inert, learner.reference)
@@ -98,12 +101,14 @@ def forward(model, x, y):
 
 def micro_extra(rows: Rows, micro, extra: dict, own_logp) -> dict:
     """`extra` for one micro-batch's loss: the minibatch's counts, its rows' lengths, old_logp (the forward's
-    own when there was no separate pass) and ref_logp."""
+    own when there was no separate pass), ref_logp and sample_logp."""
     T = own_logp.shape[1]
     out = dict(extra, lengths=micro.m.sum(dim=1),
                old_logp=own_logp if rows.old_logp is None else rows.old_logp[micro.rows, :T])
     if rows.ref_logp is not None:
         out["ref_logp"] = rows.ref_logp[micro.rows, :T]
+    if rows.sample_logp is not None:
+        out["sample_logp"] = rows.sample_logp[micro.rows, :T]
     return out
 
 
