@@ -290,8 +290,10 @@ def _dtype(name: str):
 
 
 def main():
-    """Console-script entry point."""
-    app(prog_name="rlkit")
+    """Console-script entry point; a usage mistake is one `error:` line too (rlkit/cli/usage.py)."""
+    from rlkit.cli.usage import run_app
+
+    run_app(app)
 
 
 if __name__ == "__main__":
