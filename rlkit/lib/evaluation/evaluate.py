@@ -118,6 +118,7 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
 
     kind, default_reward, title = evaluation_of(task, spec.name)
     where = f"stages.{ctx.name}.tasks.{spec.name}"
+    _measures_something(spec, kind, min(examples, len(task)), f"stages.{ctx.name}: task '{spec.name}'")
     if kind == "choice":
         result = evaluate_choice(ctx, model, tokenizer, task, examples=examples, mode=spec.mode)
     else:
@@ -134,6 +135,20 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
         result["centred"] = result["pass@1"]
     result.update(kind=kind, title=title)
     return result
+
+
+def _measures_something(spec: EvalTask, kind: str, problems: int, where: str) -> None:
+    """Refuse settings under which the figure would be measured on nothing, or not be the one asked for."""
+    if problems < 1:
+        raise RlkitError(f"{where}: {problems} problems to evaluate (examples); an evaluation needs at least 1 "
+                         "(leave the eval out to skip it)")
+    if kind == "choice" and (spec.reward is not None or spec.k > 1):
+        what = "reward" if spec.reward is not None else f"k={spec.k}"
+        raise RlkitError(f"{where}: {what} does not apply: the task is multiple choice, scored by its "
+                         f"answer letter or likelihood (mode); leave {what.split('=')[0]} out")
+    if kind != "choice" and spec.k > 1 and spec.temperature == 0:
+        raise RlkitError(f"{where}: k={spec.k} with temperature 0: greedy decoding gives one completion per "
+                         f"problem, so pass@{spec.k} would not be measured; set temperature > 0 (e.g. 1.0) or k: 1")
 
 
 def headline(result: dict) -> dict:
