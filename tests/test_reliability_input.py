@@ -170,3 +170,43 @@ stages:
     one_line(rlkit("run", "x.yaml", cwd=tmp_path, timeout=300), "task 'arithmetic'", "k=4 with temperature 0",
              "pass@4 would not be measured")
     assert not (tmp_path / "runs/ev/report.md").exists()
+
+
+def test_an_infinite_value_is_called_not_finite_not_negative(tmp_path):
+    (tmp_path / "x.yaml").write_text(PRETRAIN)
+    line = one_line(rlkit("check", "x.yaml", "stages.pretrain.final_lr_frac=.inf", cwd=tmp_path),
+                    "stages.pretrain.final_lr_frac: inf is not a finite number")
+    assert "negative" not in line
+
+
+LONG = """\
+import rlkit
+
+@rlkit.hookimpl
+def rlkit_tasks():
+    return {"long": long}
+
+def long(split):
+    return [{"messages": [{"role": "user", "content": "1 + " * 200 + "1?"}, {"role": "assistant", "content": "201"}],
+             "answer": "201"} for _ in range(8)]
+"""
+
+
+def test_prompts_that_fill_the_context_ask_for_a_longer_context_not_0_new_tokens(tmp_path, tiny_run):
+    (tmp_path / "long.py").write_text(LONG)
+    (tmp_path / "x.yaml").write_text(f"""\
+name: long
+device: cpu
+tracking: {{enabled: false}}
+plugins: [./long.py]
+stages:
+  rl:
+    init: {tiny_run}
+    task: {{name: long}}
+    algorithm: {{name: grpo}}
+    rewards: [{{name: gsm8k}}]
+    optimizer: {{name: adamw}}
+    rollout: {{samples: 2, max_new_tokens: 4}}
+""")
+    line = one_line(rlkit("check", "x.yaml", cwd=tmp_path), "fill model.seq_len", "raise model.seq_len above")
+    assert "use at most 0" not in line

@@ -60,7 +60,9 @@ def at_least(cfg, setup: StageSetup, low, *keys: str) -> None:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise RlkitError(f"{setup.where}.{key}: {value} is not a finite number; give one >= {low}")
+        if value < low:
             need = "not be negative" if low == 0 else f"be at least {low}"
             raise RlkitError(f"{setup.where}.{key}: {value} must {need}")
 
