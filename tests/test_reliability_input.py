@@ -67,6 +67,8 @@ OVERRIDES = [
     ("wrong type", ["seed=abc"], ["command line: seed: 'abc' is not an integer"]),
     ("seed too large", ["seed=99999999999999999999999"], ["seed", "out of range", "4294967295"]),
     ("negative seed", ["seed=-1"], ["seed: -1 is out of range"]),
+    ("model too deep to build", ["model.depth=100000"], ["x.yaml: model.depth: got 100000", "1 to 512"]),
+    ("model wider than any allocator", ["model.depth=1000000000000"], ["model.depth: got 1000000000000"]),
 ]
 
 
@@ -157,6 +159,11 @@ def test_a_bad_row_deep_in_a_task_is_one_line_when_the_task_is_built(tmp_path, b
     (tmp_path / "x.yaml").write_text(SFT.replace("BAD", bad))
     one_line(rlkit("run", "x.yaml", cwd=tmp_path, timeout=300), "stages.sft.task: task 'rows' (train)", "example 30")
     assert not (tmp_path / "runs/rows/sft").exists() or not any((tmp_path / "runs/rows/sft").glob("step_*"))
+
+
+def test_an_eval_k_too_large_to_allocate_is_one_line(tmp_path, tiny_run):
+    one_line(rlkit("eval", tiny_run, "--task", "arithmetic:99999999999999999999", cwd=tmp_path),
+             "--task arithmetic:99999999999999999999", "from 1 to 1024")
 
 
 def test_an_eval_that_would_not_measure_what_it_says_is_refused(tmp_path, tiny_run):

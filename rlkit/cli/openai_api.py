@@ -98,7 +98,7 @@ def parse_chat(body, limits: Limits) -> Chat:
     if "max_tokens" in body and "max_completion_tokens" in body:
         raise ApiError(400, "give max_tokens or max_completion_tokens, not both", "max_tokens")
     key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    top_k = _integer(body, "top_k", None, -1, None)
+    top_k = _integer(body, "top_k", None, -1, 2**31 - 1)
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}", "stream_options")

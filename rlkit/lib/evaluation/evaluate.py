@@ -137,8 +137,13 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
     return result
 
 
+MAX_K = 1024
+
+
 def _measures_something(spec: EvalTask, kind: str, problems: int, where: str) -> None:
     """Refuse settings under which the figure would be measured on nothing, or not be the one asked for."""
+    if not 1 <= spec.k <= MAX_K:  # k samples a problem are k rows of one batch: a huge k reaches the allocator
+        raise RlkitError(f"{where}: k={spec.k}; valid: 1 .. {MAX_K} samples a problem")
     if problems < 1:
         raise RlkitError(f"{where}: {problems} problems to evaluate (examples); an evaluation needs at least 1 "
                          "(leave the eval out to skip it)")
