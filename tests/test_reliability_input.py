@@ -20,7 +20,7 @@ stages:
 
 
 def rlkit(*args, cwd, timeout=90):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # no loading bars on stderr
     return subprocess.run([sys.executable, "-m", "rlkit", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -217,3 +217,31 @@ stages:
 """)
     line = one_line(rlkit("check", "x.yaml", cwd=tmp_path), "fill model.seq_len", "raise model.seq_len above")
     assert "use at most 0" not in line
+
+
+RAISING_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' and not add_generation_prompt %}"
+                    "{{ raise_exception('this template takes no assistant turns') }}{% endif %}"
+                    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_hugging_face_chat_template_that_raises_is_one_line(tmp_path):
+    from hf_fixtures import hf_model
+
+    model = hf_model(tmp_path / "llama", "llama", chat_template=RAISING_TEMPLATE)
+    (tmp_path / "x.yaml").write_text(f"""\
+name: h
+device: cpu
+tracking: {{enabled: false}}
+model: {{name: hf, args: {{path: {model}}}, seq_len: 160, dtype: float32}}
+stages:
+  sft:
+    task: {{name: arithmetic, args: {{size: 50}}}}
+    steps: 1
+    examples_per_step: 4
+    device_batch_size: 4
+    optimizer: {{name: adamw}}
+    eval_examples: 0
+""")
+    one_line(rlkit("run", "x.yaml", cwd=tmp_path, timeout=300), f"the chat template of {model}",
+             "refused a chat with roles [user, assistant]", "this template takes no assistant turns")
