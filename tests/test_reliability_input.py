@@ -161,6 +161,24 @@ def test_a_bad_row_deep_in_a_task_is_one_line_when_the_task_is_built(tmp_path, b
     assert not (tmp_path / "runs/rows/sft").exists() or not any((tmp_path / "runs/rows/sft").glob("step_*"))
 
 
+def test_an_rl_eval_of_no_problems_is_refused_before_any_work(tmp_path, tiny_run):
+    (tmp_path / "x.yaml").write_text(f"""\
+name: rl0
+device: cpu
+tracking: {{enabled: false}}
+stages:
+  rl:
+    init: {tiny_run}
+    task: {{name: arithmetic}}
+    algorithm: {{name: grpo}}
+    rewards: [{{name: gsm8k}}]
+    optimizer: {{name: adamw}}
+    rollout: {{samples: 2, max_new_tokens: 4}}
+    eval: {{examples: 0}}
+""")
+    one_line(rlkit("check", "x.yaml", cwd=tmp_path), "stages.rl.eval.examples: 0 must be at least 1")
+
+
 def test_an_eval_k_too_large_to_allocate_is_one_line(tmp_path, tiny_run):
     one_line(rlkit("eval", tiny_run, "--task", "arithmetic:99999999999999999999", cwd=tmp_path),
              "--task arithmetic:99999999999999999999", "from 1 to 1024")

@@ -22,9 +22,9 @@ def check(cfg, setup) -> None:
         raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
                          f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
     at_least(cfg, setup, 1, "steps", "examples_per_step", "device_batch_size", "log_every", "rollout.samples",
-             "rollout.max_new_tokens", "eval.k", "updates.epochs", "updates.minibatches")
+             "rollout.max_new_tokens", "eval.k", "eval.examples", "updates.epochs", "updates.minibatches")
     at_least(cfg, setup, 0, "init_lr_frac", "reward_timeout", "save_every", "rollout.temperature",
-             "rollout.top_k", "eval.every", "eval.examples", "max_refills")
+             "rollout.top_k", "eval.every", "max_refills")  # eval.examples 0 would report pass@k measured on nothing
     rows = cfg.examples_per_step // setup.world_size * cfg.rollout.samples
     if cfg.updates.minibatches > rows:
         raise RlkitError(f"{setup.where}.updates.minibatches: {cfg.updates.minibatches} is more than the "
