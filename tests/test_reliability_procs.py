@@ -199,3 +199,8 @@ def test_a_sweep_never_skips_a_point_whose_folder_ran_other_settings(sweep_dir):
     one_line(rlkit("run", "tk.yaml", "stages.tokenizer.vocab_size=290", "--sweep", "seed=1,2", cwd=sweep_dir),
              "runs/tk-seed1 already holds a finished run with other settings", "stages.tokenizer.vocab_size")
     assert (sweep_dir / "runs/tk-seed1/tokenizer/output.json").read_bytes() == before
+
+
+def test_rlkit_compare_runs_as_a_command(tmp_path):
+    """`compare` the command once shadowed rlkit.cli.compare the module: every `rlkit compare` was a traceback."""
+    one_line(rlkit("compare", "--repo", "nowhere", cwd=tmp_path), "--repo: no Aim repository at nowhere")

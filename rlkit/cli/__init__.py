@@ -202,8 +202,8 @@ def ui(
         raise typer.Exit(aimui.serve(repo, host, port))
 
 
-@app.command()
-def compare(
+@app.command("compare")
+def compare_(  # not `compare`: that name is the module rlkit.cli.compare, which this command imports
     runs: Annotated[Optional[list[str]], typer.Argument(
         help="Run names or Aim hashes; default: the last two runs of the newest run's experiment.",
         show_default=False)] = None,
