@@ -151,23 +151,15 @@ def export(
     folder: Annotated[Path, typer.Argument(help="The folder to write, in Hugging Face format.")],
     plugin: PluginOpt = None,
 ):
-    """Write a checkpoint as a folder that transformers' AutoModelForCausalLM and AutoTokenizer load."""
+    """Write a checkpoint as a folder that transformers' AutoModelForCausalLM and AutoTokenizer load (written
+    to a hidden folder, then renamed: a killed export leaves no half-written model)."""
     with user_errors():
-        from rlkit.core import policy
-        from rlkit.core.errors import RlkitError
-        from rlkit.core.handoff import Checkpoint
-        from rlkit.core.plugins import load_plugins
+        from rlkit.cli import exporting
 
-        handle = Checkpoint.open(source, "export")
-        model, tokenizer = policy.load(load_plugins(plugin or []), handle, where="export")
-        if not callable(getattr(model, "export", None)):
-            raise RlkitError(f"export: model plugin '{handle.model['name']}' cannot write Hugging Face format (its "
-                             "Policy has no export()); for the built-in gpt see docs/plugins.md")
-        if folder.exists() and any(folder.iterdir()):
-            raise RlkitError(f"export: {folder} is not empty; give a new folder")
-        for note in model.export(folder, tokenizer):
+        written, notes = exporting.export(source, folder, plugin or [])
+        for note in notes:
             typer.echo(f"note: {note}", err=True)
-        typer.echo(f"rlkit: wrote {handle.path} to {folder} (AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
+        typer.echo(f"rlkit: wrote {written} to {folder} (AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
 
 
 @app.command("eval")
@@ -211,8 +203,8 @@ def ui(
         raise typer.Exit(aimui.serve(repo, host, port))
 
 
-@app.command()
-def compare(
+@app.command("compare")
+def compare_(  # the function is not named compare: that would shadow a module of this package
     runs: Annotated[Optional[list[str]], typer.Argument(
         help="Run names or Aim hashes; default: the last two runs of the newest run's experiment.",
         show_default=False)] = None,
@@ -299,8 +291,10 @@ def _dtype(name: str):
 
 
 def main():
-    """Console-script entry point."""
-    app(prog_name="rlkit")
+    """Console-script entry point; a usage mistake is one `error:` line too (rlkit/cli/usage.py)."""
+    from rlkit.cli.usage import run_app
+
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 workers), so it is started in a process group of its own: Ctrl-C (or SIGTERM)
 reaches rlkit only, and rlkit stops the whole group — SIGTERM, then SIGKILL
 for anything still alive after a grace period — so no server is left behind.
+The group's leader (SUPERVISE) also stops it if rlkit itself is killed (kill -9).
 `aim up` also indexes new and running runs in the background.
 """
 from __future__ import annotations
@@ -23,6 +24,30 @@ from rlkit.lib.tracking.aimrepo import probe
 from rlkit.core.errors import RlkitError
 
 AIM_UP = "import sys; from aim.cli.cli import cli_entry_point; sys.exit(cli_entry_point())"
+# The leader of the UI's process group: runs the command after argv[1] (rlkit's pid) and takes the whole group
+# down (SIGTERM, then SIGKILL after 10 s) when it gets SIGTERM, or when rlkit dies, even by SIGKILL: Linux's
+# PR_SET_PDEATHSIG sends it SIGTERM then, and elsewhere it notices its parent changed within half a second.
+SUPERVISE = """
+import ctypes, os, signal, subprocess, sys, time
+def down(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    end = time.monotonic() + 10
+    while child.poll() is None and time.monotonic() < end:
+        time.sleep(0.1)
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, down)
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+child = subprocess.Popen(sys.argv[2:])
+while child.poll() is None:
+    if os.getppid() != int(sys.argv[1]):
+        down()
+    time.sleep(0.5)
+sys.exit(child.returncode)
+"""
 
 
 def serve(repo: str | Path, host: str = "127.0.0.1", port: int = 43800, ready_timeout: float = 120.0) -> int:
@@ -51,7 +76,8 @@ def serve(repo: str | Path, host: str = "127.0.0.1", port: int = 43800, ready_ti
 
 
 def start(repo: str | Path, host: str, port: int) -> subprocess.Popen:
-    """`aim up` on `repo` in a new session (its own process group), bound to host:port."""
+    """`aim up` on `repo` in a new session (its own process group, led by SUPERVISE, so it dies with rlkit),
+    bound to host:port."""
     from aim import Repo
 
     if not Repo.exists(str(repo)):
@@ -62,7 +88,8 @@ def start(repo: str | Path, host: str, port: int) -> subprocess.Popen:
         raise RlkitError(f"--port: {host}:{port} is already in use; pick another, e.g. --port {port + 1}")
     cmd = [sys.executable, "-c", AIM_UP, "up", "--repo", str(Path(repo).resolve()), "--host", host, "--port", str(port),
            "--workers", "1", "--yes"]
-    return subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-c", SUPERVISE, str(os.getpid()), *cmd], start_new_session=True,
+                            stdin=subprocess.DEVNULL)
 
 
 def wait_ready(proc: subprocess.Popen, host: str, port: int, timeout: float) -> bool:

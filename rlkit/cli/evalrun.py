@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core.errors import RlkitError
-from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
+from rlkit.lib.evaluation.evaluate import MAX_K, EvalTask, headline, run_task
 from rlkit.core.handoff import Checkpoint
 
 DEFAULT_EXAMPLES = 500
@@ -139,8 +139,8 @@ def _specs(item: str, known: dict, examples: int | None, plugins) -> list[tuple[
     plugins.get("task", name, "--task")
     k = None
     if colon:
-        if not k_text.isdigit() or int(k_text) < 1:
-            raise RlkitError(f"--task {item}: k must be a whole number >= 1, e.g. --task {name}:8")
+        if not k_text.isdigit() or not 1 <= int(k_text) <= MAX_K:
+            raise RlkitError(f"--task {item}: k must be a whole number from 1 to {MAX_K}, e.g. --task {name}:8")
         k = int(k_text)
     if name in known:
         index, entry, specs = known[name]

@@ -31,3 +31,17 @@ def is_loopback(host: str) -> bool:
 
 def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to (host, port); port 0 picks a free one."""
+    family, kind, proto, _, addr = addresses(host, port)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise RlkitError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another port "
+                         "(--port 0 takes a free one)") from None
+    return sock

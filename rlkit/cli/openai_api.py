@@ -10,6 +10,7 @@ Parameters that would change the answer and that rlkit does not implement (tools
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant")
@@ -53,6 +54,36 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+MAX_JSON_DEPTH = 32  # a chat request nests 5 deep; a deeper body is refused before anything walks it
+
+
+def decode_json(body: bytes):
+    """The request body as JSON data, or ApiError 400: not JSON, or nested deeper than MAX_JSON_DEPTH (a body
+    nested thousands deep would otherwise exhaust the parser's stack: a 500)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:
+        data = None
+    if data is None or _too_deep(data, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} deep; a chat "
+                            "request needs at most 5", code="invalid_json")
+    return data
+
+
+def _too_deep(data, limit: int) -> bool:
+    """Whether JSON data nests lists or dicts more than `limit` deep; iterative, so any depth is safe."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
 def parse_chat(body, limits: Limits) -> Chat:
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
@@ -67,7 +98,7 @@ def parse_chat(body, limits: Limits) -> Chat:
     if "max_tokens" in body and "max_completion_tokens" in body:
         raise ApiError(400, "give max_tokens or max_completion_tokens, not both", "max_tokens")
     key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    top_k = _integer(body, "top_k", None, -1, None)
+    top_k = _integer(body, "top_k", None, -1, 2**31 - 1)
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}", "stream_options")

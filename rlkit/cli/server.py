@@ -28,7 +28,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from rlkit.cli.openai_api import ApiError, Chat, Limits, parse_chat
+from rlkit.cli.openai_api import ApiError, Chat, Limits, decode_json, parse_chat
 from rlkit.cli import hosts
 from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
@@ -118,10 +118,7 @@ async def _json_body(request, max_bytes: int):
         body += chunk
         if len(body) > max_bytes:
             raise too_big
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    return decode_json(bytes(body))
 
 
 def _submit(engine, tokenizer, chat: Chat, limits: Limits):
@@ -258,20 +255,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket bound to (host, port); port 0 picks a free one."""
-    family, kind, proto, _, addr = hosts.addresses(host, port)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        raise RlkitError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another port "
-                         "(--port 0 takes a free one)") from None
-    return sock
-
-
 def serve(path, host: str, port: int, api_key: str | None, limits: Limits, device: str = "cpu",
           max_rows: int = 64, dtype=None) -> None:
     """Load the checkpoint, start the engine, listen on (host, port) until Ctrl-C; prints one line a state."""
@@ -280,13 +263,20 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
 
     from rlkit.cli import inference
 
+    if api_key is not None and not api_key.strip():
+        raise RlkitError("--api-key is empty: give a key that clients will send, or leave --api-key (and "
+                         "RLKIT_API_KEY) out to serve without one")
+    sock = hosts.bind(host, port)  # resolve and bind before loading anything: a busy port costs nothing and aborts nothing
     if not hosts.is_loopback(host):
         typer.echo(f"warning: --host {host} exposes the model beyond this machine: anyone who can reach this address "
              f"can use it{'' if api_key else ' (no --api-key is set)'}", err=True)
-    model, tokenizer, handle = inference.load(path, device)
+    try:
+        model, tokenizer, handle = inference.load(path, device)
+    except BaseException:
+        sock.close()
+        raise
     model_id = f"rlkit/{handle.path.parent.parent.name}/{handle.path.parent.name}"
     engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=max_rows)
-    sock = bind(host, port)
     app = make_app(engine, tokenizer, model_id, limits, api_key)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, access_log=False)
     server = uvicorn.Server(config)

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rlkit.core import handoff
+from rlkit.core.config import config_diff
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 
@@ -31,6 +32,9 @@ def points(sweeps: list[str]) -> list[list[tuple[str, str]]]:
         choices = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not key.strip() or not choices:
             raise RlkitError(f"--sweep {item}: expected key=value1,value2 (e.g. stages.rl.algorithm.name=grpo,rloo)")
+        twice = next((v for i, v in enumerate(choices) if v in choices[:i]), None)
+        if twice is not None:
+            raise RlkitError(f"--sweep {item}: the value {twice} is given twice; each point runs once")
         if key.strip() in (k for k, _ in (a[0] for a in axes)):
             raise RlkitError(f"--sweep {item}: {key.strip()} is swept twice; give its values once, comma-separated")
         axes.append([(key.strip(), v) for v in choices])
@@ -40,6 +44,28 @@ def points(sweeps: list[str]) -> list[list[tuple[str, str]]]:
 def point_name(base: str, point: list[tuple[str, str]]) -> str:
     parts = [v if k.endswith(".name") else f"{k.split('.')[-1]}{v}" for k, v in point]
     return "-".join([base, *parts]).replace("/", "_")
+
+
+def _distinct(names: list[str], grid: list) -> None:
+    """Two points named alike would share one run folder: the second would be skipped, compared twice."""
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first, second = (" ".join(f"{k}={v}" for k, v in grid[j]) for j in (names.index(name), i))
+            raise RlkitError(f"--sweep: the points {first} and {second} are both named {name}; give values that "
+                             "differ in more than '/' vs '_', or sweep a key whose values name the runs apart")
+
+
+def _same_config(cfg, run_dir: Path) -> None:
+    """A finished point is skipped only if its folder ran this point's config (tracking and folders aside)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():  # entries copied from a point with the same config for them: nothing to compare
+        return
+    before = OmegaConf.to_container(OmegaConf.load(saved))
+    changed = [row["key"] for row in config_diff([before, OmegaConf.to_container(cfg)])
+               if row["key"] != "base_dir" and not row["key"].startswith("tracking.")]
+    if changed:
+        raise RlkitError(f"--sweep: {run_dir} already holds a finished run with other settings ({', '.join(changed[:5])}"
+                         f"); it is not this point's result: sweep under another name (name=<new name>) or move it")
 
 
 def reuse(cfg, names: list[str], earlier: list) -> bool:
@@ -88,10 +114,12 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
         name = point_name(base, point)
         prepared.append((name, *pipeline.prepare(path, overrides + [f"{k}={v}" for k, v in point] + [f"name={name}"],
                                                  extra_plugins, world_size)))
+    _distinct([name for name, _, _ in prepared], grid)
     for i, (name, cfg, plugins) in enumerate(prepared):
         run_dir = Path(cfg.run_dir)
         names = [e.name for e in pipeline.entries(cfg, plugins)]
         if all(handoff.finished(run_dir / e) is not None for e in names):
+            _same_config(cfg, run_dir)  # a finished run of other settings is not this point's result
             print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}) already finished: skipping")
             continue
         print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}): {' '.join(f'{k}={v}' for k, v in grid[i])}")

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.stage import bounded, check_fields, one_of  # noqa: F401 -- declared on fields, like plugin()
-from rlkit.core.yamlfile import StrictLoader, read_yaml
+from rlkit.core.yamlfile import parse_override, read_yaml
 
 @dataclass
 class PluginRef:
@@ -103,6 +102,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
     OmegaConf.set_struct(cfg.stages, False)  # entries are free-form here: their stage's schema checks them
     for item in overrides:
         _apply_override(cfg, item)
+    if not 0 <= cfg.seed < 2**32:
+        raise RlkitError(f"{path}: seed: {cfg.seed} is out of range; valid: 0 .. {2**32 - 1}")
     try:
         _check_missing(cfg, f"{path}: ")
         OmegaConf.resolve(cfg)
@@ -121,17 +122,10 @@ def _nest_model_args(model: dict) -> dict:
 
 def _apply_override(cfg: DictConfig, item: str) -> None:
     """Apply one `key=value` (value parsed as YAML) onto the validated config."""
-    key, eq, text = item.partition("=")
-    key = key.strip()
-    if not eq or not key:
-        raise RlkitError(f"command line: '{item}' is not an override; write key=value, e.g. seed=1")
+    key, value = parse_override(item)
     parts = key.split(".")
     if parts[0] == "model" and len(parts) > 1 and parts[1] not in MODEL_KEYS:  # model.depth: a model arg
         key = ".".join(["model", "args", *parts[1:]])
-    try:
-        value = yaml.load(text, Loader=StrictLoader) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
     try:
         OmegaConf.update(cfg, key, value, merge=True)
     except (OmegaConfBaseException, TypeError, ValueError, IndexError) as e:
@@ -141,7 +135,7 @@ def _apply_override(cfg: DictConfig, item: str) -> None:
                              "add it there first") from None
         if isinstance(e, OmegaConfBaseException):
             raise RlkitError(f"command line: {_explain(e, Experiment)}") from None
-        raise RlkitError(f"command line: {key}: cannot set to {text!r} ({_first_line(e)})") from None
+        raise RlkitError(f"command line: {key}: cannot set to {value!r} ({_first_line(e)})") from None
 
 
 def stages_to_run(cfg: DictConfig) -> list[str]:
@@ -223,6 +217,9 @@ def _check_shapes(schema: type, data: dict, prefix: str) -> None:
             if dataclasses.is_dataclass(item_kind):
                 for i, item in enumerate(value):
                     _check_item(item_kind, item, f"{where}[{i}]")
+        elif kind is str and isinstance(value, bool):
+            raise RlkitError(f"{where}: YAML reads this word as {str(value).lower()} (yes/no/on/off/true/false are "
+                             f"booleans); quote it to mean the text, e.g. {key}: 'no'")
         elif typing.get_origin(kind) is dict and not isinstance(value, dict):
             raise RlkitError(f"{where}: expected a mapping of key: value, got {value!r}")
 
@@ -266,6 +263,10 @@ def _explain(e: OmegaConfBaseException, schema: type, extra: tuple = ()) -> str:
         close = difflib.get_close_matches(bad, valid, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
         return f"{key}: no such key ({hint})"
+    wrong_type = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg)
+    if wrong_type:
+        valid = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
+        return f"{key}: {wrong_type.group(1)!r} is not {valid.get(wrong_type.group(2), wrong_type.group(2))}"
     if "Value '" in msg and ("could not be converted" in msg or "is not a valid" in msg):
         return f"{key}: {msg.split('    ')[0]}"
     if "Missing mandatory value" in msg:

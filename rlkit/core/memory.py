@@ -25,8 +25,9 @@ def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None,
         return
     try:
         params = int(count(vocab_size or MIN_VOCAB, seq_len, **args))
-    except RlkitError:
-        return  # bad values: the model's own check names them
+    except RlkitError as e:  # a value out of the model's range: its own line, before any work
+        prefix = where.removesuffix("model").rstrip()  # "exp.yaml: model" + "model.depth: ..." names it once
+        raise RlkitError(f"{prefix} {e}" if str(e).startswith("model") else f"{where}: {e}") from None
     except Exception as e:  # a plugin's fault (e.g. an arg its param_count lacks): one line, not a traceback
         raise RlkitError(f"{where}: the model plugin's param_count(vocab_size, seq_len, **args) raised "
                          f"{type(e).__name__}: {e}; it must accept the factory's args") from None

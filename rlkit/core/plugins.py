@@ -71,11 +71,11 @@ def make_plugin_manager(local_files: list[Path] = ()) -> tuple[pluggy.PluginMana
     sources: dict[str, str] = {}
     for ep, dist in _entry_points():
         module = _load_entry_point(ep, dist)
-        pm.register(module, name=f"{dist.name}:{ep.name}")
+        _register(pm, module, f"{dist.name}:{ep.name}")
         sources[f"{dist.name}:{ep.name}"] = f"{dist.name} {dist.version}"
     for path in dict.fromkeys(Path(p).resolve() for p in local_files):  # the same file named twice loads once
         module = _import_file(path)
-        pm.register(module, name=str(path))
+        _register(pm, module, str(path))
         sources[str(path)] = "file"
     _check_pending(pm)
     return pm, sources
@@ -95,9 +95,13 @@ def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
                 print(f"rlkit: {hook}() from {impl.plugin_name} -> {sorted(table) if isinstance(table, dict) else table!r}",
                       file=sys.stderr)
             if not isinstance(table, dict):
+                getattr(table, "close", lambda: None)()  # an async hook's coroutine: no 'never awaited' warning
                 raise RlkitError(f"plugin {impl.plugin_name}: {hook}() must return a dict {{name: callable}}, "
                                  f"got {type(table).__name__}")
             for name, fn in table.items():
+                if not isinstance(name, str) or not name.strip():
+                    raise RlkitError(f"plugin {impl.plugin_name}: {hook}() returned the name {name!r}; a name is a "
+                                     "non-empty string, the one an experiment's `name:` gives")
                 if (kind, name) in owner:
                     raise RlkitError(f"{kind} '{name}' is defined by two plugins: {owner[kind, name]} and "
                                      f"{impl.plugin_name}; rename one of them")
@@ -169,6 +173,16 @@ def _entry_points():
             elif allowed_set is None or dist_name in allowed_set:
                 others.append((ep, dist))
     return sorted(own, key=lambda p: p[0].name) + sorted(others, key=lambda p: (p[1].name, p[0].name))
+
+
+def _register(pm: pluggy.PluginManager, module, name: str) -> None:
+    """pm.register, with a hook whose signature pluggy refuses (it takes arguments) as one line."""
+    try:
+        pm.register(module, name=name)
+    except pluggy.PluginValidationError as e:
+        hook = getattr(e, "hook_name", None) or next((h for h, _ in KINDS.values() if h in str(e)), "a hook")
+        raise RlkitError(f"plugin {name}: {hook}() must take no arguments (def {hook}(): return {{name: ...}}); "
+                         f"pluggy says: {str(e).strip().splitlines()[-1]}") from None
 
 
 def _load_entry_point(ep, dist):

@@ -84,7 +84,9 @@ def check_fields(obj, prefix: str) -> None:
 
 def check_low(value, low, key: str) -> None:
     """`value` (of `key`) must be a finite number >= low."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise RlkitError(f"{key}: {value} is not a finite number; give one >= {low}")
+    if value < low:
         raise RlkitError(f"{key}: {value} must {'not be negative' if low == 0 else f'be at least {low}'}")
 
 

@@ -125,6 +125,7 @@ def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: i
     from rlkit.lib.evaluation.choice import evaluate_choice
 
     kind, _, title = evaluation_of(task, spec.name)
+    _measures_something(spec, kind, min(examples, len(task)), f"stages.{rt.name}: task '{spec.name}'")
     if kind == "choice":
         result = evaluate_choice(rt, model, tokenizer, task, examples=examples, mode=spec.mode)
     else:
@@ -148,6 +149,25 @@ def task_reward(rt: Runtime, task, spec: EvalTask, where: str):
                          f"reward: <reward> (installed: {', '.join(sorted(rt.plugins.tables['reward']))})")
     fn = rt.plugins.get("reward", name, where)
     return name, functools.partial(fn, **spec.reward_args) if spec.reward_args else fn
+
+
+MAX_K = 1024
+
+
+def _measures_something(spec: EvalTask, kind: str, problems: int, where: str) -> None:
+    """Refuse settings under which the figure would be measured on nothing, or not be the one asked for."""
+    if not 1 <= spec.k <= MAX_K:  # k samples a problem are k rows of one batch: a huge k reaches the allocator
+        raise RlkitError(f"{where}: k={spec.k}; valid: 1 .. {MAX_K} samples a problem")
+    if problems < 1:
+        raise RlkitError(f"{where}: {problems} problems to evaluate (examples); an evaluation needs at least 1 "
+                         "(leave the eval out to skip it)")
+    if kind == "choice" and (spec.reward is not None or spec.k > 1):
+        what = "reward" if spec.reward is not None else f"k={spec.k}"
+        raise RlkitError(f"{where}: {what} does not apply: the task is multiple choice, scored by its "
+                         f"answer letter or likelihood (mode); leave {what.split('=')[0]} out")
+    if kind != "choice" and spec.k > 1 and spec.temperature == 0:
+        raise RlkitError(f"{where}: k={spec.k} with temperature 0: greedy decoding gives one completion per "
+                         f"problem, so pass@{spec.k} would not be measured; set temperature > 0 (e.g. 1.0) or k: 1")
 
 
 def headline(result: dict) -> dict:

@@ -50,14 +50,14 @@ class GPTConfig:
     softcap: float = 15.0
     lambdas: bool = True  # the per-layer resid / x0 scalars; False: the plain pre-norm stack (exportable)
 
-    def __post_init__(self):
-        for name in ("depth", "vocab_size", "seq_len", "head_dim"):
+    def __post_init__(self):  # bounded, so a typo reaches no allocator: 10x seq_len rotary rows are real memory
+        for name, high in (("depth", 512), ("vocab_size", 2**24), ("seq_len", 2**17), ("head_dim", 1024)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise RlkitError(f"model.{name}: got {value!r}; it must be a positive integer")
+            if not isinstance(value, int) or not 1 <= value <= high:
+                raise RlkitError(f"model.{name}: got {value!r}; valid: a whole number from 1 to {high}")
         if self.head_dim % 2:
             raise RlkitError(f"model.head_dim: got {self.head_dim}; rotary embeddings need an even head_dim (e.g. 64)")
-        if not self.softcap > 0:
+        if not 0 < self.softcap < float("inf"):
             raise RlkitError(f"model.softcap: got {self.softcap!r}; it must be a positive number (e.g. 15.0)")
 
     @property

@@ -76,5 +76,12 @@ class HFTokenizer:
     def _ids(self, messages, generation_prompt: bool) -> list[int]:
         if not messages:
             return []
-        return list(self.tok.apply_chat_template([dict(m) for m in messages], add_generation_prompt=generation_prompt,
-                                                 tokenize=True, return_dict=False))
+        try:
+            return list(self.tok.apply_chat_template([dict(m) for m in messages],
+                                                     add_generation_prompt=generation_prompt, tokenize=True,
+                                                     return_dict=False))
+        except Exception as e:  # noqa: BLE001 -- a template's raise_exception(...) or a Jinja error: the template's
+            roles = ", ".join(str(m.get("role")) for m in messages)  # verdict on these messages, in one line
+            raise RlkitError(f"the chat template of {self.source} refused a chat with roles [{roles}]: "
+                             f"{type(e).__name__}: {' '.join(str(e).split())[:300]}; give messages it accepts (many "
+                             "templates want user and assistant alternating, some no system message)") from None

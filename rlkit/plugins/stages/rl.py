@@ -65,7 +65,7 @@ class Rollout:
 @dataclass
 class RLEval:
     every: int = bounded(60, ge=0)  # pass@k on held-out problems every N steps (0: only before and after)
-    examples: int = bounded(400, ge=0)
+    examples: int = bounded(400, ge=1)  # 0 would report pass@k measured on nothing
     k: int = bounded(8, ge=1)  # samples per problem: pass@1..k
     reward: Optional[PluginRef] = optional_plugin("reward")  # decides "correct" (left out: the task's own reward)
 

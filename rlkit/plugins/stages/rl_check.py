@@ -80,6 +80,9 @@ def longest_prompt(tokenizer, task, sample: int = 256) -> int:
 
 
 def fits(where: str, longest: int, max_new_tokens: int, seq_len: int) -> None:
+    if longest >= seq_len:  # no number of new tokens would fit: the fix is the context, not max_new_tokens
+        raise RlkitError(f"{where}: prompts reach {longest} tokens, which fill model.seq_len {seq_len} before any new "
+                         f"token; raise model.seq_len above {longest} (or use a task with shorter prompts)")
     if longest + max_new_tokens > seq_len:
         raise RlkitError(f"{where}: prompts reach {longest} tokens, so {max_new_tokens} new tokens exceed model.seq_len "
                          f"{seq_len}; use at most {max(seq_len - longest, 0)} or raise model.seq_len")
