@@ -194,7 +194,7 @@ def rlkit_stages():
 @pytest.mark.parametrize("entry, line", [
     ("{steps: 0}", "stages.tidy.steps: 0 must be at least 1"),
     ("{inner: {rate: -0.1}}", "stages.tidy.inner.rate: -0.1 must not be negative"),
-    ("{inner: {rate: .inf}}", "stages.tidy.inner.rate: inf must not be negative"),
+    ("{inner: {rate: .inf}}", "stages.tidy.inner.rate: inf is not a finite number; give one >= 0"),
     ("{style: messy}", "stages.tidy.style: 'messy' is not valid (valid: neat, loose)"),
 ])
 def test_field_constraints_of_a_local_stage_fail_in_one_line_naming_file_and_key(tmp_path, entry, line):
