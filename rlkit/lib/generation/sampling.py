@@ -17,6 +17,8 @@ Each row draws with rlkit.lib.generation.draw: temperature 0 is argmax, else an 
 top_k logits (softcapped by the decoder's logit_softcap) with the counter-based u = hash(seed_r, t), so a
 row's completion depends only on its prompt and its seed, never on what else is in the batch (up to float
 rounding of the logits). entropy=True: each row's summed next-token entropy (rlkit.lib.generation.loop).
+tools (a rlkit.lib.generation.tools.Toolbox): rows may call them; a call's output is forced into its row
+with mask 0, and the Rollout's `tool_calls` / `tool_errors` count each row's calls and failed ones.
 
 Compute dtype: under torch.autocast(bf16/fp16) on the model's device, the decoder is asked for that dtype
 (rlkit's GPT then samples from an inference copy whose matmul weights are stored in it: the same numbers as
@@ -44,15 +46,17 @@ class Rollout:
     completions: list[list[int]]  # each row's tokens after its prompt, stop token included if one was hit
     prompt_lens: list[int]  # prompt length of each row
     entropy: torch.Tensor | None = None  # (N,) float32 with entropy=True: nats summed over each row's sampled tokens
+    tool_calls: list[int] | None = None  # with tools: each row's calls
+    tool_errors: list[int] | None = None  # with tools: each row's calls that returned an error text
 
 
 def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, stop_tokens: Collection[int] = (), seeds: list[int] | None = None,
-             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False) -> Rollout:
+             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False, tools=None) -> Rollout:
     """Sample `samples` completions of each prompt; see the module docstring. seeds: one per row (default:
     drawn from torch's global RNG); batch_rows: most rows (prompts x samples) decoded at once. The Rollout's
     tensors are on the model's device and are ordinary tensors (usable in a training forward); entropy: also
-    each row's summed next-token entropy (module docstring)."""
+    each row's summed next-token entropy; tools: a Toolbox the rows may call (module docstring)."""
     model = unwrap(model)
     _check(prompts, samples, max_new_tokens, temperature, top_k, seeds, batch_rows)
     device = next(model.parameters()).device
@@ -60,7 +64,8 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
         base = int(torch.randint(0, 2**62, ()).item())
         seeds = [base + r for r in range(len(prompts) * samples)]
     sampling = Sampling(temperature, top_k)
-    rows = [Sequence(prompt, row_key(seeds[p * samples + g]), max_new_tokens, sampling)
+    rows = [Sequence(prompt, row_key(seeds[p * samples + g]), max_new_tokens, sampling,
+                     tools=None if tools is None else tools.row())
             for p, prompt in enumerate(prompts) for g in range(samples)]
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) != dtype:
@@ -81,6 +86,8 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
     out = _rollout(rows, pad_id, device)
     if entropy:
         out.entropy = torch.tensor([seq.entropy for seq in rows], dtype=torch.float32, device=device)
+    if tools is not None:
+        out.tool_calls, out.tool_errors = [seq.tools.calls for seq in rows], [seq.tools.errors for seq in rows]
     return out
 
 
