@@ -25,6 +25,15 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [42]]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def builtin_tools():
+    """The built-in tools through the real plugin manager: their entry points once rlkit is reinstalled with
+    them, their files until then."""
+    os.environ.setdefault("RLKIT_LOAD_PLUGINS", "")
+    tools = load_plugins().tables["tool"]
+    files = [ROOT / f"rlkit/plugins/tools/{name}.py" for name in ("calculator", "python") if name not in tools]
+    return load_plugins(files).tables["tool"] if files else tools
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -37,8 +46,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def calculator():
-    os.environ.setdefault("RLKIT_LOAD_PLUGINS", "")
-    return load_plugins([ROOT / "rlkit/plugins/tools/calculator.py"]).tables["tool"]["calculator"]
+    return builtin_tools()["calculator"]
 
 
 def decode(ids):  # a call's tokens as an expression: 12 37 5 -> "12+37+5"

@@ -165,9 +165,10 @@ class Tokenizer:
         return ids, mask
 
     def _body(self, content) -> list[tuple[int, int]]:
-        """(token, trained) pairs of a turn's content: a string, or nanochat's parts [{"type": "text" | "python" |
-        "python_output", "text": str}]: a call is <|python_start|> text <|python_end|>, trained; a tool's
-        output is <|output_start|> text <|output_end|>, never trained (the engine forces it at sampling)."""
+        """(token, trained) pairs of a turn's content: a string, or an assistant message's `parts` (nanochat's
+        [{"type": "text" | "python" | "python_output", "text": str}], beside its plain `content`): a call is
+        <|python_start|> text <|python_end|>, trained; a tool's output is <|output_start|> text
+        <|output_end|>, never trained (the engine forces it at sampling)."""
         if isinstance(content, str):
             return [(t, 1) for t in self.encode(content)]
         out = []
@@ -220,20 +221,24 @@ class Tokenizer:
 
 
 def _turns(messages: Sequence[Mapping]):
-    """(role, content) pairs; a leading system message is folded into the first user turn."""
+    """(role, content) pairs, an assistant's `parts` in place of its content when it has them; a leading system
+    message is folded into the first user turn."""
     messages = list(messages)
     if messages and messages[0].get("role") == "system" and len(messages) > 1:
         system, first = messages[0], messages[1]
         messages = [{"role": first["role"], "content": system["content"] + "\n\n" + first["content"]}, *messages[2:]]
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
-        if role not in ("user", "assistant") or not (isinstance(content, str) or role == "assistant" and _parts(content)):
+        if role not in ("user", "assistant") or not isinstance(content, str):
             raise RlkitError(
-                f"chat message {i}: expected {{'role': 'user' | 'assistant', 'content': str}} (an assistant's "
-                "content may be a list of {'type': 'text' | 'python' | 'python_output', 'text': str}), "
+                f"chat message {i}: expected {{'role': 'user' | 'assistant', 'content': str}}, "
                 f"got {dict(message)!r:.120}"
             )
-        yield role, content
+        parts = message.get("parts")
+        if parts is not None and not (role == "assistant" and _parts(parts)):
+            raise RlkitError(f"chat message {i}: 'parts' must be an assistant's list of {{'type': 'text' | 'python' | "
+                             f"'python_output', 'text': str}}, got {parts!r:.120}")
+        yield role, content if parts is None else parts
 
 
 def _parts(content) -> bool:
