@@ -32,6 +32,7 @@ import torch
 from rlkit.core.config import PluginRef
 from rlkit.core.errors import RlkitError
 from rlkit.lib.generation.sampling import generate
+from rlkit.lib.generation.tools import toolbox
 from rlkit.lib.evaluation.scoring import score
 from rlkit.lib.text.task import evaluation_of, prompt_messages
 
@@ -46,22 +47,28 @@ def pass_at(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
              top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
-             baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0) -> dict:
+             baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0,
+             tools=None) -> dict:
     """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
-    'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'."""
+    'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'; with
+    `tools` (a Toolbox: rows may call them) also tool_metrics' figures, and 'length' counts sampled tokens only."""
     model.eval()
     n = 1 if temperature == 0 else samples
     indices = list(range(min(examples, len(task))))[ctx.dist.rank::ctx.dist.world_size]
     stops = tokenizer.stop_ids
     sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
     shown, per_problem = [], torch.zeros(min(examples, len(task)), dtype=torch.float64)
+    calls = [[], [], []]  # with tools: each completion's calls, errors, forced tokens
     for start in range(0, len(indices), prompts_per_batch):
         batch = [task[i] for i in indices[start:start + prompts_per_batch]]
         prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
         seeds = [seed * 1_000_003 + i * 997 + g for i in indices[start:start + prompts_per_batch] for g in range(n)]
         with ctx.autocast():
             out = generate(model, prompts, samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k or None, stop_tokens=stops, seeds=seeds)
+                           top_k=top_k or None, stop_tokens=stops, seeds=seeds, tools=tools)
+        if tools is not None:
+            for kept, counts in zip(calls, (out.tool_calls, out.tool_errors, out.tool_forced)):
+                kept += counts
         for p, example in enumerate(batch):
             rows = range(p * n, (p + 1) * n)
             texts = [tokenizer.decode([t for t in out.completions[r] if t not in stops]) for r in rows]
@@ -71,7 +78,7 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
             for j in range(1, n + 1):
                 sums[j - 1] += pass_at(n, correct, j)
             sums[n] += sum(scores) / n
-            sums[n + 1] += sum(len(out.completions[r]) for r in rows) / n
+            sums[n + 1] += sum(int(out.mask[r].sum()) for r in rows) / n  # sampled tokens: not forced ones
             sums[n + 2] += 1
             i = indices[start + p]
             per_problem[i] = correct / n
@@ -87,11 +94,22 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
     result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
     result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown,
                   per_problem=ctx.sum_over_ranks(per_problem.to(ctx.device)).cpu().tolist())  # ranks' are disjoint
+    if tools is not None:
+        result.update(tool_figures(ctx, *calls))
     if baseline is not None:
         mean = sums[n + 3].item() / count
         var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)
         result.update({"delta@1": mean, "delta_se": math.sqrt(var / count)})
     return result
+
+
+def tool_figures(ctx, calls: list[int], errors: list[int], forced: list[int]) -> dict:
+    """tool_metrics over every rank's completions (their counts summed over ranks)."""
+    totals = torch.tensor([sum(calls), sum(errors), sum(forced), len(calls), sum(c > 0 for c in calls)],
+                          dtype=torch.float64, device=ctx.device)
+    c, e, f, n, used = ctx.sum_over_ranks(totals).cpu().tolist()
+    n = max(n, 1)
+    return {"tool_calls": c / n, "tool_use": used / n, "tool_error_rate": e / c if c else 0.0, "tool_forced": f / n}
 
 
 # --- one task, either kind: what eval stages, the rl stage and `rlkit eval` all call ------------------
@@ -107,6 +125,7 @@ class EvalTask(PluginRef):
     reward: Optional[str] = None  # generative: the reward plugin that decides "correct" (None: the task's own)
     reward_args: dict[str, Any] = field(default_factory=dict)
     mode: str = "letter"  # multiple choice: letter (chat models) | likelihood (base models)
+    tools: list[PluginRef] = field(default_factory=list, metadata={"kind": "tool"})  # generative: tools rows may call
 
 
 def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed: int,
@@ -126,9 +145,10 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
             raise RlkitError(f"{where}.reward: task '{spec.name}' names no reward of its own; give one, e.g. "
                              f"reward: <reward> (installed: {', '.join(sorted(ctx.plugins.tables['reward']))})")
         reward = ctx.plugin("reward", PluginRef(name=name, args=dict(spec.reward_args)))
+        tools = toolbox(ctx.plugins, spec.tools, tokenizer, f"{where}.tools")
         result = evaluate(ctx, model, tokenizer, task, reward, examples=examples, samples=spec.k,
                           temperature=spec.temperature, top_k=spec.top_k, max_new_tokens=spec.max_new_tokens,
-                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout)
+                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout, tools=tools)
         if spec.temperature == 0:
             result["accuracy"] = result["pass@1"]
         result["centred"] = result["pass@1"]

@@ -18,7 +18,8 @@ top_k logits (softcapped by the decoder's logit_softcap) with the counter-based 
 row's completion depends only on its prompt and its seed, never on what else is in the batch (up to float
 rounding of the logits). entropy=True: each row's summed next-token entropy (rlkit.lib.generation.loop).
 tools (a rlkit.lib.generation.tools.Toolbox): rows may call them; a call's output is forced into its row
-with mask 0, and the Rollout's `tool_calls` / `tool_errors` count each row's calls and failed ones.
+with mask 0, and the Rollout's `tool_calls` / `tool_errors` / `tool_forced` count each row's calls, failed
+ones and forced tokens.
 
 Compute dtype: under torch.autocast(bf16/fp16) on the model's device, the decoder is asked for that dtype
 (rlkit's GPT then samples from an inference copy whose matmul weights are stored in it: the same numbers as
@@ -48,6 +49,7 @@ class Rollout:
     entropy: torch.Tensor | None = None  # (N,) float32 with entropy=True: nats summed over each row's sampled tokens
     tool_calls: list[int] | None = None  # with tools: each row's calls
     tool_errors: list[int] | None = None  # with tools: each row's calls that returned an error text
+    tool_forced: list[int] | None = None  # with tools: each row's forced tokens (mask 0 in its completion)
 
 
 def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float = 1.0,
@@ -88,6 +90,7 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
         out.entropy = torch.tensor([seq.entropy for seq in rows], dtype=torch.float32, device=device)
     if tools is not None:
         out.tool_calls, out.tool_errors = [seq.tools.calls for seq in rows], [seq.tools.errors for seq in rows]
+        out.tool_forced = [len(seq.mask) - sum(seq.mask) for seq in rows]
     return out
 
 

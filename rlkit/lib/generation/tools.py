@@ -30,6 +30,22 @@ from dataclasses import dataclass, field
 from rlkit.core.tokenizer import ToolTokens
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process's one pool of tool threads (made on the first call), shared by every Toolbox."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="rlkit-tool")
+        return _pool
+
+
+WORKERS = 8  # calls that run at once; the python tool's sandboxes are processes, so threads only wait
+
+
 @dataclass(frozen=True)
 class ToolLimits:
     max_calls: int = 4  # per row; later calls get an error text
@@ -42,19 +58,14 @@ class Toolbox:
 
     def __init__(self, tools: dict[str, Callable[[str], str]], tokens: ToolTokens,
                  encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
-                 limits: ToolLimits = ToolLimits(), workers: int = 4):
+                 limits: ToolLimits = ToolLimits()):
         self.tools, self.tokens, self.encode, self.decode, self.limits = dict(tools), tokens, encode, decode, limits
-        self.workers = workers
-        self._pool, self._lock = None, threading.Lock()
 
     def row(self) -> RowTools:
         return RowTools(self)
 
     def submit(self, text: str) -> Future:
-        with self._lock:  # one pool per Toolbox, made on its first call
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="rlkit-tool")
-        return self._pool.submit(self.call, text)
+        return pool().submit(self.call, text)
 
     def call(self, text: str) -> str:
         """The output text for one call's text; never raises."""
@@ -127,9 +138,9 @@ def done(text: str) -> Future:
     return future
 
 
-def toolbox(plugins, entries: list[dict], tokenizer, where: str, limits: ToolLimits = ToolLimits()) -> Toolbox | None:
-    """A Toolbox of a YAML entry's `tools: [{name, args}]` (None when it lists none), each tool's args bound;
-    a tokenizer without tool tokens, a misspelled tool or bad args is one line naming `where`."""
+def toolbox(plugins, entries: list, tokenizer, where: str, limits: ToolLimits = ToolLimits()) -> Toolbox | None:
+    """A Toolbox of a YAML entry's `tools: [{name, args}]` (dicts or PluginRefs; None when it lists none), each
+    tool's args bound; a tokenizer without tool tokens, a misspelled tool or bad args is one line naming `where`."""
     from functools import partial
 
     from rlkit.core.errors import RlkitError
@@ -143,7 +154,15 @@ def toolbox(plugins, entries: list[dict], tokenizer, where: str, limits: ToolLim
                          "`tools: true`, or use a model whose chat template supports tools")
     tools = {}
     for i, entry in enumerate(entries):
-        fn = plugins.get("tool", entry["name"], f"{where}[{i}].name")
-        args = bind_args("tool", entry["name"], fn, entry.get("args") or {}, f"{where}[{i}].args")
-        tools[entry["name"]] = partial(fn, **args)
+        name, args = (entry["name"], entry.get("args")) if isinstance(entry, dict) else (entry.name, entry.args)
+        fn = plugins.get("tool", name, f"{where}[{i}].name")
+        tools[name] = partial(fn, **bind_args("tool", name, fn, args or {}, f"{where}[{i}].args"))
     return Toolbox(tools, tokens, tokenizer.encode, tokenizer.decode, limits)
+
+
+def tool_metrics(calls: list[int], errors: list[int], forced: list[int]) -> dict[str, float]:
+    """Per-completion counts -> what every run reports: calls per completion, the share of completions that
+    called, errors per call, forced tokens per completion."""
+    n, total = max(len(calls), 1), sum(calls)
+    return {"tool_calls": total / n, "tool_use": sum(c > 0 for c in calls) / n,
+            "tool_error_rate": sum(errors) / total if total else 0.0, "tool_forced": sum(forced) / n}

@@ -28,6 +28,7 @@ from rlkit.lib.evaluation.choice import MODES
 from rlkit.core.config import plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
+from rlkit.core.plugins import bind_args
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.core.report import fmt
 from rlkit.core.stage import Stage, at_least
@@ -80,6 +81,9 @@ def check(cfg: EvalConfig, setup) -> None:
             raise RlkitError(f"{where}.mode: {t.mode!r} is not valid (valid: {', '.join(MODES)})")
         if t.reward is not None:
             setup.plugins.get("reward", t.reward, f"{where}.reward")
+        for j, tool in enumerate(t.tools):
+            fn = setup.plugins.get("tool", tool.name, f"{where}.tools[{j}].name")
+            bind_args("tool", tool.name, fn, tool.args, f"{where}.tools[{j}].args")
 
 
 def run(ctx, start):

@@ -86,6 +86,7 @@ class RLConfig:
     algorithm: PluginRef = plugin("algorithm", "grpo")
     rewards: list[RewardRef] = plugin_list("reward")
     optimizer: PluginRef = plugin("optimizer", "muon")
+    tools: list[PluginRef] = plugin_list("tool")  # tools the rollouts (and the held-out eval) may call
     rollout: Rollout = field(default_factory=Rollout)
     steps: int = 500
     examples_per_step: int = 16  # prompts per step, all ranks
@@ -193,7 +194,7 @@ def evals(cfg: RLConfig) -> list[EvalTask]:
     r = cfg.rollout
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=cfg.eval.k, temperature=r.temperature,
                      top_k=r.top_k, max_new_tokens=r.max_new_tokens, examples=cfg.eval.examples,
-                     reward=cfg.eval.reward.name, reward_args=dict(cfg.eval.reward.args))]
+                     reward=cfg.eval.reward.name, reward_args=dict(cfg.eval.reward.args), tools=list(cfg.tools))]
 
 
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:

@@ -18,7 +18,7 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, plugin
+from rlkit.core.config import PluginRef, plugin, plugin_list
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, run_task
@@ -43,6 +43,7 @@ class SFTConfig:
     warmdown_frac: float = 1.0  # nanochat's sft ramps lr down linearly over the whole stage
     eval_examples: int = 200  # greedy accuracy on held-out problems at the end (0: skip)
     eval_reward: PluginRef = plugin("reward", "gsm8k")  # scores that accuracy
+    eval_tools: list[PluginRef] = plugin_list("tool")  # tools the held-out eval's completions may call
     eval_max_new_tokens: int = 128
     log_every: int = 10
     save_every: int = 0
@@ -116,7 +117,7 @@ def evals(cfg: SFTConfig) -> list[EvalTask]:
         return []
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=1, temperature=0.0, top_k=0,
                      max_new_tokens=cfg.eval_max_new_tokens, examples=cfg.eval_examples,
-                     reward=cfg.eval_reward.name, reward_args=dict(cfg.eval_reward.args))]
+                     reward=cfg.eval_reward.name, reward_args=dict(cfg.eval_reward.args), tools=list(cfg.eval_tools))]
 
 
 def held_out_accuracy(ctx, model, tokenizer) -> None:
