@@ -34,6 +34,8 @@ OverridesArg = Annotated[Optional[list[str]], typer.Argument(
     help="Config overrides as key=value, e.g. seed=1 stages.rl.steps=20.", show_default=False)]
 PluginOpt = Annotated[Optional[list[Path]], typer.Option(
     "--plugin", help="A local plugin .py file to load (repeatable), in addition to the YAML's `plugins:`.")]
+ToolOpt = Annotated[Optional[list[str]], typer.Option("--tool", help="A tool plugin the model may call while it "
+                                                                      "samples (e.g. calculator); repeatable.")]
 
 
 @contextlib.contextmanager
@@ -180,6 +182,7 @@ def eval_(
                                                                            "run's setting, else 500).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
     plugin: PluginOpt = None,
+    tool: ToolOpt = None,
 ):
     """Evaluate a saved checkpoint on tasks with the code eval stages use; in a run folder, with the run's
     settings and seed for each task it evaluated, so its figures repeat exactly."""
@@ -187,7 +190,7 @@ def eval_(
         from rlkit.cli import evalrun
         from rlkit.core.dist import dist_info
 
-        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [])
+        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [], tool or [])
         if dist_info().is_main:
             typer.echo(json.dumps(rows, indent=2) if as_json else evalrun.render(rows))
 
@@ -248,12 +251,16 @@ def chat(
                                                                "default: random.")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tool: ToolOpt = None,
+    plugin: PluginOpt = None,
 ):
-    """Talk to a saved model in the terminal: replies stream as they are sampled; /clear, /quit."""
+    """Talk to a saved model in the terminal: replies stream as they are sampled, a tool call and its output
+    inline; /clear, /quit."""
     with user_errors():
         from rlkit.cli import terminal_chat
 
-        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device, _dtype(dtype))
+        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device, _dtype(dtype),
+                          tool or [], plugin or [])
 
 
 @app.command()

@@ -23,15 +23,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core.errors import RlkitError
-from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
+from rlkit.core.config import PluginRef
+from rlkit.lib.evaluation.evaluate import TOOL_FIGURES, EvalTask, headline, run_task
 from rlkit.core.handoff import Checkpoint
 
 DEFAULT_EXAMPLES = 500
 
 
 def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | None = None,
-                        extra_plugins: list[Path] = ()) -> list[dict]:
-    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}."""
+                        extra_plugins: list[Path] = (), tools: list[str] = ()) -> list[dict]:
+    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}; `tools` (--tool):
+    the tools every task's completions may call, in place of the entry's own."""
     import torch
 
     from rlkit.core import dist
@@ -53,6 +55,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)
         rows, loaded = [], None
         for spec, index, entry in [found for item in tasks for found in _specs(item, known, examples, plugins)]:
+            spec = replace(spec, tools=[PluginRef(name=t) for t in tools]) if tools else spec
             ctx = StageContext("rlkit-eval", None, cfg, index, plugins, run_dir or start.path, device, dtype, info,
                                Tracker())
             if loaded is None:
@@ -67,7 +70,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
                          "seed": seed, "problems": min(spec.examples, len(task)),
                          "settings": {"k": spec.k, "temperature": spec.temperature, "top_k": spec.top_k,
                                       "max_new_tokens": spec.max_new_tokens, "reward": spec.reward,
-                                      "mode": spec.mode},
+                                      "mode": spec.mode, "tools": [t.name for t in spec.tools]},
                          "figures": _figures(result)})
         return rows
     finally:
@@ -77,7 +80,8 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
 def _figures(result: dict) -> dict:
     """What the command prints: accuracy (and centred), or every pass@j of a sampled task."""
     passes = {k: v for k, v in result.items() if k.startswith("pass@")}
-    return passes if passes and "accuracy" not in result else headline(result)
+    tools = {k: result[k] for k in TOOL_FIGURES if k in result}
+    return {**passes, **tools} if passes and "accuracy" not in result else headline(result)
 
 
 def find_run(step_dir: Path) -> tuple[Path | None, DictConfig]:

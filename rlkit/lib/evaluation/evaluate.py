@@ -103,6 +103,9 @@ def evaluate(ctx, model, tokenizer, task, reward, *, examples: int, samples: int
     return result
 
 
+TOOL_FIGURES = ("tool_calls", "tool_use", "tool_error_rate", "tool_forced")
+
+
 def tool_figures(ctx, calls: list[int], errors: list[int], forced: list[int]) -> dict:
     """tool_metrics over every rank's completions (their counts summed over ranks)."""
     totals = torch.tensor([sum(calls), sum(errors), sum(forced), len(calls), sum(c > 0 for c in calls)],
@@ -158,9 +161,10 @@ def run_task(ctx, model, tokenizer, task, spec: EvalTask, *, examples: int, seed
 
 def headline(result: dict) -> dict:
     """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
-    pass@1 and pass@k (the largest k) when sampled."""
+    pass@1 and pass@k (the largest k) when sampled; with tools, also TOOL_FIGURES."""
+    tools = {k: result[k] for k in TOOL_FIGURES if k in result}  # a run with tools: how the model used them
     if "accuracy" in result:
-        return {k: result[k] for k in ("accuracy", "centred") if k in result and
-                (k == "accuracy" or result.get("kind") == "choice")}
+        return {**{k: result[k] for k in ("accuracy", "centred") if k in result and
+                   (k == "accuracy" or result.get("kind") == "choice")}, **tools}
     ks = sorted(int(k[5:]) for k in result if k.startswith("pass@"))
-    return {f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}
+    return {**({f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}), **tools}
