@@ -39,20 +39,31 @@ def test_the_template_gives_the_call_tokens_and_the_output_wrapper(policy):
     assert tok.tok.decode(list(t.output_end)) == "\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_an_hf_model_completes_a_calculator_call_through_the_engine(policy, plugins):
+QUESTION = [{"role": "user", "content": "What is 12 times 4?"}]
+
+
+@pytest.fixture(scope="module")
+def taught(policy):
+    """The policy after learning the reply with the call by heart; (prompt, reply, forced part)."""
     tok = policy.tokenizer
     t = tok.tool_tokens
-    prompt = tok.render_for_completion([{"role": "user", "content": "What is 12 times 4?"}])
+    prompt = tok.render_for_completion(QUESTION)
     forced = [*t.output_start, *tok.encode("48"), *t.output_end]
     reply = tok.encode(CALL) + forced + tok.encode("It is 48.") + [tok.stop_ids[0]]
     ids = torch.tensor([prompt + reply])
     torch.manual_seed(0)
     opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    for _ in range(150):  # learn the reply by heart
+    for _ in range(150):
         loss = policy(ids[:, :-1], ids[:, 1:])
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return prompt, reply, forced
+
+
+def test_an_hf_model_completes_a_calculator_call_through_the_engine(policy, plugins, taught):
+    tok = policy.tokenizer
+    prompt, reply, forced = taught
     box = toolbox(plugins, [{"name": "calculator"}], tok, "test.tools")
     out = generate(policy, [prompt], 1, len(reply) + 4, temperature=0, stop_tokens=tok.stop_ids, tools=box)
     tokens, mask = out.completions[0], out.mask[0, len(prompt):len(prompt) + len(out.completions[0])].tolist()
@@ -60,3 +71,25 @@ def test_an_hf_model_completes_a_calculator_call_through_the_engine(policy, plug
     assert tokens[:n] == tok.encode(CALL) and out.tool_calls == [1] and out.tool_errors == [0]
     assert tokens[n:n + len(forced)] == forced  # the calculator's "48" in the template's wrapper, forced
     assert mask == [1] * n + [0] * len(forced) + [1] * (len(tokens) - n - len(forced))
+
+
+def test_serve_with_a_tool_runs_the_call_server_side_and_keeps_the_400_for_openai_tools(policy, plugins, taught):
+    from fastapi.testclient import TestClient
+
+    from rlkit.cli.openai_api import Limits
+    from rlkit.cli.server import make_app
+    from rlkit.lib.generation.engine import Engine
+
+    tok = policy.tokenizer
+    engine = Engine(policy, tok.stop_ids, max_rows=4)
+    try:
+        app = make_app(engine, tok, "test", Limits(), tools=toolbox(plugins, [{"name": "calculator"}], tok, "--tool"))
+        client = TestClient(app)
+        body = {"model": "test", "messages": QUESTION, "temperature": 0, "max_tokens": 150}
+        text = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        assert '"expression": "12*4"' in text and "<tool_response>\n48\n</tool_response>" in text
+        assert text.endswith("It is 48.")
+        refused = client.post("/v1/chat/completions", json={**body, "tools": [{"type": "function"}]})
+        assert refused.status_code == 400 and "tools" in refused.text
+    finally:
+        engine.close()

@@ -284,15 +284,17 @@ def serve(
                                                                         "after).")] = 120.0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tool: ToolOpt = None,
+    plugin: PluginOpt = None,
 ):
     """Serve a saved model: an OpenAI-compatible API (/v1/chat/completions, /v1/models), /health, and a chat
-    page at /. Concurrent requests share one decode batch. Ctrl-C stops it."""
+    page at /. Concurrent requests share one decode batch; --tool calls run server-side. Ctrl-C stops it."""
     with user_errors():
         from rlkit.cli import server
         from rlkit.cli.openai_api import Limits
 
         limits = Limits(max_body_bytes, max_tokens, max_messages, min(16, max_rows), max_concurrent, timeout)
-        server.serve(checkpoint, host, port, api_key, limits, device, max_rows, _dtype(dtype))
+        server.serve(checkpoint, host, port, api_key, limits, device, max_rows, _dtype(dtype), tool or [], plugin or [])
 
 
 def _dtype(name: str):
