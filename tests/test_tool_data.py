@@ -84,3 +84,25 @@ def test_a_tokenizer_without_tool_tokens_refuses_parts_in_one_line(tasks):
     ex = tasks["arithmetic"]("train", size=1, calculator=True)[0]
     with pytest.raises(Exception, match="no special token"):
         train_tokenizer(TEXTS, 300).render_conversation(ex["messages"])
+
+
+def test_midtrain_packs_tool_outputs_out_of_the_loss_and_leaves_other_text_as_before(tasks, tok):
+    from rlkit.plugins.stages.midtrain import _with_outputs, pack
+
+    calls = tasks["arithmetic"]("train", size=4, calculator=True)
+    plain = tasks["arithmetic"]("train", size=4)
+    docs = [tok.render_conversation(ex["messages"])[0] for ex in calls]
+    marked = [_with_outputs(ids, tok.tool_tokens) for ids in docs]
+    n = sum(len(d) for d in docs) - 1
+    inputs, targets, _ = next(pack(iter(marked), 1, n, 0, 1))
+    stream = [t for d in docs for t in d]
+    assert inputs[0].tolist() == stream[:-1]  # the model reads every token
+    start, end = tok.token_id("output_start"), tok.token_id("output_end")
+    inside, expected = False, []
+    for t in stream[1:]:  # by hand: -1 from <|output_start|> through <|output_end|>, else the next token
+        inside = inside or t == start
+        expected.append(-1 if inside else t)
+        inside = inside and t != end
+    assert targets[0].tolist() == expected and expected.count(-1) > 0
+    before = [tok.render_conversation(ex["messages"])[0] for ex in plain]
+    assert [_with_outputs(ids, tok.tool_tokens) for ids in before] == before
