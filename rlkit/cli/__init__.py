@@ -254,8 +254,7 @@ def chat(
     tool: ToolOpt = None,
     plugin: PluginOpt = None,
 ):
-    """Talk to a saved model in the terminal: replies stream as they are sampled, a tool call and its output
-    inline; /clear, /quit."""
+    """Talk to a saved model in the terminal: replies stream as they are sampled (--tool calls inline); /clear, /quit."""
     with user_errors():
         from rlkit.cli import terminal_chat
 

@@ -10,8 +10,7 @@ Safety: 127.0.0.1 unless --host says otherwise (then a warning line); --api-key:
 needs `Authorization: Bearer KEY` (401); limits (Limits): body size (413), max_tokens, messages and n
 (400), requests in flight (429), seconds per request (504); unknown routes 404, wrong methods 405, all
 with OpenAI's error body; a client that goes away mid-stream has its rows dropped at the next step.
---tool NAME: the model's calls to that tool plugin run server-side, inside the engine, and the reply's text
-holds the calls and outputs; a request's own OpenAI `tools` field still gets its 400 (openai_api.py).
+--tool NAME: calls run server-side in the engine, the reply holds them; a request's `tools` field gets 400.
 """
 from __future__ import annotations
 
@@ -32,9 +31,7 @@ from starlette.exceptions import HTTPException
 
 from rlkit.cli.openai_api import ApiError, Chat, Limits, parse_chat
 from rlkit.cli import hosts
-from rlkit.core.plugins import load_plugins
 from rlkit.lib.generation.engine import Engine, Request
-from rlkit.lib.generation.tools import toolbox
 from rlkit.core.errors import RlkitError
 from rlkit.cli.inference import TextStream
 
@@ -287,9 +284,7 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
     if not hosts.is_loopback(host):
         typer.echo(f"warning: --host {host} exposes the model beyond this machine: anyone who can reach this address "
              f"can use it{'' if api_key else ' (no --api-key is set)'}", err=True)
-    found = load_plugins(plugins)
-    model, tokenizer, handle = inference.load(path, device, plugins=found)
-    box = toolbox(found, [{"name": name} for name in tools], tokenizer, "--tool")
+    model, tokenizer, handle, box = inference.load_with_tools(path, device, tools, plugins)
     model_id = f"rlkit/{handle.path.parent.parent.name}/{handle.path.parent.name}"
     engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=max_rows)
     sock = bind(host, port)

@@ -15,11 +15,9 @@ import sys
 
 import typer
 
-from rlkit.core.plugins import load_plugins
 from rlkit.lib.generation.engine import Engine, Request
-from rlkit.lib.generation.tools import toolbox
 from rlkit.core.errors import RlkitError
-from rlkit.cli.inference import TextStream, load
+from rlkit.cli.inference import TextStream, load_with_tools
 
 HELP = "/clear: new conversation   /quit: leave   (Ctrl-D or Ctrl-C leave too)"
 
@@ -56,9 +54,7 @@ def _write(out, text):
 
 
 def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu", dtype=None, tools=(), plugins=()) -> None:
-    found = load_plugins(plugins)
-    model, tokenizer, handle = load(path, device, plugins=found)
-    box = toolbox(found, [{"name": name} for name in tools], tokenizer, "--tool")
+    model, tokenizer, handle, box = load_with_tools(path, device, tools, plugins)
     engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=1)
     settings = dict(temperature=temperature, top_k=top_k, max_tokens=max_tokens, tools=box)
     try:
