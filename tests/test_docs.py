@@ -79,6 +79,8 @@ CONTRACT = {  # words each hook's section must explain
     "rlkit_rewards": ["completion", "example", "float", "weight"],
     "rlkit_tasks": ["split", "messages", "answer", "####", '"train"', '"test"'],
     "rlkit_optimizers": ["model", "initial_lr", "param_roles"],
+    "rlkit_tools": ["call: str", "error:", "mask 0", "never raises", "timeout", "max_calls", "max_output_tokens",
+                    "tools: [{name, args}]", "calculator", "python"],
     "rlkit_algorithms": ["advantages", "(P, G)", "loss", "(B, T)", "(B,)", "needs", "old_logp", "ref_logp",
                          "num_tokens", "num_sequences"],
 }
@@ -139,6 +141,13 @@ def test_task_example_runs(tmp_path, monkeypatch):
         assert [train[i] for i in range(5)] == [factory("train")[i] for i in range(5)]  # deterministic
         questions = lambda t: {ex["messages"][0]["content"] for ex in t}  # noqa: E731
         assert not questions(train) & questions(test), "train and test share problems"
+
+
+def test_tool_example_runs(tmp_path, monkeypatch):
+    tools, _ = load_example("rlkit_tools", tmp_path, monkeypatch)
+    convert = tools["convert"]
+    assert convert("12 km") == "7.46 mi" and convert("10 kg", digits=1) == "22 lb"
+    assert all(convert(bad).startswith("error: ") for bad in ["", "12", "x km", "1 parsec", "1 2 3"])
 
 
 def test_optimizer_example_runs(tmp_path, monkeypatch):

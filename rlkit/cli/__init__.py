@@ -34,6 +34,8 @@ OverridesArg = Annotated[Optional[list[str]], typer.Argument(
     help="Config overrides as key=value, e.g. seed=1 stages.rl.steps=20.", show_default=False)]
 PluginOpt = Annotated[Optional[list[Path]], typer.Option(
     "--plugin", help="A local plugin .py file to load (repeatable), in addition to the YAML's `plugins:`.")]
+ToolOpt = Annotated[Optional[list[str]], typer.Option("--tool", help="A tool plugin the model may call while it "
+                                                                      "samples (e.g. calculator); repeatable.")]
 
 
 @contextlib.contextmanager
@@ -173,6 +175,7 @@ def eval_(
                                                                            "run's setting, else 500).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
     plugin: PluginOpt = None,
+    tool: ToolOpt = None,
 ):
     """Evaluate a saved checkpoint on tasks with the code eval stages use; in a run folder, with the run's
     settings and seed for each task it evaluated, so its figures repeat exactly."""
@@ -180,7 +183,7 @@ def eval_(
         from rlkit.cli import evalrun
         from rlkit.core.dist import dist_info
 
-        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [])
+        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [], tool or [])
         if dist_info().is_main:
             typer.echo(json.dumps(rows, indent=2) if as_json else evalrun.render(rows))
 
@@ -241,12 +244,15 @@ def chat(
                                                                "default: random.")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tool: ToolOpt = None,
+    plugin: PluginOpt = None,
 ):
-    """Talk to a saved model in the terminal: replies stream as they are sampled; /clear, /quit."""
+    """Talk to a saved model in the terminal: replies stream as they are sampled (--tool calls inline); /clear, /quit."""
     with user_errors():
         from rlkit.cli import terminal_chat
 
-        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device, _dtype(dtype))
+        terminal_chat.run(checkpoint, prompt, temperature, top_k, max_tokens, seed, device, _dtype(dtype),
+                          tool or [], plugin or [])
 
 
 @app.command()
@@ -270,15 +276,17 @@ def serve(
                                                                         "after).")] = 120.0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tool: ToolOpt = None,
+    plugin: PluginOpt = None,
 ):
     """Serve a saved model: an OpenAI-compatible API (/v1/chat/completions, /v1/models), /health, and a chat
-    page at /. Concurrent requests share one decode batch. Ctrl-C stops it."""
+    page at /. Concurrent requests share one decode batch; --tool calls run server-side. Ctrl-C stops it."""
     with user_errors():
         from rlkit.cli import server
         from rlkit.cli.openai_api import Limits
 
         limits = Limits(max_body_bytes, max_tokens, max_messages, min(16, max_rows), max_concurrent, timeout)
-        server.serve(checkpoint, host, port, api_key, limits, device, max_rows, _dtype(dtype))
+        server.serve(checkpoint, host, port, api_key, limits, device, max_rows, _dtype(dtype), tool or [], plugin or [])
 
 
 def _dtype(name: str):

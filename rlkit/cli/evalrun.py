@@ -21,15 +21,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core.errors import RlkitError
-from rlkit.lib.evaluation.evaluate import MAX_K, EvalTask, headline, run_task
+from rlkit.core.config import PluginRef
+from rlkit.lib.evaluation.evaluate import MAX_K, TOOL_FIGURES, EvalTask, headline, run_task
 from rlkit.core.handoff import Checkpoint
 
 DEFAULT_EXAMPLES = 500
 
 
 def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | None = None,
-                        extra_plugins: list[Path] = ()) -> list[dict]:
-    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}."""
+                        extra_plugins: list[Path] = (), tools: list[str] = ()) -> list[dict]:
+    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}; `tools` (--tool):
+    the tools every task's completions may call, in place of the entry's own."""
     import torch
 
     from rlkit.core import dist, policy
@@ -52,6 +54,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)
         rows, loaded = [], None
         for spec, index, entry in [found for item in tasks for found in _specs(item, known, examples, plugins)]:
+            spec = replace(spec, tools=[PluginRef(name=t) for t in tools]) if tools else spec
             seed = entry_seed(cfg.seed, index) if entry is not None else 0
             rt = Runtime("rlkit-eval", device, dtype, info, Tracker(), plugins, seed)
             if loaded is None:
@@ -64,7 +67,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
                          "seed": seed, "problems": min(spec.examples, len(task)),
                          "settings": {"k": spec.k, "temperature": spec.temperature, "top_k": spec.top_k,
                                       "max_new_tokens": spec.max_new_tokens, "reward": spec.reward,
-                                      "mode": spec.mode},
+                                      "mode": spec.mode, "tools": [t.name for t in spec.tools]},
                          "figures": _figures(result)})
         return rows
     finally:
@@ -86,7 +89,8 @@ def load_task(plugins, spec: EvalTask):
 def _figures(result: dict) -> dict:
     """What the command prints: accuracy (and centred), or every pass@j of a sampled task."""
     passes = {k: v for k, v in result.items() if k.startswith("pass@")}
-    return passes if passes and "accuracy" not in result else headline(result)
+    tools = {k: result[k] for k in TOOL_FIGURES if k in result}
+    return {**passes, **tools} if passes and "accuracy" not in result else headline(result)
 
 
 def find_run(step_dir: Path) -> tuple[Path | None, DictConfig]:

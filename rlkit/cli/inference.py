@@ -32,6 +32,17 @@ def load(path, device: str | torch.device = "cpu", seq_len: int = 512, plugins=N
     return model.eval(), tokenizer, handle
 
 
+def load_with_tools(path, device, tools: list[str], plugin_files=()):
+    """load() with the plugins of `plugin_files` too, and a Toolbox of the tool plugins named (--tool; None if
+    none are named): (model, tokenizer, handle, toolbox)."""
+    from rlkit.core.plugins import load_plugins
+    from rlkit.lib.generation.tools import toolbox
+
+    found = load_plugins(plugin_files)
+    model, tokenizer, handle = load(path, device, plugins=found)
+    return model, tokenizer, handle, toolbox(found, [{"name": name} for name in tools], tokenizer, "--tool")
+
+
 def _run_seq_len(step_dir: Path) -> int | None:
     """model.seq_len from the config.yaml of the run that wrote `step_dir` (run/entry/step_x), if any."""
     import yaml

@@ -10,6 +10,7 @@ Safety: 127.0.0.1 unless --host says otherwise (then a warning line); --api-key:
 needs `Authorization: Bearer KEY` (401); limits (Limits): body size (413), max_tokens, messages and n
 (400), requests in flight (429), seconds per request (504); unknown routes 404, wrong methods 405, all
 with OpenAI's error body; a client that goes away mid-stream has its rows dropped at the next step.
+--tool NAME: calls run server-side in the engine, the reply holds them; a request's `tools` field gets 400.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.cli.inference import TextStream
 
 
-def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: str | None = None):
+def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: str | None = None, tools=None):
     app = FastAPI(title="rlkit serve", docs_url=None, redoc_url=None, openapi_url=None)
     runs: set[_Run] = set()  # requests whose engine rows have not all ended
     waker = _Waker()
@@ -88,7 +89,7 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
             if in_flight() >= limits.max_concurrent:
                 raise ApiError(429, f"the server is busy ({limits.max_concurrent} requests in flight); retry later",
                                code="rate_limit_exceeded", kind="rate_limit_error")
-            req, prompt_len = _submit(engine, tokenizer, chat, limits)
+            req, prompt_len = _submit(engine, tokenizer, chat, limits, tools)
         except ApiError as e:
             return error(e)
         run = _Run(req, chat, tokenizer, stop_ids, prompt_len, model_id, limits.timeout, waker)
@@ -121,7 +122,7 @@ async def _json_body(request, max_bytes: int):
     return decode_json(bytes(body))
 
 
-def _submit(engine, tokenizer, chat: Chat, limits: Limits):
+def _submit(engine, tokenizer, chat: Chat, limits: Limits, tools=None):
     try:
         prompt = tokenizer.render_for_completion(chat.messages)
     except RlkitError as e:
@@ -133,7 +134,7 @@ def _submit(engine, tokenizer, chat: Chat, limits: Limits):
                        "messages", "context_length_exceeded")
     max_new = chat.max_tokens or min(limits.max_tokens, room)
     seeds = None if chat.seed is None else [chat.seed + g for g in range(chat.n)]
-    req = Request(prompt, chat.n, max_new, chat.temperature, chat.top_k, seeds)
+    req = Request(prompt, chat.n, max_new, chat.temperature, chat.top_k, seeds, tools=tools)  # --tool: server-side
     try:
         engine.submit(req)
     except RlkitError as e:
@@ -256,7 +257,7 @@ def _interrupt(signum, frame):
 
 
 def serve(path, host: str, port: int, api_key: str | None, limits: Limits, device: str = "cpu",
-          max_rows: int = 64, dtype=None) -> None:
+          max_rows: int = 64, dtype=None, tools=(), plugins=()) -> None:
     """Load the checkpoint, start the engine, listen on (host, port) until Ctrl-C; prints one line a state."""
     import typer
     import uvicorn
@@ -271,13 +272,13 @@ def serve(path, host: str, port: int, api_key: str | None, limits: Limits, devic
         typer.echo(f"warning: --host {host} exposes the model beyond this machine: anyone who can reach this address "
              f"can use it{'' if api_key else ' (no --api-key is set)'}", err=True)
     try:
-        model, tokenizer, handle = inference.load(path, device)
+        model, tokenizer, handle, box = inference.load_with_tools(path, device, tools, plugins)
     except BaseException:
         sock.close()
         raise
     model_id = f"rlkit/{handle.path.parent.parent.name}/{handle.path.parent.name}"
     engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=max_rows)
-    app = make_app(engine, tokenizer, model_id, limits, api_key)
+    app = make_app(engine, tokenizer, model_id, limits, api_key, box)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, access_log=False)
     server = uvicorn.Server(config)
     bound_host, bound_port = sock.getsockname()[:2]

@@ -4,6 +4,9 @@ Each turn renders the whole conversation in the model's chat format (the tokeniz
 render_for_completion), samples one reply with rlkit.lib.generation.engine (the same draw as rlkit's sampler
 and `rlkit serve`: with --seed S, turn k uses seed S + k) and prints its text as the tokens arrive.
 /clear starts a new conversation, /quit (or Ctrl-D, Ctrl-C) ends; -p "question" answers once and exits.
+--tool NAME lets the model call that tool plugin (rlkit.lib.generation.tools): the call and the output the
+engine forced into the reply are printed inline, in the tokenizer's own markers
+(<|python_start|>48/2<|python_end|><|output_start|>24<|output_end|>).
 """
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ import typer
 
 from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
-from rlkit.cli.inference import TextStream, load
+from rlkit.cli.inference import TextStream, load_with_tools
 
 HELP = "/clear: new conversation   /quit: leave   (Ctrl-D or Ctrl-C leave too)"
 
 
-def reply(engine: Engine, tokenizer, messages, temperature, top_k, max_tokens, seed, out=None) -> str:
+def reply(engine: Engine, tokenizer, messages, temperature, top_k, max_tokens, seed, out=None, tools=None) -> str:
     """Sample the assistant's answer to `messages`, writing its text to `out` as it arrives; returns the text."""
     prompt = tokenizer.render_for_completion(messages)
     max_new = min(max_tokens, engine.max_len - len(prompt))
@@ -28,7 +31,7 @@ def reply(engine: Engine, tokenizer, messages, temperature, top_k, max_tokens, s
                          "/clear starts a new one")
     changed = queue.SimpleQueue()
     req = engine.submit(Request(prompt, 1, max_new, temperature, top_k, None if seed is None else [seed],
-                                notify=lambda: changed.put(None)))
+                                notify=lambda: changed.put(None), tools=tools))
     text, stops, seen = TextStream(tokenizer), set(tokenizer.stop_ids), 0
     try:
         while req.finish[0] is None:
@@ -50,10 +53,10 @@ def _write(out, text):
         out.flush()
 
 
-def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu", dtype=None) -> None:
-    model, tokenizer, handle = load(path, device)
+def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu", dtype=None, tools=(), plugins=()) -> None:
+    model, tokenizer, handle, box = load_with_tools(path, device, tools, plugins)
     engine = Engine(model, tokenizer.stop_ids, dtype=dtype, max_rows=1)
-    settings = dict(temperature=temperature, top_k=top_k, max_tokens=max_tokens)
+    settings = dict(temperature=temperature, top_k=top_k, max_tokens=max_tokens, tools=box)
     try:
         if prompt is not None:
             reply(engine, tokenizer, [{"role": "user", "content": prompt}], seed=seed, out=sys.stdout, **settings)

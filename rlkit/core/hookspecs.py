@@ -79,3 +79,14 @@ def rlkit_tasks() -> dict:
     a reward plugin, its default named by `reward`) or "choice" (multiple choice: each example adds
     "choices" and "gold"), and `title`, its row on the report card. A plain list is generative.
     """
+
+
+@hookspec
+def rlkit_tools() -> dict:
+    """Return {name: tool}; tool(call: str, **args) -> str: the model's call text in, the text to show it out.
+
+    A tool is called off the decode thread (rlkit.lib.generation.tools), maybe from several threads at
+    once, under a per-call timeout. It should return an error text rather than raise; the engine also
+    turns anything it raises, a timeout or an oversized output into a short error text for the model,
+    so a tool never ends a run.
+    """

@@ -36,6 +36,7 @@ KINDS = {  # kind -> (hook name, the leading arguments core passes before **args
     "reward": ("rlkit_rewards", ("completion", "example")),
     "optimizer": ("rlkit_optimizers", ("model",)),
     "task": ("rlkit_tasks", ("split",)),
+    "tool": ("rlkit_tools", ("call",)),
 }
 
 

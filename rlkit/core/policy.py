@@ -11,7 +11,8 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
     spec() -> dict: JSON-serialisable args with which the same factory rebuilds the same
         architecture (the checkpoint stores them; weights come from the state dict);
     decoder(dtype) -> Decoder: the sampler's access to generation (below);
-    tokenizer: only when the plugin brings its own (factory called with tokenizer=None).
+    tokenizer: only when the plugin brings its own (factory called with tokenizer=None); a tokenizer may
+        report `tool_tokens` (rlkit.core.tokenizer.ToolTokens), the only way the engine knows tool calls.
 A Policy may also have `export(folder, tokenizer) -> list[str]` (`rlkit export`: write a folder transformers
 loads; returns notes), and `adapter_free() -> context manager | None`: for a policy trained through adapters
 (LoRA), a context inside which its forward computes the base model with the adapters off, without a copy

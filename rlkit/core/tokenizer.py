@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import tiktoken
@@ -35,27 +36,45 @@ import tiktoken
 from rlkit.core.errors import RlkitError
 from rlkit.core.files import atomic_write, sha256
 
+
+@dataclass(frozen=True)
+class ToolTokens:
+    """How a tokenizer marks a tool call (the `tool_tokens` a tokenizer reports; None: it has no tool format).
+
+    A call is the tokens the model samples between call_start and call_end; the tool's output is forced
+    after call_end as output_start + the output's tokens + output_end. json_calls: the call text is
+    {"name": tool, "arguments": {...}} (Hermes/Qwen); else the whole text goes to the entry's first tool.
+    """
+    call_start: int
+    call_end: int
+    output_start: tuple[int, ...]
+    output_end: tuple[int, ...]
+    json_calls: bool = False
+
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-# Append here (never reorder) to add special tokens, e.g. tool-call markers.
+# Append here (never reorder) to add special tokens.
 SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>"]
+TOOL_SPECIALS = ["<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]  # nanochat's, opt-in
 MIN_VOCAB_SIZE = 256 + len(SPECIALS) + 1  # bytes + specials + at least one merge
 RANKS_FILE, META_FILE = "tokenizer.tiktoken", "tokenizer.json"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN) -> "Tokenizer":
-    """Train a BPE of `vocab_size` tokens (specials included) on `texts`.
+def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN,
+                    tools: bool = False) -> "Tokenizer":
+    """Train a BPE of `vocab_size` tokens (specials included) on `texts`; tools: TOOL_SPECIALS too.
 
     The result can be smaller than asked when the text runs out of pairs to merge; read
     `.vocab_size` from the result, never from the config.
     """
     import rustbpe
 
-    if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+    names = SPECIALS + (TOOL_SPECIALS if tools else [])
+    if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE + len(names) - len(SPECIALS):
         raise RlkitError(
             f"stages.tokenizer.vocab_size: {vocab_size!r} is too small; it must be an integer of at least "
-            f"{MIN_VOCAB_SIZE} (256 byte tokens + {len(SPECIALS)} special tokens + 1 merge)"
+            f"{MIN_VOCAB_SIZE + len(names) - len(SPECIALS)} (256 byte tokens + {len(names)} special tokens + 1 merge)"
         )
     n_docs = 0
 
@@ -66,18 +85,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_
             yield text
 
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(counted(), vocab_size - len(SPECIALS), pattern=pattern)
+    bpe.train_from_iterator(counted(), vocab_size - len(names), pattern=pattern)
     if n_docs == 0:
         raise RlkitError("stages.tokenizer.data: the training text is empty; point data.source at some text")
     ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
-    return Tokenizer(ranks, bpe.get_pattern())
+    return Tokenizer(ranks, bpe.get_pattern(), {name: len(ranks) + i for i, name in enumerate(names)})
 
 
 class Tokenizer:
     """A tiktoken Encoding plus rlkit's special tokens and chat rendering.
 
     ranks: token bytes -> id for the byte tokens and merges (ids 0 .. len(ranks) - 1);
-    specials: special token string -> id, by default SPECIALS numbered after the ranks.
+    specials: special token string -> id, by default SPECIALS numbered after the ranks. A tokenizer trained
+    with tools=True also has TOOL_SPECIALS, after SPECIALS (so theirs keep their ids), and reports them as
+    `tool_tokens`; one saved without them (any older checkpoint) loads as before, with tool_tokens None.
     """
 
     def __init__(self, ranks: dict[bytes, int], pattern: str, specials: dict[str, int] | None = None):
@@ -94,6 +115,14 @@ class Tokenizer:
     def stop_ids(self) -> list[int]:
         """Tokens that end a sampled assistant reply: <|assistant_end|>, and <|bos|> (a new document)."""
         return [self.token_id("<|assistant_end|>"), self.bos_id]
+
+    @property
+    def tool_tokens(self) -> ToolTokens | None:
+        """nanochat's format: <|python_start|> call <|python_end|> <|output_start|> output <|output_end|>."""
+        if not all(name in self.specials for name in TOOL_SPECIALS):
+            return None
+        start, end, out, out_end = (self.specials[name] for name in TOOL_SPECIALS)
+        return ToolTokens(start, end, (out,), (out_end,))
 
     def token_id(self, name: str) -> int:
         """Id of a special token, given as "<|user_start|>" or "user_start"."""
@@ -128,13 +157,29 @@ class Tokenizer:
         ids, mask = [self.bos_id], [0]
         for role, content in _turns(messages):
             start, end = self.token_id(f"{role}_start"), self.token_id(f"{role}_end")
-            body = self.encode(content)
-            train = 1 if role == "assistant" else 0
-            ids += [start, *body, end]
-            mask += [0] + [train] * (len(body) + 1)
+            body, train = self._body(content), int(role == "assistant")
+            ids += [start, *(t for t, _ in body), end]
+            mask += [0] + [train * m for _, m in body] + [train]
         if max_len is not None:
             ids, mask = ids[:max_len], mask[:max_len]
         return ids, mask
+
+    def _body(self, content) -> list[tuple[int, int]]:
+        """(token, trained) pairs of a turn's content: a string, or an assistant message's `parts` (nanochat's
+        [{"type": "text" | "python" | "python_output", "text": str}], beside its plain `content`): a call is
+        <|python_start|> text <|python_end|>, trained; a tool's output is <|output_start|> text
+        <|output_end|>, never trained (the engine forces it at sampling)."""
+        if isinstance(content, str):
+            return [(t, 1) for t in self.encode(content)]
+        out = []
+        for part in content:
+            kind, text = part["type"], self.encode(part["text"])
+            if kind == "text":
+                out += [(t, 1) for t in text]
+            else:
+                start, end = ("python_start", "python_end") if kind == "python" else ("output_start", "output_end")
+                out += [(t, int(kind == "python")) for t in [self.token_id(start), *text, self.token_id(end)]]
+        return out
 
     def render_for_completion(self, messages: Sequence[Mapping]) -> list[int]:
         """Prompt ids for sampling: the chat minus its last assistant turn, ending in <|assistant_start|>."""
@@ -176,7 +221,8 @@ class Tokenizer:
 
 
 def _turns(messages: Sequence[Mapping]):
-    """(role, content) pairs; a leading system message is folded into the first user turn."""
+    """(role, content) pairs, an assistant's `parts` in place of its content when it has them; a leading system
+    message is folded into the first user turn."""
     messages = list(messages)
     if messages and messages[0].get("role") == "system" and len(messages) > 1:
         system, first = messages[0], messages[1]
@@ -188,4 +234,14 @@ def _turns(messages: Sequence[Mapping]):
                 f"chat message {i}: expected {{'role': 'user' | 'assistant', 'content': str}}, "
                 f"got {dict(message)!r:.120}"
             )
-        yield role, content
+        parts = message.get("parts")
+        if parts is not None and not (role == "assistant" and _parts(parts)):
+            raise RlkitError(f"chat message {i}: 'parts' must be an assistant's list of {{'type': 'text' | 'python' | "
+                             f"'python_output', 'text': str}}, got {parts!r:.120}")
+        yield role, content if parts is None else parts
+
+
+def _parts(content) -> bool:
+    return isinstance(content, list) and all(
+        isinstance(p, Mapping) and p.get("type") in ("text", "python", "python_output") and isinstance(p.get("text"), str)
+        for p in content)

@@ -35,6 +35,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.runtime import Runtime
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.evaluation.choice import MODES
+from rlkit.lib.generation.tools import toolbox
 from rlkit.lib.evaluation.scoring import score
 from rlkit.lib.text.task import evaluation_of, prompt_messages
 
@@ -49,22 +50,28 @@ def pass_at(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def evaluate(rt: Runtime, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
              top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
-             baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0) -> dict:
+             baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0,
+             tools=None) -> dict:
     """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
-    'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'."""
+    'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'; with
+    `tools` (a Toolbox: rows may call them) also tool_metrics' figures, and 'length' counts sampled tokens only."""
     model.eval()
     n = 1 if temperature == 0 else samples
     indices = list(range(min(examples, len(task))))[rt.dist.rank::rt.dist.world_size]
     stops = tokenizer.stop_ids
     sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
     shown, per_problem = [], torch.zeros(min(examples, len(task)), dtype=torch.float64)
+    calls = [[], [], []]  # with tools: each completion's calls, errors, forced tokens
     for start in range(0, len(indices), prompts_per_batch):
         batch = [task[i] for i in indices[start:start + prompts_per_batch]]
         prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
         seeds = [seed * 1_000_003 + i * 997 + g for i in indices[start:start + prompts_per_batch] for g in range(n)]
         with rt.autocast():
             out = generate(model, prompts, samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k or None, stop_tokens=stops, seeds=seeds)
+                           top_k=top_k or None, stop_tokens=stops, seeds=seeds, tools=tools)
+        if tools is not None:
+            for kept, counts in zip(calls, (out.tool_calls, out.tool_errors, out.tool_forced)):
+                kept += counts
         for p, example in enumerate(batch):
             rows = range(p * n, (p + 1) * n)
             texts = [tokenizer.decode([t for t in out.completions[r] if t not in stops]) for r in rows]
@@ -74,7 +81,7 @@ def evaluate(rt: Runtime, model, tokenizer, task, reward, *, examples: int, samp
             for j in range(1, n + 1):
                 sums[j - 1] += pass_at(n, correct, j)
             sums[n] += sum(scores) / n
-            sums[n + 1] += sum(len(out.completions[r]) for r in rows) / n
+            sums[n + 1] += sum(int(out.mask[r].sum()) for r in rows) / n  # sampled tokens: not forced ones
             sums[n + 2] += 1
             i = indices[start + p]
             per_problem[i] = correct / n
@@ -90,11 +97,25 @@ def evaluate(rt: Runtime, model, tokenizer, task, reward, *, examples: int, samp
     result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
     result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown,
                   per_problem=rt.sum_over_ranks(per_problem.to(rt.device)).cpu().tolist())  # ranks' are disjoint
+    if tools is not None:
+        result.update(tool_figures(rt, *calls))
     if baseline is not None:
         mean = sums[n + 3].item() / count
         var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)
         result.update({"delta@1": mean, "delta_se": math.sqrt(var / count)})
     return result
+
+
+TOOL_FIGURES = ("tool_calls", "tool_use", "tool_error_rate", "tool_forced")
+
+
+def tool_figures(rt: Runtime, calls: list[int], errors: list[int], forced: list[int]) -> dict:
+    """tool_metrics over every rank's completions (their counts summed over ranks)."""
+    totals = torch.tensor([sum(calls), sum(errors), sum(forced), len(calls), sum(c > 0 for c in calls)],
+                          dtype=torch.float64, device=rt.device)
+    c, e, f, n, used = rt.sum_over_ranks(totals).cpu().tolist()
+    n = max(n, 1)
+    return {"tool_calls": c / n, "tool_use": used / n, "tool_error_rate": e / c if c else 0.0, "tool_forced": f / n}
 
 
 # --- one task, either kind: what eval stages, the rl stage and `rlkit eval` all call ------------------
@@ -110,6 +131,7 @@ class EvalTask(PluginRef):
     reward: Optional[str] = None  # generative: the reward plugin that decides "correct" (None: the task's own)
     reward_args: dict[str, Any] = field(default_factory=dict)
     mode: str = one_of("letter", MODES)  # multiple choice: letter (chat models) | likelihood (base models)
+    tools: list[PluginRef] = field(default_factory=list, metadata={"kind": "tool"})  # generative: tools rows may call
 
 
 def eval_reward(ref: PluginRef | None) -> dict:
@@ -130,9 +152,10 @@ def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: i
         result = evaluate_choice(rt, model, tokenizer, task, examples=examples, mode=spec.mode)
     else:
         name, reward = task_reward(rt, task, spec, f"stages.{rt.name}.tasks.{spec.name}.reward")
+        tools = toolbox(rt.plugins, spec.tools, tokenizer, f"stages.{rt.name}.tasks.{spec.name}.tools")
         result = evaluate(rt, model, tokenizer, task, reward, examples=examples, samples=spec.k,
                           temperature=spec.temperature, top_k=spec.top_k, max_new_tokens=spec.max_new_tokens,
-                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout)
+                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout, tools=tools)
         if spec.temperature == 0:
             result["accuracy"] = result["pass@1"]
         result["centred"] = result["pass@1"]
@@ -172,9 +195,10 @@ def _measures_something(spec: EvalTask, kind: str, problems: int, where: str) ->
 
 def headline(result: dict) -> dict:
     """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
-    pass@1 and pass@k (the largest k) when sampled."""
+    pass@1 and pass@k (the largest k) when sampled; with tools, also TOOL_FIGURES."""
+    tools = {k: result[k] for k in TOOL_FIGURES if k in result}  # a run with tools: how the model used them
     if "accuracy" in result:
-        return {k: result[k] for k in ("accuracy", "centred") if k in result and
-                (k == "accuracy" or result.get("kind") == "choice")}
+        return {**{k: result[k] for k in ("accuracy", "centred") if k in result and
+                   (k == "accuracy" or result.get("kind") == "choice")}, **tools}
     ks = sorted(int(k[5:]) for k in result if k.startswith("pass@"))
-    return {f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}
+    return {**({f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}), **tools}

@@ -12,7 +12,8 @@ Each row draws its tokens exactly as generate() does (rlkit.lib.generation.draw:
 counter-based uniform u = hash(seed, t)), so a request's completions depend only on its prompt, settings
 and seeds, not on what else is in the batch (up to float rounding of the logits), and equal generate()'s.
 
-A Request collects its rows' tokens (`tokens[g]`, stop token included as in generate) and ends each row
+A Request collects its rows' tokens (`tokens[g]`, stop token included as in generate, and with `tools` the
+calls' forced outputs among them: `rows[g].mask` says which) and ends each row
 with a reason in `finish[g]` ("stop", "length", "cancelled", or "error" if the model raised); the engine
 calls `request.notify()` after every change, from its thread.
 Leaves out: preemption, paged KV memory, prefix caching across requests, splitting a long prompt into chunks.
@@ -42,6 +43,7 @@ class Request:
     temperature: float = 1.0
     top_k: int | None = None
     seeds: list[int] | None = None  # one per sample; default: drawn from torch's global RNG
+    tools: object = None  # a rlkit.lib.generation.tools.Toolbox the rows may call; their outputs are in `tokens`
     notify: Callable[[], None] = lambda: None  # called from the engine's thread after each change
     tokens: list[list[int]] = field(default_factory=list)
     finish: list[str | None] = field(default_factory=list)
@@ -103,7 +105,8 @@ class Engine:
         req.tokens, req.finish = [[] for _ in range(req.samples)], [None] * req.samples
         sampling = Sampling(req.temperature, req.top_k)
         req.rows = [Sequence(req.prompt, row_key(seed), req.max_new_tokens, sampling, tokens=req.tokens[g],
-                             cancelled=req.cancelled or g in req.cut, on_end=_finished, owner=(req, g))
+                             cancelled=req.cancelled or g in req.cut, on_end=_finished, owner=(req, g),
+                             tools=None if req.tools is None else req.tools.row())
                     for g, seed in enumerate(req.seeds)]
         with self._cond:
             if self._closed:

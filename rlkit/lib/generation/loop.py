@@ -25,12 +25,12 @@ the entropy's). A row's pairs line up with its tokens (a forced token keeps the 
 
 Tools and environments plug in at the row. A row's `resume` (called at its stop token: an environment's
 turn) returns tokens that the loop feeds into it, one a step, with mask 0, in place of its draws, while the
-other rows go on decoding; Sequence.force queues such tokens from anywhere in the engine's thread. A tool
-call that runs off this thread (batched, timed out) is the next state to add: at its call-end token the
-scheduler parks the row (it leaves the batch at the next compaction, as an ended row does); when the output
-is back, it is appended to the row's tokens with mask 0 and the row is submitted again as a group of one,
-whose join prefills prompt + tokens so far (prompts() below builds that) and whose draws go on from
-t = len(tokens).
+other rows go on decoding; Sequence.force queues such tokens from anywhere in the engine's thread. A row
+with `tools` (rlkit.lib.generation.tools) that samples the call-end token hands its call to a thread pool
+and is fed the output opener while the call runs; the call's output follows in the same forced queue, so a
+row's draws go on from t = len(tokens) after it, whatever else is in the batch. Not built: parking a row
+whose call is slow (leave the batch, rejoin through join with prompt + tokens, as prompts() below allows);
+today the step after the call waits for it, up to the call's timeout.
 """
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ did), `model_logprobs` the model's own untempered, full-vocabulary log softmax(s
 uses the model's log-probability at temperature 1, so a training forward must equal `model_logprobs`
 (tests/test_mismatch.py, and the rl stage's mismatch/* metrics); `logprobs` is checked against the sampling
 distribution recomputed from the training logits.
+tools (a rlkit.lib.generation.tools.Toolbox): rows may call them; a call's output is forced into its row
+with mask 0, and the Rollout's `tool_calls` / `tool_errors` / `tool_forced` count each row's calls, failed
+ones and forced tokens.
 
 Compute dtype: under torch.autocast(bf16/fp16) on the model's device, the decoder is asked for that dtype
 (rlkit's GPT then samples from an inference copy whose matmul weights are stored in it: the same numbers as
@@ -52,15 +55,20 @@ class Rollout:
     entropy: torch.Tensor | None = None  # (N,) float32 with entropy=True: nats summed over each row's sampled tokens
     logprobs: torch.Tensor | None = None  # (N, L) float32 with logprobs=True: under the sampling distribution
     model_logprobs: torch.Tensor | None = None  # (N, L) float32 with logprobs=True: the model's, T=1, full vocabulary
+    tool_calls: list[int] | None = None  # with tools: each row's calls
+    tool_errors: list[int] | None = None  # with tools: each row's calls that returned an error text
+    tool_forced: list[int] | None = None  # with tools: each row's forced tokens (mask 0 in its completion)
 
 
 def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, stop_tokens: Collection[int] = (), seeds: list[int] | None = None,
-             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False, logprobs: bool = False) -> Rollout:
+             pad_id: int = 0, batch_rows: int = 256, entropy: bool = False, logprobs: bool = False,
+             tools=None) -> Rollout:
     """Sample `samples` completions of each prompt; see the module docstring. seeds: one per row (default:
     drawn from torch's global RNG); batch_rows: most rows (prompts x samples) decoded at once. The Rollout's
     tensors are on the model's device and are ordinary tensors (usable in a training forward); entropy: also
-    each row's summed next-token entropy; logprobs: each sampled token's log-probabilities (module docstring)."""
+    each row's summed next-token entropy; logprobs: each sampled token's log-probabilities; tools: a Toolbox
+    the rows may call (module docstring)."""
     model = unwrap(model)
     _check(prompts, samples, max_new_tokens, temperature, top_k, seeds, batch_rows)
     device = next(model.parameters()).device
@@ -68,7 +76,8 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
         base = int(torch.randint(0, 2**62, ()).item())
         seeds = [base + r for r in range(len(prompts) * samples)]
     sampling = Sampling(temperature, top_k)
-    rows = [Sequence(prompt, row_key(seeds[p * samples + g]), max_new_tokens, sampling)
+    rows = [Sequence(prompt, row_key(seeds[p * samples + g]), max_new_tokens, sampling,
+                     tools=None if tools is None else tools.row())
             for p, prompt in enumerate(prompts) for g in range(samples)]
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) != dtype:
@@ -91,6 +100,9 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
         out.entropy = torch.tensor([seq.entropy for seq in rows], dtype=torch.float32, device=device)
     if logprobs:
         out.logprobs, out.model_logprobs = _logprobs(rows, out.mask)
+    if tools is not None:
+        out.tool_calls, out.tool_errors = [seq.tools.calls for seq in rows], [seq.tools.errors for seq in rows]
+        out.tool_forced = [len(seq.mask) - sum(seq.mask) for seq in rows]
     return out
 
 

@@ -4,7 +4,8 @@ leave. It keeps only Python state (the sequences); rlkit.lib.generation.loop doe
 Rows arrive in groups: a prompt's `samples` rows, which share its prefill. Each step:
 1. record: every running row takes its newest token (the next forced one if it has any queued, else the one
    drawn), and ends at a stop token ("stop"; a row with `resume` may instead get forced tokens and go on),
-   at its max_new tokens ("length") or when cancelled;
+   at its max_new tokens ("length") or when cancelled; a row with `tools` starts a call at its call-end
+   token and gets the call's output forced next (rlkit.lib.generation.tools);
 2. compact: decoder.keep drops the ended rows, in the order that moves fewest rows (fill_holes). In a
    prefilled batch (generate()) they first wait, each a wasted row a step, until an eighth of the batch
    has ended, since that keep copies every row's cache; in a joining batch (the Engine) they leave at once,
@@ -64,8 +65,11 @@ class Scheduler:
             elif len(seq.tokens) >= seq.max_new:
                 self._end(seq, "length")
                 events.append(i)
-            elif seq.forced and sampled:
-                events.append(i)  # resumed: forced tokens come next
+            else:
+                if seq.tools is not None:  # a call starts at its end token; a finished one's output is forced
+                    seq.tools.advance(seq, token, sampled)
+                if seq.forced and sampled:
+                    events.append(i)  # resumed or calling: forced tokens come next
         return changed, forced, events
 
     def _resumed(self, seq: Sequence) -> bool:

@@ -9,8 +9,10 @@ tokens depend only on its prompt, its forced tokens and its seed. States:
         (`forced`), else the one drawn;
     ENDED: done, with `finish` "stop" (its stop token), "length" (max_new tokens), "cancelled" or "error";
         it leaves the decode batch at the scheduler's next compaction.
-`resume` is where a multi-turn environment or a tool plugs in: called when the row samples a stop token, it
-returns the tokens to force into the row (mask 0) before it samples again, or None to end it.
+`resume` is where a multi-turn environment plugs in: called when the row samples a stop token, it returns
+the tokens to force into the row (mask 0) before it samples again, or None to end it. `tools` is the row's
+tool-call state (rlkit.lib.generation.tools.RowTools), None for a row that calls no tool: at a sampled
+call-end token its call runs off the decode thread and its output is forced into the row the same way.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Sequence:
     logprobs: list[tuple[float, float]] = field(default_factory=list)  # per draw (sampled, model): loop.py
     forced: deque[int] = field(default_factory=deque)  # tokens to feed before the next draw (mask 0)
     resume: Callable[[Sequence], list[int] | None] | None = None  # see the module docstring
+    tools: object = None  # a RowTools (rlkit.lib.generation.tools), see the module docstring
     cancelled: bool = False  # set by any thread: the row ends at the next step
     on_end: Callable[[Sequence], None] | None = None  # called once, from the engine's thread, when it ends
     owner: object = None  # who submitted it (the Engine's Request)

@@ -15,6 +15,7 @@ A Task also says how it is evaluated (all optional, so a plain list keeps workin
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 
@@ -45,10 +46,31 @@ class Task(Sequence):
         return f"Task({self.name!r}, {len(self)} examples)"
 
 
-def make_example(question: str, solution: str, **extra) -> dict:
-    """The example dict for a one-turn problem whose reference solution is also the assistant's reply."""
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]
-    return {"messages": messages, "answer": solution, **extra}
+def make_example(question: str, solution: str, parts: list[dict] | None = None, **extra) -> dict:
+    """The example dict for a one-turn problem whose reference solution is also the assistant's reply; `parts`:
+    the reply with tool calls (calls_from_annotations), which chat rendering uses in place of its text."""
+    reply = {"role": "assistant", "content": solution, **({"parts": parts} if parts is not None else {})}
+    return {"messages": [{"role": "user", "content": question}, reply], "answer": solution, **extra}
+
+
+def calls_from_annotations(text: str, tool=None) -> tuple[str, list[dict]]:
+    """GSM8K's calculator annotations ("48/2 = <<48/2=24>>24") -> (the text without them, nanochat's parts:
+    text, then a {"type": "python"} call of each annotation's expression and a {"type": "python_output"} with
+    tool(expression), or the annotation's own result when no tool is given or it returns an error text).
+    The output the model is trained around is then the one the tool will give it at sampling time."""
+    parts, last = [], 0
+    for m in re.finditer(r"<<([^<>]*)>>", text):
+        parts.append({"type": "text", "text": text[last:m.start()]})
+        last = m.end()
+        if "=" not in m.group(1):
+            continue
+        expr, result = m.group(1).rsplit("=", 1)
+        out = tool(expr) if tool is not None else result
+        out = result if out.startswith("error:") else out
+        parts += [{"type": "python", "text": expr}, {"type": "python_output", "text": out}]
+    parts.append({"type": "text", "text": text[last:]})
+    plain = "".join(p["text"] for p in parts if p["type"] == "text")
+    return plain, [p for p in parts if p["text"] or p["type"] != "text"]
 
 
 def prompt_messages(example: Mapping) -> list[dict]:

@@ -7,7 +7,13 @@
   generation prompt) and through it, and the difference is that turn (the template must render a chat's
   prefix as a prefix of the chat, as chat templates do);
 - stop_ids: the tokenizer's EOS and the model's generation EOS ids (an end-of-turn token such as
-  <|im_end|>), where a reply ends.
+  <|im_end|>), where a reply ends;
+- tool_tokens: for a template that declares tools and renders Hermes/Qwen calls (<tool_call> and </tool_call>
+  single tokens of the vocabulary), the engine's ToolTokens (rlkit.core.tokenizer): the calls' JSON between
+  those two, and the output wrapper taken from the template itself: it renders [user, an assistant's call,
+  a tool message "<OUT>"] with the generation prompt, and what comes after </tool_call> up to <OUT> is
+  forced before a tool's output, what follows <OUT> after it (Qwen: end of turn, a user turn holding
+  <tool_response>...</tool_response>, then the assistant's generation prompt); else None.
 Tasks and rewards never see token ids, so they work unchanged.
 """
 from __future__ import annotations
@@ -15,6 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.tokenizer import ToolTokens
+
+TOOL_SCHEMA = {"type": "function", "function": {"name": "f", "description": "a tool", "parameters": {
+    "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}
 
 
 class HFTokenizer:
@@ -49,6 +59,26 @@ class HFTokenizer:
 
         special = set(self.tok.all_special_ids)
         return torch.tensor([0 if i in special else len(self.tok.decode([i]).encode()) for i in range(self.vocab_size)])
+
+    @property
+    def tool_tokens(self) -> ToolTokens | None:
+        """See the module docstring."""
+        vocab = self.tok.get_vocab()
+        if "tools" not in str(self.tok.chat_template) or not {"<tool_call>", "</tool_call>"} <= set(vocab):
+            return None
+        call = {"type": "function", "function": {"name": "f", "arguments": {"x": "1"}}}
+        chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "f", "content": "<OUT>"}]
+        try:
+            text = self.tok.apply_chat_template(chat, tools=[TOOL_SCHEMA], add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 -- a template that cannot render tool turns has no tool format
+            return None
+        end = text.find("</tool_call>")
+        if end < 0 or "<OUT>" not in text[end:]:
+            return None
+        before, after = text[end + len("</tool_call>"):].split("<OUT>", 1)
+        return ToolTokens(vocab["<tool_call>"], vocab["</tool_call>"], tuple(self.encode(before)),
+                          tuple(self.encode(after)), json_calls=True)
 
     def render_for_completion(self, messages: Sequence[Mapping]) -> list[int]:
         messages = list(messages)

@@ -30,6 +30,7 @@ from rlkit.core.handoff import Checkpoint
 from rlkit.core.session import load_model
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
+from rlkit.core.plugins import bind_args
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
@@ -72,6 +73,9 @@ def check(cfg: EvalConfig, setup) -> None:
     for i, t in enumerate(cfg.tasks):
         if t.reward is not None:
             setup.plugins.get("reward", t.reward, f"{setup.where}.tasks[{i}].reward")
+        for j, tool in enumerate(t.tools):
+            fn = setup.plugins.get("tool", tool.name, f"{setup.where}.tasks[{i}].tools[{j}].name")
+            bind_args("tool", tool.name, fn, tool.args, f"{setup.where}.tasks[{i}].tools[{j}].args")
 
 
 def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:

@@ -63,7 +63,9 @@ def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoi
     tasks = [ctx.task(ref, "train", f"tasks[{i}]") for i, ref in enumerate(s.tasks)]
     mixture = [(t, i) for t, task in enumerate(tasks) for i in range(len(task))]
     random.Random(ctx.seed()).shuffle(mixture)
-    conversations = (tokenizer.render_conversation(tasks[t][i]["messages"])[0] for t, i in _forever(mixture))
+    tools = getattr(tokenizer, "tool_tokens", None)
+    conversations = (_with_outputs(tokenizer.render_conversation(tasks[t][i]["messages"])[0], tools)
+                     for t, i in _forever(mixture))
     batches = pack(conversations, s.device_batch_size, seq_len, ctx.dist.rank, world)
     start_step = session.start_step
     for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
@@ -92,9 +94,25 @@ def _forever(items):
         yield from items
 
 
+def _with_outputs(ids: list[int], tools) -> list[int]:
+    """The conversation's ids, each tool output token (its wrapper included) as -1 - id: packed, its target is
+    then -1, out of the loss (a tool writes it at sampling time, the model does not); unchanged without tools."""
+    if tools is None or tools.call_end not in ids:
+        return ids
+    start, end, out, inside = list(tools.output_start), list(tools.output_end), list(ids), None
+    for i in range(len(ids)):
+        if inside is None and ids[i:i + len(start)] == start:
+            inside = i
+        if inside is not None and i >= inside + len(start) and ids[i - len(end) + 1:i + 1] == end:
+            out[inside:i + 1] = [-1 - t for t in ids[inside:i + 1]]
+            inside = None
+    return out
+
+
 def pack(docs, batch_size: int, seq_len: int, rank: int, world_size: int):
     """Concatenate token lists into a stream; yield this rank's (inputs (B, T), targets (B, T), None) per step
-    (no position: a resumed midtrain replays the stream).
+    (no position: a resumed midtrain replays the stream). A token given as -1 - id (_with_outputs) is id as an
+    input and -1 as a target (out of the loss).
 
     A step takes B * T * world_size + 1 tokens; rank r gets rows [r*B, (r+1)*B) of them."""
     need, buffer = batch_size * seq_len * world_size + 1, []
@@ -103,7 +121,8 @@ def pack(docs, batch_size: int, seq_len: int, rank: int, world_size: int):
         while len(buffer) >= need:
             rows = torch.tensor(buffer[rank * batch_size * seq_len:(rank + 1) * batch_size * seq_len + 1])
             buffer = buffer[need - 1:]
-            yield rows[:-1].view(batch_size, seq_len), rows[1:].view(batch_size, seq_len), None
+            inputs, targets = rows[:-1].view(batch_size, seq_len), rows[1:].view(batch_size, seq_len)
+            yield torch.where(inputs < 0, -1 - inputs, inputs), targets.clamp(min=-1), None
 
 
 @rlkit.hookimpl

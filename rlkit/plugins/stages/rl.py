@@ -87,6 +87,7 @@ class RLConfig:
     algorithm: PluginRef = plugin("algorithm", "grpo")
     rewards: list[RewardRef] = plugin_list("reward")
     optimizer: PluginRef = plugin("optimizer", "muon")
+    tools: list[PluginRef] = plugin_list("tool")  # tools the rollouts (and the held-out eval) may call
     rollout: Rollout = field(default_factory=Rollout)
     steps: int = bounded(500, ge=1)
     examples_per_step: int = bounded(16, ge=1)  # prompts per step, all ranks
@@ -193,7 +194,7 @@ def evals(cfg: RLConfig) -> list[EvalTask]:
     r = cfg.rollout
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=cfg.eval.k, temperature=r.temperature,
                      top_k=r.top_k, max_new_tokens=r.max_new_tokens, examples=cfg.eval.examples,
-                     **eval_reward(cfg.eval.reward))]
+                     **eval_reward(cfg.eval.reward), tools=list(cfg.tools))]
 
 
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as torch_dist
 
 from rlkit.lib.generation.sampling import generate
+from rlkit.lib.generation.tools import tool_metrics, toolbox
 from rlkit.lib.evaluation.scoring import score, weighted_total
 from rlkit.lib.text.task import prompt_messages
 from rlkit.plugins.stages.rl_plan import Rows
@@ -69,6 +70,8 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
         stats["reward_s"] += time.perf_counter() - t1
         if rnd == 0:
             stats.update({"reward": total.mean(), **{f"reward/{n}": v.float().mean() for n, v in scores.items()}})
+            if out.tool_calls is not None:
+                stats.update(tool_metrics(out.tool_calls, out.tool_errors, out.tool_forced))
         all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
         informative = (all_rewards != all_rewards[:, :1]).any(dim=1) if filtering else \
             torch.ones(P * world, dtype=torch.bool, device=ctx.device)
@@ -123,11 +126,12 @@ def rollouts(ctx, model, tokenizer, examples, seeds):
     """`rollout.samples` completions of each example's prompt, with the rollout settings."""
     r = ctx.cfg.rollout
     prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in examples]
+    tools = toolbox(ctx.plugins, ctx.cfg.tools, tokenizer, f"stages.{ctx.name}.tools")
     model.eval()
     with ctx.autocast():
         out = generate(model, prompts, samples=r.samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                        top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds, entropy=True,
-                       logprobs=True)  # the sampler's log-probs: mismatch/* metrics, truncated IS
+                       logprobs=True, tools=tools)  # the sampler's log-probs: mismatch/* metrics, truncated IS
     model.train()
     return out
 

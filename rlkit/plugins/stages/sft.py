@@ -19,7 +19,7 @@ import torch
 
 import rlkit
 from rlkit.lib.training import loop as training
-from rlkit.core.config import PluginRef, bounded, optional_plugin, plugin
+from rlkit.core.config import PluginRef, bounded, optional_plugin, plugin, plugin_list
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
@@ -46,6 +46,7 @@ class SFTConfig:
     warmdown_frac: float = bounded(1.0, ge=0)  # nanochat's sft ramps lr down linearly over the whole stage
     eval_examples: int = bounded(200, ge=0)  # greedy accuracy on held-out problems at the end (0: skip)
     eval_reward: Optional[PluginRef] = optional_plugin("reward")  # scores that accuracy (left out: the task's own)
+    eval_tools: list[PluginRef] = plugin_list("tool")  # tools the held-out eval's completions may call
     eval_max_new_tokens: int = bounded(128, ge=0)
     log_every: int = bounded(10, ge=1)
     save_every: int = bounded(0, ge=0)
@@ -117,7 +118,7 @@ def evals(cfg: SFTConfig) -> list[EvalTask]:
         return []
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=1, temperature=0.0, top_k=0,
                      max_new_tokens=cfg.eval_max_new_tokens, examples=cfg.eval_examples,
-                     **eval_reward(cfg.eval_reward))]
+                     **eval_reward(cfg.eval_reward), tools=list(cfg.eval_tools))]
 
 
 def held_out_accuracy(ctx, model, tokenizer) -> None:

@@ -6,7 +6,9 @@
 `data.source` is a task name, a local text/JSONL/parquet path, or a hub
 dataset id (see rlkit.lib.text.textdata). Reading stops after `max_chars`. The
 tokenizer is saved in the entry's folder (runs/<name>/tokenizer/) and handed
-on alone: there is no model yet.
+on alone: there is no model yet. `tools: true` adds nanochat's tool-call tokens
+(<|python_start|> <|python_end|> <|output_start|> <|output_end|>) after the
+other specials, for entries with `tools:` (rlkit.lib.generation.tools).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class TokenizerConfig:
     vocab_size: int = 32768  # includes the special tokens
     data: TextData = field(default_factory=TextData)
     max_chars: int = bounded(2_000_000_000, ge=1)  # stop reading text after this many characters
+    tools: bool = False  # also the four tool-call special tokens (off: the tokenizer is as before)
 
 
 def check(cfg: TokenizerConfig, setup) -> None:
@@ -54,7 +57,7 @@ def run(ctx: StageContext[TokenizerConfig], start: Checkpoint | None) -> Checkpo
             yield text
 
     began = time.time()
-    tokenizer = train_tokenizer(limited(), s.vocab_size)
+    tokenizer = train_tokenizer(limited(), s.vocab_size, tools=s.tools)
     seconds = time.time() - began
     if ctx.dist.is_main:
         tokenizer.save(ctx.stage_dir)

@@ -12,6 +12,11 @@ Numbers are 1..max_value (multiplying factors 2..min(9, max_value)); a subtracti
 than there is, so every intermediate value and answer is >= 0. Difficulty: `operands` (an int or a
 [min, max] range), `max_value` and `ops` (any of "+-*").
 
+With `calculator: true` each step's "a + k = r" is also a calculator call in the reply's `parts`
+(rlkit.lib.text.task.calls_from_annotations): "... has 12 + 7 = " <|python_start|>12+7<|python_end|>
+<|output_start|>19<|output_end|> "19 apples.", trained on the call, not on the output; the plain text,
+the answer and the random draws are the same as without it.
+
 Train and test never share a problem: each problem's canonical form ("12+7-5", the story left out)
 is hashed, and hashes ending in one tenth of the range belong to test only. Test problems are also
 distinct from each other; train problems may repeat. The same arguments and seed give the same task.
@@ -23,7 +28,8 @@ import random
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.lib.text.task import Task, make_example
+from rlkit.lib.text.task import Task, calls_from_annotations, make_example
+from rlkit.plugins.tools.calculator import calculator as tool
 
 DEFAULT_SIZE = {"train": 20000, "test": 500}
 TEST_BUCKETS = 10  # 1 in TEST_BUCKETS canonical problems is test-only
@@ -82,8 +88,9 @@ def rlkit_tasks():
 
 
 def arithmetic(split: str, operands=2, max_value: int = 99, ops: str = "+-", size: int | None = None,
-               seed: int = 0) -> Task:
-    """`size` seeded word problems of `operands` numbers (int or [min, max]) up to `max_value`, using `ops`."""
+               seed: int = 0, calculator: bool = False) -> Task:
+    """`size` seeded word problems of `operands` numbers (int or [min, max]) up to `max_value`, using `ops`;
+    calculator: each step's sum is also a calculator call in the reply's parts (the module docstring)."""
     lo, hi = _check(split, operands, max_value, ops, size)
     size = DEFAULT_SIZE[split] if size is None else size
     rng = random.Random(f"arithmetic:{split}:{seed}")
@@ -96,7 +103,7 @@ def arithmetic(split: str, operands=2, max_value: int = 99, ops: str = "+-", siz
         if is_test(canon) != (split == "test") or (split == "test" and canon in seen):
             continue
         seen.add(canon)
-        examples.append(_tell(rng, start, steps))
+        examples.append(_tell(rng, start, steps, calculator))
     if len(examples) < size:
         raise RlkitError(
             f"arithmetic: only {len(examples)} distinct {split} problems found for operands={operands}, "
@@ -151,7 +158,7 @@ def _chain(rng: random.Random, n_numbers: int, max_value: int, ops: str):
     return start, steps
 
 
-def _tell(rng: random.Random, start: int, steps) -> dict:
+def _tell(rng: random.Random, start: int, steps, calculator: bool = False) -> dict:
     """The problem as a story: question, worked solution ending in '#### answer', and its numbers."""
     story = rng.choice(STORIES)
     item, items = rng.choice(story["items"])
@@ -165,11 +172,15 @@ def _tell(rng: random.Random, start: int, steps) -> dict:
         r = evaluate(value, [(op, k)])
         step = {**fields, "k": k, "a": value, "r": r, "r_items": _count(r, item, items)}
         question.append(q.format(**step))
-        solution.append(s.format(**step))
+        sentence = s.format(**step)
+        if calculator:  # GSM8K's annotation after "a + k = ", turned into a call below
+            sentence = sentence.replace(f"{value} {op} {k} = ", f"{value} {op} {k} = <<{value}{op}{k}={r}>>", 1)
+        solution.append(sentence)
         value = r
     question.append(story["ask"].format(**fields))
     solution.append(f"#### {value}")
-    return make_example(" ".join(question), "\n".join(solution), numbers=[start] + [k for _, k in steps],
+    text, parts = calls_from_annotations("\n".join(solution), tool) if calculator else ("\n".join(solution), None)
+    return make_example(" ".join(question), text, parts, numbers=[start] + [k for _, k in steps],
                         ops=[op for op, _ in steps], value=value)
 
 

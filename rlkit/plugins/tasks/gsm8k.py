@@ -2,7 +2,10 @@
 
 Each row {"question", "answer"} becomes one example. GSM8K's answers carry calculator annotations,
 "48/2 = <<48/2=24>>24"; they are stripped ("48/2 = 24"), so the model is trained on and rewarded
-against plain worked steps ending in "#### 72".
+against plain worked steps ending in "#### 72". With `tools: true` the reply also carries them as calls
+(rlkit.lib.text.task.calls_from_annotations): "48/2 = " <|python_start|>48/2<|python_end|>
+<|output_start|>24<|output_end|> "24", the output written by the built-in calculator (what the engine will
+force at sampling time) and left out of the loss; the reward's "answer" stays the plain text.
 
     gsm8k(split)                          # datasets.load_dataset("openai/gsm8k", "main", split=split)
     gsm8k(split, path="data/gsm8k")       # offline: a folder with train.jsonl and test.jsonl
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import rlkit
 from rlkit.core.errors import RlkitError
-from rlkit.lib.text.task import Task, make_example
+from rlkit.lib.text.task import Task, calls_from_annotations, make_example
 from rlkit.lib.text.textdata import jsonl_rows
 
 ANNOTATION = re.compile(r"<<[^<>]*>>")
@@ -25,8 +28,9 @@ def rlkit_tasks():
     return {"gsm8k": gsm8k}
 
 
-def gsm8k(split: str, source: str = "openai/gsm8k", path: str | None = None, limit: int | None = None) -> Task:
-    """GSM8K's `split` ("train" | "test"), the first `limit` rows if given."""
+def gsm8k(split: str, source: str = "openai/gsm8k", path: str | None = None, limit: int | None = None,
+          tools: bool = False) -> Task:
+    """GSM8K's `split` ("train" | "test"), the first `limit` rows if given; tools: replies with calculator calls."""
     if split not in ("train", "test"):
         raise RlkitError(f"gsm8k: split must be 'train' or 'test', got {split!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -36,11 +40,11 @@ def gsm8k(split: str, source: str = "openai/gsm8k", path: str | None = None, lim
     for where, row in rows:
         if limit is not None and len(examples) >= limit:
             break
-        examples.append(to_example(row, where))
+        examples.append(to_example(row, where, tools))
     return Task(examples, f"gsm8k-{split}", reward="gsm8k", title="GSM8K")
 
 
-def to_example(row: dict, where: str) -> dict:
+def to_example(row: dict, where: str, tools: bool = False) -> dict:
     """One GSM8K row as an example; `where` ("file:line") names the row in errors."""
     for field in ("question", "answer"):
         if not isinstance(row.get(field), str):
@@ -48,7 +52,11 @@ def to_example(row: dict, where: str) -> dict:
     solution = ANNOTATION.sub("", row["answer"])
     if "####" not in solution:
         raise RlkitError(f"{where}: the answer has no final '#### <number>' line")
-    return make_example(row["question"], solution)
+    if not tools:
+        return make_example(row["question"], solution)
+    from rlkit.plugins.tools.calculator import calculator
+
+    return make_example(row["question"], solution, calls_from_annotations(row["answer"], calculator)[1])
 
 
 def _local_rows(folder: Path, split: str):
