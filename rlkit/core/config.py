@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.overrides import apply_override
 from rlkit.core.stage import bounded, check_fields, one_of  # noqa: F401 -- declared on fields, like plugin()
-from rlkit.core.yamlfile import StrictLoader, read_yaml
+from rlkit.core.yamlfile import read_profile
 
 @dataclass
 class PluginRef:
@@ -92,7 +92,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
     path = Path(path)
     if not path.is_file():
         raise RlkitError(f"{path}: experiment file not found")
-    user = read_yaml(path)
+    user = read_profile(path)
     _check_shapes(Experiment, user, f"{path}: ")
     if isinstance(user.get("model"), dict):  # the flat form `model: {depth: 4}`: other keys are the args
         user["model"] = _nest_model_args(user["model"])
@@ -102,7 +102,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
         raise RlkitError(f"{path}: {_explain(e, Experiment)}") from None
     OmegaConf.set_struct(cfg.stages, False)  # entries are free-form here: their stage's schema checks them
     for item in overrides:
-        _apply_override(cfg, item)
+        apply_override(cfg, item, lambda e: _explain(e, Experiment), MODEL_KEYS)
     try:
         _check_missing(cfg, f"{path}: ")
         OmegaConf.resolve(cfg)
@@ -117,31 +117,6 @@ def _nest_model_args(model: dict) -> dict:
     flat = {k: v for k, v in model.items() if k not in MODEL_KEYS}
     return {k: v for k, v in model.items() if k in MODEL_KEYS} | ({"args": {**model.get("args", {}), **flat}}
                                                                    if flat else {})
-
-
-def _apply_override(cfg: DictConfig, item: str) -> None:
-    """Apply one `key=value` (value parsed as YAML) onto the validated config."""
-    key, eq, text = item.partition("=")
-    key = key.strip()
-    if not eq or not key:
-        raise RlkitError(f"command line: '{item}' is not an override; write key=value, e.g. seed=1")
-    parts = key.split(".")
-    if parts[0] == "model" and len(parts) > 1 and parts[1] not in MODEL_KEYS:  # model.depth: a model arg
-        key = ".".join(["model", "args", *parts[1:]])
-    try:
-        value = yaml.load(text, Loader=StrictLoader) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    try:
-        OmegaConf.update(cfg, key, value, merge=True)
-    except (OmegaConfBaseException, TypeError, ValueError, IndexError) as e:
-        none_parent = re.search(r"because '([^']+)' is None", str(e))
-        if none_parent:
-            raise RlkitError(f"command line: {key}: '{none_parent.group(1)}' is not in the experiment file; "
-                             "add it there first") from None
-        if isinstance(e, OmegaConfBaseException):
-            raise RlkitError(f"command line: {_explain(e, Experiment)}") from None
-        raise RlkitError(f"command line: {key}: cannot set to {text!r} ({_first_line(e)})") from None
 
 
 def stages_to_run(cfg: DictConfig) -> list[str]:
