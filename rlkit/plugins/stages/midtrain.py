@@ -24,7 +24,7 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress
+from rlkit.lib.training.progress import progress, step_passes
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import Stage
@@ -77,7 +77,7 @@ def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoi
     for step in range(start_step, s.steps):
         lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
-        loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
+        loss_value, gnorm, _ = packed_step(ctx, session, train, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         bar.update(step + 1, loss=loss_value)

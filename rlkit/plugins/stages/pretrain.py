@@ -26,7 +26,7 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.optim import lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress
+from rlkit.lib.training.progress import progress, step_passes
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import Stage, divides
@@ -94,7 +94,7 @@ def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoi
     for step in range(start_step, s.steps):
         lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
-        loss_value, gnorm, position = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
+        loss_value, gnorm, position = packed_step(ctx, session, train, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         done = step + 1
         training.log_step(ctx, done, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
@@ -113,12 +113,14 @@ def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoi
     return session.save(s.steps, {"data_position": position}, done=True)
 
 
-def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):
+def packed_step(ctx, session, train, batches, accum: int, done: int):
     """One optimizer step over `accum` micro-batches (x, y, position) from `batches`: gradients accumulate
     (DDP all-reduces only on the last pass), the loss and gradient are checked before the update so no
-    non-finite weights are ever saved. Returns (loss averaged over ranks, grad norm, position after)."""
+    non-finite weights are ever saved; a slow step reports its passes, and Ctrl-C stops after one
+    (step_passes). Returns (loss averaged over ranks, grad norm, position after)."""
+    model, optimizer = session.model, session.optimizer
     total, position = torch.zeros((), device=ctx.device), None
-    for micro in range(accum):
+    for micro in step_passes(ctx, session, accum, done):
         x, y, position = next(batches)
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():
