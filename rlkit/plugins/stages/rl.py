@@ -42,7 +42,7 @@ from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
-from rlkit.lib.training.optim import lr_schedule, set_lr
+from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import inner_report, progress
 from rlkit.lib.tracking.report import fmt, tracked_change
@@ -105,6 +105,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     s, r = ctx.cfg, ctx.cfg.rollout
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
+    print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")

@@ -25,7 +25,7 @@ from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, run_task, task_reward
-from rlkit.lib.training.optim import lr_schedule, set_lr
+from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import progress, step_passes
 from rlkit.lib.tracking.report import fmt
@@ -61,6 +61,7 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
+    print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     train_task = ctx.task(s.task, "train")
     if s.eval_examples:  # a task without a reward of its own, and no eval_reward, fails now, not after training
         task_reward(ctx.runtime, ctx.task(s.task, "test"), evals(s)[0], f"stages.{ctx.name}.eval_reward")
