@@ -284,7 +284,7 @@ def test_ctrl_c_saves_this_step_prints_the_resume_command_and_it_resumes(straigh
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 1
     out, err = (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text()
-    assert "SIGINT received: finishing this step and saving" in out
+    assert "SIGINT received: stopping after this pass or step and saving" in out
     assert "error: stopped at pretrain step 5; saved runs/k/pretrain/step_000005" in err
     resume = err.strip().splitlines()[-1]
     assert resume == ("resume with: rlkit run exp.yaml stages.rl=null 'stages.pretrain.optimizer.args={lr: 0.005}' "
@@ -311,7 +311,7 @@ def test_sigterm_stops_cleanly_like_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 1
     out, err = (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text()
-    assert "SIGTERM received: finishing this step and saving" in out
+    assert "SIGTERM received: stopping after this pass or step and saving" in out
     assert err.strip().splitlines() == ["error: stopped at pretrain step 5; saved runs/k/pretrain/step_000005",
                                         "resume with: rlkit run exp.yaml stages.rl=null --resume"]
     assert verify_checkpoint(folder / "runs/k/pretrain/step_000005")["step"] == 5

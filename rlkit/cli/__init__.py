@@ -122,8 +122,11 @@ def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: Plu
 
         from rlkit.core import config, pipeline
 
-        cfg, _ = pipeline.prepare(experiment, overrides or [], plugin or [])
+        from rlkit.lib.training.optim import lr_plans
+
+        cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [])
         typer.echo(OmegaConf.to_yaml(cfg), nl=False)
+        typer.echo("".join(f"# {line}\n" for line in lr_plans(pipeline.entries(cfg, plugins))), nl=False, err=True)
         typer.echo(f"# ok: stages {', '.join(config.stages_to_run(cfg))}", err=True)
 
 

@@ -22,8 +22,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.core.errors import RlkitError
+from rlkit.core.overrides import apply_override
 from rlkit.core.stage import bounded, check_fields, one_of  # noqa: F401 -- declared on fields, like plugin()
-from rlkit.core.yamlfile import parse_override, read_yaml
+from rlkit.core.yamlfile import read_profile
 
 @dataclass
 class PluginRef:
@@ -91,7 +92,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
     path = Path(path)
     if not path.is_file():
         raise RlkitError(f"{path}: experiment file not found")
-    user = read_yaml(path)
+    user = read_profile(path)
     _check_shapes(Experiment, user, f"{path}: ")
     if isinstance(user.get("model"), dict):  # the flat form `model: {depth: 4}`: other keys are the args
         user["model"] = _nest_model_args(user["model"])
@@ -102,6 +103,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
     OmegaConf.set_struct(cfg.stages, False)  # entries are free-form here: their stage's schema checks them
     for item in overrides:
         _apply_override(cfg, item)
+    if not 0 <= cfg.seed < 2**32:
+        raise RlkitError(f"{path}: seed: {cfg.seed} is out of range; valid: 0 .. {2**32 - 1}")
+        apply_override(cfg, item, lambda e: _explain(e, Experiment), MODEL_KEYS)
     if not 0 <= cfg.seed < 2**32:
         raise RlkitError(f"{path}: seed: {cfg.seed} is out of range; valid: 0 .. {2**32 - 1}")
     try:
@@ -118,24 +122,6 @@ def _nest_model_args(model: dict) -> dict:
     flat = {k: v for k, v in model.items() if k not in MODEL_KEYS}
     return {k: v for k, v in model.items() if k in MODEL_KEYS} | ({"args": {**model.get("args", {}), **flat}}
                                                                    if flat else {})
-
-
-def _apply_override(cfg: DictConfig, item: str) -> None:
-    """Apply one `key=value` (value parsed as YAML) onto the validated config."""
-    key, value = parse_override(item)
-    parts = key.split(".")
-    if parts[0] == "model" and len(parts) > 1 and parts[1] not in MODEL_KEYS:  # model.depth: a model arg
-        key = ".".join(["model", "args", *parts[1:]])
-    try:
-        OmegaConf.update(cfg, key, value, merge=True)
-    except (OmegaConfBaseException, TypeError, ValueError, IndexError) as e:
-        none_parent = re.search(r"because '([^']+)' is None", str(e))
-        if none_parent:
-            raise RlkitError(f"command line: {key}: '{none_parent.group(1)}' is not in the experiment file; "
-                             "add it there first") from None
-        if isinstance(e, OmegaConfBaseException):
-            raise RlkitError(f"command line: {_explain(e, Experiment)}") from None
-        raise RlkitError(f"command line: {key}: cannot set to {value!r} ({_first_line(e)})") from None
 
 
 def stages_to_run(cfg: DictConfig) -> list[str]:

@@ -1,11 +1,13 @@
-"""Clean stops: Ctrl-C or SIGTERM finishes the current step, saves, and exits non-zero.
+"""Clean stops: Ctrl-C or SIGTERM stops within seconds, saves, and exits non-zero.
 
 The first signal only sets a flag; each stage checks `stop_requested()` after
-its optimizer step, writes a checkpoint, and raises Interrupted, which the CLI
-turns into the exact command that resumes the run. A second Ctrl-C exits at
+its optimizer step (session.end_step: it saves that step) and after each
+micro-batch or phase inside a step (session.stop_mid_step: it drops the step
+in progress and saves the last finished one), then raises Interrupted, which
+the CLI turns into the exact command that resumes the run. A second Ctrl-C exits at
 once (KeyboardInterrupt); checkpoints are written atomically, so nothing saved
 is damaged. Under torchrun the ranks agree on the flag (one tiny all-reduce a
-step), so they all stop at the same step.
+check), so they all stop at the same step.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ def install() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         _state["stop"] = True
-        print(f"\nrlkit: {signal.Signals(signum).name} received: finishing this step and saving "
-              "(press Ctrl-C again to quit at once)", flush=True)
+        print(f"\nrlkit: {signal.Signals(signum).name} received: stopping after this pass or step and "
+              "saving (press Ctrl-C again to quit at once)", flush=True)
 
     _state["stop"] = False
     signal.signal(signal.SIGINT, on_signal)

@@ -30,6 +30,7 @@ from rlkit.core.memory import check_fits_memory
 from rlkit.core.lock import RunLock
 from rlkit.core.stage import Stage, StageSetup
 from rlkit.core.track import Tracking
+from rlkit.core.yamlfile import read_profile
 
 CONFIG_FILE = "config.yaml"
 
@@ -60,7 +61,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
     plugins = load_plugins(local)
     with open_dict(cfg):
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
-        cfg.experiment = str(OmegaConf.load(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
+        cfg.experiment = str(read_profile(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
     check_values(cfg, path)
     _name_model(cfg, plugins, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))

@@ -5,15 +5,21 @@
     for step in range(session.start_step, cfg.steps):
         ...                                     # forward/backward on `train`, optimizer.step()
         session.end_step(step + 1, extra)       # the save_every checkpoint, then a requested stop
+        # inside a long step, after each micro-batch: session.stop_mid_step("pass 3 of 32")
     return session.save(cfg.steps, extra, done=True)   # the handle the next entry starts from
 
 The model comes from this entry's own newest checkpoint under --resume, else from `start`, else is
 built fresh from `model:` and the seed. The resumed checkpoint's meta is read once, when it is found;
 `session.extra` holds what the stage saved besides the core's keys ({} when fresh), and a stage restores
 its own state from it (the rl stage its algorithm's).
+
+Ctrl-C inside a step: `stop_mid_step` drops the step in progress (its gradients; nothing changed the
+weights or the optimizer yet) and saves the last finished step as end_step would have, with the extra
+and the random state of that moment, so a resumed run computes what an uninterrupted one would.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +64,7 @@ class Session:
             print0(f"[{ctx.name}] resuming at step {meta['step']}")
         self.start_step: int = meta.get("step", 0)
         self.extra: dict = {k: v for k, v in meta.items() if k not in CORE_KEYS}
+        self.finished: tuple[int, dict, dict | None] = (self.start_step, self.extra, None)  # for stop_mid_step
 
     def begin(self, compile: bool = True, dynamic: bool = False) -> torch.nn.Module:
         """The model to train: the saved random state comes back first (--resume; last thing before the loop,
@@ -65,11 +72,12 @@ class Session:
         torch.compile per `model.compile` (dynamic: one graph for batches of varying length), then DDP."""
         if self.resumed is not None:
             rng.set_rng_state(self.resumed.meta["rng"])
+        self.finished = (self.start_step, copy.deepcopy(self.extra), rng.rng_state())
         model = maybe_compile(self.ctx, self.model, dynamic) if compile else self.model
         return self.ctx.runtime.ddp(model)
 
-    def save(self, step: int, extra: dict, done: bool = False) -> Checkpoint:
-        return save(self.ctx, self.origin, step, self.model, self.optimizer, extra, done)
+    def save(self, step: int, extra: dict, done: bool = False, rng_state: dict | None = None) -> Checkpoint:
+        return save(self.ctx, self.origin, step, self.model, self.optimizer, extra, done, rng_state)
 
     def end_step(self, done: int, extra: dict) -> None:
         """After step `done`: the `save_every` checkpoint (the last step's is the stage's own, saved as done),
@@ -81,6 +89,19 @@ class Session:
         if interrupt.stop_requested(self.ctx.device):
             handle = self.save(done, extra)
             raise interrupt.Interrupted(f"stopped at {self.ctx.name} step {done}; saved {handle.path}")
+        self.finished = (done, copy.deepcopy(extra), rng.rng_state())
+
+    def stop_mid_step(self, where: str) -> None:
+        """Inside a step, after a micro-batch or a phase (`where`, e.g. "pass 3 of 32"): on Ctrl-C/SIGTERM on
+        any rank, drop the step in progress, save the last finished one (see the top) and stop."""
+        if not interrupt.stop_requested(self.ctx.device):
+            return
+        done, extra, state = self.finished
+        now = f"stopped during {self.ctx.name} step {done + 1} ({where}); that step is dropped"
+        if done == self.start_step:  # fresh, or this entry's newest checkpoint is that step
+            raise interrupt.Interrupted(f"{now}, and no step finished since the start: nothing new to save")
+        handle = self.save(done, extra, rng_state=state)
+        raise interrupt.Interrupted(f"{now}; saved the last finished step, {done}: {handle.path}")
 
 
 def maybe_compile(ctx: StageContext, model: torch.nn.Module, dynamic: bool = False) -> torch.nn.Module:
@@ -118,15 +139,18 @@ def load_model(ctx: StageContext, start: Checkpoint | None) -> tuple[torch.nn.Mo
     return model, tokenizer, Origin(name, tokenizer_dir)
 
 
-def save(ctx: StageContext, origin: Origin, step: int, model, optimizer, extra: dict, done: bool) -> Checkpoint:
-    """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle."""
+def save(ctx: StageContext, origin: Origin, step: int, model, optimizer, extra: dict, done: bool,
+         rng_state: dict | None = None) -> Checkpoint:
+    """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle. `rng_state`: the random
+    state to record (default: the present one)."""
     step_dir = ctx.stage_dir / f"step_{step:06d}"
     handle = Checkpoint(step_dir, {"name": origin.model_name, "args": model.spec(), "seq_len": ctx.seq_len},
                         origin.tokenizer)
     if ctx.dist.is_main:
         record = handle.record(step_dir)
         meta = {"stage": ctx.name, "step": step, "done": done, "model": record["model"],
-                "tokenizer": record["tokenizer"], "rng": rng.rng_state(), "saved_at": time.time(), **extra}
+                "tokenizer": record["tokenizer"], "rng": rng_state or rng.rng_state(), "saved_at": time.time(),
+                **extra}
         state = {k: v.detach() for k, v in model.state_dict().items()}
         opt_state = optimizer.state_dict() if optimizer is not None else None
         ckpt.save_checkpoint(ctx.stage_dir, step, state, opt_state, meta)

@@ -3,13 +3,23 @@
 
 Bounded: a file over MAX_BYTES, nesting deeper than MAX_DEPTH, or aliases that expand to more than
 MAX_NODES values (a 1 KB "billion laughs" file expands to 10^9) is refused before anything walks the data,
-so no input can hang the loader or exhaust Python's stack."""
+so no input can hang the loader or exhaust Python's stack.
+
+Profiles. A file may start from others: `defaults: gsm8k.yaml` (or a list, relative to the file) reads
+those first and merges this file's keys over them, mapping by mapping. A mapping tagged `!replace`
+takes the place of the one below instead of merging into it, so a key it leaves out is gone:
+    data: {source: gsm8k, args: !replace {path: ../shared/data/gsm8k}}   # drops the base's args.name
+"""
 import re
 from pathlib import Path
 
 import yaml
 
 from rlkit.core.errors import RlkitError
+
+
+class Replace(dict):
+    """A mapping tagged `!replace`: merged over another, it takes that one's place whole."""
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -108,6 +118,7 @@ def parse_override(item: str) -> tuple[str, object]:
     except yaml.YAMLError:
         return key, text
     return key, text.strip() if isinstance(value, bool) and text.strip().lower() not in ("true", "false") else value
+StrictLoader.add_constructor("!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True)))
 
 
 def read_yaml(path: Path) -> dict:
@@ -136,3 +147,45 @@ def read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise RlkitError(f"{path}: expected a mapping of keys (name, seed, model, stages, ...) at the top")
     return data
+
+
+def read_profile(path: Path, seen: tuple = ()) -> dict:
+    """The experiment file with its `defaults:` merged under it (see the top); a cycle is an error."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise RlkitError(f"{path}: defaults: includes itself (through {' -> '.join(p.name for p in seen)})")
+    data = read_yaml(path)
+    bases = data.pop("defaults", None)
+    if bases is None:
+        return plain(data)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise RlkitError(f"{path}: defaults: expected a file name or a list of them, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        file = path.parent / base
+        if not file.is_file():
+            raise RlkitError(f"{path}: defaults: {base}: no such file (relative to {path.parent})")
+        merged = merge(merged, read_profile(file, (*seen, path.resolve())))
+    return merge(merged, data)
+
+
+def merge(below: dict, above: dict) -> dict:
+    """`above` over `below`, mapping by mapping; an `above` mapping tagged !replace (or a non-mapping) wins whole."""
+    out = dict(below)
+    for key, value in above.items():
+        if isinstance(value, dict) and not isinstance(value, Replace) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = plain(value)
+    return out
+
+
+def plain(value):
+    """A value with its Replace tags turned back into plain dicts (what OmegaConf takes)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

@@ -68,7 +68,7 @@ def iter_texts(source: str, *, tasks: Mapping[str, Callable], args: Mapping | No
                              f"not to the path {path}")
         yield from _path_texts(path, text_field, where)
         return
-    yield from _hub_texts(source, text_field, split, args, where, path, tasks)
+    yield from _hub_texts(source, text_field, split, args, where, path, tasks, Path(base_dir))
 
 
 def check_source(source: str, tasks: Mapping[str, Callable], base_dir: Path | str, where: str) -> None:
@@ -161,7 +161,7 @@ def _parquet(file: Path, text_field: str, where: str) -> Iterator[str]:
         yield from batch.column(0).to_pylist()
 
 
-def _hub_texts(source, text_field, split, args, where, path, tasks) -> Iterator[str]:
+def _hub_texts(source, text_field, split, args, where, path, tasks, base_dir: Path) -> Iterator[str]:
     import datasets
 
     try:
@@ -170,13 +170,32 @@ def _hub_texts(source, text_field, split, args, where, path, tasks) -> Iterator[
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RlkitError(
             f"{where}: {source!r} is neither a task ({', '.join(sorted(tasks)) or 'none registered'}) nor an existing "
-            f"path ({path}), and loading it from the Hugging Face hub failed: {message}"
+            f"path ({path}), and loading it from the Hugging Face hub failed: {message}; {offline_hint(base_dir)}"
         ) from None
     for i, row in enumerate(ds):
         if not isinstance(row.get(text_field), str):
             raise RlkitError(f"{source}[{split}] row {i}: no string field {text_field!r} (has {sorted(row)}); "
                              f"set {where.rsplit('.', 1)[0]}.text_field")
         yield row[text_field]
+
+
+def offline_hint(base_dir: Path) -> str:
+    """How to run without the hub: the offline profiles (*_offline.yaml) next to the experiment, else local data."""
+    profiles = sorted(base_dir.glob("*_offline.yaml"))
+    local = "offline? give a task with `args: {path: ...}` or a local file or folder as the source"
+    if not profiles:
+        return local
+    runs = " or ".join(f"rlkit run {_shown(p)}" for p in profiles)
+    return (f"offline? {runs} (an offline profile in the experiment's folder; its header says how), "
+            f"or {local.removeprefix('offline? ')}")
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to where rlkit runs when it lies below it (what a user types), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def packed_batches(texts: Callable[[], Iterable[str]], tokenizer, batch_size: int, seq_len: int, *, rank: int = 0,

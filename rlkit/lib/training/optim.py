@@ -10,6 +10,9 @@ otherwise guesses from module types and names.
 
 Schedule. Optimizer plugins store each group's base rate as `group["initial_lr"]`; a stage
 computes `lr_schedule(cfg, step)` each step and applies it with `set_lr(optimizer, m)`.
+A stage's `init_lr_frac` multiplies every rate, explicit ones included (`lr: 1e-5` at init_lr_frac
+0.05 trains at 5e-7), so `lr_plan` words the rates really used: each stage logs it as it starts and
+`rlkit check` prints it for each training entry.
 """
 from __future__ import annotations
 
@@ -95,6 +98,40 @@ def lr_schedule(cfg, step: int) -> float:
         return frac * (1.0 - step / cfg.steps)
     return frac * lr_multiplier(step, cfg.steps, getattr(cfg, "warmup_steps", 0), cfg.warmdown_frac,
                                 getattr(cfg, "final_lr_frac", 0.0))
+
+
+def lr_plan(cfg, optimizer: torch.optim.Optimizer | None = None) -> str:
+    """The rates a training stage's config gives, in one line: each role's rate at step 1 (with the built
+    optimizer), else the rates optimizer.args gives explicitly, scaled; then what the schedule does."""
+    frac, first, name = getattr(cfg, "init_lr_frac", 1.0), lr_schedule(cfg, 0), cfg.optimizer.name
+    if optimizer is not None:
+        rates: dict = {}
+        for i, group in enumerate(optimizer.param_groups):
+            rates.setdefault(group.get("role", f"group {i}"), group["initial_lr"] * first)
+        now = ", ".join(f"{role} {rate:.3g}" for role, rate in rates.items())
+    else:
+        given = {k: v for k, v in cfg.optimizer.args.items() if k == "lr" or k.endswith("_lr")}
+        now = ", ".join(f"{k} {v:g} -> {v * first:.3g}" for k, v in given.items())
+    warmup = getattr(cfg, "warmup_steps", 0)
+    how = f"{name}'s rates x init_lr_frac {frac:g}" + (f", warming up over {warmup} steps" if warmup else "")
+    now = f"{now} ({how})" if now else f"{name}'s default rates x init_lr_frac {frac:g}"
+    return f"lr at step 1: {now}, {_lr_after(cfg)}"
+
+
+def lr_plans(entries) -> list[str]:
+    """`stages.<entry>: <lr_plan>` for each training entry (one with steps and an optimizer), for `rlkit check`."""
+    return [f"stages.{e.name}: {lr_plan(e.cfg)}" for e in entries
+            if hasattr(e.cfg, "steps") and getattr(e.cfg, "optimizer", None) is not None]
+
+
+def _lr_after(cfg) -> str:
+    if not hasattr(cfg, "warmdown_frac"):
+        return f"then linearly down to 0 at step {cfg.steps}"
+    down, final = round(cfg.warmdown_frac * cfg.steps), getattr(cfg, "final_lr_frac", 0.0)
+    end = f"linearly down to {f'{final:g}x that' if final else '0'} at step {cfg.steps}"
+    if down == 0:
+        return f"held for all {cfg.steps} steps"
+    return end if down == cfg.steps else f"held to step {cfg.steps - down}, then {end}"
 
 
 def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:

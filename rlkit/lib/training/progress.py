@@ -10,13 +10,19 @@ In a terminal the bar shows steps, the metrics, elapsed time and ETA, and the
 stage's own log lines scroll above it. When stdout is not a terminal (CI, a
 file, pytest) it prints one plain line at every tenth of the stage instead,
 so logs stay readable. Other ranks get a bar that does nothing.
+
+Inside a step, `step_passes(ctx, session, n, done)` stands for range(n) over its accumulation passes: once
+the step has run for INNER_AFTER seconds it prints `[pretrain] step 3: pass 12 of 32, 41s` every
+INNER_AFTER seconds, and after each pass a Ctrl-C stops there (session.stop_mid_step), not at the step's end.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-from rlkit.core.dist import dist_info
+from rlkit.core.dist import dist_info, print0
+
+INNER_AFTER = 5.0  # seconds into a step before its passes are reported, and between two reports
 
 
 def progress(stage: str, total: int, start: int = 0):
@@ -26,6 +32,26 @@ def progress(stage: str, total: int, start: int = 0):
     if sys.stdout.isatty():
         return LiveBar(stage, total, start)
     return PlainBar(stage, total, start)
+
+
+def step_passes(ctx, session, n: int, done: int, what: str = "pass"):
+    """range(n) for step `done`'s passes, reported when slow and stoppable after each (see the top)."""
+    began = last = time.perf_counter()
+    for k in range(n):
+        yield k
+        last = inner_report(ctx, done, f"{what} {k + 1} of {n}", began, last)
+        if k + 1 < n:  # after the last pass the step ends anyway: end_step saves it
+            session.stop_mid_step(f"after {what} {k + 1} of {n}")
+
+
+def inner_report(ctx, done: int, where: str, began: float, last: float) -> float:
+    """Print `[stage] step N: <where>, 41s` if the step has run INNER_AFTER seconds and as long since the last
+    report; returns the time of the last report."""
+    now = time.perf_counter()
+    if now - began < INNER_AFTER or now - last < INNER_AFTER:
+        return last
+    print0(f"[{ctx.name}] step {done}: {where}, {_clock(now - began)}")
+    return now
 
 
 class NoBar:

@@ -12,6 +12,10 @@ The rest is a renaming: wte -> embed_tokens, c_q/c_k/c_v/c_proj -> q/k/v/o_proj,
 
 What NanoChat cannot represent is the default gpt's per-layer resid_lambdas / x0_lambdas (each layer's
 input is resid_lambda * x + x0_lambda * x0, x0 the normed embedding): such a model is refused, naming them.
+No exact fold exists once an x0_lambda is not 0: NanoChat's norms have no weights and its stream gets nothing
+but sublayer outputs, so nothing can add a multiple of x0 at layer i. (The resid_lambdas alone would fold:
+rms_norm ignores a positive scale, so with 1 / prod(resid_lambdas) carried into each o_proj and fc2 the logits
+match up to the norm's epsilon.)
 The tokenizer goes with it (tokenizer_export.py).
 """
 from __future__ import annotations

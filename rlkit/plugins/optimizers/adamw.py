@@ -3,8 +3,9 @@
 Weight decay (decoupled, as in AdamW) applies to the "matrix" and "unembedding" weights only;
 embeddings, norms, biases and other scalars are never decayed. Each role may have its own lr
 (default: `lr` for all). Every group carries "role" and "initial_lr" (what set_lr scales).
-A stage's `init_lr_frac` scales every rate at once (e.g. 0.05 to fine-tune with RL at a fraction
-of the pretraining rates). Under DDP the gradients arrive averaged, so every rank takes the same step.
+A stage's `init_lr_frac` scales every rate at once, `lr` included (in rl, at its 0.05, `lr: 1e-5` trains at
+5e-7; each stage logs the rates it really uses, and `rlkit check` prints them).
+Under DDP the gradients arrive averaged, so every rank takes the same step.
 """
 from __future__ import annotations
 

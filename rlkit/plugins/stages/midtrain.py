@@ -22,9 +22,9 @@ from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.lib.training.optim import lr_schedule, set_lr
+from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress
+from rlkit.lib.training.progress import progress, step_passes
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import Stage
@@ -58,6 +58,7 @@ def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoi
     s = ctx.cfg
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
+    print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
     tasks = [ctx.task(ref, "train", f"tasks[{i}]") for i, ref in enumerate(s.tasks)]
@@ -79,7 +80,7 @@ def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoi
     for step in range(start_step, s.steps):
         lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
-        loss_value, gnorm, _ = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
+        loss_value, gnorm, _ = packed_step(ctx, session, train, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         training.log_step(ctx, step + 1, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
         bar.update(step + 1, loss=loss_value)

@@ -24,9 +24,9 @@ from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
-from rlkit.lib.training.optim import lr_schedule, set_lr
+from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress
+from rlkit.lib.training.progress import progress, step_passes
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import Stage, divides
@@ -67,6 +67,7 @@ def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoi
     s = ctx.cfg
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
+    print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     seq_len, world = ctx.seq_len, ctx.dist.world_size
     accum = grad_accum_steps(s.total_batch_tokens, s.device_batch_size, seq_len, world)
 
@@ -94,7 +95,7 @@ def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoi
     for step in range(start_step, s.steps):
         lrm = lr_schedule(s, step)
         set_lr(optimizer, lrm)
-        loss_value, gnorm, position = packed_step(ctx, train, model, optimizer, batches, accum, step + 1)
+        loss_value, gnorm, position = packed_step(ctx, session, train, batches, accum, step + 1)
         meter.add(accum * s.device_batch_size * seq_len)
         done = step + 1
         training.log_step(ctx, done, meter, loss=loss_value, lr_mult=lrm, grad_norm=gnorm)
@@ -113,12 +114,14 @@ def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoi
     return session.save(s.steps, {"data_position": position}, done=True)
 
 
-def packed_step(ctx, train, model, optimizer, batches, accum: int, done: int):
+def packed_step(ctx, session, train, batches, accum: int, done: int):
     """One optimizer step over `accum` micro-batches (x, y, position) from `batches`: gradients accumulate
     (DDP all-reduces only on the last pass), the loss and gradient are checked before the update so no
-    non-finite weights are ever saved. Returns (loss averaged over ranks, grad norm, position after)."""
+    non-finite weights are ever saved; a slow step reports its passes, and Ctrl-C stops after one
+    (step_passes). Returns (loss averaged over ranks, grad norm, position after)."""
+    model, optimizer = session.model, session.optimizer
     total, position = torch.zeros((), device=ctx.device), None
-    for micro in range(accum):
+    for micro in step_passes(ctx, session, accum, done):
         x, y, position = next(batches)
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with ctx.no_sync(train, last=micro == accum - 1), ctx.autocast():

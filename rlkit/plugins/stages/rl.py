@@ -42,9 +42,9 @@ from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
-from rlkit.lib.training.optim import lr_schedule, set_lr
+from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress
+from rlkit.lib.training.progress import inner_report, progress
 from rlkit.lib.tracking.report import fmt, tracked_change
 from rlkit.lib.training.speed import matmul_peak
 from rlkit.core.stage import Stage
@@ -106,6 +106,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     s, r = ctx.cfg, ctx.cfg.rollout
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
+    print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
@@ -134,7 +135,10 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         algorithm.at(f"at {ctx.name} step {step + 1}")  # for its error lines
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
+        t0 = time.perf_counter()
         batch = collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
+        session.stop_mid_step("after its rollouts")  # Ctrl-C: the rollouts are dropped, no weight has changed
+        inner_report(ctx, step + 1, f"rollouts done ({s.examples_per_step} prompts x {G}); updating", t0, t0)
         kept["refill_prompts"] += batch.stats.pop("refill_prompts")
         # 4. the updates: epochs x minibatches optimizer steps, each normalised by its own counts
         t1 = time.perf_counter()

@@ -25,9 +25,9 @@ from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, run_task, task_reward
-from rlkit.lib.training.optim import lr_schedule, set_lr
+from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress
+from rlkit.lib.training.progress import progress, step_passes
 from rlkit.lib.tracking.report import fmt
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
@@ -62,6 +62,7 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
     s = ctx.cfg
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
+    print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     train_task = ctx.task(s.task, "train")
     if s.eval_examples:  # a task without a reward of its own, and no eval_reward, fails now, not after training
         task_reward(ctx.runtime, ctx.task(s.task, "test"), evals(s)[0], f"stages.{ctx.name}.eval_reward")
@@ -86,8 +87,8 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
         batches = [collate(rendered[m * B:(m + 1) * B]) for m in range(accum)]
         num_tokens = ctx.sum_over_ranks(sum((y >= 0).sum() for _, y in batches).to(ctx.device))
         total = torch.zeros((), device=ctx.device)
-        for m, (x, y) in enumerate(batches):
-            x, y = x.to(ctx.device), y.to(ctx.device)
+        for m in step_passes(ctx, session, accum, step + 1):  # reported when slow; Ctrl-C stops after a pass
+            x, y = batches[m][0].to(ctx.device), batches[m][1].to(ctx.device)
             with ctx.no_sync(train, last=m == accum - 1), ctx.autocast():
                 per_token = train(x, y, loss_reduction="none")  # (B, T), 0 where y == -1
                 loss = per_token.sum() / num_tokens * world  # DDP averages over ranks: undo it
