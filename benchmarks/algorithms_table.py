@@ -26,7 +26,7 @@ from rlkit.core.dist import DistInfo, compute_dtype
 from rlkit.lib.evaluation.evaluate import evaluate
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.plugins import load_plugins
-from rlkit.core.tokenizer import Tokenizer
+from rlkit.lib.text.tokenizer import Tokenizer
 
 
 def greedy(path, plugins, task, reward, n: int) -> float:

@@ -16,7 +16,7 @@ from collections import Counter
 
 import torch
 
-from rlkit.core.tokenizer import ToolTokens
+from rlkit.lib.text.tokenizer import ToolTokens
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.generation.tools import ToolLimits, Toolbox
 from rlkit.plugins.models.gpt import GPT, GPTConfig

@@ -41,6 +41,7 @@ MOVED = {
     "rlkit.core.sandbox": "rlkit.lib.evaluation.sandbox",
     "rlkit.core.task": "rlkit.lib.text.task",
     "rlkit.core.textdata": "rlkit.lib.text.textdata",
+    "rlkit.core.tokenizer": "rlkit.lib.text.tokenizer",
     "rlkit.core.report": "rlkit.lib.tracking.report",
     "rlkit.core.aimrepo": "rlkit.lib.tracking.aimrepo",
 }

@@ -9,7 +9,7 @@ import torch
 
 from rlkit.lib.evaluation.corebench import bundle, evaluate_core
 from rlkit.core.errors import RlkitError
-from rlkit.core.tokenizer import train_tokenizer
+from rlkit.lib.text.tokenizer import train_tokenizer
 
 CTX = SimpleNamespace(dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,
                       sum_over_ranks=lambda t: t, device=torch.device("cpu"))

@@ -17,7 +17,7 @@ import test_core_metric as core_bundle  # its small DCLM-layout bundle
 from rlkit.lib.evaluation.choice import centred, evaluate_choice, letter_ids
 from rlkit.lib.evaluation.evaluate import pass_at
 from rlkit.lib.text.task import Task, make_choice_example, prompt_messages
-from rlkit.core.tokenizer import train_tokenizer
+from rlkit.lib.text.tokenizer import train_tokenizer
 
 from experiments import EVAL, PRETRAIN, RL, SFT, TOKENIZER, adamw, data, experiment_text, task
 

@@ -10,7 +10,7 @@ import torch
 from rlkit.lib.evaluation.evaluate import evaluate, pass_at
 from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.lib.text.task import make_example
-from rlkit.core.tokenizer import train_tokenizer
+from rlkit.lib.text.tokenizer import train_tokenizer
 
 CTX = SimpleNamespace(name="eval", dist=SimpleNamespace(rank=0, world_size=1), autocast=contextlib.nullcontext,
                       sum_over_ranks=lambda t: t, device=torch.device("cpu"))

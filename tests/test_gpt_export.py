@@ -26,7 +26,7 @@ PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}],
 @pytest.fixture(scope="module")
 def tokenizer():
     from rlkit.lib.text.task import example_text
-    from rlkit.core.tokenizer import train_tokenizer
+    from rlkit.lib.text.tokenizer import train_tokenizer
 
     texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=300)]
     return train_tokenizer(texts, 300)

@@ -216,7 +216,7 @@ def test_export_of_an_hf_model_trained_with_rlkits_tokenizer_carries_it(tmp_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlkit.lib.text.task import example_text
-    from rlkit.core.tokenizer import train_tokenizer
+    from rlkit.lib.text.tokenizer import train_tokenizer
 
     texts = [example_text(ex) for ex in load_plugins().tables["task"]["arithmetic"]("train", size=300)]
     tok = train_tokenizer(texts, 300)

@@ -172,8 +172,8 @@ def built_in_names() -> set[str]:
 
 
 # core's own vocabulary that a built-in plugin is also named after: the tokenizer stage trains core's
-# tokenizer (rlkit/core/tokenizer.py), which checkpoints and model factories refer to by that word
-CORE_WORDS = {"tokenizer"}
+# tokenizer (rlkit/lib/text/tokenizer.py), which checkpoints and model factories refer to by that word
+CORE_WORDS = {"tokenizer", "python"}  # python: the Python RNG's state in a checkpoint (core/rng.py), not the tool
 
 
 def test_core_names_no_plugin_even_as_a_string():

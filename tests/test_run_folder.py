@@ -27,7 +27,8 @@ import os
 import pathlib
 import time
 
-from rlkit.core import checkpoint, files, handoff, pipeline, tokenizer
+from rlkit.core import checkpoint, files, handoff, pipeline
+from rlkit.lib.text import tokenizer
 
 _commit, _write = checkpoint._commit, files.atomic_write
 

@@ -22,7 +22,7 @@ from rlkit.plugins.models.gpt import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.stages.sft import collate, held_out_accuracy
 from rlkit.lib.text.task import example_text, prompt_messages
-from rlkit.core.tokenizer import Tokenizer, train_tokenizer
+from rlkit.lib.text.tokenizer import Tokenizer, train_tokenizer
 
 from experiments import MIDTRAIN, PRETRAIN, SFT, TOKENIZER, TOP, adamw, without, write_experiment
 

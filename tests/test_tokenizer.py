@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.tokenizer import MIN_VOCAB_SIZE, SPECIALS, Tokenizer, train_tokenizer
+from rlkit.lib.text.tokenizer import MIN_VOCAB_SIZE, SPECIALS, Tokenizer, train_tokenizer
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 
@@ -124,3 +124,35 @@ def test_small_text_gives_a_smaller_vocab_that_still_works():
     assert tok.decode(tok.encode("abba zz")) == "abba zz"
     with pytest.raises(RlkitError, match="empty"):
         train_tokenizer([], 400)
+
+
+def test_core_reads_a_tokenizer_folder_through_the_plugin_its_kind_names(tok, texts, tmp_path, write_file):
+    """Core knows no tokenizer format: the folder's tokenizer.json names the tokenizer plugin that reads it;
+    a folder from before kinds were recorded goes to the one plugin installed; two plugins and no kind, or a
+    kind no plugin provides, are one line each."""
+    from rlkit.core.plugins import load_plugins
+    from rlkit.core.policy import load_tokenizer
+
+    tok.save(tmp_path / "tok")
+    meta = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+    assert meta["kind"] == "bpe"
+    plugins = load_plugins()
+    assert load_tokenizer(plugins, tmp_path / "tok", "here").encode(texts[0]) == tok.encode(texts[0])
+    del meta["kind"]  # an older folder
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(meta))
+    assert load_tokenizer(plugins, tmp_path / "tok", "here").encode(texts[0]) == tok.encode(texts[0])
+    other = write_file("chars.py", """
+        import rlkit
+
+        @rlkit.hookimpl
+        def rlkit_tokenizers():
+            return {"chars": lambda folder: "a chars tokenizer"}
+        """)
+    two = load_plugins([other])
+    with pytest.raises(RlkitError, match="names no tokenizer kind and 2 tokenizer plugins are installed"):
+        load_tokenizer(two, tmp_path / "tok", "here")
+    meta["kind"] = "chars"
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(meta))
+    assert load_tokenizer(two, tmp_path / "tok", "here") == "a chars tokenizer"
+    with pytest.raises(RlkitError, match="no tokenizer plugin named 'chars'"):
+        load_tokenizer(plugins, tmp_path / "tok", "here")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rlkit.core.plugins import load_plugins
-from rlkit.core.tokenizer import ToolTokens
+from rlkit.lib.text.tokenizer import ToolTokens
 from rlkit.lib.generation.draw import Sampling, draw, row_key
 from rlkit.lib.generation.engine import Engine, Request
 from rlkit.lib.generation.sampling import generate

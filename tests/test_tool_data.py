@@ -7,7 +7,7 @@ import os
 import pytest
 
 from rlkit.core.plugins import load_plugins
-from rlkit.core.tokenizer import SPECIALS, TOOL_SPECIALS, Tokenizer, train_tokenizer
+from rlkit.lib.text.tokenizer import SPECIALS, TOOL_SPECIALS, Tokenizer, train_tokenizer
 
 TEXTS = ["Natalia sold 48/2 = 24 clips in May. #### 72", "How many apples does Mia have now?"] * 50
 

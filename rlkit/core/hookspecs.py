@@ -90,3 +90,14 @@ def rlkit_tools() -> dict:
     turns anything it raises, a timeout or an oversized output into a short error text for the model,
     so a tool never ends a run.
     """
+
+
+@hookspec
+def rlkit_tokenizers() -> dict:
+    """Return {name: load}; load(folder: Path) -> tokenizer: reads a tokenizer folder that a checkpoint refers
+    to (what a tokenizer stage saved). The folder's tokenizer.json names the plugin that reads it ("kind").
+
+    A tokenizer has `encode(text)`, `decode(ids)`, `stop_ids`, `vocab_size`, `render_conversation(messages,
+    max_len)` -> (ids, mask) and `render_for_completion(messages)` -> ids, and may report `tool_tokens`
+    (rlkit.core.policy.ToolTokens).
+    """

@@ -77,7 +77,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
                              "entry, a checkpoint, an entry folder or a run folder")
         tokenizer = None
         if e.init is not None and e.init not in [f.name for f in found[:i]]:  # a missing start fails now
-            tokenizer = _tokenizer_of(handoff.Checkpoint.open(e.init, f"{where}.init"))
+            tokenizer = _tokenizer_of(plugins, handoff.Checkpoint.open(e.init, f"{where}.init"))
         if e.stage.check is not None:
             setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None,
                                tokenizer=tokenizer)
@@ -85,18 +85,18 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
     return cfg, plugins
 
 
-def _tokenizer_of(handle) -> Any:
-    """The rlkit tokenizer a hand-off carries (None when it has none, e.g. a model plugin brings its own)."""
-    from rlkit.core.tokenizer import Tokenizer
-
-    return None if handle is None or handle.tokenizer is None else Tokenizer.load(handle.tokenizer)
+def _tokenizer_of(plugins: Plugins, handle) -> Any:
+    """The tokenizer a hand-off carries (None when it has none, e.g. a model plugin brings its own)."""
+    if handle is None or handle.tokenizer is None:
+        return None
+    return policy.load_tokenizer(plugins, handle.tokenizer, "tokenizer")
 
 
 def _check_later(cfg, plugins, found: list[Entry], index: int, start, world: int) -> None:
     """Once an entry hands on a tokenizer (a tokenizer stage, first and quick), check the entries after it
     again with it, before the next one runs: values that need token counts (rollouts against model.seq_len)
     fail now, not after hours of the entries in between."""
-    tokenizer = _tokenizer_of(start)
+    tokenizer = _tokenizer_of(plugins, start)
     if tokenizer is None:
         return
     for e in found[index + 1:]:

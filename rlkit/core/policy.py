@@ -12,7 +12,7 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
         architecture (the checkpoint stores them; weights come from the state dict);
     decoder(dtype) -> Decoder: the sampler's access to generation (below);
     tokenizer: only when the plugin brings its own (factory called with tokenizer=None); a tokenizer may
-        report `tool_tokens` (rlkit.core.tokenizer.ToolTokens), the only way the engine knows tool calls.
+        report `tool_tokens` (ToolTokens, below), the only way the engine knows tool calls.
 A Policy may also have `export(folder, tokenizer) -> list[str]` (`rlkit export`: write a folder transformers
 loads; returns notes), and `adapter_free() -> context manager | None`: for a policy trained through adapters
 (LoRA), a context inside which its forward computes the base model with the adapters off, without a copy
@@ -43,12 +43,30 @@ Returned logits may live in a buffer reused by the next call.
 from __future__ import annotations
 
 import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args
+
+
+@dataclass(frozen=True)
+class ToolTokens:
+    """How a tokenizer marks a tool call (the `tool_tokens` a tokenizer reports; None: it has no tool format).
+
+    A call is the tokens the model samples between call_start and call_end; the tool's output is forced
+    after call_end as output_start + the output's tokens + output_end. json_calls: the call text is
+    {"name": tool, "arguments": {...}} (Hermes/Qwen); else the whole text goes to the entry's first tool.
+    """
+    call_start: int
+    call_end: int
+    output_start: tuple[int, ...]
+    output_end: tuple[int, ...]
+    json_calls: bool = False
 
 
 class Decoder(Protocol):
@@ -115,11 +133,10 @@ def load(plugins: Plugins, handle, seq_len: int | None = None, where: str = "che
     plugin rebuilt from the recorded spec, for stages and for commands (export, eval, chat) alike. seq_len
     defaults to the one the checkpoint was trained with."""
     from rlkit.core import checkpoint as ckpt
-    from rlkit.core.tokenizer import Tokenizer
 
     if handle.path is None or not handle.model:
         raise RlkitError(f"{where}: {handle.path or 'that folder'} holds no model weights (a tokenizer only?)")
-    tokenizer = Tokenizer.load(handle.tokenizer) if handle.tokenizer is not None else None
+    tokenizer = load_tokenizer(plugins, handle.tokenizer, where) if handle.tokenizer is not None else None
     name, spec = handle.model["name"], handle.model["args"]
     model, tokenizer = build(plugins, name, spec, tokenizer, seq_len or handle.model.get("seq_len") or 512, where)
     state, _, _ = ckpt.load_checkpoint(handle.path, load_optimizer=False, verify=not handle.verified)
@@ -129,6 +146,24 @@ def load(plugins: Plugins, handle, seq_len: int | None = None, where: str = "che
         raise RlkitError(f"{where}: checkpoint {handle.path} does not fit the model "
                          f"({str(e).splitlines()[0]}); the vocabulary or shape differs") from None
     return model.to(device), tokenizer
+
+
+def load_tokenizer(plugins: Plugins, folder, where: str):
+    """The tokenizer saved in `folder` (what a checkpoint refers to), read by the tokenizer plugin that its
+    tokenizer.json names as "kind"; a folder that names none (saved before kinds were recorded) is read by
+    the one tokenizer plugin installed."""
+    folder = Path(folder)
+    try:
+        kind = json.loads((folder / "tokenizer.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # missing or damaged: the loader says which, in its own words
+    table = plugins.tables["tokenizer"]
+    if kind is None and len(table) == 1:
+        kind = next(iter(table))
+    if kind is None:
+        raise RlkitError(f"{where}: {folder / 'tokenizer.json'} names no tokenizer kind and "
+                         f"{len(table)} tokenizer plugins are installed ({', '.join(sorted(table)) or 'none'})")
+    return plugins.get("tokenizer", kind, f"{where}: {folder}")(folder)
 
 
 def differs(saved, asked) -> bool:

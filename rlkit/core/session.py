@@ -33,7 +33,6 @@ from rlkit.core import interrupt, policy, rng
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
-from rlkit.core.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from rlkit.core.context import StageContext
@@ -118,7 +117,7 @@ def load_model(ctx: StageContext, start: Checkpoint | None) -> tuple[torch.nn.Mo
     mc, tokenizer_dir = ctx.experiment.model, start.tokenizer if start is not None else None
     args = OmegaConf.to_container(mc.args)
     if start is None or start.path is None:
-        tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+        tokenizer = policy.load_tokenizer(ctx.plugins, tokenizer_dir, "model") if tokenizer_dir is not None else None
         name = mc.name or policy.model_name(ctx.plugins, None, args, "model")
         torch.manual_seed(ctx.experiment.seed)  # one seed, one init, whatever the entry
         model, tokenizer = policy.build(ctx.plugins, name, args, tokenizer, mc.seq_len, "model")

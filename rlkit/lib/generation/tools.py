@@ -1,7 +1,7 @@
 """Tool calls inside a completion: the tool-call state of a row of the generation engine.
 
 A Toolbox holds what a run's rows may call: {name: tool} (rlkit_tools plugins, their YAML args bound), the
-tokenizer's ToolTokens (rlkit.core.tokenizer: which token ids start and end a call and wrap an output), its
+tokenizer's ToolTokens (rlkit.lib.text.tokenizer: which token ids start and end a call and wrap an output), its
 encode/decode, and the limits. Every row that may call gets a RowTools (Sequence.tools); the scheduler calls
 its advance() with each token the row takes (rlkit.lib.generation.scheduler):
 1. the row samples call_end: the call's text (its tokens since the last call_start, decoded) goes to a
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rlkit.core.tokenizer import ToolTokens
+from rlkit.core.policy import ToolTokens
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -9,7 +9,7 @@
 - stop_ids: the tokenizer's EOS and the model's generation EOS ids (an end-of-turn token such as
   <|im_end|>), where a reply ends;
 - tool_tokens: for a template that declares tools and renders Hermes/Qwen calls (<tool_call> and </tool_call>
-  single tokens of the vocabulary), the engine's ToolTokens (rlkit.core.tokenizer): the calls' JSON between
+  single tokens of the vocabulary), the engine's ToolTokens (rlkit.lib.text.tokenizer): the calls' JSON between
   those two, and the output wrapper taken from the template itself: it renders [user, an assistant's call,
   a tool message "<OUT>"] with the generation prompt, and what comes after </tool_call> up to <OUT> is
   forced before a tool's output, what follows <OUT> after it (Qwen: end of turn, a user turn holding
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.tokenizer import ToolTokens
+from rlkit.core.policy import ToolTokens
 
 TOOL_SCHEMA = {"type": "function", "function": {"name": "f", "description": "a tool", "parameters": {
     "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}

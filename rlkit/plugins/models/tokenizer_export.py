@@ -1,4 +1,4 @@
-"""rlkit's own tokenizer (rlkit.core.tokenizer: tiktoken ranks, split pattern, specials) as a Hugging Face
+"""rlkit's own tokenizer (rlkit.lib.text.tokenizer: tiktoken ranks, split pattern, specials) as a Hugging Face
 PreTrainedTokenizerFast for `rlkit export`: transformers' TikTokenConverter turns the ranks into a byte-level BPE
 with the same merges and pre-tokenizer regex, the specials keep their ids, and rlkit's chat format is its chat
 template, so AutoTokenizer encodes text and renders chats to the same ids as rlkit. One difference: typed in a
@@ -6,7 +6,7 @@ message, "<|bos|>" and the other special strings are special tokens to transform
 """
 from __future__ import annotations
 
-# rlkit's chat format (rlkit.core.tokenizer.render_conversation: a leading system message is folded into the
+# rlkit's chat format (rlkit.lib.text.tokenizer.render_conversation: a leading system message is folded into the
 # next turn) for apply_chat_template
 CHAT_TEMPLATE = (
     "{% set ns = namespace(prefix='') %}<|bos|>{% for m in messages %}"

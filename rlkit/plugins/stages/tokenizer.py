@@ -24,7 +24,7 @@ from rlkit.core.handoff import Checkpoint
 from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
 from rlkit.lib.text.textdata import TextData, check_data, iter_texts
-from rlkit.core.tokenizer import MIN_VOCAB_SIZE, SPECIALS, train_tokenizer
+from rlkit.lib.text.tokenizer import MIN_VOCAB_SIZE, SPECIALS, train_tokenizer
 
 
 @dataclass

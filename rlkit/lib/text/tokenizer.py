@@ -21,35 +21,23 @@ the loss mask is 1 on the assistant's content tokens and its <|assistant_end|> (
 stop), 0 elsewhere, including <|assistant_start|> (it is given, not predicted).
 
 Saved without pickle: `tokenizer.tiktoken` (one "base64(token bytes) rank" line per merge, tiktoken's
-own format) and `tokenizer.json` (split pattern and special tokens with their ids).
+own format) and `tokenizer.json` (its kind for rlkit.core.policy.load_tokenizer, split pattern and special
+tokens with their ids). The `bpe` tokenizer plugin (rlkit/plugins/tokenizers/bpe.py) loads such a folder.
 """
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import tiktoken
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.files import atomic_write, sha256
+from rlkit.core.policy import ToolTokens  # noqa: F401 -- re-exported: the contract lives in core
 
 
-@dataclass(frozen=True)
-class ToolTokens:
-    """How a tokenizer marks a tool call (the `tool_tokens` a tokenizer reports; None: it has no tool format).
-
-    A call is the tokens the model samples between call_start and call_end; the tool's output is forced
-    after call_end as output_start + the output's tokens + output_end. json_calls: the call text is
-    {"name": tool, "arguments": {...}} (Hermes/Qwen); else the whole text goes to the entry's first tool.
-    """
-    call_start: int
-    call_end: int
-    output_start: tuple[int, ...]
-    output_end: tuple[int, ...]
-    json_calls: bool = False
 
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -57,6 +45,7 @@ SPLIT_PATTERN = (
 # Append here (never reorder) to add special tokens.
 SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>"]
 TOOL_SPECIALS = ["<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]  # nanochat's, opt-in
+KIND = "bpe"  # what tokenizer.json says loads this folder: the tokenizer plugin of that name
 MIN_VOCAB_SIZE = 256 + len(SPECIALS) + 1  # bytes + specials + at least one merge
 RANKS_FILE, META_FILE = "tokenizer.tiktoken", "tokenizer.json"
 
@@ -197,7 +186,7 @@ class Tokenizer:
         ranks = sorted(self.ranks.items(), key=lambda kv: kv[1])
         lines = [f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in ranks]
         atomic_write(directory / RANKS_FILE, "".join(lines))
-        meta = {"pattern": self.pattern, "special_tokens": self.specials, "ranks_sha256": sha256(directory / RANKS_FILE)}
+        meta = {"kind": KIND, "pattern": self.pattern, "special_tokens": self.specials, "ranks_sha256": sha256(directory / RANKS_FILE)}
         atomic_write(directory / META_FILE, json.dumps(meta, indent=1) + "\n")
 
     @classmethod
