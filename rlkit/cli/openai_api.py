@@ -182,3 +182,18 @@ def _stop(stop):
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise ApiError(400, "'stop' must be a non-empty string or a list of at most 4 of them", "stop")
     return stops
+
+
+async def read_json_body(request, max_bytes: int):
+    """The request's JSON body, read in chunks and refused (413) past `max_bytes` before it is all read."""
+    declared = request.headers.get("content-length")
+    too_big = ApiError(413, f"the request body is larger than {max_bytes} bytes (rlkit serve --max-body-bytes)",
+                       code="request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_big
+    return decode_json(bytes(body))

@@ -6,10 +6,10 @@ rlkit.lib.generation.engine Request, so concurrent requests share one decode bat
 their prompt's prefill. A sample with seed s (row g of n: seed s + g) gets the tokens rlkit's sampler
 gives for that prompt and seed. Streams are server-sent events ending in `data: [DONE]`.
 
-Safety: 127.0.0.1 unless --host says otherwise (then a warning line); --api-key: every /v1 route
-needs `Authorization: Bearer KEY` (401); limits (Limits): body size (413), max_tokens, messages and n
-(400), requests in flight (429), seconds per request (504); unknown routes 404, wrong methods 405, all
-with OpenAI's error body; a client that goes away mid-stream has its rows dropped at the next step.
+Safety: 127.0.0.1 unless --host says otherwise (a warning line); --api-key: every /v1 route needs
+`Authorization: Bearer KEY` (401); Limits: body size (413), max_tokens, messages and n (400), requests in
+flight (429), seconds per request (504); unknown routes 404, wrong methods 405, all with OpenAI's error
+body; a client that goes away mid-stream has its rows dropped at the next step.
 --tool NAME: calls run server-side in the engine, the reply holds them; a request's `tools` field gets 400.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import json
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from rlkit.cli.openai_api import ApiError, Chat, Limits, decode_json, parse_chat
+from rlkit.cli.openai_api import ApiError, Chat, Limits, parse_chat, read_json_body
 from rlkit.cli import hosts
 from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
@@ -46,28 +45,7 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
         return len(runs)
     stop_ids = set(tokenizer.stop_ids)
 
-    def error(e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc):  # 404, 405 from routing, in OpenAI's shape
-        return error(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                              code="not_found" if exc.status_code == 404 else None))
-
-    @app.exception_handler(Exception)
-    async def crash(request, exc):  # never a traceback to the client
-        return error(ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error"))
-
-    async def check_key(request, call_next):
-        if request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                why = "missing" if not given else "incorrect"
-                return error(ApiError(401, f"{why} API key: send the header 'Authorization: Bearer <key>' with the "
-                                           "key given to rlkit serve --api-key", code="invalid_api_key"))
-        return await call_next(request)
-    if api_key is not None:  # a middleware costs every request some time, so only when there is a key to check
-        app.middleware("http")(check_key)
+    _guard(app, api_key)
 
     @app.get("/health")
     async def health():
@@ -85,13 +63,13 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
     @app.post("/v1/chat/completions")
     async def completions(request: HttpRequest):
         try:
-            chat = parse_chat(await _json_body(request, limits.max_body_bytes), limits)
+            chat = parse_chat(await read_json_body(request, limits.max_body_bytes), limits)
             if in_flight() >= limits.max_concurrent:
                 raise ApiError(429, f"the server is busy ({limits.max_concurrent} requests in flight); retry later",
                                code="rate_limit_exceeded", kind="rate_limit_error")
             req, prompt_len = _submit(engine, tokenizer, chat, limits, tools)
         except ApiError as e:
-            return error(e)
+            return _error(e)
         run = _Run(req, chat, tokenizer, stop_ids, prompt_len, model_id, limits.timeout, waker)
         runs.add(run)
         if chat.stream:
@@ -100,7 +78,7 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
         try:
             await run.wait()
         except ApiError as e:
-            return error(e)
+            return _error(e)
         finally:
             req.cancel()
         return JSONResponse(run.response())  # as it is: no jsonable_encoder pass over a plain dict
@@ -108,18 +86,31 @@ def make_app(engine: Engine, tokenizer, model_id: str, limits: Limits, api_key: 
     return app
 
 
-async def _json_body(request, max_bytes: int):
-    declared = request.headers.get("content-length")
-    too_big = ApiError(413, f"the request body is larger than {max_bytes} bytes (rlkit serve --max-body-bytes)",
-                       code="request_too_large")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_big
-    return decode_json(bytes(body))
+def _error(e: ApiError):
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def _guard(app, api_key: str | None) -> None:
+    """Errors in OpenAI's shape for routing failures and crashes (never a traceback), and the API key check."""
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):  # 404, 405 from routing, in OpenAI's shape
+        return _error(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                               code="not_found" if exc.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def crash(request, exc):  # never a traceback to the client
+        return _error(ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error"))
+
+    async def check_key(request, call_next):
+        if request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                why = "missing" if not given else "incorrect"
+                return _error(ApiError(401, f"{why} API key: send the header 'Authorization: Bearer <key>' with "
+                                            "the key given to rlkit serve --api-key", code="invalid_api_key"))
+        return await call_next(request)
+    if api_key is not None:  # a middleware costs every request some time, so only when there is a key to check
+        app.middleware("http")(check_key)
 
 
 def _submit(engine, tokenizer, chat: Chat, limits: Limits, tools=None):

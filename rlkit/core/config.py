@@ -102,9 +102,6 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
         raise RlkitError(f"{path}: {_explain(e, Experiment)}") from None
     OmegaConf.set_struct(cfg.stages, False)  # entries are free-form here: their stage's schema checks them
     for item in overrides:
-        _apply_override(cfg, item)
-    if not 0 <= cfg.seed < 2**32:
-        raise RlkitError(f"{path}: seed: {cfg.seed} is out of range; valid: 0 .. {2**32 - 1}")
         apply_override(cfg, item, lambda e: _explain(e, Experiment), MODEL_KEYS)
     if not 0 <= cfg.seed < 2**32:
         raise RlkitError(f"{path}: seed: {cfg.seed} is out of range; valid: 0 .. {2**32 - 1}")
