@@ -120,12 +120,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
-    # checkpointed for --resume: per-problem pass@1 before RL (later evals are paired with it), step rewards,
-    # and the refill prompts group filtering drew (they shift later steps' prompts)
-    kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", []),
-            "refill_prompts": resumed.get("refill_prompts", 0)} if session.resumed else \
-        {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
-         "refill_prompts": 0}
+    kept = kept_state(ctx, session, model, tokenizer, test_task)
     baseline, history = kept["eval_baseline"], kept["rewards"]
 
     flops, peak = flops_per_token(model), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
@@ -147,13 +142,8 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         tally = rl_update.update(learner, rows) if batch.stats["groups_kept"] else Tally(ctx.device)
         train_s = time.perf_counter() - t1
         # metrics (all ranks' means)
-        stats = step_stats(ctx, batch, rows, tally)
-        sampled = float(rows.mask.sum())  # this rank's completion tokens
-        useful = batch.prompt_tokens + int(sampled)  # this rank's tokens, padding left out
-        # a forward without autograd costs a third of a trained token's FLOPs; no forward at all, none
-        trained = useful - 2 * tally.forward_only_tokens / 3 - tally.no_forward_tokens
-        stats.update(lr_mult=lrm, rollout_tok_s=sampled * world / stats["rollout_s"],
-                     train_tok_s=useful * world / train_s, train_s=train_s, mfu=trained / train_s * flops / peak)
+        stats, useful = step_stats(ctx, batch, rows, tally), batch.prompt_tokens + int(rows.mask.sum())
+        stats.update(lr_mult=lrm, **speeds(ctx, stats, tally, rows, useful, train_s, flops / peak))
         tokens += useful * world
         history.append(float(stats["reward"]))
         done = step + 1
@@ -170,6 +160,27 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
                        reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
     return handle
+
+
+def kept_state(ctx, session, model, tokenizer, test_task) -> dict:
+    """What a checkpoint keeps for --resume: per-problem pass@1 before RL (later evals are paired with it),
+    the step rewards, and the refill prompts group filtering drew (they shift later steps' prompts)."""
+    if session.resumed:
+        extra = session.extra
+        return {"eval_baseline": extra.get("eval_baseline"), "rewards": extra.get("rewards", []),
+                "refill_prompts": extra.get("refill_prompts", 0)}
+    return {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
+            "refill_prompts": 0}
+
+
+def speeds(ctx, stats: dict, tally, rows, useful: int, train_s: float, flops_over_peak: float) -> dict:
+    """Tokens/s of the rollouts and the update (all ranks) and the update's MFU; useful: this rank's prompt and
+    completion tokens, padding left out."""
+    world, sampled = ctx.dist.world_size, float(rows.mask.sum())
+    # a forward without autograd costs a third of a trained token's FLOPs; no forward at all, none
+    trained = useful - 2 * tally.forward_only_tokens / 3 - tally.no_forward_tokens
+    return {"rollout_tok_s": sampled * world / stats["rollout_s"], "train_tok_s": useful * world / train_s,
+            "train_s": train_s, "mfu": trained / train_s * flops_over_peak}
 
 
 def step_stats(ctx, batch, rows, tally) -> dict:
