@@ -20,6 +20,7 @@ import typer
 import rlkit
 from rlkit.core.errors import RlkitError
 from rlkit.core.files import write_error
+from rlkit.cli import rewardtry  # noqa: E402 -- light: typer only at import time
 
 app = typer.Typer(
     add_completion=False,
@@ -296,6 +297,9 @@ def _dtype(name: str):
     if name not in valid:
         raise RlkitError(f"--dtype {name}: valid: {', '.join(valid)}")
     return valid[name]
+
+
+app.command("reward")(rewardtry.reward)  # in a module of its own, as this file is full
 
 
 def main():

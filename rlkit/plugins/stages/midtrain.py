@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import rlkit
+from rlkit.lib.evaluation.trial import build_task
 from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, bounded, plugin, plugin_list
 from rlkit.core.context import StageContext
@@ -52,6 +53,8 @@ def check(cfg: MidtrainConfig, setup) -> None:
                          f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
     check_batch_tokens(cfg, setup)
     check_optimizer(cfg.optimizer, setup)
+    for i, ref in enumerate(cfg.tasks):  # their rows, before any model
+        build_task(setup.plugins, ref, "train", f"{setup.where}.tasks[{i}]")
 
 
 def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoint:

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 import rlkit
+from rlkit.lib.evaluation.trial import build_task
 from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, bounded, optional_plugin, plugin
 from rlkit.core.context import StageContext
@@ -55,6 +56,7 @@ def check(cfg: SFTConfig, setup) -> None:
     divides(setup, "examples_per_step", cfg.examples_per_step, cfg.device_batch_size * setup.world_size,
             f"device_batch_size x processes = {cfg.device_batch_size} x {setup.world_size}")
     check_optimizer(cfg.optimizer, setup)
+    build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task")  # its rows, before any model
 
 
 def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
