@@ -180,6 +180,8 @@ def eval_(
                        "repeatable.")] = None,
     examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="Problems per task (default: the "
                                                                            "run's setting, else 500).")] = None,
+    arg: Annotated[Optional[list[str]], typer.Option(
+        "--arg", help="A task argument key=value (a YAML scalar), repeatable, e.g. --arg path=data/gsm8k.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
     plugin: PluginOpt = None,
 ):
@@ -189,7 +191,9 @@ def eval_(
         from rlkit.cli import evalrun
         from rlkit.core.dist import dist_info
 
-        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [])
+        from rlkit.cli.options import key_values
+
+        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [], key_values(arg or [], "--arg"))
         if dist_info().is_main:
             typer.echo(json.dumps(rows, indent=2) if as_json else evalrun.render(rows))
 
