@@ -3,7 +3,7 @@
 Each turn renders the whole conversation in the model's chat format (the tokenizer's
 render_for_completion), samples one reply with rlkit.lib.generation.engine (the same draw as rlkit's sampler
 and `rlkit serve`: with --seed S, turn k uses seed S + k) and prints its text as the tokens arrive.
-/clear starts a new conversation, /quit (or Ctrl-D, Ctrl-C) ends; -p "question" answers once and exits.
+/clear starts a new conversation, /help lists the commands, /quit (or Ctrl-D, Ctrl-C) ends; -p "question" answers once and exits.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
 from rlkit.cli.inference import TextStream, load
 
-HELP = "/clear: new conversation   /quit: leave   (Ctrl-D or Ctrl-C leave too)"
+HELP = "/clear: new conversation   /quit: leave   /help: this list   (Ctrl-D or Ctrl-C leave too)"
 
 
 def reply(engine: Engine, tokenizer, messages, temperature, top_k, max_tokens, seed, out=None) -> str:
@@ -72,6 +72,9 @@ def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu", dtype=
             if line == "/clear":
                 messages = []
                 typer.echo("(new conversation)", err=True)
+                continue
+            if line.startswith("/") and line.split()[0] in ("/help", "/?"):  # never sent to the model
+                typer.echo(HELP, err=True)
                 continue
             if not line:
                 continue
