@@ -53,7 +53,7 @@ def compare_cli(folder, *args):
 
 
 def final_loss(output: str) -> float:
-    return float(re.findall(r"^\[pretrain\] step +\d+/\d+ \| loss ([\d.]+)", output, re.M)[-1])
+    return float(re.findall(r"^\[pretrain\] step +\d+/\d+ \| [\d,]+ tok/s \| loss ([\d.]+)", output, re.M)[-1])
 
 
 def test_table_shows_both_runs_their_metrics_and_the_seed_difference(two_runs):

@@ -129,6 +129,10 @@ def check_values(cfg: DictConfig, path) -> None:
         value = str(OmegaConf.select(cfg, key)).lower()
         if value not in valid:
             raise RlkitError(f"{path}: {key}: '{value}' is not valid (valid: {', '.join(valid)})")
+    peak = cfg.get("mfu_peak_flops")
+    if peak is not None and not peak > 0:
+        raise RlkitError(f"{path}: mfu_peak_flops: {peak} must be a positive FLOP/s figure, e.g. 1.98e14 (or leave it "
+                         "out: the device's recorded matmul peak)")
     if cfg.model.seq_len < 1:
         raise RlkitError(f"{path}: model.seq_len: {cfg.model.seq_len} must be at least 1")
     name = str(cfg.name)

@@ -159,7 +159,11 @@ class RunTracking(Tracking):
     environment as params, and the report card runs/<name>/report.md rewritten after every entry."""
 
     def open(self, cfg, run_dir: Path, dist_info, resume: bool, device, dtype) -> Tracker:
-        self.env = environment(device, dtype, dist_info.world_size)
+        from rlkit.lib.training.speed import peak_flops
+
+        peak, source = peak_flops(device, dtype, cfg.get("mfu_peak_flops"))
+        self.env = environment(device, dtype, dist_info.world_size) | {"mfu_peak": f"{peak / 1e12:.3g} TFLOP/s, "
+                                                                                   f"{source}"}
         tracker = open_run(cfg, run_dir, dist_info, resume)
         tracker.params({"hparams": OmegaConf.to_container(cfg), "env": self.env, "status": "running", "error": None})
         return tracker

@@ -7,7 +7,7 @@ Each stage's figures (what the stage put in ctx.summary, its wall time, and
 first/last/mean of every metric it tracked) are kept in runs/<name>/summary.json,
 so a resumed run's card still shows the stages finished before, and are set
 as the Aim run's `summary` param (what `rlkit compare` reads for wall times).
-The card: environment; per entry steps, tokens, wall time, tokens/s, MFU,
+The card: environment (with MFU's peak and where it came from); per entry tokens/s, steps, tokens, wall time, MFU,
 final loss and bits-per-byte; nanochat's evaluation table (one row per
 metric, one column per entry that evaluated: summary["evals"]) with the
 run's wall time, device and world size; below it the lines each entry's stage gives
@@ -81,7 +81,7 @@ def write(run_dir: Path, cfg, data: dict) -> Path:
     lines += _aim_lines(cfg, data.get("aim") or {}) + [""]
     lines += ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v if v is not None else '-'} |" for k, v in data.get("env", {}).items()] + [""]
-    lines += ["## Stages", "", "| stage | steps | tokens | wall time (s) | tokens/s | MFU | final loss | "
+    lines += ["## Stages", "", "| stage | tokens/s | steps | tokens | wall time (s) | MFU | final loss | "
               "bits/byte |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [_stage_row(name, s) for name, s in data["stages"].items()] + [""]
     lines += eval_table(data)
@@ -132,7 +132,7 @@ def _stage_row(name: str, s: dict) -> str:
     t = s.get("tracked", {})
     loss = s.get("final_loss", _last(t, "loss"))
     wall = "-" if s.get("wall_s") is None else f"{s['wall_s']:.1f}"
-    cells = [name, fmt(s.get("steps")), fmt(s.get("tokens")), wall, fmt(_mean(t, "tokens_per_s")),
+    cells = [name, fmt(_mean(t, "tokens_per_s")), fmt(s.get("steps")), fmt(s.get("tokens")), wall,
              _pct(_mean(t, "mfu")), fmt(loss), fmt(s.get("bpb"))]
     return "| " + " | ".join(cells) + " |"
 

@@ -72,7 +72,7 @@ def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoi
     for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
         next(batches)
     train = session.begin()  # compiled per model.compile, DDP under torchrun
-    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
+    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model), ctx.experiment.get("mfu_peak_flops"))
     print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 

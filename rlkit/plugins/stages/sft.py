@@ -72,7 +72,7 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
     check_fits(tokenizer, train_task, ctx.seq_len, f"stages.{ctx.name}.task '{s.task.name}'")
     start_step = session.start_step
     train = session.begin(dynamic=True)  # dynamic: batches are padded to their longest row
-    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
+    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model), ctx.experiment.get("mfu_peak_flops"))
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
 
