@@ -13,18 +13,28 @@ assistant turn), so a correct reward should give its best score on it.
 from __future__ import annotations
 
 import functools
+import json
 
 from rlkit.core.context import call_plugin, check_examples
 from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.scoring import _finite, _guarded, batch_scorer
 
+_BUILT: dict = {}  # (task function, args, split) -> its Task, in this process
 TRIAL_TIMEOUT = 10.0  # seconds for one call, as a run allows by default (rl.reward_timeout)
 
 
 def build_task(plugins, ref, split: str, where: str):
-    """Task `ref`'s `split` rows (its args bound), non-empty and with the fields stages read."""
+    """Task `ref`'s `split` rows (its args bound), non-empty and with the fields stages read. Entries that
+    share a task (midtrain, sft and rl on one, say) build it once per process: a task is read-only."""
     fn = plugins.get("task", ref.name, f"{where}.name")
-    task = call_plugin(where, ref.name, functools.partial(fn, **ref.args), split)
+    args = dict(ref.args)
+    key = (fn, json.dumps(args, sort_keys=True, default=repr), split)
+    task = _BUILT.get(key)
+    if task is None:
+        task = call_plugin(where, ref.name, functools.partial(fn, **args), split)
+        _BUILT[key] = task
+        while len(_BUILT) > 8:  # a few tasks' rows at most
+            _BUILT.pop(next(iter(_BUILT)))
     if len(task) == 0:
         raise RlkitError(f"{where}: task '{ref.name}' has no {split} examples")
     check_examples(task, f"{where}: task '{ref.name}' ({split})")
