@@ -49,3 +49,12 @@ def test_a_path_without_a_checkpoint_is_one_line(cli, tmp_path):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and str(tmp_path) in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_help_lists_the_commands_and_is_not_sent_to_the_model(tiny_run, model):
+    result = CliRunner().invoke(app, ["chat", str(tiny_run), "--temperature", "0", "--max-tokens", "20"],
+                                input="/help\nAdd 1 and 2.\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("/clear: new conversation") == 2  # the banner, then /help's answer
+    replies = [line.split("model> ", 1)[1] for line in result.output.split("you> ") if "model> " in line]
+    assert replies == [reply(model, [{"role": "user", "content": "Add 1 and 2."}], 20) + "\n"]  # /help not a turn

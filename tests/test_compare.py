@@ -53,7 +53,7 @@ def compare_cli(folder, *args):
 
 
 def final_loss(output: str) -> float:
-    return float(re.findall(r"^\[pretrain\] step +\d+/\d+ \| loss ([\d.]+)", output, re.M)[-1])
+    return float(re.findall(r"^\[pretrain\] step +\d+/\d+ \| [\d,]+ tok/s \| loss ([\d.]+)", output, re.M)[-1])
 
 
 def test_table_shows_both_runs_their_metrics_and_the_seed_difference(two_runs):
@@ -112,3 +112,45 @@ def test_unknown_run_or_metric_is_one_line_error(two_runs):
     assert result.exit_code == 1 and "--metric: rewardz not tracked by these runs" in result.output
     result = compare_cli(folder, "--repo", folder / "nowhere")
     assert result.exit_code == 1 and "no Aim repository" in result.output
+
+
+PICKY_REWARD = '''
+import rlkit
+
+
+def picky(completion, example):
+    """Fine on a reference answer (what `rlkit check` tries), raises on a completion without '####'."""
+    if "####" not in completion:
+        raise ValueError("picky: no '####' in the completion")
+    return 1.0
+
+
+@rlkit.hookimpl
+def rlkit_rewards():
+    return {"picky": picky}
+'''
+
+
+def test_a_failed_run_is_marked_in_aim_and_on_its_card_and_a_bare_compare_skips_it(two_runs):
+    """Runs last in this module: it adds a failed run (the newest) to the shared repository."""
+    from aim import Repo
+
+    folder, _ = two_runs
+    (folder / "picky.py").write_text(PICKY_REWARD)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        result = invoke("run", "tiny.yaml", "seed=3", "name=cmp-bad", "stages.rl.rewards=[{name: picky}]",
+                        "--plugin", "picky.py")
+    assert result.exit_code != 0, result.output
+    runs = {r.name: r for r in Repo.from_path(str(folder / ".aim")).iter_runs()}
+    assert runs["cmp-bad"]["status"] == "failed" and "no '####'" in runs["cmp-bad"]["error"]
+    assert runs["cmp-s1"]["status"] == runs["cmp-s2"]["status"] == "finished"
+    summary = json.loads((folder / "runs/cmp-bad/summary.json").read_text())
+    assert summary["status"] == "failed" and "no '####'" in summary["error"]
+    assert "**FAILED**" in (folder / "runs/cmp-bad/report.md").read_text()
+    bare = compare_cli(folder)
+    assert bare.exit_code == 0, bare.output
+    assert [w for w in bare.output.splitlines()[0].split() if not w.startswith("(")] == ["cmp-s1", "cmp-s2"]
+    assert re.search(r"^status +finished +finished$", bare.output, re.M)
+    named = compare_cli(folder, "cmp-s2", "cmp-bad")
+    assert re.search(r"^status +finished +failed$", named.output, re.M), named.output

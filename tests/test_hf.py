@@ -164,7 +164,7 @@ def test_sft_then_rl_on_an_hf_model_raises_the_reward(llama, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     pipeline.run(*pipeline.prepare(hf_run(tmp_path, llama, 16), [], []))
     out = capsys.readouterr().out
-    losses = [float(x) for x in re.findall(r"^\[sft\] step +\d+/\d+ \| loss ([\d.]+)", out, re.M)]
+    losses = [float(x) for x in re.findall(r"^\[sft\] step +\d+/\d+ \| [\d,]+ tok/s \| loss ([\d.]+)", out, re.M)]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     rewards = [float(x) for x in re.findall(r"^\[rl\] step +\d+/\d+ \| reward (-?[\d.]+)", out, re.M)]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3

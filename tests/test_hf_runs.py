@@ -89,7 +89,8 @@ def test_sigkill_in_rl_then_resume_equals_a_straight_run(straight, model, tmp_pa
     """SIGKILL during rl step 3 (its step-2 checkpoint saved), --resume: the final sft and rl weights bit for bit,
     and every tracked metric (wall-clock speeds aside) the same, each step once, in the same Aim run."""
     folder = setup_folder(tmp_path, model)
-    kill_when_held(folder, "run", "exp.yaml", block=f"reward:{2 * CALLS_PER_STEP + 1}")
+    # rl's check tries the reward once before the run (rlkit/lib/evaluation/trial.py), then two steps' calls
+    kill_when_held(folder, "run", "exp.yaml", block=f"reward:{2 * CALLS_PER_STEP + 2}")
     assert latest_checkpoint(folder / "runs/h/rl").name == "step_000002"
     assert not (folder / "runs/h/rl/output.json").exists()
     aim_hash = (folder / "runs/h/aim_hash").read_text()

@@ -30,7 +30,9 @@ import rlkit
 
 @rlkit.hookimpl
 def rlkit_tasks():
-    return {"toy_task": lambda split: []}
+    # one example: `rlkit check` builds the task's rows and tries the reward on it
+    return {"toy_task": lambda split: [{"messages": [{"role": "user", "content": "1 + 1?"},
+                                                     {"role": "assistant", "content": "#### 2"}], "answer": "#### 2"}]}
 
 class ToyAlgo:  # mean-shifted REINFORCE: what `rlkit check` now calls once on a tiny batch
     def advantages(self, rewards):

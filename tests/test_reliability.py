@@ -251,7 +251,9 @@ def test_killed_in_pretrain_and_in_rl_then_resumed_equals_a_straight_run(straigh
     assert latest_checkpoint(folder / "runs/k/pretrain").name == "step_000004"
     aim_hash = (folder / "runs/k/aim_hash").read_text()
 
-    kill_when_held(folder, "run", "exp.yaml", "--resume", block=f"reward:{2 * CALLS_PER_STEP + 1}")
+    # rl's check tries the reward once (rlkit/lib/evaluation/trial.py), before the run and again once the
+    # tokenizer is known; then two steps' calls
+    kill_when_held(folder, "run", "exp.yaml", "--resume", block=f"reward:{2 * CALLS_PER_STEP + 3}")
     out = (folder / "stdout.txt").read_text()
     assert "[tokenizer] already finished: skipping (--resume)" in out
     assert "[pretrain] resuming at step 4" in out
@@ -292,6 +294,8 @@ def test_ctrl_c_saves_this_step_prints_the_resume_command_and_it_resumes(straigh
     assert "Traceback" not in err
     meta = verify_checkpoint(folder / "runs/k/pretrain/step_000005")
     assert meta["step"] == 5 and meta["done"] is False
+    summary = json.loads((folder / "runs/k/summary.json").read_text())
+    assert summary["status"] == "interrupted" and "stopped at pretrain step 5" in summary["error"]
     # the Aim run was closed (an unclosed run reads as empty): steps 1-5, as the straight run had them
     stopped = aim_metrics(folder)
     assert stopped["loss", "pretrain"] == tuple(v[:5] for v in straight_metrics["loss", "pretrain"])
@@ -299,6 +303,7 @@ def test_ctrl_c_saves_this_step_prints_the_resume_command_and_it_resumes(straigh
     done = rlkit(folder, *shlex.split(resume.removeprefix("resume with: rlkit ")))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[pretrain] resuming at step 5" in done.stdout
+    assert json.loads((folder / "runs/k/summary.json").read_text())["status"] == "finished"
     assert_same_weights(weights(folder / "runs/k/pretrain"), weights(straight / "runs/k/pretrain"))
     assert aim_metrics(folder) == pretrain_only(straight_metrics)
 

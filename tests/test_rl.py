@@ -127,6 +127,9 @@ def test_a_local_reward_plugin_is_used_and_tracked_in_aim(cli, write_file, exper
 
     # the plugin saw every completion of every step, and its values are what the text says
     calls = [json.loads(line) for line in log.read_text().splitlines()]
+    # first rl's check tried it on the task's first reference reply: before the run, and once the tokenizer was known
+    trials, calls = calls[:2], calls[2:]
+    assert trials[0] == trials[1] and "####" in trials[0]["completion"]
     assert len(calls) == steps * rows
     for call in calls:
         assert call["value"] == pytest.approx(digit_share(call["completion"]), abs=1e-12)

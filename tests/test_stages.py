@@ -58,7 +58,7 @@ def finished(tmp_path_factory):
 
 
 def _losses(output: str, stage: str) -> list[float]:
-    return [float(x) for x in re.findall(rf"^\[{stage}\] step +\d+/\d+ \| loss ([\d.]+)", output, re.M)]
+    return [float(x) for x in re.findall(rf"^\[{stage}\] step +\d+/\d+ \| [\d,]+ tok/s \| loss ([\d.]+)", output, re.M)]
 
 
 def _digest(folder: Path) -> dict[str, str]:

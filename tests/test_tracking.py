@@ -108,7 +108,7 @@ def test_every_stage_tracked_its_metrics(tracked):
 def test_aim_holds_what_the_run_printed(tracked):
     _, out, aim = tracked
     for stage in ("pretrain", "midtrain", "sft"):
-        losses = printed(out, rf"^\[{stage}\] step +\d+/\d+ \| loss ([\d.]+)")
+        losses = printed(out, rf"^\[{stage}\] step +\d+/\d+ \| [\d,]+ tok/s \| loss ([\d.]+)")
         assert losses and aim["metrics"][f"loss@{stage}"][1] == pytest.approx(losses, abs=6e-5)
     assert last(aim, "bpb", "pretrain") == pytest.approx(printed(out, r"held-out bits/byte ([\d.]+)")[-1], abs=6e-5)
     assert last(aim, "accuracy", "sft") == pytest.approx(printed(out, r"held-out accuracy .*: ([\d.]+)")[0], abs=6e-4)
@@ -138,21 +138,21 @@ def test_report_card_has_every_item_with_the_run_values(tracked):
     assert aim["hash"] in card and "rlkit ui --repo" in card
     # the resolved config
     assert "## Resolved config" in card and "name: tiny-a" in card and "seed: 1" in card
-    # one row per stage: steps, tokens, wall time, tokens/s, MFU, final loss, bits/byte
+    # one row per stage: tokens/s, steps, tokens, wall time, MFU, final loss, bits/byte
     rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in card.splitlines()
                                   if line.startswith("| ") and line.count("|") == 9)}
     assert set(STAGES) <= set(rows)
-    steps, tokens, wall, speed, mfu, loss, bpb = rows["pretrain"]
+    speed, steps, tokens, wall, mfu, loss, bpb = rows["pretrain"]
     assert steps == "3" and tokens == "768"  # 3 steps x 256 tokens
     assert float(wall) == pytest.approx(summary["stages"]["pretrain"]["wall_s"], abs=0.051)
     assert float(speed.replace(",", "")) > 0 and mfu.endswith("%")
-    assert float(loss) == pytest.approx(printed(out, r"^\[pretrain\] step +3/3 \| loss ([\d.]+)")[0], abs=6e-4)
+    assert float(loss) == pytest.approx(printed(out, r"^\[pretrain\] step +3/3 \| [\d,]+ tok/s \| loss ([\d.]+)")[0], abs=6e-4)
     assert float(bpb) == pytest.approx(last(aim, "bpb", "pretrain"), abs=6e-4)
     for stage in ("midtrain", "sft", "rl"):
-        steps, tokens, wall, *_ = rows[stage]
+        _, steps, tokens, wall, *_ = rows[stage]
         assert steps == "2" and int(tokens.replace(",", "")) > 0
         assert float(wall) == pytest.approx(summary["stages"][stage]["wall_s"], abs=0.051)
-    assert rows["tokenizer"][0] == "-"
+    assert rows["tokenizer"][1] == "-"
     assert re.search(r"^- tokens/s \(mean\): rollout [\d,.]+, train [\d,.]+$", card, re.M)  # rl's two phases (under 1,000: decimals)
     # rl: reward first -> last, pass@k before -> after, completion length
     reward = aim["metrics"]["reward@rl"][1]

@@ -65,6 +65,8 @@ def test_ui_serves_page_and_api_on_localhost_and_leaves_nothing_behind(repo):
 
         ui.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert ui.wait(timeout=60) == 0
+        printed = "".join(lines) + ui.stdout.read()
+        assert "Repo" not in printed and "Running Aim UI" not in printed, printed  # no banner with a repr
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_alive(p) for p in server):
             time.sleep(0.1)

@@ -167,30 +167,6 @@ def export(
         typer.echo(f"rlkit: wrote {written} to {folder} (AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
 
 
-@app.command("eval")
-def eval_(
-    target: Annotated[Path, typer.Argument(help="A checkpoint: a step, stage or run folder (its last finished "
-                                                "stage), e.g. runs/quickstart.")],
-    task: Annotated[Optional[list[str]], typer.Option(
-        "--task", help="A task to evaluate: NAME, NAME:1 (greedy) or NAME:k (k samples, pass@1..k); "
-                       "repeatable.")] = None,
-    examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="Problems per task (default: the "
-                                                                           "run's setting, else 500).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
-    plugin: PluginOpt = None,
-    tool: ToolOpt = None,
-):
-    """Evaluate a saved checkpoint on tasks with the code eval stages use; in a run folder, with the run's
-    settings and seed for each task it evaluated, so its figures repeat exactly."""
-    with user_errors():
-        from rlkit.cli import evalrun
-        from rlkit.core.dist import dist_info
-
-        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [], tool or [])
-        if dist_info().is_main:
-            typer.echo(json.dumps(rows, indent=2) if as_json else evalrun.render(rows))
-
-
 RepoOpt = Annotated[Path, typer.Option("--repo", help="The Aim repository of the runs (an experiment's "
                                                       "tracking.repo).")]
 
@@ -299,6 +275,12 @@ def _dtype(name: str):
     if name not in valid:
         raise RlkitError(f"--dtype {name}: valid: {', '.join(valid)}")
     return valid[name]
+
+
+from rlkit.cli import scoring  # noqa: E402 -- eval and reward, in a module of their own; light (typer only)
+
+app.command("eval")(scoring.eval_)
+app.command("reward")(scoring.reward)
 
 
 def main():

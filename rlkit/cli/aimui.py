@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,8 +89,22 @@ def start(repo: str | Path, host: str, port: int) -> subprocess.Popen:
         raise RlkitError(f"--port: {host}:{port} is already in use; pick another, e.g. --port {port + 1}")
     cmd = [sys.executable, "-c", AIM_UP, "up", "--repo", str(Path(repo).resolve()), "--host", host, "--port", str(port),
            "--workers", "1", "--yes"]
-    return subprocess.Popen([sys.executable, "-c", SUPERVISE, str(os.getpid()), *cmd], start_new_session=True,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(os.getpid()), *cmd], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    threading.Thread(target=_forward, args=(proc.stdout,), daemon=True).start()
+    return proc
+
+
+# the lines of `aim up`'s banner: the first shows a Repo object's repr, and rlkit prints the URL itself
+AIM_BANNER = ("Running Aim UI on repo", "Aim UI running on", "Open http", "Proxy http", "Press Ctrl+C to exit")
+
+
+def _forward(stream) -> None:
+    """Pass on what `aim up` prints (its warnings and errors) to stderr, less its banner."""
+    for line in stream:
+        if not any(part in line for part in AIM_BANNER):
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def wait_ready(proc: subprocess.Popen, host: str, port: int, timeout: float) -> bool:

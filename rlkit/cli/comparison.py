@@ -37,7 +37,8 @@ def compare(repo: str | Path, refs: list[str], metrics: list[str] | None = None)
 
 def _compare(opened, refs: list[str], metrics: list[str] | None) -> dict:
     runs = find_runs(opened, refs)
-    infos = [{"name": r.name, "hash": r.hash, "experiment": r.experiment, "created": r.creation_time} for r in runs]
+    infos = [{"name": r.name, "hash": r.hash, "experiment": r.experiment, "created": r.creation_time,
+              "status": status(r), "error": _param(r, "error")} for r in runs]
     series = [read_metrics(r) for r in runs]
     hparams = [_param(r, "hparams") or {} for r in runs]
     order = list(dict.fromkeys(entry for h in hparams for entry in (h.get("stages") or {})))  # the YAMLs' order
@@ -64,17 +65,31 @@ def open_repo(repo: str | Path):
 
 def find_runs(repo, refs: list[str]) -> list:
     """The runs named by hash, hash prefix or run name (the latest such run); none named: the last two
-    runs of the newest run's experiment."""
+    finished runs of the newest finished run's experiment (a failed, interrupted or running one is skipped)."""
     runs = sorted(repo.iter_runs(), key=lambda r: r.creation_time)
     if not refs:
-        if not runs:
-            raise RlkitError(f"rlkit compare: the Aim repository {repo.path} holds no runs yet")
-        same = [r for r in runs if r.experiment == runs[-1].experiment]
+        done = [r for r in runs if status(r) == "finished"]
+        if not done:
+            raise RlkitError(f"rlkit compare: the Aim repository {repo.path} holds no finished runs yet"
+                             f"{_skipped(runs)}")
+        same = [r for r in done if r.experiment == done[-1].experiment]
         if len(same) < 2:
-            raise RlkitError(f"rlkit compare: experiment '{runs[-1].experiment}' has one run only; name two "
-                             f"runs (run names or hashes), e.g. rlkit compare {same[-1].name} OTHER")
+            raise RlkitError(f"rlkit compare: experiment '{done[-1].experiment}' has one finished run only"
+                             f"{_skipped(runs)}; name two runs (run names or hashes), e.g. rlkit compare "
+                             f"{same[-1].name} OTHER")
         return same[-2:]
     return [_find(runs, ref) for ref in refs]
+
+
+def status(run) -> str:
+    """The run's `status` param ("running", "finished", "failed", "interrupted"); runs tracked before rlkit
+    recorded one count as finished."""
+    return _param(run, "status") or "finished"
+
+
+def _skipped(runs: list) -> str:
+    not_done = [f"{r.name} ({status(r)})" for r in runs if status(r) != "finished"]
+    return f" (not counted: {', '.join(not_done[-4:])})" if not_done else ""
 
 
 def _find(runs: list, ref: str):
@@ -150,6 +165,7 @@ def render(result: dict) -> str:
     heads = [f"{r['name']} ({r['hash'][:8]})" for r in result["runs"]]
     table = [["", *heads]]
     table.append(["experiment", *(r["experiment"] or "-" for r in result["runs"])])
+    table.append(["status", *(r.get("status") or "-" for r in result["runs"])])
     for row in result["metrics"]:
         best = any(v is not None and v["best"] is not None for v in row["values"])
         table.append([f"{row['stage']} {row['metric']} ({'final / best' if best else 'final'})",

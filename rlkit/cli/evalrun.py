@@ -1,4 +1,4 @@
-"""`rlkit eval CHECKPOINT_OR_RUN --task NAME[:k]`: evaluate a saved checkpoint with the code eval stages use.
+"""`rlkit eval CHECKPOINT_OR_RUN --task NAME[:k] [--arg key=value]`: evaluate a saved checkpoint with the code eval stages use.
 
     rows = evaluate_checkpoint("runs/quickstart", ["<task>"])     # [{task, title, kind, figures...}]
 
@@ -10,7 +10,8 @@ if it evaluated the task, else of the last entry that did
 entry's seed, so the figures repeat the run's exactly. `NAME:1` is greedy; `NAME:k` with k > 1
 samples k a problem (at the entry's temperature, T=1 when it was greedy); `examples` overrides the
 problem count. A task the run never evaluated, or a
-checkpoint outside a run: greedy, or with `:k`, k samples at T=1, top-k 50, seed 0.
+checkpoint outside a run: greedy, or with `:k`, k samples at T=1, top-k 50, seed 0. `--arg key=value`
+gives every task an argument (a YAML scalar), over the run's own: `--arg path=data/gsm8k` offline, say.
 Under torchrun each rank takes a slice of the problems, as in an eval stage.
 """
 from __future__ import annotations
@@ -29,9 +30,11 @@ DEFAULT_EXAMPLES = 500
 
 
 def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | None = None,
-                        extra_plugins: list[Path] = (), tools: list[str] = ()) -> list[dict]:
-    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}; `tools` (--tool):
-    the tools every task's completions may call, in place of the entry's own."""
+                        extra_plugins: list[Path] = (), task_args: dict | None = None,
+                        tools: list[str] = ()) -> list[dict]:
+    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}. `task_args`
+    (--arg key=value) are passed to every task, over the run's own args for it (e.g. a local `path:`); `tools`
+    (--tool): the tools every task's completions may call, in place of the entry's own."""
     import torch
 
     from rlkit.core import dist, policy
@@ -53,7 +56,8 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
     try:
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)
         rows, loaded = [], None
-        for spec, index, entry in [found for item in tasks for found in _specs(item, known, examples, plugins)]:
+        specs = [found for item in tasks for found in _specs(item, known, examples, plugins)]
+        for spec, index, entry in [(replace(s, args={**s.args, **(task_args or {})}), i, e) for s, i, e in specs]:
             spec = replace(spec, tools=[PluginRef(name=t) for t in tools]) if tools else spec
             seed = entry_seed(cfg.seed, index) if entry is not None else 0
             rt = Runtime("rlkit-eval", device, dtype, info, Tracker(), plugins, seed)
@@ -67,7 +71,8 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
                          "seed": seed, "problems": min(spec.examples, len(task)),
                          "settings": {"k": spec.k, "temperature": spec.temperature, "top_k": spec.top_k,
                                       "max_new_tokens": spec.max_new_tokens, "reward": spec.reward,
-                                      "mode": spec.mode, "tools": [t.name for t in spec.tools]},
+                                      "mode": spec.mode, "args": dict(spec.args),
+                                      "tools": [t.name for t in spec.tools]},
                          "figures": _figures(result)})
         return rows
     finally:

@@ -3,9 +3,9 @@
 Each turn renders the whole conversation in the model's chat format (the tokenizer's
 render_for_completion), samples one reply with rlkit.lib.generation.engine (the same draw as rlkit's sampler
 and `rlkit serve`: with --seed S, turn k uses seed S + k) and prints its text as the tokens arrive.
-/clear starts a new conversation, /quit (or Ctrl-D, Ctrl-C) ends; -p "question" answers once and exits.
---tool NAME lets the model call that tool plugin (rlkit.lib.generation.tools): the call and the output the
-engine forced into the reply are printed inline, in the tokenizer's own markers
+/clear starts a new conversation, /help lists the commands, /quit (or Ctrl-D, Ctrl-C) ends; -p "question"
+answers once and exits. --tool NAME lets the model call that tool plugin (rlkit.lib.generation.tools): the
+call and the output the engine forced into the reply are printed inline, in the tokenizer's own markers
 (<|python_start|>48/2<|python_end|><|output_start|>24<|output_end|>).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rlkit.lib.generation.engine import Engine, Request
 from rlkit.core.errors import RlkitError
 from rlkit.cli.inference import TextStream, load_with_tools
 
-HELP = "/clear: new conversation   /quit: leave   (Ctrl-D or Ctrl-C leave too)"
+HELP = "/clear: new conversation   /quit: leave   /help: this list   (Ctrl-D or Ctrl-C leave too)"
 
 
 def reply(engine: Engine, tokenizer, messages, temperature, top_k, max_tokens, seed, out=None, tools=None) -> str:
@@ -75,6 +75,9 @@ def run(path, prompt, temperature, top_k, max_tokens, seed, device="cpu", dtype=
             if line == "/clear":
                 messages = []
                 typer.echo("(new conversation)", err=True)
+                continue
+            if line.startswith("/") and line.split()[0] in ("/help", "/?"):  # never sent to the model
+                typer.echo(HELP, err=True)
                 continue
             if not line:
                 continue

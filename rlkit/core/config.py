@@ -77,6 +77,7 @@ class Experiment:
     plugins: list[str] = field(default_factory=list)  # local plugin files, relative to the YAML
     model: ModelConfig = field(default_factory=ModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    mfu_peak_flops: Optional[float] = None  # MFU's peak FLOP/s; None: this device kind's recorded matmul peak
     # entry name -> {kind: <stage plugin> (default: the name), init: PATH, ...the stage's own keys};
     # run in this order; each entry is checked against its stage's config dataclass (entry_config)
     stages: dict[str, Any] = field(default_factory=dict)

@@ -130,6 +130,10 @@ def check_values(cfg: DictConfig, path) -> None:
         value = str(OmegaConf.select(cfg, key)).lower()
         if value not in valid:
             raise RlkitError(f"{path}: {key}: '{value}' is not valid (valid: {', '.join(valid)})")
+    peak = cfg.get("mfu_peak_flops")
+    if peak is not None and not peak > 0:
+        raise RlkitError(f"{path}: mfu_peak_flops: {peak} must be a positive FLOP/s figure, e.g. 1.98e14 (or leave it "
+                         "out: the device's recorded matmul peak)")
     if cfg.model.seq_len < 1:
         raise RlkitError(f"{path}: model.seq_len: {cfg.model.seq_len} must be at least 1")
     name = str(cfg.name)
@@ -172,48 +176,58 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Track
 
 def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking) -> None:
     from rlkit.core import dist, interrupt
-    from rlkit.core.context import StageContext
 
     _check_run_dir(run_dir, cfg, found, resume)
     tracker, began = tracking.open(cfg, run_dir, info, resume, device, dtype), time.time()
     interrupt.install()
     try:
-        if info.is_main:
-            atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
-        dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
-                    f"world size {info.world_size}, run dir {run_dir}")
-        start, checked = None, None
-        for index, e in enumerate(found):
-            if start is not None and start.tokenizer != checked:  # a new tokenizer: check what comes with it
-                _check_later(cfg, plugins, found, index - 1, start, info.world_size)
-                checked = start.tokenizer
-            done = handoff.finished(run_dir / e.name) if resume else None
-            if done is not None:
-                start = done
-                dist.print0(f"[{e.name}] already finished: skipping (--resume)")
-                continue
-            if e.init is not None:  # an earlier entry's name: what it handed on in this run
-                earlier = e.init in [f.name for f in found[:index]]
-                start = handoff.Checkpoint.open(run_dir / e.init if earlier else e.init, f"stages.{e.name}.init")
-            ctx = StageContext(e.name, e.cfg, cfg, index, plugins, run_dir, device, dtype, info, tracker,
-                               resume=resume, init=e.init, start_path=start.path if start else None)
-            dist.seed_everything(ctx.seed())
-            began_stage = time.time()
-            start = e.stage.run(ctx, start)
-            if not isinstance(start, handoff.Checkpoint):
-                raise RlkitError(f"stages.{e.name}: stage '{e.kind}' returned {type(start).__name__} from run(); "
-                                 "it must return a Checkpoint (rlkit.core.handoff), e.g. ctx.save(...)")
-            if info.is_main:
-                handoff.write_output(run_dir / e.name, start)
-            dist.barrier()
-            seconds = time.time() - began_stage
-            dist.print0(f"[{e.name}] done in {seconds:.1f}s")
-            tracking.stage_done(ctx, seconds, e.stage)  # the report card after every entry
+        _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking, tracker)
         tracking.run_done(cfg, run_dir, tracker, time.time() - began)
         dist.barrier()  # leave together: a rank tearing down gloo while a peer is still busy can abort
+    except BaseException as e:  # a failed or stopped run is marked so (Aim, summary.json), then fails as before
+        tracking.run_failed(cfg, run_dir, tracker, e, time.time() - began)
+        raise
     finally:
         interrupt.uninstall()
         tracker.close()
+
+
+def _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking, tracker) -> None:
+    """Run each entry in order, each starting from what the one before handed on."""
+    from rlkit.core import dist
+    from rlkit.core.context import StageContext
+
+    if info.is_main:
+        atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+    dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
+                f"world size {info.world_size}, run dir {run_dir}")
+    start, checked = None, None
+    for index, e in enumerate(found):
+        if start is not None and start.tokenizer != checked:  # a new tokenizer: check what comes with it
+            _check_later(cfg, plugins, found, index - 1, start, info.world_size)
+            checked = start.tokenizer
+        done = handoff.finished(run_dir / e.name) if resume else None
+        if done is not None:
+            start = done
+            dist.print0(f"[{e.name}] already finished: skipping (--resume)")
+            continue
+        if e.init is not None:  # an earlier entry's name: what it handed on in this run
+            earlier = e.init in [f.name for f in found[:index]]
+            start = handoff.Checkpoint.open(run_dir / e.init if earlier else e.init, f"stages.{e.name}.init")
+        ctx = StageContext(e.name, e.cfg, cfg, index, plugins, run_dir, device, dtype, info, tracker,
+                           resume=resume, init=e.init, start_path=start.path if start else None)
+        dist.seed_everything(ctx.seed())
+        began_stage = time.time()
+        start = e.stage.run(ctx, start)
+        if not isinstance(start, handoff.Checkpoint):
+            raise RlkitError(f"stages.{e.name}: stage '{e.kind}' returned {type(start).__name__} from run(); "
+                             "it must return a Checkpoint (rlkit.core.handoff), e.g. ctx.save(...)")
+        if info.is_main:
+            handoff.write_output(run_dir / e.name, start)
+        dist.barrier()
+        seconds = time.time() - began_stage
+        dist.print0(f"[{e.name}] done in {seconds:.1f}s")
+        tracking.stage_done(ctx, seconds, e.stage)  # the report card after every entry
 
 
 def _lock(run_dir: Path, info, device) -> RunLock:

@@ -5,6 +5,7 @@
     tracker.text("samples", "Q: ...\nA: ...", step=50, stage="rl")
     tracking.stage_done(ctx, seconds, stage)    # after each entry
     tracking.run_done(cfg, run_dir, tracker, seconds)
+    tracking.run_failed(cfg, run_dir, tracker, error, seconds)   # instead, when an entry raised or was stopped
     tracker.close()
 
 The base classes here write nowhere: a Tracker remembers, per stage and metric, the first/last/min/max/mean
@@ -76,3 +77,17 @@ class Tracking:
 
     def run_done(self, cfg, run_dir: Path, tracker: Tracker, seconds: float) -> None:
         """After the last entry."""
+
+    def run_failed(self, cfg, run_dir: Path, tracker: Tracker, error: BaseException, seconds: float) -> None:
+        """When the run stopped early: `error` is what was raised (see `outcome` for how to name it)."""
+
+
+def outcome(error: BaseException | None) -> tuple[str, str | None]:
+    """(status, error line) of a run that ended with `error`: "finished" (None), "interrupted" (a clean stop
+    or Ctrl-C) or "failed", so a failed run is never mistaken for a finished one."""
+    if error is None:
+        return "finished", None
+    text = str(error).strip()
+    line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    stopped = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Interrupted"
+    return ("interrupted" if stopped else "failed"), line[:300]

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 import rlkit
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
-from rlkit.core.track import Tracker, Tracking
+from rlkit.core.track import Tracker, Tracking, outcome
 from rlkit.lib.tracking import report
 from rlkit.lib.tracking.aimrepo import probe, reading
 
@@ -159,9 +159,13 @@ class RunTracking(Tracking):
     environment as params, and the report card runs/<name>/report.md rewritten after every entry."""
 
     def open(self, cfg, run_dir: Path, dist_info, resume: bool, device, dtype) -> Tracker:
-        self.env = environment(device, dtype, dist_info.world_size)
+        from rlkit.lib.training.speed import peak_flops
+
+        peak, source = peak_flops(device, dtype, cfg.get("mfu_peak_flops"))
+        self.env = environment(device, dtype, dist_info.world_size) | {"mfu_peak": f"{peak / 1e12:.3g} TFLOP/s, "
+                                                                                   f"{source}"}
         tracker = open_run(cfg, run_dir, dist_info, resume)
-        tracker.params({"hparams": OmegaConf.to_container(cfg), "env": self.env})
+        tracker.params({"hparams": OmegaConf.to_container(cfg), "env": self.env, "status": "running", "error": None})
         return tracker
 
     def stage_done(self, ctx, seconds: float, stage) -> None:
@@ -169,3 +173,14 @@ class RunTracking(Tracking):
 
     def run_done(self, cfg, run_dir: Path, tracker: Tracker, seconds: float) -> None:
         report.run_done(cfg, run_dir, tracker, self.env, seconds)
+        tracker.params({"status": "finished", "error": None})
+
+    def run_failed(self, cfg, run_dir: Path, tracker: Tracker, error: BaseException, seconds: float) -> None:
+        """The Aim run's `status` param says "failed" or "interrupted" (Aim's own badge says only "Finished")
+        with the error's line in `error`; summary.json and the report card say the same."""
+        status, line = outcome(error)
+        try:
+            tracker.params({"status": status, "error": line})
+            report.run_failed(cfg, run_dir, tracker, getattr(self, "env", {}), status, line, seconds)
+        except Exception as e:  # noqa: BLE001 -- marking must never hide the error that stopped the run
+            print0(f"[track] could not mark the run {status} ({type(e).__name__}: {e})")

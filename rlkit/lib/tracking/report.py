@@ -7,7 +7,7 @@ Each stage's figures (what the stage put in ctx.summary, its wall time, and
 first/last/mean of every metric it tracked) are kept in runs/<name>/summary.json,
 so a resumed run's card still shows the stages finished before, and are set
 as the Aim run's `summary` param (what `rlkit compare` reads for wall times).
-The card: environment; per entry steps, tokens, wall time, tokens/s, MFU,
+The card: environment (with MFU's peak and where it came from); per entry tokens/s, steps, tokens, wall time, MFU,
 final loss and bits-per-byte; nanochat's evaluation table (one row per
 metric, one column per entry that evaluated: summary["evals"]) with the
 run's wall time, device and world size; below it the lines each entry's stage gives
@@ -36,7 +36,7 @@ def stage_done(ctx, seconds: float, env: dict, stage) -> None:
     tracked = ctx.tracker.stage_stats(ctx.name)
     lines = list(stage.report(dict(ctx.summary), tracked)) if stage.report is not None else []
     data["stages"][ctx.name] = dict(ctx.summary) | {"wall_s": seconds, "tracked": tracked, "lines": lines}
-    data.update(env=env, aim={"hash": ctx.tracker.hash, "repo": _repo(ctx.tracker)})
+    data.update(env=env, aim={"hash": ctx.tracker.hash, "repo": _repo(ctx.tracker)}, status="running", error=None)
     _save(ctx.run_dir, data)
     ctx.tracker.params({"summary": {name: _headline(s) for name, s in data["stages"].items()}})
     write(ctx.run_dir, ctx.experiment, data)
@@ -49,11 +49,25 @@ def run_done(cfg, run_dir: Path, tracker, env: dict, seconds: float) -> None:
     if not dist_info().is_main:
         return
     data = _load(run_dir)
-    data.update(env=env, aim={"hash": tracker.hash, "repo": _repo(tracker)}, finished=time.time(), wall_s=seconds)
+    data.update(env=env, aim={"hash": tracker.hash, "repo": _repo(tracker)}, finished=time.time(), wall_s=seconds,
+                status="finished", error=None)
     _save(run_dir, data)
     path = write(run_dir, cfg, data)
     where = f"; Aim run {tracker.hash} (rlkit ui --repo {_repo(tracker)})" if tracker.hash else ""
     print(f"rlkit: {cfg.name} finished in {seconds:.1f}s; report card {path}{where}", flush=True)
+
+
+def run_failed(cfg, run_dir: Path, tracker, env: dict, status: str, error: str, seconds: float) -> None:
+    """Mark the run failed or interrupted in summary.json (`status`, `error`: its one line) and on the card."""
+    from rlkit.core.dist import dist_info
+
+    if not dist_info().is_main:
+        return
+    data = _load(run_dir)
+    data.update(env=env, aim={"hash": tracker.hash, "repo": _repo(tracker)}, finished=None, wall_s=seconds,
+                status=status, error=error)
+    _save(run_dir, data)
+    write(run_dir, cfg, data)
 
 
 def write(run_dir: Path, cfg, data: dict) -> Path:
@@ -61,11 +75,13 @@ def write(run_dir: Path, cfg, data: dict) -> Path:
     lines = [f"# Report card: {cfg.name}", ""]
     done = f"finished {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data['finished']))}, " \
            f"{data['wall_s']:.1f} s in all" if data.get("finished") else "in progress"
+    if data.get("status") in ("failed", "interrupted"):
+        done = f"**{data['status'].upper()}** after {data['wall_s']:.1f} s: {data.get('error')}"
     lines += [f"Stages {', '.join(data['stages']) or '(none yet)'}; {done}.", ""]
     lines += _aim_lines(cfg, data.get("aim") or {}) + [""]
     lines += ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v if v is not None else '-'} |" for k, v in data.get("env", {}).items()] + [""]
-    lines += ["## Stages", "", "| stage | steps | tokens | wall time (s) | tokens/s | MFU | final loss | "
+    lines += ["## Stages", "", "| stage | tokens/s | steps | tokens | wall time (s) | MFU | final loss | "
               "bits/byte |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [_stage_row(name, s) for name, s in data["stages"].items()] + [""]
     lines += eval_table(data)
@@ -116,7 +132,7 @@ def _stage_row(name: str, s: dict) -> str:
     t = s.get("tracked", {})
     loss = s.get("final_loss", _last(t, "loss"))
     wall = "-" if s.get("wall_s") is None else f"{s['wall_s']:.1f}"
-    cells = [name, fmt(s.get("steps")), fmt(s.get("tokens")), wall, fmt(_mean(t, "tokens_per_s")),
+    cells = [name, fmt(_mean(t, "tokens_per_s")), fmt(s.get("steps")), fmt(s.get("tokens")), wall,
              _pct(_mean(t, "mfu")), fmt(loss), fmt(s.get("bpb"))]
     return "| " + " | ".join(cells) + " |"
 

@@ -22,14 +22,14 @@ def maybe_compile(ctx, model: torch.nn.Module, dynamic: bool = False):
 
 def log_step(ctx, done: int, meter, **values) -> None:
     """Every `log_every` steps and at the last: one console line and one tracked write of the step's
-    values (loss, lr_mult, ...) plus tokens/s and MFU since the previous line."""
+    values (loss, lr_mult, ...) plus tokens/s (first: the primary speed figure) and MFU since the previous line."""
     s = ctx.cfg
     if done % s.log_every and done != s.steps:
         return
     tok_s, mfu = meter.read()
     tok_s *= ctx.dist.world_size  # tokens/s of all ranks together; MFU stays per device
-    print0(f"[{ctx.name}] step {done:5d}/{s.steps} | loss {values['loss']:.4f} | lr x{values['lr_mult']:.4f} | "
-           f"{tok_s:,.0f} tok/s | MFU {mfu:.1%}")
+    print0(f"[{ctx.name}] step {done:5d}/{s.steps} | {tok_s:,.0f} tok/s | loss {values['loss']:.4f} | "
+           f"lr x{values['lr_mult']:.4f} | MFU {mfu:.1%}")
     ctx.tracker.metrics({**values, "tokens_per_s": tok_s, "mfu": mfu}, step=done, stage=ctx.name)
 
 

@@ -1,14 +1,23 @@
-"""Speed as ratios: model FLOP/s against a matmul peak measured in the same process.
+"""Tokens/s, the primary speed figure, and MFU (model FLOPs utilisation) = achieved FLOP/s / a peak FLOP/s.
 
-Absolute times drift on a shared machine; MFU (model FLOPs utilisation) =
-achieved FLOP/s / peak FLOP/s, both measured here and now, does not.
+The peak is fixed per device kind, so MFU compares across runs: `mfu_peak_flops:` in the YAML when given,
+else a matmul peak measured once per (device name, dtype) and kept in ~/.cache/rlkit/matmul_peak.json
+($XDG_CACHE_HOME); delete an entry there to measure again. A peak measured in every run would move with
+the machine's load, so the same model could show very different MFU while its tokens/s fell.
+
+    peak, source = peak_flops(device, dtype, cfg.get("mfu_peak_flops"))
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
+from pathlib import Path
 
 import torch
+
+from rlkit.core.files import atomic_write
 
 
 @functools.lru_cache(maxsize=None)
@@ -21,6 +30,55 @@ def matmul_peak(device_type: str, dtype: torch.dtype, n: int = 2048, seconds: fl
     device = torch.device(device_type)
     n = affordable_size(n, _product_seconds(256, device, dtype, seconds=0.0))
     return 2 * n ** 3 / _product_seconds(n, device, dtype, seconds)
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device: torch.device, dtype: torch.dtype, configured: float | None = None) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from): `configured` (the YAML's mfu_peak_flops), else this device kind's
+    recorded peak, measured and recorded on first use."""
+    if configured is not None:
+        return float(configured), "mfu_peak_flops in the YAML"
+    file, key = peak_file(), device_key(torch.device(device), dtype)
+    try:
+        recorded = json.loads(file.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    if not isinstance(recorded.get(key), dict) or not recorded[key].get("flops"):
+        recorded[key] = {"flops": matmul_peak(torch.device(device).type, dtype, seconds=1.0),
+                         "measured": time.strftime("%Y-%m-%d")}
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(file, json.dumps(recorded, indent=2) + "\n")
+        except OSError:  # a read-only home: this process keeps the value it measured
+            pass
+    return float(recorded[key]["flops"]), f"matmul peak of {key}, measured {recorded[key]['measured']} ({file})"
+
+
+def peak_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlkit" / "matmul_peak.json"
+
+
+def device_key(device: torch.device, dtype: torch.dtype) -> str:
+    """The device kind a peak belongs to: the GPU's name, or the CPU's model and thread count; and the dtype."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        name = f"{_cpu_model()} x{torch.get_num_threads()} threads"
+    else:
+        name = device.type
+    return f"{name}, {str(dtype).removeprefix('torch.')}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
 
 
 def affordable_size(n: int, probe_seconds: float, limit: float = 1.0) -> int:
@@ -53,11 +111,11 @@ def _sync(device: torch.device) -> None:
 
 
 class Meter:
-    """Tokens/s and MFU over the steps since the last `read()`."""
+    """Tokens/s and MFU over the steps since the last `read()`; `peak`: the YAML's mfu_peak_flops, if any."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_token: int):
+    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_token: int, peak: float | None = None):
         self.device, self.flops_per_token = device, flops_per_token
-        self.peak = matmul_peak(device.type, dtype)
+        self.peak = peak_flops(device, dtype, peak)[0]
         self.tokens, self.start = 0, time.perf_counter()
 
     def add(self, tokens: int) -> None:

@@ -32,6 +32,9 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import bind_args
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
+from rlkit.lib.evaluation.scoring import batch_scorer
+from rlkit.lib.evaluation.trial import bound, build_task, sample, try_reward
+from rlkit.lib.text.task import evaluation_of
 from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
 
@@ -71,11 +74,19 @@ def check(cfg: EvalConfig, setup) -> None:
         raise RlkitError(f"{setup.where}: an eval entry evaluates a checkpoint; put it after a training entry or "
                          "give it init: <checkpoint or run folder>")
     for i, t in enumerate(cfg.tasks):
+        where = f"{setup.where}.tasks[{i}]"
         if t.reward is not None:
-            setup.plugins.get("reward", t.reward, f"{setup.where}.tasks[{i}].reward")
+            setup.plugins.get("reward", t.reward, f"{where}.reward")
+        task = build_task(setup.plugins, t, cfg.split, where)  # its rows, before any model
+        kind, own, _ = evaluation_of(task, t.name)
+        if kind == "generative" and (t.reward or own) is not None:  # the reward that decides "correct", once
+            fn = bound(setup.plugins, t.reward or own, t.reward_args, f"{where}.reward")
+            if batch_scorer(fn) is None:
+                example, completion = sample(task)
+                try_reward(t.reward or own, fn, completion, example, f"{where}.reward")
         for j, tool in enumerate(t.tools):
-            fn = setup.plugins.get("tool", tool.name, f"{setup.where}.tasks[{i}].tools[{j}].name")
-            bind_args("tool", tool.name, fn, tool.args, f"{setup.where}.tasks[{i}].tools[{j}].args")
+            fn = setup.plugins.get("tool", tool.name, f"{where}.tools[{j}].name")
+            bind_args("tool", tool.name, fn, tool.args, f"{where}.tools[{j}].args")
 
 
 def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:

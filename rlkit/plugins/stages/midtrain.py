@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import rlkit
+from rlkit.lib.evaluation.trial import build_task
 from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, bounded, plugin, plugin_list
 from rlkit.core.context import StageContext
@@ -52,6 +53,8 @@ def check(cfg: MidtrainConfig, setup) -> None:
                          f"(installed: {', '.join(sorted(setup.plugins.tables['task']))})")
     check_batch_tokens(cfg, setup)
     check_optimizer(cfg.optimizer, setup)
+    for i, ref in enumerate(cfg.tasks):  # their rows, before any model
+        build_task(setup.plugins, ref, "train", f"{setup.where}.tasks[{i}]")
 
 
 def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoint:
@@ -72,7 +75,7 @@ def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoi
     for _ in range(start_step * accum):  # resume: replay the (cheap, deterministic) stream to where it was
         next(batches)
     train = session.begin()  # compiled per model.compile, DDP under torchrun
-    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
+    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model), ctx.experiment.get("mfu_peak_flops"))
     print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens from {len(mixture):,} conversations "
            f"({len(tasks)} task{'s' if len(tasks) > 1 else ''})")
 

@@ -87,7 +87,7 @@ def run(ctx: StageContext[PretrainConfig], start: Checkpoint | None) -> Checkpoi
     token_bytes = tokenizer.token_bytes().to(ctx.device)
     train = session.begin()  # compiled per model.compile, DDP under torchrun
     flops = flops_per_token(model)
-    meter = Meter(ctx.device, ctx.dtype, flops)
+    meter = Meter(ctx.device, ctx.dtype, flops, ctx.experiment.get("mfu_peak_flops"))
     print0(f"[{ctx.name}] {s.steps} steps x {s.total_batch_tokens:,} tokens ({accum} accumulation passes "
            f"of {s.device_batch_size} x {seq_len}), {flops:,} FLOPs/token")
 

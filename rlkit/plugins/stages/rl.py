@@ -46,7 +46,7 @@ from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import inner_report, progress
 from rlkit.lib.tracking.report import fmt, tracked_change
-from rlkit.lib.training.speed import matmul_peak
+from rlkit.lib.training.speed import peak_flops
 from rlkit.core.stage import Stage
 from rlkit.plugins.stages import rl_update
 from rlkit.plugins.stages.rl_batch import collect
@@ -123,7 +123,8 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     kept = kept_state(ctx, session, model, tokenizer, test_task)
     baseline, history = kept["eval_baseline"], kept["rewards"]
 
-    flops, peak = flops_per_token(model), matmul_peak(ctx.device.type, ctx.dtype)  # for MFU of the train phase
+    flops = flops_per_token(model)  # for MFU of the train phase, against the device kind's fixed peak
+    peak = peak_flops(ctx.device, ctx.dtype, ctx.experiment.get("mfu_peak_flops"))[0]
     tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = lr_schedule(s, step)

@@ -1,19 +1,18 @@
 """The rl stage's checks, made before any entry runs (and again once the tokenizer exists), and its algorithm.
 
 Every value run() uses: counts and ranges, the algorithm (built behind its guard, its methods called once on
-a tiny batch: rlkit/lib/training/algorithm.py), the optimizer on a stand-in model, a reference checkpoint, and
+a tiny batch: rlkit/lib/training/algorithm.py), the optimizer on a stand-in model, a reference checkpoint, the
+task's rows, each reward called once on the task's first example (rlkit/lib/evaluation/trial.py), and
 rollouts (prompt + max_new_tokens) against model.seq_len.
 """
 from __future__ import annotations
 
-import functools
-
 from rlkit.lib.training.algorithm import Algorithm, check_contract, guard
-from rlkit.core.context import call_plugin
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import divides
+from rlkit.lib.evaluation.trial import build_task, try_rewards
 from rlkit.lib.text.task import prompt_messages
 
 
@@ -35,10 +34,12 @@ def check(cfg, setup) -> None:
                          f"{need} samples per prompt (got {cfg.rollout.samples})")
     check_contract(algorithm, cfg.rollout.samples, cfg.rollout.max_new_tokens)  # its methods, on a tiny batch
     check_optimizer(cfg.optimizer, setup)
-    check_rollout_fits(cfg, setup)
+    task = build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task")  # its rows, before any model
+    try_rewards(setup.plugins, cfg.rewards, task, f"{setup.where}.rewards")  # each reward, once, on its first example
+    check_rollout_fits(cfg, setup, task)
 
 
-def check_rollout_fits(cfg, setup) -> None:
+def check_rollout_fits(cfg, setup, task) -> None:
     """prompt + max_new_tokens must fit model.seq_len. Prompt lengths are counted in tokens, so exactly only
     once the tokenizer exists: from `init:` in `rlkit check`, else right after the entry that trains it (the
     pipeline checks the later entries again then, before the next entry, e.g. a long pretrain, starts). Before
@@ -50,8 +51,6 @@ def check_rollout_fits(cfg, setup) -> None:
                          f"model.seq_len {seq_len}; use fewer or raise model.seq_len")
     if setup.tokenizer is None:
         return
-    fn = setup.plugins.get("task", cfg.task.name, f"{setup.where}.task.name")
-    task = call_plugin(f"{setup.where}.task", cfg.task.name, functools.partial(fn, **cfg.task.args), "train")
     fits(where, longest_prompt(setup.tokenizer, task), cfg.rollout.max_new_tokens, seq_len)
 
 

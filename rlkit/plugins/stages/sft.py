@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 import rlkit
+from rlkit.lib.evaluation.trial import build_task
 from rlkit.lib.training import loop as training
 from rlkit.core.config import PluginRef, bounded, optional_plugin, plugin, plugin_list
 from rlkit.core.context import StageContext
@@ -56,6 +57,7 @@ def check(cfg: SFTConfig, setup) -> None:
     divides(setup, "examples_per_step", cfg.examples_per_step, cfg.device_batch_size * setup.world_size,
             f"device_batch_size x processes = {cfg.device_batch_size} x {setup.world_size}")
     check_optimizer(cfg.optimizer, setup)
+    build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task")  # its rows, before any model
 
 
 def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
@@ -72,7 +74,7 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
     check_fits(tokenizer, train_task, ctx.seq_len, f"stages.{ctx.name}.task '{s.task.name}'")
     start_step = session.start_step
     train = session.begin(dynamic=True)  # dynamic: batches are padded to their longest row
-    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model))
+    meter = Meter(ctx.device, ctx.dtype, flops_per_token(model), ctx.experiment.get("mfu_peak_flops"))
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
 
