@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from rlkit.core import track
+from rlkit.lib.tracking import aim as track
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -133,9 +133,10 @@ os.rename = held
 def exportable(tmp_path_factory):
     """A finished tiny run whose gpt transformers' NanoChat can hold (no learned lambdas)."""
     from conftest import TINY_RUN
+    from experiments import write_experiment
 
     folder = tmp_path_factory.mktemp("exportable")
-    (folder / "tiny.yaml").write_text(TINY_RUN)
+    write_experiment(folder / "tiny.yaml", TINY_RUN)
     result = rlkit("run", "tiny.yaml", "model.lambdas=false", cwd=folder, timeout=600)
     assert result.returncode == 0, result.stderr
     return folder / "runs" / "tiny"

@@ -59,7 +59,7 @@ class ModelConfig:
     args: dict[str, Any] = field(default_factory=dict)  # the model plugin's own arguments (e.g. depth)
     seq_len: int = 512  # context length
     dtype: str = "auto"  # auto (bf16 where fast) | float32 | bfloat16
-    compile: str = "auto"  # torch.compile the training forward: auto (on CUDA, where it pays) | true | false
+    compile: str = one_of("auto", ("auto", "true", "false"))  # torch.compile the training forward (auto: CUDA)
 
 
 @dataclass
@@ -181,6 +181,10 @@ def _check_choices(schema: type, node: DictConfig, prefix: str, kinds: dict[str,
             _check_choices(sub_type, sub, f"{prefix}{f.name}.", kinds)
 
 
+def _choices(schema: type, key: str) -> tuple:
+    return next((f.metadata.get("choices", ()) for f in dataclasses.fields(schema) if f.name == key), ())
+
+
 def _check_shapes(schema: type, data: dict, prefix: str) -> None:
     """Sections must be mappings and lists must be lists, checked on the raw YAML so the error names the
     full key (OmegaConf loses the path inside list items and for a scalar given where a section belongs)."""
@@ -202,6 +206,9 @@ def _check_shapes(schema: type, data: dict, prefix: str) -> None:
                 for i, item in enumerate(value):
                     _check_item(item_kind, item, f"{where}[{i}]")
         elif kind is str and isinstance(value, bool):
+            if str(value).lower() in _choices(schema, key):  # compile: true means the word true
+                data[key] = str(value).lower()
+                continue
             raise RlkitError(f"{where}: YAML reads this word as {str(value).lower()} (yes/no/on/off/true/false are "
                              f"booleans); quote it to mean the text, e.g. {key}: 'no'")
         elif typing.get_origin(kind) is dict and not isinstance(value, dict):

@@ -14,24 +14,32 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 from rlkit.core.context import call_plugin, check_examples
 from rlkit.core.errors import RlkitError
+from rlkit.lib.text.textdata import offline_hint
 from rlkit.lib.evaluation.scoring import _finite, _guarded, batch_scorer
 
 _BUILT: dict = {}  # (task function, args, split) -> its Task, in this process
 TRIAL_TIMEOUT = 10.0  # seconds for one call, as a run allows by default (rl.reward_timeout)
 
 
-def build_task(plugins, ref, split: str, where: str):
+def build_task(plugins, ref, split: str, where: str, base_dir=None):
     """Task `ref`'s `split` rows (its args bound), non-empty and with the fields stages read. Entries that
-    share a task (midtrain, sft and rl on one, say) build it once per process: a task is read-only."""
+    share a task (midtrain, sft and rl on one, say) build it once per process: a task is read-only. With
+    the experiment's folder `base_dir`, a task the hub could not give also names the offline profiles there."""
     fn = plugins.get("task", ref.name, f"{where}.name")
     args = dict(ref.args)
     key = (fn, json.dumps(args, sort_keys=True, default=repr), split)
     task = _BUILT.get(key)
     if task is None:
-        task = call_plugin(where, ref.name, functools.partial(fn, **args), split)
+        try:
+            task = call_plugin(where, ref.name, functools.partial(fn, **args), split)
+        except RlkitError as e:
+            if base_dir is None or "Hugging Face hub" not in str(e):
+                raise
+            raise RlkitError(f"{e}; or {offline_hint(Path(base_dir))}") from None
         _BUILT[key] = task
         while len(_BUILT) > 8:  # a few tasks' rows at most
             _BUILT.pop(next(iter(_BUILT)))

@@ -77,7 +77,7 @@ def check(cfg: EvalConfig, setup) -> None:
         where = f"{setup.where}.tasks[{i}]"
         if t.reward is not None:
             setup.plugins.get("reward", t.reward, f"{where}.reward")
-        task = build_task(setup.plugins, t, cfg.split, where)  # its rows, before any model
+        task = build_task(setup.plugins, t, cfg.split, where, setup.base_dir)  # its rows, before any model
         kind, own, _ = evaluation_of(task, t.name)
         if kind == "generative" and (t.reward or own) is not None:  # the reward that decides "correct", once
             fn = bound(setup.plugins, t.reward or own, t.reward_args, f"{where}.reward")

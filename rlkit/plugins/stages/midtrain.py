@@ -54,7 +54,7 @@ def check(cfg: MidtrainConfig, setup) -> None:
     check_batch_tokens(cfg, setup)
     check_optimizer(cfg.optimizer, setup)
     for i, ref in enumerate(cfg.tasks):  # their rows, before any model
-        build_task(setup.plugins, ref, "train", f"{setup.where}.tasks[{i}]")
+        build_task(setup.plugins, ref, "train", f"{setup.where}.tasks[{i}]", setup.base_dir)
 
 
 def run(ctx: StageContext[MidtrainConfig], start: Checkpoint | None) -> Checkpoint:

@@ -34,7 +34,7 @@ def check(cfg, setup) -> None:
                          f"{need} samples per prompt (got {cfg.rollout.samples})")
     check_contract(algorithm, cfg.rollout.samples, cfg.rollout.max_new_tokens)  # its methods, on a tiny batch
     check_optimizer(cfg.optimizer, setup)
-    task = build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task")  # its rows, before any model
+    task = build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task", setup.base_dir)  # its rows, before any model
     try_rewards(setup.plugins, cfg.rewards, task, f"{setup.where}.rewards")  # each reward, once, on its first example
     check_rollout_fits(cfg, setup, task)
 

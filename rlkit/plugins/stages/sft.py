@@ -57,7 +57,7 @@ def check(cfg: SFTConfig, setup) -> None:
     divides(setup, "examples_per_step", cfg.examples_per_step, cfg.device_batch_size * setup.world_size,
             f"device_batch_size x processes = {cfg.device_batch_size} x {setup.world_size}")
     check_optimizer(cfg.optimizer, setup)
-    build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task")  # its rows, before any model
+    build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task", setup.base_dir)  # its rows, before any model
 
 
 def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
