@@ -34,6 +34,7 @@ from rlkit.core.track import Tracking
 CONFIG_FILE = "config.yaml"
 
 CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
+           "parallel.strategy": ("ddp", "fsdp"),
            "model.compile": ("auto", "true", "false")}
 
 

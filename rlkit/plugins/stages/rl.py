@@ -112,7 +112,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
     needs_ref = "ref_logp" in algorithm.needs
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
-    train = session.begin(compile=False)
+    train = session.begin(compile=False, rollouts=True)  # fsdp: sharded, with a full copy to sample from
     resumed, start_step = session.extra, session.start_step  # what saved_state kept ({} when fresh)
     restore_algorithm(algorithm, resumed)
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
@@ -122,7 +122,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     # and the refill prompts group filtering drew (they shift later steps' prompts)
     kept = {"eval_baseline": resumed.get("eval_baseline"), "rewards": resumed.get("rewards", []),
             "refill_prompts": resumed.get("refill_prompts", 0)} if session.resumed else \
-        {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
+        {"eval_baseline": run_eval(ctx, session.sampler(), tokenizer, test_task, step=0)["per_problem"], "rewards": [],
          "refill_prompts": 0}
     baseline, history = kept["eval_baseline"], kept["rewards"]
 
@@ -133,7 +133,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         algorithm.at(f"at {ctx.name} step {step + 1}")  # for its error lines
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
-        batch = collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
+        batch = collect(ctx, session.sampler(step), tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
         kept["refill_prompts"] += batch.stats.pop("refill_prompts")
         # 4. the updates: epochs x minibatches optimizer steps, each normalised by its own counts
         t1 = time.perf_counter()
@@ -155,12 +155,12 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         log_line(ctx, done, stats, history)
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
-            run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
+            run_eval(ctx, session.sampler(), tokenizer, test_task, step=done, baseline=baseline)
         session.end_step(done, saved_state(algorithm, kept))
     bar.close()
 
     handle = session.save(s.steps, saved_state(algorithm, kept), done=True)
-    run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
+    run_eval(ctx, session.sampler(), tokenizer, test_task, step=s.steps, baseline=baseline)
     tenth = max(1, len(history) // 10)
     ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
                        reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
