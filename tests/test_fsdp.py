@@ -47,7 +47,7 @@ EXPERIMENT = experiment_text(
     {"tokenizer": without({**TOKENIZER, "vocab_size": 512, "data": data(400)}, "max_chars"),
      "pretrain": {**PRETRAIN, "data": data(400), "steps": 2, "device_batch_size": 4, "log_every": 1,
                   "optimizer": adamw(0.005)},
-     "sft": {**SFT, "task": task(200), "device_batch_size": 4, "optimizer": adamw(0.01)},
+     "sft": {**SFT, "task": task(200), "device_batch_size": 4, "optimizer": adamw(0.01), "init_lr_frac": 1.0},
      "rl": {**RL_ENTRY, "algorithm": {"name": "grpo"}},
      "rl_kl": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}}}},
     name="f", seed=3, plugins=["./digit.py"], model={"depth": 2, "seq_len": 128, "dtype": "float32"})

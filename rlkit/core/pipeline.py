@@ -63,8 +63,8 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
         cfg.experiment = str(OmegaConf.load(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
     check_values(cfg, path)
-    _name_model(cfg, plugins, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    _name_model(cfg, plugins, path, world if cfg.parallel.strategy == "fsdp" else 1)
     found = entries(cfg, plugins, path)
     if not found:
         raise RlkitError(f"{path}: stages: empty; list at least one stage entry "
@@ -117,6 +117,9 @@ def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]
         for at, plugin_kind, ref in config_lib.plugin_refs(typed):
             fn = plugins.get(plugin_kind, ref.name, f"{where}.{at}.name")
             bind_args(plugin_kind, ref.name, fn, ref.args, f"{where}.{at}.args")
+            if cfg.parallel.strategy == "fsdp" and getattr(fn, "needs_whole_weights", False):
+                raise RlkitError(f"{where}.{at}.name: {plugin_kind} '{ref.name}' needs whole weight matrices, which "
+                                 "parallel.strategy=fsdp shards; use adamw, or parallel.strategy=ddp")
         init = cfg.stages[name].get("init")
         with open_dict(cfg):
             cfg.stages[name] = OmegaConf.merge({"kind": kind, "init": init}, merged)
@@ -138,7 +141,7 @@ def check_values(cfg: DictConfig, path) -> None:
                          "(no '/', at most 200 characters)")
 
 
-def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
+def _name_model(cfg: DictConfig, plugins: Plugins, path, shards: int = 1) -> None:
     """Resolve `model.name` (checking `model.args` against the plugin) when the section says enough to."""
     args = OmegaConf.to_container(cfg.model.args)
     if cfg.model.name is None and not args and len(plugins.tables["model"]) != 1:
@@ -147,7 +150,7 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
     policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
     check_fits_memory(plugins.tables["model"][cfg.model.name], args, cfg.model.seq_len, None, cfg.device,
-                      f"{path}: model")
+                      f"{path}: model", shards=shards)
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Tracking | None = None) -> None:
