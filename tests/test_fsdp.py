@@ -116,3 +116,33 @@ def test_checkpoint_resumes_under_the_other_strategy(runs, saved, resumed, tmp_p
     assert "[rl] resuming at step 1" in out
     for stage in ("rl", "rl_kl"):
         assert_close(weights(folder / "runs/one" / stage), weights(run / stage))
+
+
+def hf_experiment(model, lora):
+    """sft then rl with a KL reference (deepseek_grpo) on the tiny random Llama (tests/hf_fixtures.py); with
+    `lora`, the reference is the policy with its adapters off."""
+    args = {"path": str(model), **({"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+                                   if lora else {})}
+    return experiment_text(
+        {"sft": {**SFT, "task": task(200), "device_batch_size": 4, "optimizer": adamw(0.02), "init_lr_frac": 1.0},
+         "rl": {**RL_ENTRY, "task": task(200), "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}},
+                "optimizer": adamw(0.02)}},
+        name="h", seed=3, plugins=["./digit.py"], model={"name": "hf", "args": args, "seq_len": 160,
+                                                          "dtype": "float32"})
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_hf_llama_two_fsdp_ranks_equal_one_process(lora, tmp_path):
+    from hf_fixtures import hf_model
+
+    model = hf_model(tmp_path / "llama", "llama")
+    (tmp_path / "exp.yaml").write_text(hf_experiment(model, lora))
+    (tmp_path / "digit.py").write_text(textwrap.dedent(DIGIT_REWARD))
+    one = rlkit_run(tmp_path, "run_dir=runs/one")
+    two = rlkit_run(tmp_path, "run_dir=runs/two", "parallel.strategy=fsdp", "--nproc-per-node", "2")
+    assert printed(two, "rl", "reward") == pytest.approx(printed(one, "rl", "reward"), abs=2e-3)
+    for stage in ("sft", "rl"):
+        assert_close(weights(tmp_path / "runs/one" / stage), weights(tmp_path / "runs/two" / stage))
+    sft, rl = weights(tmp_path / "runs/two/sft"), weights(tmp_path / "runs/two/rl")
+    assert moved(rl, sft) > 1e-2
+    assert all("lora_" in k for k in rl) == lora  # LoRA: only the adapters trained and saved

@@ -254,7 +254,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          "with name=<new name>") from None
     changed = [row["key"] for row in config_lib.config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
     fresh = {e.name for e in found if _not_started(run_dir / e.name)}
-    tracking = [k for k in changed if k.startswith("tracking.")]  # where metrics go changes no result
+    # where metrics go changes no result; how training spans the ranks neither (checkpoints are whole)
+    tracking = [k for k in changed if k.startswith(("tracking.", "parallel."))]
     refused = [k for k in changed if k not in tracking and not (k.startswith("stages.") and k.split(".")[1] in fresh)]
     if refused:
         ran = sorted({k.split(".")[1] for k in refused if k.startswith("stages.")})
