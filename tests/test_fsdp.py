@@ -8,11 +8,14 @@ AdamW's eps is 1e-4 here: at its default 1e-8 a gradient that is 0 in one run an
 of float sums differs with the ranks) moves a weight by up to lr in one and not the other; DDP's 2 ranks then
 differ from 1 process by 1e-3 after 2 pretrain steps, and so would any exact sharding.
 """
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -24,7 +27,13 @@ from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 pytestmark = pytest.mark.slow
 
 DIGIT_REWARD = '''
+import os
+import pathlib
+import time
+
 import rlkit
+
+calls = [0]
 
 
 @rlkit.hookimpl
@@ -33,6 +42,12 @@ def rlkit_rewards():
 
 
 def digit(completion, example):
+    """On this rank's call RLKIT_TEST_BLOCK="reward:N" names, write the marker and wait to be killed."""
+    calls[0] += 1
+    if os.environ.get("RLKIT_TEST_BLOCK") == f"reward:{calls[0]}":
+        pathlib.Path(os.environ["RLKIT_TEST_MARKER"]).write_text("reward")
+        while True:
+            time.sleep(0.02)
     return sum(c.isdigit() for c in completion) / 8
 '''
 def adamw(lr):
@@ -116,6 +131,32 @@ def test_checkpoint_resumes_under_the_other_strategy(runs, saved, resumed, tmp_p
     assert "[rl] resuming at step 1" in out
     for stage in ("rl", "rl_kl"):
         assert_close(weights(folder / "runs/one" / stage), weights(run / stage))
+
+
+def test_sigkill_in_an_fsdp_rl_step_then_resume_is_bit_identical(runs, tmp_path):
+    """Both ranks SIGKILLed inside rl step 2 (its step-1 checkpoint saved), --resume under fsdp: the final rl
+    and rl_kl weights equal the straight fsdp run's bit for bit."""
+    folder, _, _ = runs
+    shutil.copytree(folder, tmp_path / "f")
+    run, marker = tmp_path / "f/runs/two", tmp_path / "held"
+    shutil.rmtree(run / "rl")
+    shutil.rmtree(run / "rl_kl")
+    args = ["run", "exp.yaml", "run_dir=runs/two", "--resume", "parallel.strategy=fsdp", "--nproc-per-node", "2"]
+    cues = {"RLKIT_TEST_BLOCK": "reward:9", "RLKIT_TEST_MARKER": str(marker)}  # 8 reward calls a step per rank
+    proc = subprocess.Popen([sys.executable, "-m", "rlkit", *args], cwd=tmp_path / "f", env={**os.environ, **cues},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, "never held in rl step 2"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, as a crash would
+    proc.wait(timeout=30)
+    assert latest_checkpoint(run / "rl").name == "step_000001"
+    out = rlkit_run(tmp_path / "f", *args[2:])
+    assert "[rl] resuming at step 1" in out
+    for stage in ("rl", "rl_kl"):
+        a, b = weights(folder / "runs/two" / stage), weights(run / stage)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
 
 
 def hf_experiment(model, lora):

@@ -36,7 +36,8 @@ def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None,
                          f"{type(e).__name__}: {e}; it must accept the factory's args") from None
     need, (free, what) = params * BYTES_PER_PARAM // shards, free_memory(device)
     if free is not None and need > free:
-        bound, split = "" if vocab_size else "at least ", f" per rank, sharded over {shards} ranks" if shards > 1 else ""
+        bound = "" if vocab_size else "at least "
+        split = f" per rank, sharded over {shards} ranks" if shards > 1 else ""
         raise RlkitError(f"{where}: this model has {bound}{params / 1e9:.2f}B parameters, about {need / GiB:.1f} GiB "
                          f"for weights, gradients and optimizer state{split} ({BYTES_PER_PARAM} bytes a parameter, "
                          f"before activations), but {what} has {free / GiB:.1f} GiB free; use a smaller model "
