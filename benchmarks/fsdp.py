@@ -5,8 +5,8 @@
 Each model is built twice from the same seed, once wrapped in DistributedDataParallel and once sharded by
 rlkit.core.parallel (FSDP2, each block then the root), and trained with AdamW on random tokens. Reported per
 rank: the median step time (forward, backward, optimizer step), the training state this rank holds
-(weights + gradients + AdamW moments, counted from the tensors' local shards) and, on CUDA, the peak
-allocated memory. Ratios are fsdp / ddp from the same run. Results go in docs/performance.md.
+(weights + gradients + AdamW moments, counted from the tensors' local shards), on CUDA the peak allocated
+memory, and under fsdp the time of the rl step's full-weight gather into the rollouts' copy. Ratios are fsdp / ddp from the same run. Results go in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def measure(build, strategy: str, device, steps: int, batch: int, seq_len: int) 
     torch.manual_seed(0)
     model, vocab = build()
     model = model.to(device)
+    gathered = parallel.Gathered(model, torch.float32) if strategy == "fsdp" else None  # the rollouts' copy
     if strategy == "fsdp":
         parallel.shard(model, torch.float32, cpu_offload=False)
         train = model
@@ -72,7 +73,13 @@ def measure(build, strategy: str, device, steps: int, batch: int, seq_len: int) 
         if step >= 2:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"step_s": statistics.median(times), "state": state_bytes(model, optimizer), "peak": peak}
+    gather = []
+    for _ in range(3 if gathered is not None else 0):  # the rl step's full-weight gather (Session.sampler)
+        t0 = time.perf_counter()
+        gathered.refresh(model)
+        gather.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(times), "state": state_bytes(model, optimizer), "peak": peak,
+            "gather_s": statistics.median(gather) if gather else None}
 
 
 def main():
@@ -95,11 +102,13 @@ def main():
     if rank == 0:
         mib = 1 << 20
         print(f"device {device}, world {dist.get_world_size()}, batch {args.batch} x {args.seq_len} per rank")
-        print("model       | step s ddp | step s fsdp | ratio | state MiB ddp | fsdp | ratio | peak MiB ddp | fsdp")
+        print("model       | step s ddp | step s fsdp | ratio | state MiB ddp | fsdp | ratio | peak MiB ddp | fsdp "
+              "| fsdp gather s")
         for name, d, f in rows:
             peaks = f"{d['peak'] / mib:.0f} | {f['peak'] / mib:.0f}" if d["peak"] is not None else "- | -"
             print(f"{name:11s} | {d['step_s']:.4f} | {f['step_s']:.4f} | {f['step_s'] / d['step_s']:.2f} | "
-                  f"{d['state'] / mib:.1f} | {f['state'] / mib:.1f} | {f['state'] / d['state']:.2f} | {peaks}")
+                  f"{d['state'] / mib:.1f} | {f['state'] / mib:.1f} | {f['state'] / d['state']:.2f} | {peaks} | "
+                  f"{f['gather_s']:.4f}")
     dist.destroy_process_group()
 
 

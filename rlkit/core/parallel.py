@@ -59,7 +59,8 @@ def shard(model: nn.Module, dtype: torch.dtype, cpu_offload: bool) -> None:
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if dtype == torch.bfloat16 else MixedPrecisionPolicy()
-    options = dict(mp_policy=mp, offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    options = dict(mp_policy=mp, offload_policy=offload)
     for unit in shard_units(model):
         fully_shard(unit, **options)
     fully_shard(model, **options)
