@@ -4,9 +4,10 @@ One experiment: tokenizer, pretrain, sft, rl (grpo) and rl_kl (deepseek_grpo: a 
 term). Each is run once in one process (ddp, the default) and once with 2 fsdp ranks; the final weights of
 every training stage agree to 1e-5 in fp32 after moving by more than 1e-2. Then each run's rl checkpoint is
 resumed under the other strategy and world size (2 fsdp ranks -> 1 process, 1 process -> 2 fsdp ranks).
-AdamW's eps is 1e-4 here: at its default 1e-8 a gradient that is 0 in one run and 1e-12 in the other (the order
-of float sums differs with the ranks) moves a weight by up to lr in one and not the other; DDP's 2 ranks then
-differ from 1 process by 1e-3 after 2 pretrain steps, and so would any exact sharding.
+Batches take 2 accumulation passes per rank (fsdp skips the reduce-scatter on the first). AdamW's eps is
+1e-4 here: at its default 1e-8 a gradient that is 0 in one run and 1e-12 in the other (the order of float
+sums differs with the ranks) moves a weight by up to lr in one and not the other; DDP's 2 ranks then differ
+from 1 process by 1e-3 after 2 pretrain steps, and so would any exact sharding.
 """
 import os
 import re
@@ -60,9 +61,9 @@ RL_ENTRY = {**RL, "task": task(64), "rewards": [{"name": "digit"}], "optimizer":
             "eval": {"every": 0, "examples": 4, "k": 2}}
 EXPERIMENT = experiment_text(
     {"tokenizer": without({**TOKENIZER, "vocab_size": 512, "data": data(400)}, "max_chars"),
-     "pretrain": {**PRETRAIN, "data": data(400), "steps": 2, "device_batch_size": 4, "log_every": 1,
+     "pretrain": {**PRETRAIN, "data": data(400), "steps": 2, "device_batch_size": 2, "log_every": 1,
                   "optimizer": adamw(0.005)},
-     "sft": {**SFT, "task": task(200), "device_batch_size": 4, "optimizer": adamw(0.01), "init_lr_frac": 1.0},
+     "sft": {**SFT, "task": task(200), "device_batch_size": 2, "optimizer": adamw(0.01), "init_lr_frac": 1.0},
      "rl": {**RL_ENTRY, "algorithm": {"name": "grpo"}},
      "rl_kl": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}}}},
     name="f", seed=3, plugins=["./digit.py"], model={"depth": 2, "seq_len": 128, "dtype": "float32"})

@@ -114,21 +114,16 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
 
 def no_sync(model: nn.Module, last: bool):
-    """FSDP2's counterpart of DDP's no_sync: no reduce-scatter on accumulation passes but the last."""
+    """FSDP2's counterpart of DDP's no_sync: no reduce-scatter on accumulation passes but the last. FSDP2
+    reads the flag in backward, which a stage may call after leaving the context (DDP reads it in forward),
+    so it is set for this pass and stays so until the next pass sets it; the last pass sets it back on.
+    None for a model that is not sharded."""
     from torch.distributed.fsdp import FSDPModule
 
-    if last or not isinstance(model, FSDPModule):
+    if not isinstance(model, FSDPModule):
         return None
-    return _gradient_sync_off(model)
-
-
-@contextlib.contextmanager
-def _gradient_sync_off(model):
-    model.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        model.set_requires_gradient_sync(True)
+    model.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
 
 
 class Gathered:
