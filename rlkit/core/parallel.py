@@ -144,3 +144,19 @@ class Gathered:
             value = source[name].detach()
             p.copy_(value.to(p.dtype).full_tensor() if isinstance(value, DTensor) else value)
         return self.model
+
+
+@torch.no_grad()
+def even_forwards(model: nn.Module, done: int, device: torch.device) -> None:
+    """Under fsdp every forward is a collective (each unit's all-gather), so ranks must run as many: after a
+    loop of `done` forwards without autograd whose count differs by rank (the rl stage's old_logp pass and
+    inert rows), the ranks short of the most run forwards of one token. Nothing (no communication) otherwise."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from rlkit.core.dist import all_reduce_max
+
+    if not isinstance(model, FSDPModule):
+        return
+    x0 = torch.zeros(1, 1, dtype=torch.long, device=device)
+    for _ in range(all_reduce_max(done, device) - done):
+        model(x0)
