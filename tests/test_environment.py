@@ -332,6 +332,6 @@ def test_a_model_too_big_for_the_device_is_one_line_with_the_estimate_before_any
         out = rlkit(folder, command, "exp.yaml", "model.depth=64")
         line = one_line_error(out, "exp.yaml: model: this model has at least 12.", "B parameters, about ",
                               "GiB for weights, gradients and optimizer state (16 bytes a parameter",
-                              "use a smaller model (model.args) or a device with more memory")
+                              "use a smaller model (model.args), parallel.strategy=fsdp over more ranks, or a device with more memory")
         assert float(line.split("about ")[1].split(" GiB")[0]) > 180
     assert not (folder / "runs").exists()

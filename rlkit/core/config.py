@@ -2,10 +2,9 @@
 
     experiment = load("experiments/quickstart.yaml", ["stages.rl.steps=10"])
 
-`OmegaConf.merge(structured(Experiment), yaml, dotlist)` turns typos, wrong
-types and missing values into errors; `load` rewrites each as one line naming
-the file and the full key. A plugin reference is `{name, args}` (rewards add
-`weight`); `args` stay free-form here and are bound to the plugin's own
+`OmegaConf.merge(structured(Experiment), yaml, dotlist)` turns typos, wrong types and missing values into
+errors; `load` rewrites each as one line naming the file and the full key. A plugin reference is
+`{name, args}` (rewards add `weight`); `args` stay free-form here and are bound to the plugin's own
 signature by rlkit.core.plugins.
 """
 from __future__ import annotations
@@ -63,6 +62,13 @@ class ModelConfig:
 
 
 @dataclass
+class ParallelConfig:  # how training spans the ranks (rlkit.core.parallel); one process: no difference
+    strategy: str = "ddp"  # ddp: a full replica per rank | fsdp: weights, gradients, optimizer sharded (FSDP2)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    cpu_offload: bool = False  # fsdp: shards and optimizer state in host memory
+
+
+@dataclass
 class TrackingConfig:
     repo: str = ".aim"  # Aim repository, relative to the directory rlkit runs in
     enabled: bool = True
@@ -78,6 +84,7 @@ class Experiment:
     model: ModelConfig = field(default_factory=ModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     mfu_peak_flops: Optional[float] = None  # MFU's peak FLOP/s; None: this device kind's recorded matmul peak
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # entry name -> {kind: <stage plugin> (default: the name), init: PATH, ...the stage's own keys};
     # run in this order; each entry is checked against its stage's config dataclass (entry_config)
     stages: dict[str, Any] = field(default_factory=dict)
@@ -134,10 +141,8 @@ def entry_kind(cfg: DictConfig, name: str) -> str:
 
 
 def entry_config(schema: type, name: str, entry, where: str, kinds: dict[str, dict]):
-    """Check one stage entry against its stage's dataclass: (typed config object, merged DictConfig).
-
-    `where` prefixes errors (file: stages.<name>); `kinds` maps plugin kind -> installed names, so a
-    missing plugin choice lists what could go there."""
+    """Check one stage entry against its stage's dataclass: (typed config object, merged DictConfig). `where`
+    prefixes errors (file: stages.<name>); `kinds`: plugin kind -> installed names, listed for a missing choice."""
     raw = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry or {})
     if not isinstance(raw, dict):
         raise RlkitError(f"{where}: expected a mapping of the stage's keys, got {raw!r}")
@@ -228,16 +233,13 @@ def _check_item(kind: type, item, where: str) -> None:
 
 
 def _unwrap_optional(kind):
-    if typing.get_origin(kind) is typing.Union:
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        return args[0] if len(args) == 1 else kind
-    return kind
+    args = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_origin(kind) is typing.Union else ()
+    return args[0] if len(args) == 1 else kind
 
 
 def _check_missing(cfg: DictConfig, prefix: str) -> None:
     """OmegaConf only complains about '???' when a value is read; name the first one now."""
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
+    if missing := OmegaConf.missing_keys(cfg):
         raise RlkitError(f"{prefix}{min(missing)}: missing required value")  # prefix: the file, the entry
 
 

@@ -2,6 +2,8 @@
 
     training memory >= parameters x 16 bytes: fp32 weights (4), gradients (4) and two optimizer moments (8,
     AdamW's; Muon keeps one), before activations, the KV cache and the reference model of some algorithms.
+    Per rank: all of it under ddp (a full replica on each); under fsdp over N ranks (parallel.strategy,
+    rlkit.core.parallel) 1/N of it, as FSDP2 shards weights, gradients and optimizer state alike.
 
 A model plugin offers its count as `factory.param_count(vocab_size, seq_len, **args) -> int` (the built-in
 GPT builds itself on the meta device, allocating nothing). Before a tokenizer exists the vocabulary is
@@ -19,7 +21,9 @@ MIN_VOCAB = 256
 GiB = 1 << 30
 
 
-def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None, device: str, where: str) -> None:
+def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None, device: str, where: str,
+                      shards: int = 1) -> None:
+    """Refuse, in one line, a model whose training state cannot fit this rank (`shards`: fsdp's rank count)."""
     count = getattr(factory, "param_count", None)
     if not callable(count):
         return
@@ -31,13 +35,14 @@ def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None,
     except Exception as e:  # a plugin's fault (e.g. an arg its param_count lacks): one line, not a traceback
         raise RlkitError(f"{where}: the model plugin's param_count(vocab_size, seq_len, **args) raised "
                          f"{type(e).__name__}: {e}; it must accept the factory's args") from None
-    need, (free, what) = params * BYTES_PER_PARAM, free_memory(device)
+    need, (free, what) = params * BYTES_PER_PARAM // shards, free_memory(device)
     if free is not None and need > free:
         bound = "" if vocab_size else "at least "
+        split = f" per rank, sharded over {shards} ranks" if shards > 1 else ""
         raise RlkitError(f"{where}: this model has {bound}{params / 1e9:.2f}B parameters, about {need / GiB:.1f} GiB "
-                         f"for weights, gradients and optimizer state ({BYTES_PER_PARAM} bytes a parameter, before "
-                         f"activations), but {what} has {free / GiB:.1f} GiB free; use a smaller model (model.args) "
-                         "or a device with more memory")
+                         f"for weights, gradients and optimizer state{split} ({BYTES_PER_PARAM} bytes a parameter, "
+                         f"before activations), but {what} has {free / GiB:.1f} GiB free; use a smaller model "
+                         "(model.args), parallel.strategy=fsdp over more ranks, or a device with more memory")
 
 
 def free_memory(device: str) -> tuple[int | None, str]:

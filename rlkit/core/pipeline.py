@@ -35,6 +35,7 @@ from rlkit.core.yamlfile import read_profile
 CONFIG_FILE = "config.yaml"
 
 CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
+           "parallel.strategy": ("ddp", "fsdp"),
            "model.compile": ("auto", "true", "false")}
 
 
@@ -63,8 +64,8 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
         cfg.base_dir = str(base_dir)  # where relative data paths in the YAML are resolved from
         cfg.experiment = str(read_profile(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
     check_values(cfg, path)
-    _name_model(cfg, plugins, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    _name_model(cfg, plugins, path, world if cfg.parallel.strategy == "fsdp" else 1)
     found = entries(cfg, plugins, path)
     if not found:
         raise RlkitError(f"{path}: stages: empty; list at least one stage entry "
@@ -117,6 +118,9 @@ def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]
         for at, plugin_kind, ref in config_lib.plugin_refs(typed):
             fn = plugins.get(plugin_kind, ref.name, f"{where}.{at}.name")
             bind_args(plugin_kind, ref.name, fn, ref.args, f"{where}.{at}.args")
+            if cfg.parallel.strategy == "fsdp" and getattr(fn, "needs_whole_weights", False):
+                raise RlkitError(f"{where}.{at}.name: {plugin_kind} '{ref.name}' needs whole weight matrices, which "
+                                 "parallel.strategy=fsdp shards; use adamw, or parallel.strategy=ddp")
         init = cfg.stages[name].get("init")
         with open_dict(cfg):
             cfg.stages[name] = OmegaConf.merge({"kind": kind, "init": init}, merged)
@@ -142,7 +146,7 @@ def check_values(cfg: DictConfig, path) -> None:
                          "(no '/', at most 200 characters)")
 
 
-def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
+def _name_model(cfg: DictConfig, plugins: Plugins, path, shards: int = 1) -> None:
     """Resolve `model.name` (checking `model.args` against the plugin) when the section says enough to."""
     args = OmegaConf.to_container(cfg.model.args)
     if cfg.model.name is None and not args and len(plugins.tables["model"]) != 1:
@@ -151,7 +155,7 @@ def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
     policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
     check_fits_memory(plugins.tables["model"][cfg.model.name], args, cfg.model.seq_len, None, cfg.device,
-                      f"{path}: model")
+                      f"{path}: model", shards=shards)
 
 
 def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Tracking | None = None) -> None:
@@ -265,7 +269,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          "with name=<new name>") from None
     changed = [row["key"] for row in config_lib.config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
     fresh = {e.name for e in found if _not_started(run_dir / e.name)}
-    tracking = [k for k in changed if k.startswith("tracking.")]  # where metrics go changes no result
+    # where metrics go changes no result; how training spans the ranks neither (checkpoints are whole)
+    tracking = [k for k in changed if k.startswith(("tracking.", "parallel."))]
     refused = [k for k in changed if k not in tracking and not (k.startswith("stages.") and k.split(".")[1] in fresh)]
     if refused:
         ran = sorted({k.split(".")[1] for k in refused if k.startswith("stages.")})

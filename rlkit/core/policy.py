@@ -13,8 +13,10 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
     decoder(dtype) -> Decoder: the sampler's access to generation (below);
     tokenizer: only when the plugin brings its own (factory called with tokenizer=None); a tokenizer may
         report `tool_tokens` (ToolTokens, below), the only way the engine knows tool calls.
-A Policy may also have `export(folder, tokenizer) -> list[str]` (`rlkit export`: write a folder transformers
-loads; returns notes), and `adapter_free() -> context manager | None`: for a policy trained through adapters
+A Policy may also have `shard_units() -> [nn.Module]`: the modules `parallel.strategy: fsdp` shards one by
+one (its blocks; rlkit.core.parallel falls back to the items of the largest ModuleList), `export(folder,
+tokenizer) -> list[str]` (`rlkit export`: write a folder transformers loads; returns notes), and
+`adapter_free() -> context manager | None`: for a policy trained through adapters
 (LoRA), a context inside which its forward computes the base model with the adapters off, without a copy
 (None when it has none); a KL reference that is the base model is then the policy itself inside it.
 A factory may also carry `factory.check(seq_len, **args)`: checks that need no weights (a model folder that

@@ -53,7 +53,11 @@ class Runtime:
 
     @staticmethod
     def no_sync(model: torch.nn.Module, last: bool):
-        """Skip DDP's gradient all-reduce on every accumulation pass but the last."""
+        """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on every accumulation pass but the last."""
+        from rlkit.core.parallel import no_sync
+
+        if (fsdp := no_sync(model, last)) is not None:
+            return fsdp
         if last or not hasattr(model, "no_sync"):
             return contextlib.nullcontext()
         return model.no_sync()

@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlkit.core import checkpoint as ckpt
-from rlkit.core import interrupt, policy, rng
+from rlkit.core import interrupt, parallel, policy, rng
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
@@ -55,25 +55,54 @@ class Session:
         self.resumed = ctx.resume_point()  # this entry's own newest checkpoint under --resume, its meta read
         self.model, self.tokenizer, self.origin = load_model(ctx, self.resumed or start)
         self.optimizer = None if optimizer_ref is None else ctx.optimizer(optimizer_ref, self.model)
-        meta = self.resumed.meta if self.resumed else {}
+        self.sharded = parallel.sharded(ctx.experiment.parallel, ctx.dist.distributed)
+        self.gathered: parallel.Gathered | None = None  # fsdp: the rollouts' full-weight copy (begin)
+        meta, self.opt_state = self.resumed.meta if self.resumed else {}, None
         if self.resumed is not None:
             state = ckpt.read_optimizer(self.resumed.path, verify=not self.resumed.verified)
-            if state is not None and self.optimizer is not None:
+            if state is not None and self.optimizer is not None and self.sharded:
+                self.opt_state = state  # loaded in begin(), once the parameters are sharded
+            elif state is not None and self.optimizer is not None:
                 self.optimizer.load_state_dict(state)
             print0(f"[{ctx.name}] resuming at step {meta['step']}")
         self.start_step: int = meta.get("step", 0)
         self.extra: dict = {k: v for k, v in meta.items() if k not in CORE_KEYS}
         self.finished: tuple[int, dict, dict | None] = (self.start_step, self.extra, None)  # for stop_mid_step
 
-    def begin(self, compile: bool = True, dynamic: bool = False) -> torch.nn.Module:
+    def begin(self, compile: bool = True, dynamic: bool = False, rollouts: bool = False) -> torch.nn.Module:
         """The model to train: the saved random state comes back first (--resume; last thing before the loop,
         so what the stage drew before it on the first run, a reference model's init say, shifts nothing), then
+        the `parallel` strategy (rlkit.core.parallel): fsdp shards the model in place (`rollouts`: keeping a
+        copy in the compute dtype for sampling, see `sampler`), and the optimizer follows it; then
         torch.compile per `model.compile` (dynamic: one graph for batches of varying length), then DDP."""
         if self.resumed is not None:
             rng.set_rng_state(self.resumed.meta["rng"])
         self.finished = (self.start_step, copy.deepcopy(self.extra), rng.rng_state())
+        cfg = self.ctx.experiment.parallel
+        if self.sharded and rollouts:
+            self.gathered = parallel.Gathered(self.model, self.ctx.dtype)
+        if cfg.activation_checkpointing:
+            parallel.checkpoint_activations(self.model)
+        if self.sharded:
+            names = parallel.param_names(self.model)
+            parallel.shard(self.model, self.ctx.dtype, cfg.cpu_offload)
+            if self.optimizer is not None:
+                parallel.rebind(self.optimizer, names, self.model)
+            if self.opt_state is not None:
+                parallel.load_optimizer_state(self.optimizer, self.opt_state)
+            self.opt_state = None
         model = maybe_compile(self.ctx, self.model, dynamic) if compile else self.model
-        return self.ctx.runtime.ddp(model)
+        return model if self.sharded else self.ctx.runtime.ddp(model)
+
+    def sampler(self, step: int | None = None) -> torch.nn.Module:
+        """The model for rollouts and evaluation: the training model itself, or under fsdp its full-weight
+        copy, all-gathered now (every rank must call; the seconds it took are tracked as gather_s)."""
+        if self.gathered is None:
+            return self.model
+        t0 = time.perf_counter()
+        model = self.gathered.refresh(self.model)
+        self.ctx.tracker.metrics({"gather_s": time.perf_counter() - t0}, step=step, stage=self.ctx.name)
+        return model
 
     def save(self, step: int, extra: dict, done: bool = False, rng_state: dict | None = None) -> Checkpoint:
         return save(self.ctx, self.origin, step, self.model, self.optimizer, extra, done, rng_state)
@@ -145,13 +174,14 @@ def save(ctx: StageContext, origin: Origin, step: int, model, optimizer, extra: 
     step_dir = ctx.stage_dir / f"step_{step:06d}"
     handle = Checkpoint(step_dir, {"name": origin.model_name, "args": model.spec(), "seq_len": ctx.seq_len},
                         origin.tokenizer)
-    if ctx.dist.is_main:
+    main = ctx.dist.is_main
+    state = parallel.full_state(model, keep=main)  # whole tensors: under fsdp all-gathered by every rank
+    opt_state = parallel.full_optimizer_state(optimizer, keep=main) if optimizer is not None else None
+    if main:
         record = handle.record(step_dir)
         meta = {"stage": ctx.name, "step": step, "done": done, "model": record["model"],
                 "tokenizer": record["tokenizer"], "rng": rng_state or rng.rng_state(), "saved_at": time.time(),
                 **extra}
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        opt_state = optimizer.state_dict() if optimizer is not None else None
         ckpt.save_checkpoint(ctx.stage_dir, step, state, opt_state, meta)
     barrier()  # the next entry on every rank reads what rank 0 writes
     return handle

@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from rlkit.core import checkpoint as ckpt
 from rlkit.core import session
-from rlkit.core.dist import print0
+from rlkit.core.dist import all_reduce_sum, print0
 from rlkit.core.errors import RlkitError
 
 
@@ -44,10 +45,15 @@ def end_step(ctx, done: int, model, optimizer, extra: dict) -> None:
 
 @torch.no_grad()
 def grad_norm(model: torch.nn.Module) -> torch.Tensor:
-    """L2 norm of all gradients, as a 0-d tensor (no device sync until someone reads it)."""
+    """L2 norm of all gradients, as a 0-d tensor (no device sync until someone reads it). Sharded (fsdp,
+    DTensor) gradients: the squared norms of this rank's shards, summed over ranks."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
+    local = [g.to_local() for g in grads if isinstance(g, DTensor)]
+    if local:
+        square = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) ** 2 for g in local]).sum()
+        return all_reduce_sum(square).sqrt()
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
 

@@ -222,6 +222,10 @@ class GPT(nn.Module):
             "scalar": [self.resid_lambdas, self.x0_lambdas] if self.config.lambdas else [],
         }
 
+    def shard_units(self):
+        """The modules fsdp shards one by one (rlkit.core.parallel): the blocks; the root holds the rest."""
+        return list(self.blocks)
+
     def flops_per_token(self):
         """Training FLOPs per token, counted as nanochat does: 6 * (matmul weights, lm_head included,
         embedding excluded) + 12 * n_layer * width * seq_len for attention scores and values."""

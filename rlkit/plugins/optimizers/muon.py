@@ -26,6 +26,9 @@ Every group carries "kind" ("muon" | "adamw"), "role" and "initial_lr". The stat
 and numbers, so `torch.save(opt.state_dict())` loads back with `weights_only=True`.
 DDP: call step() after gradients are all-reduced (averaged); each rank then takes the identical
 step redundantly. No communication happens here (sharding the orthogonalization is a later speed-up).
+FSDP: Newton-Schulz needs each matrix whole, so `rlkit check` refuses muon under parallel.strategy=fsdp
+(needs_whole_weights below) and names adamw; its distributed form (gather each matrix, orthogonalise,
+scatter back) is not written yet.
 """
 from __future__ import annotations
 
@@ -85,6 +88,9 @@ def muon(model: torch.nn.Module, matrix_lr: float = 0.02, embedding_lr: float = 
     if not groups:
         raise RlkitError(f"optimizer muon: {type(model).__name__} has no trainable parameters")
     return MuonAdamW(groups)
+
+
+muon.needs_whole_weights = True  # refused under parallel.strategy=fsdp (rlkit.core.pipeline)
 
 
 def _width(model: torch.nn.Module, roles: dict) -> int:

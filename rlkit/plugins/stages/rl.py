@@ -41,6 +41,7 @@ from rlkit.core.config import PluginRef, RewardRef, bounded, optional_plugin, pl
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
+from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
 from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
@@ -108,19 +109,22 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
+    if session.sharded and algorithm.filter_groups:  # ranks then hold unequal rows: a collective hangs (open)
+        raise RlkitError(f"stages.{ctx.name}.algorithm: {s.algorithm.name} filters groups, which parallel.strategy: "
+                         "fsdp does not run yet; use parallel.strategy=ddp, or an algorithm without filter_groups")
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
     world, G = ctx.dist.world_size, r.samples
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
     needs_ref = "ref_logp" in algorithm.needs
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
-    train = session.begin(compile=False)
+    train = session.begin(compile=False, rollouts=True)  # fsdp: sharded, with a full copy to sample from
     resumed, start_step = session.extra, session.start_step  # what saved_state kept ({} when fresh)
     restore_algorithm(algorithm, resumed)
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
-    kept = kept_state(ctx, session, model, tokenizer, test_task)
+    kept = kept_state(ctx, session, tokenizer, test_task)
     baseline, history = kept["eval_baseline"], kept["rewards"]
 
     flops = flops_per_token(model)  # for MFU of the train phase, against the device kind's fixed peak
@@ -132,7 +136,8 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         set_lr(optimizer, lrm)
         # 1-3. rollouts, rewards, advantages over the whole step (and group filtering, if the algorithm asks)
         t0 = time.perf_counter()
-        batch = collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step, kept["refill_prompts"])
+        batch = collect(ctx, session.sampler(step), tokenizer, algorithm, rewards, train_task, order, step,
+                        kept["refill_prompts"])
         session.stop_mid_step("after its rollouts")  # Ctrl-C: the rollouts are dropped, no weight has changed
         inner_report(ctx, step + 1, f"rollouts done ({s.examples_per_step} prompts x {G}); updating", t0, t0)
         kept["refill_prompts"] += batch.stats.pop("refill_prompts")
@@ -151,26 +156,27 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         log_line(ctx, done, stats, history)
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
-            run_eval(ctx, model, tokenizer, test_task, step=done, baseline=baseline)
+            run_eval(ctx, session.sampler(), tokenizer, test_task, step=done, baseline=baseline)
         session.end_step(done, saved_state(algorithm, kept))
     bar.close()
 
     handle = session.save(s.steps, saved_state(algorithm, kept), done=True)
-    run_eval(ctx, model, tokenizer, test_task, step=s.steps, baseline=baseline)
+    run_eval(ctx, session.sampler(), tokenizer, test_task, step=s.steps, baseline=baseline)
     tenth = max(1, len(history) // 10)
     ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
                        reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
     return handle
 
 
-def kept_state(ctx, session, model, tokenizer, test_task) -> dict:
+def kept_state(ctx, session, tokenizer, test_task) -> dict:
     """What a checkpoint keeps for --resume: per-problem pass@1 before RL (later evals are paired with it),
     the step rewards, and the refill prompts group filtering drew (they shift later steps' prompts)."""
     if session.resumed:
         extra = session.extra
         return {"eval_baseline": extra.get("eval_baseline"), "rewards": extra.get("rewards", []),
                 "refill_prompts": extra.get("refill_prompts", 0)}
-    return {"eval_baseline": run_eval(ctx, model, tokenizer, test_task, step=0)["per_problem"], "rewards": [],
+    return {"eval_baseline": run_eval(ctx, session.sampler(), tokenizer, test_task, step=0)["per_problem"],
+            "rewards": [],
             "refill_prompts": 0}
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from rlkit.core import checkpoint as ckpt
 from rlkit.core.dist import print0
 from rlkit.core.handoff import Checkpoint
+from rlkit.core.parallel import even_forwards
 from rlkit.core.policy import build
 from rlkit.lib.training.loop import grad_norm
 from rlkit.lib.training import loop as training
@@ -78,6 +79,7 @@ def update(learner: Learner, rows: Rows) -> Tally:
                        for i, micro in enumerate(mb.train))
             for micro in mb.inert:
                 track_inert(learner, rows, micro, extra, tally, plan.forward_inert)
+            even_forwards(learner.model, len(mb.inert) if plan.forward_inert else 0, ctx.device)
             optimizer_step(learner, loss, tally)
     return tally
 
@@ -124,6 +126,7 @@ def before_update(learner: Learner, rows: Rows, plan: Plan, tally: Tally) -> Non
                 logp, logits = forward(learner.model, micro.x, micro.y)
             rows.old_logp[micro.rows, :logp.shape[1]] = logp
             tally.add_entropy(logits, micro.m)
+        even_forwards(learner.model, len(micros), ctx.device)
     if learner.reference is not None:
         rows.ref_logp = torch.zeros(rows.mask.shape, device=ctx.device)
         for micro in micros:

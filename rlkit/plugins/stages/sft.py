@@ -73,7 +73,8 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))  # one epoch's order
     check_fits(tokenizer, train_task, ctx.seq_len, f"stages.{ctx.name}.task '{s.task.name}'")
     start_step = session.start_step
-    train = session.begin(dynamic=True)  # dynamic: batches are padded to their longest row
+    # dynamic: batches are padded to their longest row; rollouts: fsdp keeps a full copy for the final eval
+    train = session.begin(dynamic=True, rollouts=bool(s.eval_examples))
     meter = Meter(ctx.device, ctx.dtype, flops_per_token(model), ctx.experiment.get("mfu_peak_flops"))
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} conversations ({accum} passes of {B}), "
            f"{len(train_task):,} training examples")
@@ -110,7 +111,7 @@ def run(ctx: StageContext[SFTConfig], start: Checkpoint | None) -> Checkpoint:
 
     handle = session.save(s.steps, {}, done=True)
     if s.eval_examples:
-        held_out_accuracy(ctx, model, tokenizer)
+        held_out_accuracy(ctx, session.sampler(), tokenizer)
     ctx.summary.update(steps=s.steps, tokens=tokens, final_loss=loss_value)
     return handle
 
