@@ -41,7 +41,6 @@ from rlkit.core.config import PluginRef, RewardRef, bounded, optional_plugin, pl
 from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
-from rlkit.core.errors import RlkitError
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
 from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
@@ -108,10 +107,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
-    algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
-    if session.sharded and algorithm.filter_groups:  # ranks then hold unequal rows: a collective hangs (open)
-        raise RlkitError(f"stages.{ctx.name}.algorithm: {s.algorithm.name} filters groups, which parallel.strategy: "
-                         "fsdp does not run yet; use parallel.strategy=ddp, or an algorithm without filter_groups")
+    algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}", sharded=session.sharded)
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
     world, G = ctx.dist.world_size, r.samples
@@ -127,8 +123,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     kept = kept_state(ctx, session, tokenizer, test_task)
     baseline, history = kept["eval_baseline"], kept["rewards"]
 
-    flops = flops_per_token(model)  # for MFU of the train phase, against the device kind's fixed peak
-    peak = peak_flops(ctx.device, ctx.dtype, ctx.experiment.get("mfu_peak_flops"))[0]
+    flops, peak = flops_per_token(model), peak_flops(ctx.device, ctx.dtype, ctx.experiment.get("mfu_peak_flops"))[0]
     tokens, bar = 0, progress(ctx.name, s.steps, start=start_step)
     for step in range(start_step, s.steps):
         lrm = lr_schedule(s, step)
