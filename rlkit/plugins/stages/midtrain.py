@@ -25,7 +25,7 @@ from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
-from rlkit.lib.training.progress import progress, step_passes
+from rlkit.lib.training.progress import progress
 from rlkit.lib.training.speed import Meter
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import Stage

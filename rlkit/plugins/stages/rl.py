@@ -34,8 +34,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
-
 import rlkit
 from rlkit.core.config import PluginRef, RewardRef, bounded, optional_plugin, plugin, plugin_list
 from rlkit.core.context import StageContext
