@@ -2,6 +2,7 @@
 `python -m rlkit` in a subprocess. Each case is one line `error: ...` (exit 1, or 2 for a usage mistake), no
 traceback, and comes at once. docs/reliability.md ("Input, bounded") lists each promise.
 """
+import json
 import os
 import subprocess
 import sys
@@ -194,7 +195,10 @@ stages:
 """)
     one_line(rlkit("run", "x.yaml", cwd=tmp_path, timeout=300), "task 'arithmetic'", "k=4 with temperature 0",
              "pass@4 would not be measured")
-    assert not (tmp_path / "runs/ev/report.md").exists()
+    card, summary = tmp_path / "runs/ev/report.md", tmp_path / "runs/ev/summary.json"
+    if card.exists():  # a failed run's card says so, and holds no figure of the eval
+        assert "FAILED" in card.read_text()
+        assert "evals" not in json.loads(summary.read_text()).get("stages", {}).get("ev", {})
 
 
 def test_an_infinite_value_is_called_not_finite_not_negative(tmp_path):
