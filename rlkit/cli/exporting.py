@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.files import writing
+from rlkit.core.files import pid_alive, writing
 
 
 def check_target(folder: Path) -> None:
@@ -61,15 +61,6 @@ def _remove_leftovers(folder: Path) -> None:
     """Delete hidden folders of exports to `folder` that were killed (their process is gone)."""
     for p in folder.parent.glob(f".{folder.name}.tmp-export-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if p.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True

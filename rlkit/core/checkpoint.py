@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.files import sha256, writing
+from rlkit.core.files import pid_alive, sha256, writing
 
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.pt", "meta.json"
 FORMAT = 1
@@ -148,18 +148,9 @@ def _remove_leftovers(stage_dir: Path) -> None:
     """Delete `.tmp-*-<pid>` folders left by crashed saves (not those of another live process)."""
     for p in stage_dir.glob(".tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _fsync_file(path: Path) -> None:

@@ -87,3 +87,14 @@ def sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a temporary folder named after it may still be in use)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
