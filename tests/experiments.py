@@ -72,3 +72,10 @@ def write_experiment(path: Path, stages: dict, comment: str = "", **top) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(experiment_text(stages, comment, **top))
     return path
+
+
+def builtin_tools() -> dict:
+    """The built-in tools ({name: tool}), through the real plugin manager and their entry points."""
+    from rlkit.core.plugins import load_plugins
+
+    return load_plugins().tables["tool"]

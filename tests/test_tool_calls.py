@@ -4,15 +4,13 @@ recomputing from scratch samples; its tokens do not depend on the batch; the Eng
 a failing, slow, chatty or insistent tool becomes an error text. The tiny GPT's vocabulary stands in for a
 tokenizer: the call tokens are picked among the tokens it samples, and a toy decode writes a call's tokens
 as an arithmetic expression for the real calculator plugin."""
-import os
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
-from rlkit.core.plugins import load_plugins
+from experiments import builtin_tools
 from rlkit.lib.text.tokenizer import ToolTokens
 from rlkit.lib.generation.draw import Sampling, draw, row_key
 from rlkit.lib.generation.engine import Engine, Request
@@ -22,16 +20,6 @@ from rlkit.plugins.models.gpt import GPT, GPTConfig
 
 V, OUT_START, OUT_END = 100, 97, 98
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [42]]
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def builtin_tools():
-    """The built-in tools through the real plugin manager: their entry points once rlkit is reinstalled with
-    them, their files until then."""
-    os.environ.setdefault("RLKIT_LOAD_PLUGINS", "")
-    tools = load_plugins().tables["tool"]
-    files = [ROOT / f"rlkit/plugins/tools/{name}.py" for name in ("calculator", "python") if name not in tools]
-    return load_plugins(files).tables["tool"] if files else tools
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,11 @@
-"""The built-in tools, loaded as plugin files through the real plugin manager: the calculator's text for valid
+"""The built-in tools, loaded through the real plugin manager: the calculator's text for valid
 expressions (numbers written as the training data writes them), its error text for hostile ones (fast, no
 exception, nothing written), and the python tool's stdout from the sandbox."""
-import os
 import time
-from pathlib import Path
 
 import pytest
 
-from rlkit.core.plugins import load_plugins
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def builtin_tools():
-    """The built-in tools through the real plugin manager: their entry points once rlkit is reinstalled with
-    them, their files until then."""
-    os.environ.setdefault("RLKIT_LOAD_PLUGINS", "")
-    tools = load_plugins().tables["tool"]
-    files = [ROOT / f"rlkit/plugins/tools/{name}.py" for name in ("calculator", "python") if name not in tools]
-    return load_plugins(files).tables["tool"] if files else tools
+from experiments import builtin_tools
 
 
 @pytest.fixture(scope="module")
