@@ -34,18 +34,16 @@ import time
 
 import rlkit
 
-calls = [0]
-
-
 @rlkit.hookimpl
 def rlkit_rewards():
     return {"digit": digit}
 
 
 def digit(completion, example):
-    """On this rank's call RLKIT_TEST_BLOCK="reward:N" names, write the marker and wait to be killed."""
-    calls[0] += 1
-    if os.environ.get("RLKIT_TEST_BLOCK") == f"reward:{calls[0]}":
+    """Once the checkpoint RLKIT_TEST_HOLD_AFTER names exists, write the marker and wait to be killed: the next
+    reward call after rl's step-1 save is inside rl step 2, however many trial calls came before."""
+    hold = os.environ.get("RLKIT_TEST_HOLD_AFTER")
+    if hold and pathlib.Path(hold).exists():
         pathlib.Path(os.environ["RLKIT_TEST_MARKER"]).write_text("reward")
         while True:
             time.sleep(0.02)
@@ -134,8 +132,6 @@ def test_checkpoint_resumes_under_the_other_strategy(runs, saved, resumed, tmp_p
         assert_close(weights(folder / "runs/one" / stage), weights(run / stage))
 
 
-@pytest.mark.skip(reason="open (issue 36): its hold cue counts reward calls, which rlkit check's reward trial "
-                         "(issue 38) now shifts; the kill no longer lands in rl step 2. Re-time the cue, then unskip")
 def test_sigkill_in_an_fsdp_rl_step_then_resume_is_bit_identical(runs, tmp_path):
     """Both ranks SIGKILLed inside rl step 2 (its step-1 checkpoint saved), --resume under fsdp: the final rl
     and rl_kl weights equal the straight fsdp run's bit for bit."""
@@ -145,7 +141,7 @@ def test_sigkill_in_an_fsdp_rl_step_then_resume_is_bit_identical(runs, tmp_path)
     shutil.rmtree(run / "rl")
     shutil.rmtree(run / "rl_kl")
     args = ["run", "exp.yaml", "run_dir=runs/two", "--resume", "parallel.strategy=fsdp", "--nproc-per-node", "2"]
-    cues = {"RLKIT_TEST_BLOCK": "reward:9", "RLKIT_TEST_MARKER": str(marker)}  # 8 reward calls a step per rank
+    cues = {"RLKIT_TEST_HOLD_AFTER": str(run / "rl/step_000001"), "RLKIT_TEST_MARKER": str(marker)}
     proc = subprocess.Popen([sys.executable, "-m", "rlkit", *args], cwd=tmp_path / "f", env={**os.environ, **cues},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
