@@ -1,0 +1,156 @@
+"""Multi-turn episodes in the one generation engine, and the built-in envs through the real plugin manager.
+
+The engine test builds a tiny random GPT and rlkit's real tokenizer, samples greedily (so the model's turns can
+be recomputed without a cache), and counts the episode's tokens and mask by hand: the model's turns mask 1, the
+env's replies (rendered by the chat format: <|user_start|> text <|user_end|> <|assistant_start|>) mask 0.
+"""
+import pytest
+import torch
+
+from rlkit.core.errors import RlkitError
+from rlkit.lib.envs.env import Step
+from rlkit.lib.generation.episodes import episode_metrics, start_episodes
+from rlkit.lib.generation.sampling import generate
+from rlkit.lib.text.tokenizer import Tokenizer, train_tokenizer
+from rlkit.plugins.models.gpt import GPT, GPTConfig
+
+from experiments import builtin_envs
+
+STOP = 89  # a token the fixture's model samples greedily early on: its turns end there (besides assistant_end)
+QUESTION = [{"role": "user", "content": "Guess a number."}]
+
+
+class StopsAt(Tokenizer):
+    """rlkit's tokenizer whose replies also end at STOP, so a random model ends its turns."""
+
+    @property
+    def stop_ids(self):
+        return [self.token_id("assistant_end"), STOP]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = train_tokenizer(["Guess a number. Higher. Lower. Try again. #### 12 the cat sat"] * 20, 300)
+    return StopsAt(tok.ranks, tok.pattern, tok.specials)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(depth=1, vocab_size=tokenizer.vocab_size, seq_len=96))
+    with torch.no_grad():
+        for p in [*m.param_roles()["matrix"], m.lm_head.weight]:
+            p.normal_(0, 0.4)
+    return m
+
+
+def greedy_until_stop(model, ids, stops, n):
+    """Reference: recompute the whole sequence for every new token, argmax, up to a stop token (kept)."""
+    ids, out = list(ids), []
+    with torch.no_grad():
+        while len(out) < n and (not out or out[-1] not in stops):
+            out.append(int(model(torch.tensor([ids + out]))[0, -1].argmax()))
+    return out
+
+
+class Scripted:
+    """Replies "Try again." to the first turn (reward 0.25), ends after the second (reward 0.5)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def reset(self, seed):
+        return QUESTION
+
+    def step(self, text):
+        self.texts.append(text)
+        if len(self.texts) == 1:
+            return [{"role": "user", "content": "Try again."}], 0.25, False
+        return Step([], 0.5, True)
+
+
+def test_an_episode_is_one_row_its_env_turns_forced_with_mask_0(model, tokenizer):
+    prompts, rows = start_episodes(lambda example: Scripted(), {}, [{}], 2, [7], tokenizer, 3, "env 'scripted'")
+    prompt = tokenizer.render_for_completion(QUESTION)
+    assert prompts == [prompt]
+    out = generate(model, prompts, 2, 40, temperature=0, stop_tokens=tokenizer.stop_ids, envs=rows)
+    stops = set(tokenizer.stop_ids)
+    turn1 = greedy_until_stop(model, prompt, stops, 40)
+    reply = [tokenizer.token_id("user_start"), *tokenizer.encode("Try again."), tokenizer.token_id("user_end"),
+             tokenizer.token_id("assistant_start")]
+    turn2 = greedy_until_stop(model, prompt + turn1 + reply, stops, 40 - len(turn1) - len(reply))
+    assert turn1[-1] == STOP and turn2[-1] in stops and len(turn1) == 27  # the fixture: both turns end at a stop
+    for r in range(2):  # both samples of the group: the same greedy episode
+        assert out.completions[r] == turn1 + reply + turn2
+        pl = len(prompt)
+        assert out.mask[r].tolist() == [0] * pl + [1] * 27 + [0] * 7 + [1] * len(turn2)  # 7: reply's tokens
+        assert out.ids[r, :pl].tolist() == prompt
+        env = rows[r].env
+        assert env.texts == [tokenizer.decode(turn1[:-1]), tokenizer.decode([t for t in turn2 if t not in stops])]
+        assert rows[r].rewards == [0.25, 0.5] and rows[r].reward == 0.75 and rows[r].done
+    metrics = episode_metrics(rows, [len(c) for c in out.completions], 3)
+    assert metrics == {"env/turns": 2.0, "env/episode_len": len(out.completions[0]), "env/done": 1.0,
+                       "env/reward_turn1": 0.25, "env/reward_turn2": 0.5, "env/reward_turn3": 0.0}
+
+
+def test_max_turns_ends_the_episode_after_that_many_replies(model, tokenizer):
+    prompts, rows = start_episodes(lambda example: Scripted(), {}, [{}], 1, [7], tokenizer, 1, "env 'scripted'")
+    out = generate(model, prompts, 1, 40, temperature=0, stop_tokens=tokenizer.stop_ids, envs=rows)
+    assert out.completions[0][-1] == STOP and len(out.completions[0]) == 27 and out.mask[0].sum() == 27
+    assert rows[0].rewards == [0.25] and not rows[0].done
+
+
+class Broken(Scripted):
+    def step(self, text):
+        return {"reward": 1}
+
+
+def test_an_env_that_breaks_the_contract_stops_with_one_line(model, tokenizer):
+    prompts, rows = start_episodes(lambda example: Broken(), {}, [{}], 1, [7], tokenizer, 3, "env 'broken'")
+    with pytest.raises(RlkitError, match=r"env 'broken': step\(\) returned dict .*Step\(messages, reward, done\)"):
+        generate(model, prompts, 1, 40, temperature=0, stop_tokens=tokenizer.stop_ids, envs=rows)
+
+
+# --- the built-in envs, through their entry points ---------------------------------------------------
+
+EXAMPLE = {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "#### 5"}],
+           "answer": "2 + 3 = 5\n#### 5"}
+
+
+def episode(env, replies, seed=0):
+    first, steps = env.reset(seed), []
+    for text in replies:
+        steps.append(Step(*env.step(text)))
+        if steps[-1].done:
+            break
+    return first, steps
+
+
+def test_retry_gives_one_more_try_after_a_wrong_answer():
+    retry = builtin_envs()["retry"]
+    first, steps = episode(retry(EXAMPLE), ["#### 5"])
+    assert first == EXAMPLE["messages"][:1] and steps == [Step([], 1.0, True)]
+    _, steps = episode(retry(EXAMPLE), ["#### 4", "#### 5"])
+    assert steps == [Step([{"role": "user", "content": "That is not right. Try again."}], 0.0, False),
+                     Step([], 0.5, True)]
+    _, steps = episode(retry(EXAMPLE, retry_reward=0.7), ["#### 4", "#### 6", "#### 5"])
+    assert [s.reward for s in steps] == [0.0, 0.0] and steps[-1].done
+
+
+def test_guess_number_hints_and_binary_search_finds_it():
+    guess = builtin_envs()["guess_number"]
+    env = guess({}, high=20, guesses=5)
+    env.reset(3)
+    low, high, turns = 1, 20, 0
+    while True:
+        mid = (low + high) // 2
+        step = Step(*env.step(f"I guess #### {mid}"))
+        turns += 1
+        if step.done:
+            break
+        hint = step.messages[0]["content"]
+        low, high = (mid + 1, high) if hint == "Higher." else (low, mid - 1)
+    assert step.reward == 1.0 and turns <= 5
+    env.reset(3)
+    assert Step(*env.step("no idea")).messages[0]["content"] == "Answer with #### <number>."
+    assert guess({}).reset(3) == guess({}).reset(3)  # the seed fixes the prompt
