@@ -9,7 +9,7 @@ import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.lib.envs.env import Step
-from rlkit.lib.generation.episodes import episode_metrics, start_episodes
+from rlkit.lib.generation.episodes import Episodes, episode_metrics
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.text.tokenizer import Tokenizer, train_tokenizer
 from rlkit.plugins.models.gpt import GPT, GPTConfig
@@ -70,7 +70,7 @@ class Scripted:
 
 
 def test_an_episode_is_one_row_its_env_turns_forced_with_mask_0(model, tokenizer):
-    prompts, rows = start_episodes(lambda example: Scripted(), {}, [{}], 2, [7], tokenizer, 3, "env 'scripted'")
+    prompts, rows = Episodes(lambda example: Scripted(), 3, "env 'scripted'").start([{}], 2, [7], tokenizer)
     prompt = tokenizer.render_for_completion(QUESTION)
     assert prompts == [prompt]
     out = generate(model, prompts, 2, 40, temperature=0, stop_tokens=tokenizer.stop_ids, envs=rows)
@@ -94,7 +94,7 @@ def test_an_episode_is_one_row_its_env_turns_forced_with_mask_0(model, tokenizer
 
 
 def test_max_turns_ends_the_episode_after_that_many_replies(model, tokenizer):
-    prompts, rows = start_episodes(lambda example: Scripted(), {}, [{}], 1, [7], tokenizer, 1, "env 'scripted'")
+    prompts, rows = Episodes(lambda example: Scripted(), 1, "env 'scripted'").start([{}], 1, [7], tokenizer)
     out = generate(model, prompts, 1, 40, temperature=0, stop_tokens=tokenizer.stop_ids, envs=rows)
     assert out.completions[0][-1] == STOP and len(out.completions[0]) == 27 and out.mask[0].sum() == 27
     assert rows[0].rewards == [0.25] and not rows[0].done
@@ -106,7 +106,7 @@ class Broken(Scripted):
 
 
 def test_an_env_that_breaks_the_contract_stops_with_one_line(model, tokenizer):
-    prompts, rows = start_episodes(lambda example: Broken(), {}, [{}], 1, [7], tokenizer, 3, "env 'broken'")
+    prompts, rows = Episodes(lambda example: Broken(), 3, "env 'broken'").start([{}], 1, [7], tokenizer)
     with pytest.raises(RlkitError, match=r"env 'broken': step\(\) returned dict .*Step\(messages, reward, done\)"):
         generate(model, prompts, 1, 40, temperature=0, stop_tokens=tokenizer.stop_ids, envs=rows)
 

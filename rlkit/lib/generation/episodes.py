@@ -21,12 +21,12 @@ The env contract: rlkit.lib.envs.env.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from rlkit.core.errors import RlkitError
-from rlkit.lib.envs.env import as_step, check_messages
+from rlkit.lib.envs.env import Step, as_step, check_messages
 from rlkit.lib.generation.tools import pool
 
 
@@ -64,17 +64,21 @@ class RowEnv:
         self.pending = pool().submit(self._step, text, len(self.rewards) + 1)
 
     def _step(self, text: str, turn: int) -> tuple:
-        """(Step, the reply's tokens or None): runs in a pool thread."""
-        try:
-            step = as_step(self.env.step(text), self.where)
-        except RlkitError:
-            raise
-        except Exception as e:
-            raise RlkitError(f"{self.where}: step() raised {type(e).__name__}: {e}") from e
+        """(Step, the model's turn as a message, the reply's tokens or None): runs in a pool thread."""
+        step = self.step(text)
         turn_text = {"role": "assistant", "content": text}
         if step.done or turn >= self.max_turns:
             return step, turn_text, None
         return step, turn_text, reply_tokens(self.tokenizer, [*self.history, turn_text], step.messages, self.where)
+
+    def step(self, text: str) -> Step:
+        """env.step(text), checked against the contract; a raise is one line naming the env."""
+        try:
+            return as_step(self.env.step(text), self.where)
+        except RlkitError:
+            raise
+        except Exception as e:
+            raise RlkitError(f"{self.where}: step() raised {type(e).__name__}: {e}") from e
 
     def reply(self, seq) -> list[int] | None:
         """The pending step's outcome: the reply's tokens to force into the row, or None when the episode ends."""
@@ -99,29 +103,45 @@ def reply_tokens(tokenizer, history: list[dict], messages: list[dict], where: st
     return after[len(before):]
 
 
-def start_episodes(factory: Callable, args: Mapping, examples: list, samples: int, seeds: list[int], tokenizer,
-                   max_turns: int, where: str) -> tuple[list[list[int]], list[RowEnv]]:
-    """(one prompt an example, one RowEnv a row, prompt-major): `samples` envs of each example, each reset with
-    its example's seed, which must all give the same first messages."""
-    prompts, rows = [], []
-    for example, seed in zip(examples, seeds):
-        group = [RowEnv(make_env(factory, example, args, where), tokenizer, max_turns, where) for _ in range(samples)]
-        first = [row.reset(seed) for row in group]
-        if any(messages != first[0] for messages in first[1:]):
-            raise RlkitError(f"{where}: two envs of the same example and seed {seed} gave different first messages; "
-                             "reset(seed) must depend only on the example and the seed")
-        prompts.append(tokenizer.render_for_completion(first[0]))
-        rows += group
-    return prompts, rows
+@dataclass(frozen=True)
+class Episodes:
+    """How a batch's rows become episodes: an env plugin's factory (its args bound), the most turns an episode
+    takes, and the env's name for error lines ("stages.rl.env: env 'retry'")."""
+    factory: Callable
+    max_turns: int
+    where: str
 
+    def start(self, examples: list, samples: int, seeds: list[int], tokenizer) -> tuple[list[list[int]], list[RowEnv]]:
+        """(one prompt an example, one RowEnv a row, prompt-major): `samples` envs of each example, each reset
+        with its example's seed; they must all give the same first messages (the group shares one prompt)."""
+        prompts, rows = [], []
+        for example, seed in zip(examples, seeds):
+            group = [RowEnv(self.make(example), tokenizer, self.max_turns, self.where) for _ in range(samples)]
+            first = [row.reset(seed) for row in group]
+            if any(messages != first[0] for messages in first[1:]):
+                raise RlkitError(f"{self.where}: two envs of the same example and seed {seed} gave different first "
+                                 "messages; reset(seed) must depend only on the example and the seed")
+            prompts.append(tokenizer.render_for_completion(first[0]))
+            rows += group
+        return prompts, rows
 
-def make_env(factory: Callable, example, args: Mapping, where: str):
-    try:
-        return factory(example, **args)
-    except RlkitError:
-        raise
-    except Exception as e:
-        raise RlkitError(f"{where}: the factory raised {type(e).__name__}: {e}") from e
+    def first_messages(self, example, seed: int) -> list[dict]:
+        """One episode's first messages: what its prompt renders."""
+        return RowEnv(self.make(example), None, self.max_turns, self.where).reset(seed)
+
+    def trial(self, example, text: str) -> Step:
+        """reset(0) and one step with `text` on `example`, in this thread: what `rlkit check` tries."""
+        row = RowEnv(self.make(example), None, self.max_turns, self.where)
+        row.reset(0)
+        return row.step(text)
+
+    def make(self, example):
+        try:
+            return self.factory(example)
+        except RlkitError:
+            raise
+        except Exception as e:
+            raise RlkitError(f"{self.where}: the factory raised {type(e).__name__}: {e}") from e
 
 
 def episode_metrics(rows: list[RowEnv], lengths: list[int], max_turns: int) -> dict[str, float]:
@@ -135,3 +155,18 @@ def episode_metrics(rows: list[RowEnv], lengths: list[int], max_turns: int) -> d
     for k in range(max_turns):
         out[f"env/reward_turn{k + 1}"] = sum(r.rewards[k] or 0.0 for r in rows if len(r.rewards) > k) / n
     return out
+
+
+def episodes(plugins, ref, max_turns: int, where: str) -> Episodes | None:
+    """The Episodes of a YAML entry's `env: {name, args}` (a dict or PluginRef; None when there is none), its args
+    bound; a misspelled env or bad args is one line naming `where`."""
+    from functools import partial
+
+    from rlkit.core.plugins import bind_args
+
+    if ref is None:
+        return None
+    name, args = (ref["name"], ref.get("args")) if isinstance(ref, dict) else (ref.name, ref.args)
+    fn = plugins.get("env", name, f"{where}.name")
+    args = bind_args("env", name, fn, args or {}, f"{where}.args")
+    return Episodes(partial(fn, **args) if args else fn, max_turns, f"{where}: env '{name}'")

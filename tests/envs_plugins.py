@@ -1,0 +1,64 @@
+"""Test plugins for the env tests, written to a local plugin file (tests/test_envs_rl.py): a task whose reply is
+"1", an env that asks for "1" `turns` times (reward 1 a turn that says exactly "1"), logging each
+episode's (seed, reward so far, question) at each step, and grpo whose advantages() logs the (P, G) rewards it is given."""
+
+PLUGIN = '''
+import json
+
+import rlkit
+from rlkit.plugins.algorithms.grpo import grpo
+
+
+@rlkit.hookimpl
+def rlkit_tasks():
+    return {"say1": say1}
+
+
+@rlkit.hookimpl
+def rlkit_envs():
+    return {"again": Again}
+
+
+@rlkit.hookimpl
+def rlkit_algorithms():
+    return {"logged_grpo": logged_grpo}
+
+
+def say1(split, size=64):
+    first = 0 if split == "train" else 1000
+    return [{"messages": [{"role": "user", "content": f"say 1, case {i}"}, {"role": "assistant", "content": "1"}],
+             "answer": "#### 1"} for i in range(first, first + size)]
+
+
+class Again:
+    def __init__(self, example, turns=3, log=""):
+        self.example, self.turns, self.log = example, turns, log
+
+    def reset(self, seed):
+        self.seed, self.said, self.total = seed, 0, 0.0
+        return [self.example["messages"][0]]
+
+    def step(self, text):
+        self.said += 1
+        reward = float(text.strip() == "1")
+        self.total += reward
+        done = self.said >= self.turns
+        if self.log:  # an episode's last line holds its reward (one cut short by max_new_tokens has no "done")
+            with open(self.log, "a") as f:
+                f.write(json.dumps({"episode": id(self), "seed": self.seed, "reward": self.total,
+                                    "question": self.example["messages"][0]["content"]}) + "\\n")
+        return ([] if done else [{"role": "user", "content": "again"}]), reward, done
+
+
+def logged_grpo(log="rewards.jsonl"):
+    algorithm = grpo()
+    advantages = algorithm.advantages
+
+    def logged(rewards):
+        with open(log, "a") as f:
+            f.write(json.dumps(rewards.tolist()) + "\\n")
+        return advantages(rewards)
+
+    algorithm.advantages = logged
+    return algorithm
+'''
