@@ -1,9 +1,13 @@
 """Test plugins for the env tests, written to a local plugin file (tests/test_envs_rl.py): a task whose reply is
 "1", an env that asks for "1" `turns` times (reward 1 a turn that says exactly "1"), logging each
-episode's (seed, reward so far, question) at each step, and grpo whose advantages() logs the (P, G) rewards it is given."""
+episode's (seed, reward so far, question) at each step and holding on cue (RLKIT_TEST_BLOCK), and grpo whose
+advantages() logs the (P, G) rewards it is given (rank 0)."""
 
 PLUGIN = '''
 import json
+import os
+import pathlib
+import time
 
 import rlkit
 from rlkit.plugins.algorithms.grpo import grpo
@@ -39,6 +43,7 @@ class Again:
         return [self.example["messages"][0]]
 
     def step(self, text):
+        hold(self)
         self.said += 1
         reward = float(text.strip() == "1")
         self.total += reward
@@ -50,12 +55,27 @@ class Again:
         return ([] if done else [{"role": "user", "content": "again"}]), reward, done
 
 
+groups = set()  # the rl rollouts' groups (reset seeds of train questions) seen by this process
+
+
+def hold(env):
+    """RLKIT_TEST_BLOCK="group:N": the first step of the N-th rl group this process runs writes RLKIT_TEST_MARKER
+    and holds there until the process is killed."""
+    if int(env.example["messages"][0]["content"].split()[-1]) >= 1000 or env.seed == 0:
+        return  # an eval's episode (test questions), or rlkit check's trial
+    groups.add(env.seed)
+    if os.environ.get("RLKIT_TEST_BLOCK") == f"group:{len(groups)}" and env.said == 0:
+        pathlib.Path(os.environ["RLKIT_TEST_MARKER"]).write_text("held")
+        while True:
+            time.sleep(0.05)
+
+
 def logged_grpo(log="rewards.jsonl"):
     algorithm = grpo()
     advantages = algorithm.advantages
 
     def logged(rewards):
-        with open(log, "a") as f:
+        with open(log if os.environ.get("RANK", "0") == "0" else os.devnull, "a") as f:
             f.write(json.dumps(rewards.tolist()) + "\\n")
         return advantages(rewards)
 

@@ -4,15 +4,22 @@ A depth-1 model is taught to answer "1" (a tokenizer and 15 sft steps, once per 
 from it with `init:` and run the `again` env: three turns an episode, the user saying "again" between them.
 """
 import json
+import os
 import re
-import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
+
+from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 
 from envs_plugins import PLUGIN
-from experiments import EVAL, RL, SFT, TOKENIZER, adamw, data, experiment_text, without
+from experiments import RL, SFT, TOKENIZER, adamw, data, experiment_text, without
 
 SAMPLED = {"samples": 4, "max_new_tokens": 24, "max_turns": 3, "temperature": 1.0, "top_k": 0}
 ENV = {"name": "again", "args": {"log": "episodes.jsonl"}}
@@ -76,3 +83,65 @@ def test_episode_rewards_reach_the_algorithm_as_groups(base, tmp_path, monkeypat
     assert summary["eval_after"]["turns"] > 1  # the held-out eval ran episodes too
     report = (folder / "runs/e/report.md").read_text()
     assert re.search(r"episodes: turns [\d.]+ -> [\d.]+, length", report)
+
+
+# --- processes: kill -9 in the middle of an rl step, then --resume; two ranks ---------------------------------
+
+def rlkit(folder: Path, *args, **cues) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **cues}
+    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def weights(stage_dir: Path) -> dict:
+    return load_checkpoint(latest_checkpoint(stage_dir))[0]
+
+
+@pytest.mark.slow
+def test_killed_inside_an_episode_then_resumed_equals_a_straight_run(base, tmp_path):
+    """SIGKILL while an env's step of rl step 3 runs (checkpoint 2 saved), --resume: the weights of a run never
+    stopped, bit for bit, and the same rewards from step 3 on."""
+    entry = rl_entry(base, steps=4, save_every=2)
+    straight = write(tmp_path / "straight", {"rl": entry})
+    done = rlkit(straight, "run", "exp.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    folder, marker = write(tmp_path / "killed", {"rl": entry}), tmp_path / "held"
+    cues = {"RLKIT_TEST_BLOCK": "group:9", "RLKIT_TEST_MARKER": str(marker)}  # 4 groups a step: inside step 3
+    proc = subprocess.Popen([sys.executable, "-m", "rlkit", "run", "exp.yaml"], cwd=folder, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **cues}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert latest_checkpoint(folder / "runs/e/rl").name == "step_000002"
+
+    resumed = rlkit(folder, "run", "exp.yaml", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "[rl] resuming at step 2" in resumed.stdout
+    a, b = weights(folder / "runs/e/rl"), weights(straight / "runs/e/rl")
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert rewards(resumed.stdout) == rewards(done.stdout)[2:]
+
+
+def rewards(stdout: str) -> list[float]:
+    return [float(r) for r in re.findall(r"\[rl\] step +\d+/\d+ \| reward (-?[\d.]+)", stdout)]
+
+
+@pytest.mark.slow
+def test_two_ranks_run_the_same_episodes_as_one(base, tmp_path):
+    """--nproc-per-node 2: each rank runs half of a step's groups; the algorithm sees the same (P, G) rewards, the
+    steps the same mean reward, the held-out eval the same figures."""
+    outs = {}
+    for n in (1, 2):
+        folder = write(tmp_path / f"n{n}", {"rl": rl_entry(base)})
+        result = rlkit(folder, "run", "exp.yaml", "--nproc-per-node", str(n))
+        assert result.returncode == 0 and f"world size {n}" in result.stdout, result.stdout + result.stderr
+        logged = [r for r in map(json.loads, (folder / "rewards.jsonl").read_text().splitlines()) if len(r) == 4]
+        evals = re.findall(r"eval at step \d+: (.*)", result.stdout)
+        outs[n] = (logged, rewards(result.stdout), evals, env_groups(folder / "episodes.jsonl"))
+    assert len(outs[1][0]) == 3 and len(outs[1][1]) == 3 and len(outs[1][2]) == 2
+    assert outs[2] == outs[1]
