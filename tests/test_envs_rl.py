@@ -70,7 +70,9 @@ def env_groups(log: Path) -> list[list[float]]:
 
 
 def test_episode_rewards_reach_the_algorithm_as_groups(base, tmp_path, monkeypatch, cli):
-    folder = write(tmp_path, {"rl": rl_entry(base)}, tracking={"repo": ".aim"})
+    eval_rl = {"kind": "eval", "examples": 4, "tasks": [{"name": "say1", "env": {"name": "again", "args": {"turns": 2}},
+                                                          "max_turns": 2, "max_new_tokens": 24}]}
+    folder = write(tmp_path, {"rl": rl_entry(base), "eval_rl": eval_rl}, tracking={"repo": ".aim"})
     monkeypatch.chdir(folder)
     result = cli("run", "exp.yaml")
     assert result.exit_code == 0, result.output
@@ -83,6 +85,14 @@ def test_episode_rewards_reach_the_algorithm_as_groups(base, tmp_path, monkeypat
     assert summary["eval_after"]["turns"] > 1  # the held-out eval ran episodes too
     report = (folder / "runs/e/report.md").read_text()
     assert re.search(r"episodes: turns [\d.]+ -> [\d.]+, length", report)
+    # the eval entry: greedy episodes of two turns; `rlkit eval` repeats the rl entry's final eval
+    figures = json.loads((folder / "runs/e/summary.json").read_text())["stages"]["eval_rl"]["evals"]["say1"]
+    assert figures["accuracy"] == 1.0 and figures["turns"] == 2.0 and figures["reward"] == 2.0
+    result = cli("eval", "runs/e/rl", "--task", "say1", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout[result.stdout.index("["):])
+    assert row["settings"]["env"] == ENV and row["figures"]["turns"] == summary["eval_after"]["turns"]
+    assert row["figures"]["pass@1"] == summary["eval_after"]["pass@1"]
 
 
 # --- processes: kill -9 in the middle of an rl step, then --resume; two ranks ---------------------------------
