@@ -82,3 +82,56 @@ def logged_grpo(log="rewards.jsonl"):
     algorithm.advantages = logged
     return algorithm
 '''
+
+# An OpenEnv-protocol environment (reset(seed=...), step(action) -> an observation with done and reward, and a
+# state), written here without the openenv package, and registered through rlkit's duck-typed adapter.
+OPENENV = '''
+from dataclasses import dataclass, field
+
+import rlkit
+from rlkit.lib.envs.openenv import openenv
+
+
+@dataclass
+class SayAction:
+    message: str
+
+
+@dataclass
+class SayObservation:
+    prompt: str
+    done: bool = False
+    reward: float | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class SayState:
+    episode_id: str | None = None
+    step_count: int = 0
+
+
+class SayEnvironment:
+    """Asks for "1" `rounds` times; reward 1 for each exact "1"."""
+
+    def __init__(self, rounds: int = 2):
+        self.rounds, self._state = rounds, SayState()
+
+    def reset(self, seed=None, episode_id=None, **kwargs):
+        self._state = SayState(episode_id=episode_id)
+        return SayObservation(prompt=f"say 1, case {seed % 50}")
+
+    def step(self, action: SayAction, timeout_s=None, **kwargs):
+        self._state.step_count += 1
+        return SayObservation(prompt="again", reward=float(action.message.strip() == "1"),
+                              done=self._state.step_count >= self.rounds)
+
+    @property
+    def state(self):
+        return self._state
+
+
+@rlkit.hookimpl
+def rlkit_envs():
+    return {"say": openenv(SayEnvironment, action=lambda text: SayAction(message=text))}
+'''

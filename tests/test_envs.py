@@ -154,3 +154,52 @@ def test_guess_number_hints_and_binary_search_finds_it():
     env.reset(3)
     assert Step(*env.step("no idea")).messages[0]["content"] == "Answer with #### <number>."
     assert guess({}).reset(3) == guess({}).reset(3)  # the seed fixes the prompt
+
+
+# --- adapters ----------------------------------------------------------------------------------------------------
+
+def test_an_openenv_protocol_environment_is_an_env(tmp_path, monkeypatch):
+    """The in-repo OpenEnv-style Environment (tests/envs_plugins.py), through the real plugin manager: its
+    observations' prompt is the user turn, its reward and done the step's; YAML args bind to its constructor."""
+    from envs_plugins import OPENENV
+
+    from rlkit.core.plugins import bind_args, load_plugins
+
+    path = tmp_path / "say.py"
+    path.write_text(OPENENV)
+    monkeypatch.setenv("RLKIT_LOAD_PLUGINS", "")
+    factory = load_plugins([path]).tables["env"]["say"]
+    assert bind_args("env", "say", factory, {"rounds": 3}, "env.args") == {"rounds": 3}
+    with pytest.raises(RlkitError, match="env 'say' does not accept these args.*it takes: rounds=2"):
+        bind_args("env", "say", factory, {"round": 3}, "env.args")
+    first, steps = episode(factory({}, rounds=3), ["1", "2", "1"], seed=57)
+    assert first == [{"role": "user", "content": "say 1, case 7"}]
+    assert steps == [Step([{"role": "user", "content": "again"}], 1.0, False),
+                     Step([{"role": "user", "content": "again"}], 0.0, False), Step([], 1.0, True)]
+
+
+def test_textarena_games_keep_their_random_numbers_to_themselves():
+    """A game's draws come from its own seeded stream: the global `random` is the same after a game's calls, and a
+    game played while another runs in a thread, with the caller drawing too, equals the game played alone."""
+    pytest.importorskip("textarena", reason="textarena (the [envs] extra) is not installed: pip install 'rlkit[envs]'")
+    import random
+    import threading
+
+    textarena = builtin_envs()["textarena"]
+    moves = ["[1 2 3 4]", "[2 2 3 3]", "[4 3 2 1]"]
+
+    def play(seed):
+        return episode(textarena({}, game="Mastermind-v0"), moves, seed=seed)
+
+    random.seed(123)
+    before = random.getstate()
+    alone = play(5)
+    assert random.getstate() == before  # the caller's random numbers are untouched
+    found = {}
+    other = threading.Thread(target=lambda: found.setdefault("other", play(6)))
+    other.start()
+    random.random()
+    together = play(5)
+    other.join()
+    assert together == alone and found["other"] != alone
+    assert "Mastermind" in alone[0][0]["content"] and alone[1][0].reward is None

@@ -18,11 +18,12 @@ import torch
 
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 
-from envs_plugins import PLUGIN
+from envs_plugins import OPENENV, PLUGIN
 from experiments import RL, SFT, TOKENIZER, adamw, data, experiment_text, without
 
 SAMPLED = {"samples": 4, "max_new_tokens": 24, "max_turns": 3, "temperature": 1.0, "top_k": 0}
 ENV = {"name": "again", "args": {"log": "episodes.jsonl"}}
+MODEL = {"depth": 1, "seq_len": 512, "dtype": "float32"}  # room for a textarena game's prompt and a reply
 
 
 def rl_entry(base: Path, **over) -> dict:
@@ -34,7 +35,9 @@ def rl_entry(base: Path, **over) -> dict:
 def write(folder: Path, stages: dict, **top) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plugs.py").write_text(PLUGIN)
-    (folder / "exp.yaml").write_text(experiment_text(stages, name="e", plugins=["./plugs.py"], **top))
+    (folder / "say.py").write_text(OPENENV)
+    (folder / "exp.yaml").write_text(experiment_text(stages, name="e", plugins=["./plugs.py", "./say.py"],
+                                                     model=MODEL, **top))
     return folder
 
 
@@ -93,6 +96,38 @@ def test_episode_rewards_reach_the_algorithm_as_groups(base, tmp_path, monkeypat
     (row,) = json.loads(result.stdout[result.stdout.index("["):])
     assert row["settings"]["env"] == ENV and row["figures"]["turns"] == summary["eval_after"]["turns"]
     assert row["figures"]["pass@1"] == summary["eval_after"]["pass@1"]
+
+
+# --- adapters: an OpenEnv-protocol environment, a textarena game ---------------------------------------------
+
+def run_env(base: Path, folder: Path, env: dict, rollout: dict, cli) -> dict:
+    """rl (2 steps) and an eval entry on `env`; the summary's rl and eval_rl sections."""
+    rollout = {**SAMPLED, **rollout}
+    entry = rl_entry(base, env=env, algorithm={"name": "grpo"}, rollout=rollout, steps=2)
+    eval_rl = {"kind": "eval", "examples": 2, "tasks": [{"name": "say1", "env": env, "max_turns": rollout["max_turns"],
+                                                          "max_new_tokens": rollout["max_new_tokens"]}]}
+    write(folder, {"rl": entry, "eval_rl": eval_rl}, tracking={"repo": ".aim"})
+    os.chdir(folder)
+    result = cli("run", "exp.yaml")
+    assert result.exit_code == 0, result.output
+    return json.loads((folder / "runs/e/summary.json").read_text())["stages"]
+
+
+def test_an_openenv_protocol_environment_runs_episodes_in_rl_and_eval(base, tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    stages = run_env(base, tmp_path, {"name": "say", "args": {"rounds": 2}}, {"max_turns": 3}, cli)
+    assert stages["rl"]["eval_after"]["turns"] == 2.0  # the env's done, before max_turns
+    assert stages["eval_rl"]["evals"]["say1"] == {"accuracy": 1.0, "reward": 2.0, "turns": 2.0}
+
+
+def test_a_textarena_game_runs_episodes_in_rl_and_eval(base, tmp_path, monkeypatch, cli):
+    pytest.importorskip("textarena", reason="textarena (the [envs] extra) is not installed: pip install 'rlkit[envs]'")
+    monkeypatch.chdir(tmp_path)
+    env = {"name": "textarena", "args": {"game": "TowerOfHanoi-v0"}}
+    stages = run_env(base, tmp_path, env, {"max_turns": 2, "max_new_tokens": 200}, cli)
+    # "1" is no move: the game says so and asks again, twice; it gives no reward before it ends
+    assert stages["eval_rl"]["evals"]["say1"] == {"accuracy": 0.0, "reward": 0.0, "turns": 2.0}
+    assert stages["rl"]["eval_after"]["turns"] > 1
 
 
 # --- processes: kill -9 in the middle of an rl step, then --resume; two ranks ---------------------------------
