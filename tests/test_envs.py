@@ -203,3 +203,23 @@ def test_textarena_games_keep_their_random_numbers_to_themselves():
     other.join()
     assert together == alone and found["other"] != alone
     assert "Mastermind" in alone[0][0]["content"] and alone[1][0].reward is None
+
+
+def test_env_mistakes_are_one_line_before_any_work(experiment, cli):
+    """An rl entry with both env and rewards, a misspelled env and an env arg it does not take: `rlkit check` says
+    which key is at fault and what would be valid."""
+    from experiments import RL, without
+
+    def check(**entry):
+        path = experiment({"rl": {**without(RL, "rewards"), **entry}})
+        result = cli("check", path)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        return result.stderr.strip()
+
+    assert check(env={"name": "retry"}, rewards=[{"name": "gsm8k"}]).endswith(
+        "stages.rl.rewards: an entry with env: 'retry' is rewarded by its env, in training and in its eval; "
+        "leave rewards out")
+    assert "stages.rl.env.name: no env plugin named 'retyr' (did you mean 'retry'?" in check(env={"name": "retyr"})
+    assert "stages.rl.env.args: env 'retry' does not accept these args" in check(env={"name": "retry",
+                                                                                        "args": {"retires": 2}})
+    assert "stages.rl.rewards: empty" in check()
