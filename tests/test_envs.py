@@ -223,3 +223,12 @@ def test_env_mistakes_are_one_line_before_any_work(experiment, cli):
     assert "stages.rl.env.args: env 'retry' does not accept these args" in check(env={"name": "retry",
                                                                                         "args": {"retires": 2}})
     assert "stages.rl.rewards: empty" in check()
+
+
+def test_the_seeds_task_numbers_train_and_test_rows_apart():
+    from rlkit.core.plugins import load_plugins
+
+    seeds = load_plugins().tables["task"]["seeds"]
+    train, test = seeds("train", size=50), seeds("test", test_size=10)
+    assert [ex["seed"] for ex in train] == list(range(50)) and len(test) == 10
+    assert not {ex["seed"] for ex in train} & {ex["seed"] for ex in test}
