@@ -79,3 +79,10 @@ def builtin_tools() -> dict:
     from rlkit.core.plugins import load_plugins
 
     return load_plugins().tables["tool"]
+
+
+def builtin_envs() -> dict:
+    """The built-in envs ({name: factory}), through the real plugin manager and their entry points."""
+    from rlkit.core.plugins import load_plugins
+
+    return load_plugins().tables["env"]

@@ -81,6 +81,8 @@ CONTRACT = {  # words each hook's section must explain
     "rlkit_optimizers": ["model", "initial_lr", "param_roles"],
     "rlkit_tools": ["call: str", "error:", "mask 0", "never raises", "timeout", "max_calls", "max_output_tokens",
                     "tools: [{name, args}]", "calculator", "python"],
+    "rlkit_envs": ["example", "reset(seed", "step(text", "Step(messages, reward, done)", "mask 0", "max_turns",
+                   "env: {name", "off the decode thread"],
     "rlkit_algorithms": ["advantages", "(P, G)", "loss", "(B, T)", "(B,)", "needs", "old_logp", "ref_logp",
                          "num_tokens", "num_sequences"],
 }
@@ -148,6 +150,18 @@ def test_tool_example_runs(tmp_path, monkeypatch):
     convert = tools["convert"]
     assert convert("12 km") == "7.46 mi" and convert("10 kg", digits=1) == "22 lb"
     assert all(convert(bad).startswith("error: ") for bad in ["", "12", "x km", "1 parsec", "1 2 3"])
+
+
+def test_env_example_runs(tmp_path, monkeypatch):
+    envs, _ = load_example("rlkit_envs", tmp_path, monkeypatch)
+    env = envs["count_on"]({}, turns=2)
+    first = env.reset(3)
+    start = int(first[0]["content"].split()[3].rstrip("."))
+    assert env.reset(3) == first and tuple(env.step(f"{start + 1}")) == ([{"role": "user", "content": str(start + 2)}],
+                                                                      1.0, False)
+    assert tuple(env.step(f"It is {start + 3}")) == ([], 1.0, True)
+    env.reset(3)
+    assert tuple(env.step("no idea")) == ([], 0.0, True)
 
 
 def test_optimizer_example_runs(tmp_path, monkeypatch):

@@ -72,7 +72,9 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
                          "settings": {"k": spec.k, "temperature": spec.temperature, "top_k": spec.top_k,
                                       "max_new_tokens": spec.max_new_tokens, "reward": spec.reward,
                                       "mode": spec.mode, "args": dict(spec.args),
-                                      "tools": [t.name for t in spec.tools]},
+                                      "tools": [t.name for t in spec.tools],
+                                      "env": None if spec.env is None else {"name": spec.env.name,
+                                                                            "args": dict(spec.env.args)}},
                          "figures": _figures(result)})
         return rows
     finally:
@@ -94,7 +96,8 @@ def load_task(plugins, spec: EvalTask):
 def _figures(result: dict) -> dict:
     """What the command prints: accuracy (and centred), or every pass@j of a sampled task."""
     passes = {k: v for k, v in result.items() if k.startswith("pass@")}
-    tools = {k: result[k] for k in TOOL_FIGURES if k in result}
+    tools = {k: result[k] for k in (*TOOL_FIGURES, "reward", "turns") if k in result and "turns" in result or
+             k in TOOL_FIGURES and k in result}  # an env's episodes: also their reward and turns
     return {**passes, **tools} if passes and "accuracy" not in result else headline(result)
 
 

@@ -93,6 +93,17 @@ def rlkit_tools() -> dict:
 
 
 @hookspec
+def rlkit_envs() -> dict:
+    """Return {name: factory}; factory(example: Mapping, **args) -> Env: a multi-turn environment for one episode.
+
+    An Env (rlkit.lib.envs.env) has `reset(seed: int) -> messages` (the chat the model answers first) and
+    `step(text: str) -> Step(messages, reward, done)` (its reply to the model's turn, that turn's reward, and
+    whether the episode is over). The engine calls both off the decode thread, a new Env an episode; the
+    episode's reward is the sum of its turns' rewards.
+    """
+
+
+@hookspec
 def rlkit_tokenizers() -> dict:
     """Return {name: load}; load(folder: Path) -> tokenizer: reads a tokenizer folder that a checkpoint refers
     to (what a tokenizer stage saved). The folder's tokenizer.json names the plugin that reads it ("kind").

@@ -37,6 +37,7 @@ KINDS = {  # kind -> (hook name, the leading arguments core passes before **args
     "optimizer": ("rlkit_optimizers", ("model",)),
     "task": ("rlkit_tasks", ("split",)),
     "tool": ("rlkit_tools", ("call",)),
+    "env": ("rlkit_envs", ("example",)),
     "tokenizer": ("rlkit_tokenizers", ("folder",)),
 }
 

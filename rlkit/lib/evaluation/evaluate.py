@@ -35,6 +35,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.runtime import Runtime
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.evaluation.choice import MODES
+from rlkit.lib.generation.episodes import episodes
 from rlkit.lib.generation.tools import toolbox
 from rlkit.lib.evaluation.scoring import score
 from rlkit.lib.text.task import evaluation_of, prompt_messages
@@ -51,54 +52,80 @@ def pass_at(n: int, c: int, k: int) -> float:
 def evaluate(rt: Runtime, model, tokenizer, task, reward, *, examples: int, samples: int, temperature: float,
              top_k: int, max_new_tokens: int, prompts_per_batch: int = 32, seed: int = 0,
              baseline: list[float] | None = None, reward_name: str = "reward", timeout: float = 10.0,
-             tools=None) -> dict:
+             tools=None, env=None) -> dict:
     """{'pass@1': ..., 'pass@k': ..., 'reward': mean, 'length': mean completion tokens, 'samples': [...],
     'per_problem': pass@1 of every problem, all ranks'} and, with `baseline`, 'delta@1' and 'delta_se'; with
-    `tools` (a Toolbox: rows may call them) also tool_metrics' figures, and 'length' counts sampled tokens only."""
+    `tools` (a Toolbox: rows may call them) also tool_metrics' figures, and 'length' counts sampled tokens only;
+    with `env` (rlkit.lib.generation.episodes.Episodes: each completion is an episode, its reward the env's, no
+    `reward`) also 'turns', the mean turns an episode."""
     model.eval()
     n = 1 if temperature == 0 else samples
     indices = list(range(min(examples, len(task))))[rt.dist.rank::rt.dist.world_size]
-    stops = tokenizer.stop_ids
-    sums = torch.zeros(n + 5, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2
+    sums = torch.zeros(n + 6, dtype=torch.float64)  # pass@1..n, reward, length, count, sum d, sum d^2, turns
     shown, per_problem = [], torch.zeros(min(examples, len(task)), dtype=torch.float64)
     calls = [[], [], []]  # with tools: each completion's calls, errors, forced tokens
+    sampling = (n, temperature, top_k, max_new_tokens, tools, env)
     for start in range(0, len(indices), prompts_per_batch):
-        batch = [task[i] for i in indices[start:start + prompts_per_batch]]
-        prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch]
-        seeds = [seed * 1_000_003 + i * 997 + g for i in indices[start:start + prompts_per_batch] for g in range(n)]
-        with rt.autocast():
-            out = generate(model, prompts, samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k or None, stop_tokens=stops, seeds=seeds, tools=tools)
+        part = indices[start:start + prompts_per_batch]
+        batch = [task[i] for i in part]
+        seeds = [seed * 1_000_003 + i * 997 + g for i in part for g in range(n)]
+        out, texts, scored, questions = _sample(rt, model, tokenizer, batch, seeds, sampling,
+                                                (reward_name, reward, timeout))
         if tools is not None:
             for kept, counts in zip(calls, (out.tool_calls, out.tool_errors, out.tool_forced)):
                 kept += counts
-        for p, example in enumerate(batch):
-            rows = range(p * n, (p + 1) * n)
-            texts = [tokenizer.decode([t for t in out.completions[r] if t not in stops]) for r in rows]
-            scores = score([(reward_name, 1.0, reward)], texts, [example] * n, f"in the {rt.name} eval",
-                           timeout)[reward_name].tolist()  # guarded like training rewards
+        for p, i in enumerate(part):
+            scores = scored[p * n:(p + 1) * n]
             correct = sum(score > 0.5 for score in scores)
             for j in range(1, n + 1):
                 sums[j - 1] += pass_at(n, correct, j)
             sums[n] += sum(scores) / n
-            sums[n + 1] += sum(int(out.mask[r].sum()) for r in rows) / n  # sampled tokens: not forced ones
+            sums[n + 1] += sum(int(out.mask[r].sum()) for r in range(p * n, (p + 1) * n)) / n  # sampled tokens only
             sums[n + 2] += 1
-            i = indices[start + p]
+            sums[n + 5] += sum(len(row.rewards) for row in out.episodes[p * n:(p + 1) * n]) / n if env else 0
             per_problem[i] = correct / n
             if baseline is not None:
                 d = correct / n - baseline[i]
                 sums[n + 3] += d
                 sums[n + 4] += d * d
             if len(shown) < 4:
-                shown.append((example["messages"][0]["content"], texts[0], scores[0]))
+                shown.append((questions[p], texts[p * n], scores[0]))
     model.train()
+    return _result(rt, sums, n, shown, per_problem, baseline, calls if tools is not None else None, env is not None)
+
+
+def _sample(rt, model, tokenizer, batch, seeds, sampling, scoring):
+    """One batch of problems: (Rollout, each row's text, each row's score, each problem's question). sampling:
+    (n, temperature, top_k, max_new_tokens, tools, env); scoring: (reward name, reward, timeout)."""
+    n, temperature, top_k, max_new_tokens, tools, env = sampling
+    name, reward, timeout = scoring
+    if env is None:
+        prompts, rows = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in batch], None
+    else:  # an episode's seed: its problem's first row's
+        prompts, rows = env.start(batch, n, seeds[::n], tokenizer)
+    with rt.autocast():
+        out = generate(model, prompts, samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds, tools=tools, envs=rows)
+    texts = [tokenizer.decode([t for t in c if t not in tokenizer.stop_ids]) for c in out.completions]
+    if env is not None:
+        questions = [rows[p * n].history[0]["content"] for p in range(len(batch))]
+        return out, texts, [row.reward for row in rows], questions
+    scores = score([(name, 1.0, reward)], texts, [ex for ex in batch for _ in range(n)], f"in the {rt.name} eval",
+                   timeout)[name].tolist()  # guarded like training rewards
+    return out, texts, scores, [ex["messages"][0]["content"] for ex in batch]
+
+
+def _result(rt, sums, n: int, shown, per_problem, baseline, calls, episodes: bool) -> dict:
+    """The figures from this rank's sums (module docstring), summed over ranks."""
     sums = rt.sum_over_ranks(sums.to(rt.device)).cpu()
     count = max(sums[n + 2].item(), 1)
     result = {f"pass@{j}": sums[j - 1].item() / count for j in range(1, n + 1)}
     result.update(reward=sums[n].item() / count, length=sums[n + 1].item() / count, samples=shown,
                   per_problem=rt.sum_over_ranks(per_problem.to(rt.device)).cpu().tolist())  # ranks' are disjoint
-    if tools is not None:
+    if calls is not None:
         result.update(tool_figures(rt, *calls))
+    if episodes:
+        result["turns"] = sums[n + 5].item() / count
     if baseline is not None:
         mean = sums[n + 3].item() / count
         var = max(sums[n + 4].item() / count - mean * mean, 0.0) * count / max(count - 1, 1)
@@ -132,6 +159,8 @@ class EvalTask(PluginRef):
     reward_args: dict[str, Any] = field(default_factory=dict)
     mode: str = one_of("letter", MODES)  # multiple choice: letter (chat models) | likelihood (base models)
     tools: list[PluginRef] = field(default_factory=list, metadata={"kind": "tool"})  # generative: tools rows may call
+    env: Optional[PluginRef] = field(default=None, metadata={"kind": "env"})  # episodes, rewarded by the env
+    max_turns: int = bounded(4, ge=1)  # with env: the model's turns an episode takes at most
 
 
 def eval_reward(ref: PluginRef | None) -> dict:
@@ -151,11 +180,13 @@ def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: i
     if kind == "choice":
         result = evaluate_choice(rt, model, tokenizer, task, examples=examples, mode=spec.mode)
     else:
-        name, reward = task_reward(rt, task, spec, f"stages.{rt.name}.tasks.{spec.name}.reward")
-        tools = toolbox(rt.plugins, spec.tools, tokenizer, f"stages.{rt.name}.tasks.{spec.name}.tools")
+        where = f"stages.{rt.name}.tasks.{spec.name}"
+        env = episodes(rt.plugins, spec.env, spec.max_turns, f"{where}.env")
+        name, reward = ("env", None) if env else task_reward(rt, task, spec, f"{where}.reward")
+        tools = toolbox(rt.plugins, spec.tools, tokenizer, f"{where}.tools")
         result = evaluate(rt, model, tokenizer, task, reward, examples=examples, samples=spec.k,
                           temperature=spec.temperature, top_k=spec.top_k, max_new_tokens=spec.max_new_tokens,
-                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout, tools=tools)
+                          seed=seed, baseline=baseline, reward_name=name, timeout=timeout, tools=tools, env=env)
         if spec.temperature == 0:
             result["accuracy"] = result["pass@1"]
         result["centred"] = result["pass@1"]
@@ -195,8 +226,10 @@ def _measures_something(spec: EvalTask, kind: str, problems: int, where: str) ->
 
 def headline(result: dict) -> dict:
     """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
-    pass@1 and pass@k (the largest k) when sampled; with tools, also TOOL_FIGURES."""
+    pass@1 and pass@k (the largest k) when sampled; with tools, also TOOL_FIGURES; with an env, its reward and turns."""
     tools = {k: result[k] for k in TOOL_FIGURES if k in result}  # a run with tools: how the model used them
+    if "turns" in result:  # episodes: the env's mean reward and the turns they took
+        tools.update(reward=result["reward"], turns=result["turns"])
     if "accuracy" in result:
         return {**{k: result[k] for k in ("accuracy", "centred") if k in result and
                    (k == "accuracy" or result.get("kind") == "choice")}, **tools}

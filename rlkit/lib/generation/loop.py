@@ -30,7 +30,9 @@ with `tools` (rlkit.lib.generation.tools) that samples the call-end token hands 
 and is fed the output opener while the call runs; the call's output follows in the same forced queue, so a
 row's draws go on from t = len(tokens) after it, whatever else is in the batch. Not built: parking a row
 whose call is slow (leave the batch, rejoin through join with prompt + tokens, as prompts() below allows);
-today the step after the call waits for it, up to the call's timeout.
+today the step after the call waits for it, up to the call's timeout. An episode's row (`env`,
+rlkit.lib.generation.episodes) is the same: at its stop token the env's step runs in that pool while the token is
+fed, and its reply's tokens are forced at the next step; no second loop.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ class DecodeLoop:
             rows, tokens = zip(*forced)
             self.tok[torch.tensor(rows, device=self.device)] = torch.tensor(tokens, device=self.device)
         if self.entropy and events:  # rows that ended, or whose next token is forced, stop adding entropy
-            samples = [float(s.rows[i].state is State.RUNNING and not s.rows[i].forced) for i in events]
+            samples = [float(s.rows[i].samples_next) for i in events]
             self.live[torch.tensor(events, device=self.device)] = torch.tensor(samples, device=self.device)
         order = s.compaction()
         if order is not None:

@@ -26,6 +26,8 @@ distribution recomputed from the training logits.
 tools (a rlkit.lib.generation.tools.Toolbox): rows may call them; a call's output is forced into its row
 with mask 0, and the Rollout's `tool_calls` / `tool_errors` / `tool_forced` count each row's calls, failed
 ones and forced tokens.
+envs (one rlkit.lib.generation.episodes.RowEnv a row): each row is a multi-turn episode; at its stop token the
+env's step runs and its reply is forced into the row with mask 0 (that module), up to max_new_tokens in all.
 
 Compute dtype: under torch.autocast(bf16/fp16) on the model's device, the decoder is asked for that dtype
 (rlkit's GPT then samples from an inference copy whose matmul weights are stored in it: the same numbers as
@@ -58,17 +60,18 @@ class Rollout:
     tool_calls: list[int] | None = None  # with tools: each row's calls
     tool_errors: list[int] | None = None  # with tools: each row's calls that returned an error text
     tool_forced: list[int] | None = None  # with tools: each row's forced tokens (mask 0 in its completion)
+    episodes: list | None = None  # with envs: each row's RowEnv (rlkit.lib.generation.episodes): rewards, turns
 
 
 def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, stop_tokens: Collection[int] = (), seeds: list[int] | None = None,
              pad_id: int = 0, batch_rows: int = 256, entropy: bool = False, logprobs: bool = False,
-             tools=None) -> Rollout:
+             tools=None, envs: list | None = None) -> Rollout:
     """Sample `samples` completions of each prompt; see the module docstring. seeds: one per row (default:
     drawn from torch's global RNG); batch_rows: most rows (prompts x samples) decoded at once. The Rollout's
     tensors are on the model's device and are ordinary tensors (usable in a training forward); entropy: also
     each row's summed next-token entropy; logprobs: each sampled token's log-probabilities; tools: a Toolbox
-    the rows may call (module docstring)."""
+    the rows may call (module docstring); envs: one RowEnv a row (prompt-major), making each row an episode."""
     model = unwrap(model)
     _check(prompts, samples, max_new_tokens, temperature, top_k, seeds, batch_rows)
     device = next(model.parameters()).device
@@ -77,7 +80,7 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
         seeds = [base + r for r in range(len(prompts) * samples)]
     sampling = Sampling(temperature, top_k)
     rows = [Sequence(prompt, row_key(seeds[p * samples + g]), max_new_tokens, sampling,
-                     tools=None if tools is None else tools.row())
+                     tools=None if tools is None else tools.row(), env=None if envs is None else envs[p * samples + g])
             for p, prompt in enumerate(prompts) for g in range(samples)]
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) != dtype:
@@ -103,6 +106,7 @@ def generate(model, prompts: list[list[int]], samples: int, max_new_tokens: int,
     if tools is not None:
         out.tool_calls, out.tool_errors = [seq.tools.calls for seq in rows], [seq.tools.errors for seq in rows]
         out.tool_forced = [len(seq.mask) - sum(seq.mask) for seq in rows]
+    out.episodes = envs
     return out
 
 

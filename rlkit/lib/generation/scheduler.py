@@ -5,7 +5,9 @@ Rows arrive in groups: a prompt's `samples` rows, which share its prefill. Each 
 1. record: every running row takes its newest token (the next forced one if it has any queued, else the one
    drawn), and ends at a stop token ("stop"; a row with `resume` may instead get forced tokens and go on),
    at its max_new tokens ("length") or when cancelled; a row with `tools` starts a call at its call-end
-   token and gets the call's output forced next (rlkit.lib.generation.tools);
+   token and gets the call's output forced next (rlkit.lib.generation.tools); a row with an `env` (an episode)
+   starts the env's step at its stop token and, at the next step, ends or gets the env's reply forced
+   (rlkit.lib.generation.episodes);
 2. compact: decoder.keep drops the ended rows, in the order that moves fewest rows (fill_holes). In a
    prefilled batch (generate()) they first wait, each a wasted row a step, until an eighth of the batch
    has ended, since that keep copies every row's cache; in a joining batch (the Engine) they leave at once,
@@ -52,6 +54,13 @@ class Scheduler:
                 self._end(seq, "cancelled")
                 events.append(i)
                 continue
+            if seq.env is not None and seq.env.pending is not None:  # the env's step, started a step ago
+                reply = seq.env.reply(seq)  # waits for it; None: the episode is over
+                if not reply or len(seq.tokens) >= seq.max_new:
+                    self._end(seq, "stop")  # the draw made while the stop token was fed is dropped
+                    events.append(i)
+                    continue
+                seq.force(reply)
             sampled = not seq.forced
             if not sampled:  # a tool's output or an env's reply: fed in place of the draw, never trained on
                 token = seq.forced.popleft()
@@ -59,7 +68,10 @@ class Scheduler:
                 events.append(i)
             seq.tokens.append(token)
             seq.mask.append(int(sampled))
-            if sampled and token in stops and not self._resumed(seq):
+            if sampled and token in stops and seq.env is not None:  # an episode's turn ends: the env's step
+                seq.env.start(seq)  # runs off this thread while the token is fed; its reply comes next step
+                events.append(i)
+            elif sampled and token in stops and not self._resumed(seq):
                 self._end(seq, "stop")
                 events.append(i)
             elif len(seq.tokens) >= seq.max_new:

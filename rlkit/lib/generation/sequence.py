@@ -13,6 +13,8 @@ tokens depend only on its prompt, its forced tokens and its seed. States:
 the tokens to force into the row (mask 0) before it samples again, or None to end it. `tools` is the row's
 tool-call state (rlkit.lib.generation.tools.RowTools), None for a row that calls no tool: at a sampled
 call-end token its call runs off the decode thread and its output is forced into the row the same way.
+`env` is an episode's environment state (rlkit.lib.generation.episodes.RowEnv), None for a one-turn row: at a
+sampled stop token the env's step runs off the decode thread, and its reply is forced into the row the same way.
 """
 from __future__ import annotations
 
@@ -45,9 +47,15 @@ class Sequence:
     forced: deque[int] = field(default_factory=deque)  # tokens to feed before the next draw (mask 0)
     resume: Callable[[Sequence], list[int] | None] | None = None  # see the module docstring
     tools: object = None  # a RowTools (rlkit.lib.generation.tools), see the module docstring
+    env: object = None  # a RowEnv (rlkit.lib.generation.episodes): the row is an episode, see the docstring
     cancelled: bool = False  # set by any thread: the row ends at the next step
     on_end: Callable[[Sequence], None] | None = None  # called once, from the engine's thread, when it ends
     owner: object = None  # who submitted it (the Engine's Request)
+
+    @property
+    def samples_next(self) -> bool:
+        """Whether the row's next token is its own draw (not forced, not waiting for an env's reply)."""
+        return self.state is State.RUNNING and not self.forced and (self.env is None or self.env.pending is None)
 
     def force(self, tokens: list[int]) -> None:
         """Queue `tokens` to be fed into this live row, one a step, with mask 0, before it samples again."""

@@ -33,6 +33,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import bind_args
 from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
 from rlkit.lib.evaluation.scoring import batch_scorer
+from rlkit.lib.generation.episodes import episodes
 from rlkit.lib.evaluation.trial import bound, build_task, sample, try_reward
 from rlkit.lib.text.task import evaluation_of
 from rlkit.lib.tracking.report import fmt
@@ -79,7 +80,11 @@ def check(cfg: EvalConfig, setup) -> None:
             setup.plugins.get("reward", t.reward, f"{where}.reward")
         task = build_task(setup.plugins, t, cfg.split, where, setup.base_dir)  # its rows, before any model
         kind, own, _ = evaluation_of(task, t.name)
-        if kind == "generative" and (t.reward or own) is not None:  # the reward that decides "correct", once
+        env = episodes(setup.plugins, t.env, t.max_turns, f"{where}.env")
+        if env is not None:  # the env decides "correct": reset and one step with the reference reply, once
+            check_env_task(t, kind, where)
+            env.trial(*sample(task))
+        elif kind == "generative" and (t.reward or own) is not None:  # the reward that decides "correct", once
             fn = bound(setup.plugins, t.reward or own, t.reward_args, f"{where}.reward")
             if batch_scorer(fn) is None:
                 example, completion = sample(task)
@@ -87,6 +92,13 @@ def check(cfg: EvalConfig, setup) -> None:
         for j, tool in enumerate(t.tools):
             fn = setup.plugins.get("tool", tool.name, f"{where}.tools[{j}].name")
             bind_args("tool", tool.name, fn, tool.args, f"{where}.tools[{j}].args")
+
+
+def check_env_task(t: EvalTask, kind: str, where: str) -> None:
+    if kind == "choice" or t.reward is not None:
+        what = "a multiple-choice task" if kind == "choice" else "reward"
+        raise RlkitError(f"{where}.env: {what} does not go with an env, which rewards its episodes itself; leave "
+                         f"{'env' if kind == 'choice' else 'reward'} out")
 
 
 def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:

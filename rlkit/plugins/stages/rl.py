@@ -57,7 +57,8 @@ class Rollout:
     samples: int = bounded(16, ge=1)  # completions per prompt (the group size G)
     temperature: float = bounded(1.0, ge=0)
     top_k: int = bounded(50, ge=0)  # 0 keeps the whole vocabulary
-    max_new_tokens: int = bounded(256, ge=1)
+    max_new_tokens: int = bounded(256, ge=1)  # an episode's tokens, the env's replies included
+    max_turns: int = bounded(4, ge=1)  # with env: the model's turns an episode takes at most
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RLConfig:
     task: PluginRef = plugin("task")
     algorithm: PluginRef = plugin("algorithm", "grpo")
     rewards: list[RewardRef] = plugin_list("reward")
+    env: Optional[PluginRef] = optional_plugin("env")  # multi-turn episodes on the task's examples, rewarded by the env
     optimizer: PluginRef = plugin("optimizer", "muon")
     tools: list[PluginRef] = plugin_list("tool")  # tools the rollouts (and the held-out eval) may call
     rollout: Rollout = field(default_factory=Rollout)
@@ -106,7 +108,8 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
     algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}", sharded=session.sharded)
-    rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards]
+    # with env: the episode's reward, one term (rl_batch.py)
+    rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards] or [("env", 1.0, None)]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
     world, G = ctx.dist.world_size, r.samples
     order = random.Random(ctx.seed()).sample(range(len(train_task)), len(train_task))
@@ -115,7 +118,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     train = session.begin(compile=False, rollouts=True)  # fsdp: sharded, with a full copy to sample from
     resumed, start_step = session.extra, session.start_step  # what saved_state kept ({} when fresh)
     restore_algorithm(algorithm, resumed)
-    check_fits(ctx, tokenizer, train_task, r.max_new_tokens)
+    check_fits(ctx, tokenizer, train_task, r.max_new_tokens)  # with env: its first messages
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
     kept = kept_state(ctx, session, tokenizer, test_task)
@@ -209,7 +212,7 @@ def evals(cfg: RLConfig) -> list[EvalTask]:
     r = cfg.rollout
     return [EvalTask(name=cfg.task.name, args=dict(cfg.task.args), k=cfg.eval.k, temperature=r.temperature,
                      top_k=r.top_k, max_new_tokens=r.max_new_tokens, examples=cfg.eval.examples,
-                     **eval_reward(cfg.eval.reward), tools=list(cfg.tools))]
+                     **eval_reward(cfg.eval.reward), tools=list(cfg.tools), env=cfg.env, max_turns=r.max_turns)]
 
 
 def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] | None = None) -> dict:
@@ -272,6 +275,10 @@ def report(summary: dict, tracked: dict) -> list[str]:
         mean, most, kl = (tracked[f"mismatch/{m}"] for m in ("logratio_mean", "logratio_max", "kl"))
         out.append(f"sampling/training mismatch (|log p_train - log p_sample|, sampled tokens): mean "
                    f"{fmt(mean['mean'])}, max {fmt(most['max'])}; KL (k3) mean {fmt(kl['mean'])}")
+    if "env/turns" in tracked:  # episodes (rlkit.lib.generation.episodes)
+        t, n = tracked["env/turns"], tracked["env/episode_len"]
+        out.append(f"episodes: turns {fmt(t['first'])} -> {fmt(t['last'])}, length {fmt(n['first'])} -> "
+                   f"{fmt(n['last'])} tokens, ended by the env {fmt(tracked['env/done']['mean'])} (mean)")
     if "groups_filtered" in tracked and tracked["groups_filtered"]["max"] > 0:
         out.append(f"group filtering: {fmt(tracked['groups_filtered']['mean'])} groups dropped per step, "
                    f"{fmt(tracked['refill_rounds']['mean'])} refill rounds (means)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from rlkit.lib.generation.episodes import episode_metrics, episodes
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.generation.tools import tool_metrics, toolbox
 from rlkit.lib.evaluation.scoring import score, weighted_total
@@ -55,12 +56,10 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
         first = step * s.examples_per_step + refills + rnd * s.examples_per_step + rank * P
         examples = [train_task[order[(first + p) % len(order)]] for p in range(P)]
         t0 = time.perf_counter()
-        out = rollouts(ctx, model, tokenizer, examples, [row_seed(ctx.experiment.seed, step, first + p, g)
-                                                         for p in range(P) for g in range(G)])
+        seeds = [row_seed(ctx.experiment.seed, step, first + p, g) for p in range(P) for g in range(-1, G)]
+        out = rollouts(ctx, model, tokenizer, examples, seeds)
         t1 = time.perf_counter()
-        texts = [tokenizer.decode([t for t in c if t not in tokenizer.stop_ids]) for c in out.completions]
-        scores = score(rewards, texts, [ex for ex in examples for _ in range(G)], f"at {ctx.name} step {step + 1}",
-                       s.reward_timeout, f"stages.{ctx.name}.reward_timeout")
+        scores = step_scores(ctx, out, rewards, tokenizer, examples, step)
         total = weighted_total(rewards, scores, f"at {ctx.name} step {step + 1}")  # (P*G,)
         lengths = torch.tensor([len(c) for c in out.completions], dtype=torch.float32).view(P, G)
         for name, term in algorithm.shape(lengths, s.rollout.max_new_tokens).items():  # DAPO's overlong shaping
@@ -72,6 +71,8 @@ def collect(ctx, model, tokenizer, algorithm, rewards, train_task, order, step: 
             stats.update({"reward": total.mean(), **{f"reward/{n}": v.float().mean() for n, v in scores.items()}})
             if out.tool_calls is not None:
                 stats.update(tool_metrics(out.tool_calls, out.tool_errors, out.tool_forced))
+            if out.episodes is not None:
+                stats.update(episode_metrics(out.episodes, [len(c) for c in out.completions], s.rollout.max_turns))
         all_rewards = gather(total.view(P, G).to(ctx.device), world)  # (P*world, G)
         informative = (all_rewards != all_rewards[:, :1]).any(dim=1) if filtering else \
             torch.ones(P * world, dtype=torch.bool, device=ctx.device)
@@ -122,16 +123,31 @@ def merge(parts, G: int):
     return padded(ids), padded(masks), torch.cat(entropies), padded(logps), prompt_tokens
 
 
+def step_scores(ctx, out, rewards, tokenizer, examples, step: int) -> dict[str, torch.Tensor]:
+    """{name: (P*G,)}: each reward plugin's scores of the decoded completions, or with env the episodes' rewards
+    ("env": the sum of each episode's turn rewards)."""
+    if out.episodes is not None:
+        return {"env": torch.tensor([row.reward for row in out.episodes], dtype=torch.float32)}
+    s, G = ctx.cfg, ctx.cfg.rollout.samples
+    texts = [tokenizer.decode([t for t in c if t not in tokenizer.stop_ids]) for c in out.completions]
+    return score(rewards, texts, [ex for ex in examples for _ in range(G)], f"at {ctx.name} step {step + 1}",
+                 s.reward_timeout, f"stages.{ctx.name}.reward_timeout")
+
+
 def rollouts(ctx, model, tokenizer, examples, seeds):
-    """`rollout.samples` completions of each example's prompt, with the rollout settings."""
-    r = ctx.cfg.rollout
-    prompts = [tokenizer.render_for_completion(prompt_messages(ex)) for ex in examples]
+    """`rollout.samples` completions of each example's prompt, with the rollout settings; `seeds`: G + 1 a
+    prompt, the first resets its envs (with env: each row an episode), the others seed its rows' draws."""
+    r, G = ctx.cfg.rollout, ctx.cfg.rollout.samples
+    env = episodes(ctx.plugins, ctx.cfg.env, r.max_turns, f"stages.{ctx.name}.env")
+    resets, seeds = seeds[::G + 1], [x for i, x in enumerate(seeds) if i % (G + 1)]
+    prompts, rows = env.start(examples, G, resets, tokenizer) if env else \
+        ([tokenizer.render_for_completion(prompt_messages(ex)) for ex in examples], None)
     tools = toolbox(ctx.plugins, ctx.cfg.tools, tokenizer, f"stages.{ctx.name}.tools")
     model.eval()
     with ctx.autocast():
         out = generate(model, prompts, samples=r.samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                        top_k=r.top_k or None, stop_tokens=tokenizer.stop_ids, seeds=seeds, entropy=True,
-                       logprobs=True, tools=tools)  # the sampler's log-probs: mismatch/* metrics, truncated IS
+                       logprobs=True, tools=tools, envs=rows)  # the sampler's log-probs: mismatch/* metrics, truncated IS
     model.train()
     return out
 

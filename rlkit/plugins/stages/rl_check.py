@@ -12,14 +12,19 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.lib.training.optim import check_optimizer
 from rlkit.core.stage import divides
-from rlkit.lib.evaluation.trial import build_task, try_rewards
+from rlkit.lib.evaluation.trial import build_task, sample, try_rewards
+from rlkit.lib.generation.episodes import episodes
 from rlkit.lib.text.task import prompt_messages
 
 
 def check(cfg, setup) -> None:
-    if not cfg.rewards:
+    if not cfg.rewards and cfg.env is None:
         raise RlkitError(f"{setup.where}.rewards: empty; list at least one, e.g. [{{name: <reward>}}] "
-                         f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))})")
+                         f"(installed: {', '.join(sorted(setup.plugins.tables['reward']))}), or give an env")
+    if cfg.env is not None and (cfg.rewards or cfg.eval.reward is not None):
+        key = "rewards" if cfg.rewards else "eval.reward"
+        raise RlkitError(f"{setup.where}.{key}: an entry with env: '{cfg.env.name}' is rewarded by its env, in "
+                         f"training and in its eval; leave {key} out")
     rows = cfg.examples_per_step // setup.world_size * cfg.rollout.samples
     if cfg.updates.minibatches > rows:
         raise RlkitError(f"{setup.where}.updates.minibatches: {cfg.updates.minibatches} is more than the "
@@ -36,6 +41,9 @@ def check(cfg, setup) -> None:
     check_optimizer(cfg.optimizer, setup)
     task = build_task(setup.plugins, cfg.task, "train", f"{setup.where}.task", setup.base_dir)  # its rows, before any model
     try_rewards(setup.plugins, cfg.rewards, task, f"{setup.where}.rewards")  # each reward, once, on its first example
+    env = env_of(cfg, setup.plugins, setup.where)
+    if env is not None:  # reset and one step with the reference reply, on its first example
+        env.trial(*sample(task))
     check_rollout_fits(cfg, setup, task)
 
 
@@ -51,7 +59,13 @@ def check_rollout_fits(cfg, setup, task) -> None:
                          f"model.seq_len {seq_len}; use fewer or raise model.seq_len")
     if setup.tokenizer is None:
         return
-    fits(where, longest_prompt(setup.tokenizer, task), cfg.rollout.max_new_tokens, seq_len)
+    fits(where, longest_prompt(setup.tokenizer, task, env_of(cfg, setup.plugins, setup.where)),
+         cfg.rollout.max_new_tokens, seq_len)
+
+
+def env_of(cfg, plugins, where: str):
+    """The entry's Episodes (rlkit.lib.generation.episodes), or None without env."""
+    return episodes(plugins, cfg.env, cfg.rollout.max_turns, f"{where}.env")
 
 
 def build_algorithm(cfg, plugins, where: str, sharded: bool = False) -> Algorithm:
@@ -75,11 +89,17 @@ def build_algorithm(cfg, plugins, where: str, sharded: bool = False) -> Algorith
 def check_fits(ctx, tokenizer, task, max_new_tokens: int) -> None:
     """A rollout (prompt + max_new_tokens) must fit the context the model was trained on (again here: a model
     plugin with a tokenizer of its own is known only now)."""
-    fits(f"stages.{ctx.name}.rollout.max_new_tokens", longest_prompt(tokenizer, task), max_new_tokens, ctx.seq_len)
+    env = env_of(ctx.cfg, ctx.plugins, f"stages.{ctx.name}")
+    fits(f"stages.{ctx.name}.rollout.max_new_tokens", longest_prompt(tokenizer, task, env), max_new_tokens,
+         ctx.seq_len)
 
 
-def longest_prompt(tokenizer, task, sample: int = 256) -> int:
-    """The most tokens a rendered prompt takes, over the task's first `sample` examples."""
+def longest_prompt(tokenizer, task, env=None, sample: int = 256) -> int:
+    """The most tokens a rendered prompt takes, over the task's first `sample` examples (with env, the first
+    messages of its episodes: `sample` // 8 of them, reset with seed 0)."""
+    if env is not None:
+        firsts = [env.first_messages(task[i], 0) for i in range(min(sample // 8, len(task)))]
+        return max(len(tokenizer.render_for_completion(messages)) for messages in firsts)
     return max(len(tokenizer.render_for_completion(prompt_messages(task[i]))) for i in range(min(sample, len(task))))
 
 
