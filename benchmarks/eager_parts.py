@@ -17,7 +17,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from rlkit.core import hostmem
+from rlkit.lib.training import hostmem
 from rlkit.plugins.models import gpt as gpt_module
 from rlkit.plugins.models import softcap_loss
 from rlkit.plugins.models.gpt import GPT, GPTConfig

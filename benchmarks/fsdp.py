@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/fsdp.py [--steps 10]
 
 Each model is built twice from the same seed, once wrapped in DistributedDataParallel and once sharded by
-rlkit.core.parallel (FSDP2, each block then the root), and trained with AdamW on random tokens. Reported per
+rlkit.lib.training.parallel (FSDP2, each block then the root), and trained with AdamW on random tokens. Reported per
 rank: the median step time (forward, backward, optimizer step), the training state this rank holds
 (weights + gradients + AdamW moments, counted from the tensors' local shards), on CUDA the peak allocated
 memory, and under fsdp the time of the rl step's full-weight gather into the rollouts' copy. Ratios are fsdp / ddp from the same run. Results go in docs/performance.md.
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from rlkit.core import parallel
+from rlkit.lib.training import parallel
 
 
 def gpt_d4():

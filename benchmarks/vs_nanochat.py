@@ -13,7 +13,7 @@ N(0, 0.05) on both sides so logits spread as a trained model's do:
   rlkit:    rlkit.lib.generation.sampling.generate, all 256 rows in one call, under autocast(bf16) for bf16;
   nanochat: Engine(model, tokenizer).generate_batch(prompt, num_samples=16, ...) once per prompt.
 
-Allocator (CPU): `rlkit run` makes malloc keep freed memory (rlkit/core/hostmem.py: a step's 512 MB logits
+Allocator (CPU): `rlkit run` makes malloc keep freed memory (rlkit/lib/training/hostmem.py: a step's 512 MB logits
 then reuse mapped pages instead of faulting fresh ones in). --malloc as-shipped (the default) does the same
 in rlkit's child and leaves nanochat's as nanochat runs; --malloc both gives nanochat's child the same
 setting, which compares the code alone; --malloc neither leaves both at glibc's default.
@@ -165,7 +165,7 @@ def rollout_round(spec, device):
 def worker(spec):
     device = torch.device(spec["device"])
     if device.type == "cpu" and (spec["malloc"] == "both" or spec["malloc"] == "as-shipped" and spec["side"] == "rlkit"):
-        from rlkit.core import hostmem  # what `rlkit run` does on a CPU (dist.init): malloc keeps freed pages
+        from rlkit.lib.training import hostmem  # what `rlkit run` does on a CPU: malloc keeps freed pages
         hostmem.keep_freed_memory()
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -257,8 +257,8 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="take MFU against this peak (e.g. 989 for H100/H200 dense bf16) instead of the measured mm peak")
     parser.add_argument("--malloc", choices=["as-shipped", "both", "neither"], default="as-shipped",
-                        help="CPU only: which children keep freed memory (rlkit/core/hostmem.py); as-shipped: rlkit's, "
-                             "as `rlkit run` does, and not nanochat's; both: the same allocator on both sides")
+                        help="CPU only: which children keep freed memory (rlkit/lib/training/hostmem.py); as-shipped: "
+                             "rlkit's, as `rlkit run` does, and not nanochat's; both: the same allocator on both sides")
     parser.add_argument("--quick", action="store_true", help="smoke run: d2, vocab 4096, seq 128, 4 x 4 x 16, 1 round")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

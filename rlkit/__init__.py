@@ -44,6 +44,9 @@ MOVED = {
     "rlkit.core.tokenizer": "rlkit.lib.text.tokenizer",
     "rlkit.core.report": "rlkit.lib.tracking.report",
     "rlkit.core.aimrepo": "rlkit.lib.tracking.aimrepo",
+    "rlkit.core.parallel": "rlkit.lib.training.parallel",
+    "rlkit.core.memory": "rlkit.lib.training.memory",
+    "rlkit.core.hostmem": "rlkit.lib.training.hostmem",
 }
 
 

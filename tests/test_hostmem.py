@@ -1,6 +1,6 @@
-"""core/hostmem.py, through dist.init on a CPU: a loop that allocates, writes and frees a 64 MB block (as a
-training step does its logits) settles on pages it already has, where glibc's default maps fresh pages and
-faults every one in again, each time. The count is the process's minor page faults (getrusage). Each case
+"""lib/training/hostmem.py, through on_cpu (what `rlkit run` and `rlkit eval` call) on a CPU: a loop that
+allocates, writes and frees a 64 MB block (as a training step does its logits) settles on pages it already
+has, where glibc's default maps fresh pages and faults every one in again, each time. The count is the process's minor page faults (getrusage). Each case
 runs in a child process, so the malloc settings do not carry over into the test run, and
 RLKIT_KEEP_FREED_MEMORY=0 gives the default case."""
 import os
@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from rlkit.core import hostmem
+from rlkit.lib.training import hostmem
 
 CHILD = """
 import resource, torch
-from rlkit.core import dist
+from rlkit.lib.training import hostmem
 
-dist.init("cpu")
+hostmem.on_cpu("cpu")
 
 def faults_of_a_64mb_block():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -40,7 +40,7 @@ def faults(keep: bool) -> tuple[int, int]:
 
 def test_cpu_runs_reuse_freed_pages_and_the_env_var_turns_it_off():
     env = dict(os.environ, **{hostmem.ENV: "1"})
-    probe = "from rlkit.core import hostmem; print(hostmem.keep_freed_memory())"
+    probe = "from rlkit.lib.training import hostmem; print(hostmem.keep_freed_memory())"
     if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip() != "True":
         pytest.skip("this C library has no glibc mallopt")
     first, last_ten = faults(keep=True)

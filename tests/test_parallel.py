@@ -1,10 +1,20 @@
-"""parallel: the strategy choice and its up-front checks, without launching ranks (tests/test_fsdp.py runs them)."""
+"""parallel: the strategy choice, its up-front checks and its one-process behaviour, without launching ranks
+(tests/test_fsdp.py runs them)."""
+import functools
+
 import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.checkpoint import checkpoint
 
 from experiments import PRETRAIN, TOKENIZER, write_experiment
 
-from rlkit.core import memory, pipeline
+from rlkit.core import pipeline
 from rlkit.core.errors import RlkitError
+from rlkit.core.parallelism import Parallelism
+from rlkit.lib.training import memory
+from rlkit.lib.training.parallel import Strategy
+from rlkit.plugins.models.gpt import GPT, GPTConfig
 
 
 def experiment(tmp_path, optimizer="adamw"):
@@ -44,3 +54,59 @@ def test_the_memory_check_is_per_rank_under_fsdp(monkeypatch):
                                          r"sharded over 2 ranks"):
         monkeypatch.setattr(memory, "free_memory", lambda device: (5 * memory.GiB, "GPU 0"))
         memory.check_fits_memory(factory, {}, 64, 512, "cuda", "model", shards=2)
+
+
+def test_pipeline_run_without_a_strategy_refuses_what_only_a_strategy_does(tmp_path):
+    """Core holds no sharding code: a caller of pipeline.run that passes no strategy gets plain ddp, and one
+    line (before any work) when the `parallel:` section asks for more; `rlkit run` passes the library's."""
+    for override in ("parallel.activation_checkpointing=true", "parallel.strategy=fsdp"):
+        cfg, plugins = pipeline.prepare(experiment(tmp_path), [override], [])
+        with pytest.raises(RlkitError, match=r"^parallel: no strategy was passed to pipeline.run .*"
+                                             r"parallel=rlkit.lib.training.parallel.Strategy\(cfg.parallel\)"):
+            pipeline.run(cfg, plugins)
+        assert not (tmp_path / "runs").exists()
+
+
+def tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(depth=2, vocab_size=64, seq_len=16))
+
+
+def loss_and_grads(model, strategy):
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    strategy.prepare(model, optimizer, torch.float32, rollouts=True)
+    loss = model(x, x)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, optimizer
+
+
+def test_activation_checkpointing_recomputes_each_block_under_ddp_with_the_same_gradients():
+    """One process: fsdp is ddp (nothing sharded), and activation checkpointing wraps every block's forward
+    in torch.utils.checkpoint, which changes no number."""
+    plain = OmegaConf.create({"strategy": "fsdp", "activation_checkpointing": False, "cpu_offload": False})
+    assert Strategy(plain).sharded is False and Strategy(plain).prepare(tiny_gpt(), None, torch.float32, True) is None
+    model = tiny_gpt()
+    base_loss, base_grads, _ = loss_and_grads(model, Parallelism())
+    checkpointed = tiny_gpt()
+    loss, grads, _ = loss_and_grads(checkpointed, Strategy(OmegaConf.merge(plain, {"activation_checkpointing": True})))
+    assert all(isinstance(b.forward, functools.partial) and b.forward.func is checkpoint
+               for b in checkpointed.blocks)
+    assert not any(isinstance(b.forward, functools.partial) for b in model.blocks)
+    assert loss == base_loss and all(torch.equal(grads[n], g) for n, g in base_grads.items())
+
+
+def test_the_default_strategy_checkpoints_what_the_fsdp_code_gathers_from_a_whole_model():
+    """Core's plain strategy and the library's gather (written for DTensors) give the same checkpoint state of
+    an unsharded model and its AdamW moments, and nothing on a rank that does not keep it."""
+    model = tiny_gpt()
+    _, _, optimizer = loss_and_grads(model, Parallelism())
+    base, lib = Parallelism(), Strategy(OmegaConf.create({"strategy": "ddp", "activation_checkpointing": False,
+                                                          "cpu_offload": False}))
+    mine, theirs = base.full_state(model, keep=True), lib.full_state(model, keep=True)
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    mine, theirs = base.full_optimizer_state(optimizer, keep=True), lib.full_optimizer_state(optimizer, keep=True)
+    assert mine["param_groups"] == theirs["param_groups"] and list(mine["state"]) == list(theirs["state"])
+    assert all(torch.equal(mine["state"][i][k], v) for i, s in theirs["state"].items() for k, v in s.items())
+    assert base.full_state(model, keep=False) == {} and base.full_optimizer_state(optimizer, keep=False) is None

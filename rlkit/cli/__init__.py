@@ -95,11 +95,10 @@ def run(
 ):
     """Validate the experiment and its plugins, then run its stages in order (alone or under torchrun)."""
     with user_errors():
-        from rlkit.core import pipeline
-        from rlkit.lib.tracking import RunTracking
+        from rlkit.cli import running
 
         world = nproc_per_node * nnodes
-        cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [], world_size=world)
+        cfg, plugins = running.prepare(experiment, overrides or [], plugin or [], world_size=world)
         if world > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
             from rlkit.cli.launch import torchrun
 
@@ -110,7 +109,7 @@ def run(
 
             sweep_lib.run(experiment, overrides or [], plugin or [], sweep, world)
             return
-        pipeline.run(cfg, plugins, resume=resume, tracking=RunTracking())
+        running.run(cfg, plugins, resume)
 
 
 @app.command()
@@ -120,11 +119,11 @@ def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: Plu
     with user_errors():
         from omegaconf import OmegaConf
 
+        from rlkit.cli import running
         from rlkit.core import config, pipeline
-
         from rlkit.lib.training.optim import lr_plans
 
-        cfg, plugins = pipeline.prepare(experiment, overrides or [], plugin or [])
+        cfg, plugins = running.prepare(experiment, overrides or [], plugin or [])
         typer.echo(OmegaConf.to_yaml(cfg), nl=False)
         typer.echo("".join(f"# {line}\n" for line in lr_plans(pipeline.entries(cfg, plugins))), nl=False, err=True)
         typer.echo(f"# ok: stages {', '.join(config.stages_to_run(cfg))}", err=True)

@@ -42,6 +42,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
     from rlkit.core.plugins import load_plugins
     from rlkit.core.runtime import Runtime
     from rlkit.core.track import Tracker
+    from rlkit.lib.training import hostmem
 
     if not tasks:
         raise RlkitError("rlkit eval: give at least one --task NAME[:k] (e.g. --task arithmetic:8)")
@@ -52,6 +53,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
     base = Path(cfg.get("base_dir") or ".")
     plugins = load_plugins([base / p for p in cfg.get("plugins") or []] + list(extra_plugins))
     known = run_settings(cfg, plugins, _entry_named(Path(target), run_dir)) if run_dir is not None else {}
+    hostmem.on_cpu(str(cfg.get("device") or "auto"))  # as `rlkit run` does (rlkit.lib.training.hostmem)
     info, device = dist.init(str(cfg.get("device") or "auto"))
     try:
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)

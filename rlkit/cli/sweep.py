@@ -104,16 +104,15 @@ def _link(src, dst):
 def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str], world_size: int) -> list[str]:
     """Run every point of the sweep (checked first, all of them); print the comparison; return the run names."""
     from rlkit.core import pipeline
-    from rlkit.cli import comparison
-    from rlkit.lib.tracking import RunTracking
+    from rlkit.cli import comparison, running
 
     grid = points(sweeps)
     prepared = []
     for point in grid:  # every point is checked before the first one runs
-        base = pipeline.prepare(path, overrides + [f"{k}={v}" for k, v in point], extra_plugins, world_size)[0].name
+        base = running.prepare(path, overrides + [f"{k}={v}" for k, v in point], extra_plugins, world_size)[0].name
         name = point_name(base, point)
-        prepared.append((name, *pipeline.prepare(path, overrides + [f"{k}={v}" for k, v in point] + [f"name={name}"],
-                                                 extra_plugins, world_size)))
+        prepared.append((name, *running.prepare(path, overrides + [f"{k}={v}" for k, v in point] + [f"name={name}"],
+                                                extra_plugins, world_size)))
     _distinct([name for name, _, _ in prepared], grid)
     for i, (name, cfg, plugins) in enumerate(prepared):
         run_dir = Path(cfg.run_dir)
@@ -125,7 +124,7 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
         print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}): {' '.join(f'{k}={v}' for k, v in grid[i])}")
         shared = reuse(cfg, names, [c for _, c, _ in prepared[:i]])
         begun = (run_dir / "config.yaml").exists() or any(handoff.finished(run_dir / e) is not None for e in names)
-        pipeline.run(cfg, plugins, resume=begun or shared, tracking=RunTracking())
+        running.run(cfg, plugins, resume=begun or shared)
     cfg = prepared[-1][1]
     if cfg.tracking.enabled:
         result = comparison.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])

@@ -62,7 +62,7 @@ class ModelConfig:
 
 
 @dataclass
-class ParallelConfig:  # how training spans the ranks (rlkit.core.parallel); one process: no difference
+class ParallelConfig:  # how training spans the ranks (rlkit.lib.training.parallel); one process: no difference
     strategy: str = "ddp"  # ddp: a full replica per rank | fsdp: weights, gradients, optimizer sharded (FSDP2)
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     cpu_offload: bool = False  # fsdp: shards and optimizer state in host memory

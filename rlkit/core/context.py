@@ -24,6 +24,7 @@ from rlkit.core import interrupt, rng, session
 from rlkit.core.dist import DistInfo, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
+from rlkit.core.parallelism import Parallelism
 from rlkit.core.plugins import Plugins
 from rlkit.core.runtime import Runtime
 
@@ -46,6 +47,7 @@ class StageContext(Generic[Cfg]):
     summary: dict = field(default_factory=dict)  # what the stage reports at its end (report card)
     init: str | None = None  # the entry's `init:`, if it has one (named in errors about its start)
     start_path: Path | None = None  # the checkpoint the entry started from (named when a step fails)
+    parallel: Parallelism = field(default_factory=Parallelism)  # how the training model spans the ranks
 
     @property
     def stage_dir(self) -> Path:
@@ -61,8 +63,9 @@ class StageContext(Generic[Cfg]):
 
     @property
     def runtime(self) -> Runtime:
-        """What library functions take: device, dtype, ranks, tracker, plugins and this entry's seed."""
-        return Runtime(self.name, self.device, self.dtype, self.dist, self.tracker, self.plugins, self.seed())
+        """What library functions take: device, dtype, ranks, tracker, plugins, this entry's seed, the strategy."""
+        return Runtime(self.name, self.device, self.dtype, self.dist, self.tracker, self.plugins, self.seed(),
+                       self.parallel)
 
     def seed(self, offset: int = 0) -> int:
         """This entry's seed, from the experiment's one seed and the entry's position (entry i gets
@@ -146,7 +149,7 @@ class StageContext(Generic[Cfg]):
         return self.runtime.ddp(model)
 
     def no_sync(self, model: torch.nn.Module, last: bool):
-        return Runtime.no_sync(model, last)
+        return self.runtime.no_sync(model, last)
 
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         return self.runtime.sum_over_ranks(t)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from rlkit.core import hostmem
 from rlkit.core.errors import RlkitError
 
 
@@ -41,12 +40,9 @@ def dist_info() -> DistInfo:
 
 
 def init(device_name: str) -> tuple[DistInfo, torch.device]:
-    """Pick the device (one per local rank) and join the process group when under torchrun. On a CPU, malloc
-    keeps freed memory from then on (hostmem.py)."""
+    """Pick the device (one per local rank) and join the process group when under torchrun."""
     info = dist_info()
     device = pick_device(device_name, info.local_rank)
-    if device.type == "cpu":
-        hostmem.keep_freed_memory()  # later steps reuse the pages of earlier ones (core/hostmem.py)
     if info.distributed and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch_dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)

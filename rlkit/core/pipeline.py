@@ -26,8 +26,8 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
-from rlkit.core.memory import check_fits_memory
 from rlkit.core.lock import RunLock
+from rlkit.core.parallelism import Parallelism, default_for
 from rlkit.core.stage import Stage, StageSetup
 from rlkit.core.track import Tracking
 from rlkit.core.yamlfile import read_profile
@@ -65,7 +65,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
         cfg.experiment = str(read_profile(path).get("name") or cfg.name)  # the YAML's own name: Aim's experiment
     check_values(cfg, path)
     world = world_size or int(os.environ.get("WORLD_SIZE", 1))
-    _name_model(cfg, plugins, path, world if cfg.parallel.strategy == "fsdp" else 1)
+    _name_model(cfg, plugins, path)
     found = entries(cfg, plugins, path)
     if not found:
         raise RlkitError(f"{path}: stages: empty; list at least one stage entry "
@@ -146,24 +146,27 @@ def check_values(cfg: DictConfig, path) -> None:
                          "(no '/', at most 200 characters)")
 
 
-def _name_model(cfg: DictConfig, plugins: Plugins, path, shards: int = 1) -> None:
-    """Resolve `model.name` (checking `model.args` against the plugin) when the section says enough to."""
+def _name_model(cfg: DictConfig, plugins: Plugins, path) -> None:
+    """Resolve `model.name` (checking `model.args` against the plugin) when the section says enough to.
+    (Whether the model fits the device is checked by the commands: rlkit.lib.training.memory.)"""
     args = OmegaConf.to_container(cfg.model.args)
     if cfg.model.name is None and not args and len(plugins.tables["model"]) != 1:
         return  # nothing to go by: a model built from scratch must then name its plugin (context.load_model)
     with open_dict(cfg):
         cfg.model.name = policy.model_name(plugins, cfg.model.name, args, f"{path}: model")
     policy.check_model(plugins, cfg.model.name, args, cfg.model.seq_len, f"{path}: model")
-    check_fits_memory(plugins.tables["model"][cfg.model.name], args, cfg.model.seq_len, None, cfg.device,
-                      f"{path}: model", shards=shards)
 
 
-def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Tracking | None = None) -> None:
+def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Tracking | None = None,
+        parallel: Parallelism | None = None) -> None:
     """Run the entries in order, each starting from the previous one's checkpoint (or its own `init:`),
     holding the run folder's lock throughout. `tracking` (rlkit.core.track.Tracking) hands out the tracker
-    and hears when each entry ends; `rlkit run` passes Aim and the report card, the default writes nothing."""
+    and hears when each entry ends; `rlkit run` passes Aim and the report card, the default writes nothing.
+    `parallel` (rlkit.core.parallelism.Parallelism) spans each training model over the ranks; `rlkit run`
+    passes the strategy `parallel:` names, the default is ddp without extras."""
     from rlkit.core import dist
 
+    parallel = parallel or default_for(cfg.parallel)
     info, device = dist.init(cfg.device)
     try:
         dtype = dist.compute_dtype(cfg.model.dtype, device)
@@ -171,21 +174,21 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Track
         found = entries(cfg, plugins)
         lock = _lock(run_dir, info, device)
         try:
-            _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking or Tracking())
+            _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking or Tracking(), parallel)
         finally:
             lock.release()
     finally:
         dist.shutdown()
 
 
-def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking) -> None:
+def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking, parallel) -> None:
     from rlkit.core import dist, interrupt
 
     _check_run_dir(run_dir, cfg, found, resume)
     tracker, began = tracking.open(cfg, run_dir, info, resume, device, dtype), time.time()
     interrupt.install()
     try:
-        _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking, tracker)
+        _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking, tracker, parallel)
         tracking.run_done(cfg, run_dir, tracker, time.time() - began)
         dist.barrier()  # leave together: a rank tearing down gloo while a peer is still busy can abort
     except BaseException as e:  # a failed or stopped run is marked so (Aim, summary.json), then fails as before
@@ -196,7 +199,7 @@ def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tr
         tracker.close()
 
 
-def _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking, tracker) -> None:
+def _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking, tracker, parallel) -> None:
     """Run each entry in order, each starting from what the one before handed on."""
     from rlkit.core import dist
     from rlkit.core.context import StageContext
@@ -219,7 +222,7 @@ def _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking
             earlier = e.init in [f.name for f in found[:index]]
             start = handoff.Checkpoint.open(run_dir / e.init if earlier else e.init, f"stages.{e.name}.init")
         ctx = StageContext(e.name, e.cfg, cfg, index, plugins, run_dir, device, dtype, info, tracker,
-                           resume=resume, init=e.init, start_path=start.path if start else None)
+                           resume=resume, init=e.init, start_path=start.path if start else None, parallel=parallel)
         dist.seed_everything(ctx.seed())
         began_stage = time.time()
         start = e.stage.run(ctx, start)

@@ -14,7 +14,7 @@ A model plugin's factory(tokenizer, seq_len, **args) returns a Policy: a torch n
     tokenizer: only when the plugin brings its own (factory called with tokenizer=None); a tokenizer may
         report `tool_tokens` (ToolTokens, below), the only way the engine knows tool calls.
 A Policy may also have `shard_units() -> [nn.Module]`: the modules `parallel.strategy: fsdp` shards one by
-one (its blocks; rlkit.core.parallel falls back to the items of the largest ModuleList), `export(folder,
+one (its blocks; rlkit.lib.training.parallel falls back to the items of the largest ModuleList), `export(folder,
 tokenizer) -> list[str]` (`rlkit export`: write a folder transformers loads; returns notes), and
 `adapter_free() -> context manager | None`: for a policy trained through adapters
 (LoRA), a context inside which its forward computes the base model with the adapters off, without a copy

@@ -1,5 +1,5 @@
 """What library code needs from a run, and nothing about any stage: where tensors live, the ranks, the
-compute dtype, the tracker, the plugins, the seed.
+compute dtype, the tracker, the plugins, the seed, how the training model spans the ranks.
 
     rt = ctx.runtime                                    # in a stage
     rt = Runtime("rlkit-eval", device, dtype, info, Tracker(), plugins)   # in a command (rlkit eval)
@@ -11,12 +11,13 @@ stand-in stage context.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from rlkit.core.dist import DistInfo, all_reduce_sum
+from rlkit.core.parallelism import Parallelism
 from rlkit.core.plugins import Plugins
 
 
@@ -29,6 +30,7 @@ class Runtime:
     tracker: Any  # rlkit.core.track.Tracker
     plugins: Plugins  # for plugin lookups library code makes (a task's own reward, say)
     seed: int = 0  # the entry's seed (StageContext.seed()); 0 outside a run
+    parallel: Parallelism = field(default_factory=Parallelism)  # the run's strategy (ddp, fsdp)
 
     def autocast(self):
         """bf16 autocast when the compute dtype is bf16; a no-op context in fp32."""
@@ -51,13 +53,10 @@ class Runtime:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
-    @staticmethod
-    def no_sync(model: torch.nn.Module, last: bool):
+    def no_sync(self, model: torch.nn.Module, last: bool):
         """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on every accumulation pass but the last."""
-        from rlkit.core.parallel import no_sync
-
-        if (fsdp := no_sync(model, last)) is not None:
-            return fsdp
+        if (own := self.parallel.no_sync(model, last)) is not None:
+            return own
         if last or not hasattr(model, "no_sync"):
             return contextlib.nullcontext()
         return model.no_sync()

@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlkit.core import checkpoint as ckpt
-from rlkit.core import interrupt, parallel, policy, rng
+from rlkit.core import interrupt, policy, rng
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
@@ -55,8 +55,8 @@ class Session:
         self.resumed = ctx.resume_point()  # this entry's own newest checkpoint under --resume, its meta read
         self.model, self.tokenizer, self.origin = load_model(ctx, self.resumed or start)
         self.optimizer = None if optimizer_ref is None else ctx.optimizer(optimizer_ref, self.model)
-        self.sharded = parallel.sharded(ctx.experiment.parallel, ctx.dist.distributed)
-        self.gathered: parallel.Gathered | None = None  # fsdp: the rollouts' full-weight copy (begin)
+        self.parallel, self.sharded = ctx.parallel, ctx.parallel.sharded  # how the model spans the ranks
+        self.gathered = None  # a sharded model's full-weight copy for rollouts (begin)
         meta, self.opt_state = self.resumed.meta if self.resumed else {}, None
         if self.resumed is not None:
             state = ckpt.read_optimizer(self.resumed.path, verify=not self.resumed.verified)
@@ -72,24 +72,16 @@ class Session:
     def begin(self, compile: bool = True, dynamic: bool = False, rollouts: bool = False) -> torch.nn.Module:
         """The model to train: the saved random state comes back first (--resume; last thing before the loop,
         so what the stage drew before it on the first run, a reference model's init say, shifts nothing), then
-        the `parallel` strategy (rlkit.core.parallel): fsdp shards the model in place (`rollouts`: keeping a
-        copy in the compute dtype for sampling, see `sampler`), and the optimizer follows it; then
-        torch.compile per `model.compile` (dynamic: one graph for batches of varying length), then DDP."""
+        the parallel strategy (ctx.parallel, rlkit.core.parallelism): fsdp shards the model in place
+        (`rollouts`: keeping a copy in the compute dtype for sampling, see `sampler`), and the optimizer
+        follows it; then torch.compile per `model.compile` (dynamic: one graph for batches of varying
+        length), then DDP unless the model is sharded."""
         if self.resumed is not None:
             rng.set_rng_state(self.resumed.meta["rng"])
         self.finished = (self.start_step, copy.deepcopy(self.extra), rng.rng_state())
-        cfg = self.ctx.experiment.parallel
-        if self.sharded and rollouts:
-            self.gathered = parallel.Gathered(self.model, self.ctx.dtype)
-        if cfg.activation_checkpointing:
-            parallel.checkpoint_activations(self.model)
-        if self.sharded:
-            names = parallel.param_names(self.model)
-            parallel.shard(self.model, self.ctx.dtype, cfg.cpu_offload)
-            if self.optimizer is not None:
-                parallel.rebind(self.optimizer, names, self.model)
-            if self.opt_state is not None:
-                parallel.load_optimizer_state(self.optimizer, self.opt_state)
+        self.gathered = self.parallel.prepare(self.model, self.optimizer, self.ctx.dtype, rollouts)
+        if self.opt_state is not None:
+            self.parallel.load_optimizer_state(self.optimizer, self.opt_state)
             self.opt_state = None
         model = maybe_compile(self.ctx, self.model, dynamic) if compile else self.model
         return model if self.sharded else self.ctx.runtime.ddp(model)
@@ -175,8 +167,8 @@ def save(ctx: StageContext, origin: Origin, step: int, model, optimizer, extra: 
     handle = Checkpoint(step_dir, {"name": origin.model_name, "args": model.spec(), "seq_len": ctx.seq_len},
                         origin.tokenizer)
     main = ctx.dist.is_main
-    state = parallel.full_state(model, keep=main)  # whole tensors: under fsdp all-gathered by every rank
-    opt_state = parallel.full_optimizer_state(optimizer, keep=main) if optimizer is not None else None
+    state = ctx.parallel.full_state(model, keep=main)  # whole tensors: under fsdp all-gathered by every rank
+    opt_state = ctx.parallel.full_optimizer_state(optimizer, keep=main) if optimizer is not None else None
     if main:
         record = handle.record(step_dir)
         meta = {"stage": ctx.name, "step": step, "done": done, "model": record["model"],

@@ -223,7 +223,7 @@ class GPT(nn.Module):
         }
 
     def shard_units(self):
-        """The modules fsdp shards one by one (rlkit.core.parallel): the blocks; the root holds the rest."""
+        """The modules fsdp shards one by one (rlkit.lib.training.parallel): the blocks; the root holds the rest."""
         return list(self.blocks)
 
     def flops_per_token(self):
@@ -278,7 +278,7 @@ def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: fl
 def param_count(vocab_size: int, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0,
                 lambdas: bool = True) -> int:
     """The parameters gpt(...) would have, counted on the meta device (nothing allocated): for the memory
-    estimate of `rlkit check` (rlkit/core/memory.py)."""
+    estimate of `rlkit check` (rlkit/lib/training/memory.py)."""
     with torch.device("meta"):
         model = GPT(GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim, softcap=softcap,
                               lambdas=lambdas))

@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from rlkit.core import checkpoint as ckpt
 from rlkit.core.dist import print0
 from rlkit.core.handoff import Checkpoint
-from rlkit.core.parallel import even_forwards
 from rlkit.core.policy import build
 from rlkit.lib.training.loop import grad_norm
 from rlkit.lib.training import loop as training
 from rlkit.lib.training.algorithm import Algorithm
+from rlkit.lib.training.parallel import even_forwards
 from rlkit.plugins.stages.rl_plan import Plan, Rows, make_plan
 from rlkit.plugins.stages.rl_stats import Tally
 

@@ -3,22 +3,36 @@
     training memory >= parameters x 16 bytes: fp32 weights (4), gradients (4) and two optimizer moments (8,
     AdamW's; Muon keeps one), before activations, the KV cache and the reference model of some algorithms.
     Per rank: all of it under ddp (a full replica on each); under fsdp over N ranks (parallel.strategy,
-    rlkit.core.parallel) 1/N of it, as FSDP2 shards weights, gradients and optimizer state alike.
+    rlkit.lib.training.parallel) 1/N of it, as FSDP2 shards weights, gradients and optimizer state alike.
 
 A model plugin offers its count as `factory.param_count(vocab_size, seq_len, **args) -> int` (the built-in
 GPT builds itself on the meta device, allocating nothing). Before a tokenizer exists the vocabulary is
 taken as 256 (bytes only), so the count is a lower bound and a run is refused only when it cannot fit.
 The memory compared is what is free now: torch.cuda.mem_get_info on a GPU, else the available RAM.
+`rlkit check` and `rlkit run` check the experiment's `model:` so (check_model_fits), once pipeline.prepare
+has named its plugin.
 """
 from __future__ import annotations
 
 import os
+
+from omegaconf import OmegaConf
 
 from rlkit.core.errors import RlkitError
 
 BYTES_PER_PARAM = 16
 MIN_VOCAB = 256
 GiB = 1 << 30
+
+
+def check_model_fits(cfg, plugins, where: str, world_size: int) -> None:
+    """The experiment's `model:` (`where` names it) against this device, split over `world_size` ranks under
+    fsdp; nothing when its plugin is not known before a run (a model built by an entry that names it)."""
+    if cfg.model.name is None:
+        return
+    shards = world_size if cfg.parallel.strategy == "fsdp" else 1
+    check_fits_memory(plugins.tables["model"][cfg.model.name], OmegaConf.to_container(cfg.model.args),
+                      cfg.model.seq_len, None, cfg.device, where, shards=shards)
 
 
 def check_fits_memory(factory, args: dict, seq_len: int, vocab_size: int | None, device: str, where: str,

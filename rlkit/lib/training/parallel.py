@@ -1,5 +1,6 @@
 """How a training model spans the ranks: `parallel.strategy` ddp (a full replica per rank, gradients
-all-reduced) or fsdp (each rank holds 1/N of every weight, gradient and optimizer moment).
+all-reduced) or fsdp (each rank holds 1/N of every weight, gradient and optimizer moment). `Strategy` is the
+object `rlkit run` hands pipeline.run for the `parallel:` section (the contract: rlkit.core.parallelism).
 
 fsdp is PyTorch's FSDP2 (torch.distributed.fsdp.fully_shard; the recipe of the FSDP2 docs and torchtitan's
 apply_fsdp): each shard unit (the policy's optional `shard_units()`, else the largest ModuleList: a
@@ -27,7 +28,43 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from rlkit.core.dist import all_reduce_max, dist_info
+from rlkit.core.parallelism import Parallelism
+
 STRATEGIES = ("ddp", "fsdp")
+
+
+class Strategy(Parallelism):
+    """The `parallel:` section applied to a session's model: fsdp shards it over more than one rank (under one
+    process it is ddp); activation checkpointing applies under either."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.sharded = sharded(cfg, dist_info().distributed)
+
+    def prepare(self, model: nn.Module, optimizer, dtype: torch.dtype, rollouts: bool) -> Gathered | None:
+        """fsdp with `rollouts`: keep a copy in the compute dtype to sample from (made before sharding)."""
+        gathered = Gathered(model, dtype) if self.sharded and rollouts else None
+        if self.cfg.activation_checkpointing:
+            checkpoint_activations(model)
+        if self.sharded:
+            names = param_names(model)
+            shard(model, dtype, self.cfg.cpu_offload)
+            if optimizer is not None:
+                rebind(optimizer, names, model)
+        return gathered
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        load_optimizer_state(optimizer, state)
+
+    def no_sync(self, model: nn.Module, last: bool):
+        return no_sync(model, last)
+
+    def full_state(self, model: nn.Module, keep: bool) -> dict:
+        return full_state(model, keep)
+
+    def full_optimizer_state(self, optimizer: torch.optim.Optimizer, keep: bool) -> dict | None:
+        return full_optimizer_state(optimizer, keep)
 
 
 def sharded(cfg, distributed: bool) -> bool:
@@ -152,8 +189,6 @@ def even_forwards(model: nn.Module, done: int, device: torch.device) -> None:
     loop of `done` forwards without autograd whose count differs by rank (the rl stage's old_logp pass and
     inert rows), the ranks short of the most run forwards of one token. Nothing (no communication) otherwise."""
     from torch.distributed.fsdp import FSDPModule
-
-    from rlkit.core.dist import all_reduce_max
 
     if not isinstance(model, FSDPModule):
         return

@@ -3,9 +3,8 @@
 glibc serves an allocation above its mmap threshold (32 MB at most) with a fresh mmap, and unmaps it on
 free. A training step's large buffers (the logits and the loss's gradient: 512 MB each at 4096 tokens x
 a 32768 vocabulary) are therefore new pages every step. The kernel zero-fills every page on its first
-write, in a page fault. On this project's 2-core VM that costs ~0.4 s per GB, about ten times the
-write itself. A compiled depth-6, 32768-vocab bf16 step took 8.9 s on one core, and 4.8 s with the
-settings below (docs/performance.md).
+write, in a page fault, which costs several times the write itself; on a CPU that nearly doubled the time
+of a compiled step (docs/performance.md, "Page faults").
 
 Two mallopt settings make malloc keep freed memory in the process, so later steps reuse pages that are
 already mapped:
@@ -15,9 +14,10 @@ already mapped:
 The price is a process that keeps its peak memory until it exits, as a GPU's caching allocator does.
 Allocation is all this changes: every number computed is bit for bit the same.
 
-Applied by dist.init for a CPU device. RLKIT_KEEP_FREED_MEMORY=0 leaves malloc as it is. It does nothing
-where the C library has no mallopt (macOS, musl). Threads other than the main one keep glibc's usual
-per-thread arenas, which still map their large blocks.
+Applied by `rlkit run` and `rlkit eval` for a CPU device (on_cpu), before the run begins.
+RLKIT_KEEP_FREED_MEMORY=0 leaves malloc as it is. It does nothing where the C library has no mallopt
+(macOS, musl). Threads other than the main one keep glibc's usual per-thread arenas, which still map
+their large blocks.
 """
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt takes an int; glibc stores the trim threshold as a size_t, so -1 is SIZE_MAX: never trim
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+
+
+def on_cpu(device_name: str) -> bool:
+    """keep_freed_memory() when the run's `device:` is the CPU on this rank (as dist.init will pick it); a GPU
+    run's host memory is left as it is. Returns whether the settings were applied."""
+    from rlkit.core.dist import dist_info, pick_device
+
+    if pick_device(device_name, dist_info().local_rank).type != "cpu":
+        return False
+    return keep_freed_memory()
