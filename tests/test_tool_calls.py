@@ -173,3 +173,21 @@ def test_calls_past_max_calls_get_an_error_text(model, calculator):
         assert len(blocks) == out.tool_calls[r]
         assert limit not in blocks[:1] and all(b == limit[:len(b)] and len(b) > 1 for b in blocks[1:])
     assert max(out.tool_calls) >= 2
+
+
+def test_with_calls_the_training_log_probs_of_the_sampled_tokens_equal_the_samplers_in_fp32(model, calculator):
+    """The rl update's forward (rl_update.forward) over rows with forced tool outputs gives every sampled token
+    (mask 1) the log-probability the sampler reported, to 1e-5; forced tokens report none (0)."""
+    from rlkit.plugins.stages.rl_update import forward
+
+    free = generate(model, PROMPTS, 2, 40, temperature=1.0, seeds=list(range(8))).completions
+    out = generate(model, PROMPTS, 2, 40, temperature=1.0, seeds=list(range(8)), logprobs=True,
+                   tools=box({"c": calculator}, *call_tokens(free)))
+    assert sum(out.tool_calls) >= 3
+    sampled, forced = out.mask[:, 1:] > 0, (out.mask[:, 1:] == 0) & (out.model_logprobs[:, 1:] != 0)
+    x, y = out.ids[:, :-1], torch.where(sampled, out.ids[:, 1:], -1)
+    with torch.no_grad():
+        logp, _ = forward(model, x, y)
+    assert (out.model_logprobs[:, 1:] - logp)[sampled].abs().max().item() < 1e-5
+    outputs = sum(len(b) for r in range(8) for b in forced_blocks(out, r, cut=True))
+    assert not forced.any() and outputs >= 3 * sum(out.tool_calls) - 2 * 8  # output_start, text, output_end
