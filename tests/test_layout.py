@@ -193,3 +193,39 @@ def test_core_names_no_plugin_even_as_a_string():
                              & names) or sorted({node.value} & names)
                 offences += [f"{path.relative_to(ROOT)}:{node.lineno} names {h!r} in {node.value!r}" for h in hit]
     assert not offences, "rlkit/core must not name plugins:\n" + "\n".join(offences)
+
+
+def decode_calls(source: str) -> list[str]:
+    """What a decode loop must call, as written in `source`: a Decoder's step/step_join/prefill/join (on a
+    receiver named like a decoder), the sampler's draw, or torch.multinomial."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in {"step", "step_join", "prefill", "join"} \
+                and "decoder" in ast.unparse(f.value).lower():
+            found.append(ast.unparse(f))
+        elif isinstance(f, ast.Attribute) and f.attr == "multinomial":
+            found.append(ast.unparse(f))
+        elif isinstance(f, ast.Name) and f.id in {"draw", "multinomial"}:
+            found.append(f.id)
+    return found
+
+
+@pytest.mark.parametrize("source,calls", [
+    ("for t in range(n):\n    logits = decoder.step(tok)\n    tok = draw(logits, k, t, s)", ["decoder.step", "draw"]),
+    ("tok = torch.multinomial(p, 1)", ["torch.multinomial"]),
+    ("self.decoder.step_join(t, i, l, s, m)", ["self.decoder.step_join"]),
+    ("env.step(text)\nopt.step()", []),
+])
+def test_decode_calls_are_found(source, calls):
+    assert sorted(decode_calls(source)) == sorted(calls)
+
+
+def test_one_decode_loop_in_the_codebase():
+    """Only rlkit/lib/generation/loop.py steps a decoder or draws tokens: rollouts, evals, chat and serve all
+    run that one loop (through sampling.generate or engine.Engine)."""
+    where = {str(p.relative_to(ROOT)): calls for p in sorted((ROOT / "rlkit").rglob("*.py"))
+             if (calls := decode_calls(p.read_text()))}
+    assert set(where) == {"rlkit/lib/generation/loop.py"}, where
