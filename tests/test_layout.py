@@ -229,3 +229,16 @@ def test_one_decode_loop_in_the_codebase():
     where = {str(p.relative_to(ROOT)): calls for p in sorted((ROOT / "rlkit").rglob("*.py"))
              if (calls := decode_calls(p.read_text()))}
     assert set(where) == {"rlkit/lib/generation/loop.py"}, where
+
+
+def test_files_fit_300_lines_and_functions_a_screen():
+    """Small, readable files: none in rlkit/ over 300 lines, no function over 60."""
+    long_files, long_functions = [], []
+    for path in sorted((ROOT / "rlkit").rglob("*.py")):
+        source = path.read_text()
+        if source.count("\n") > 300:
+            long_files.append(str(path.relative_to(ROOT)))
+        long_functions += [f"{path.relative_to(ROOT)}:{node.name}" for node in ast.walk(ast.parse(source))
+                           if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                           and node.end_lineno - node.lineno + 1 > 60]
+    assert not long_files and not long_functions, (long_files, long_functions)
