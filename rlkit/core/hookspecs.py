@@ -59,7 +59,8 @@ def rlkit_rewards() -> dict:
     """Return {name: reward}; reward(completion: str, example: Mapping, **args) -> float.
 
     A reward may instead be an object with __call__ and `score_batch(completions, examples, **args) ->
-    list[float]`, which stages call once for a whole batch (e.g. to run programs in parallel).
+    list[float]`, which stages call once for a whole batch (e.g. to run programs in parallel). It may return a
+    rlkit.lib.evaluation.scoring.Scored: the values, plus per-completion figures tracked as `reward/<name>/<figure>`.
     """
 
 
