@@ -78,7 +78,9 @@ def rlkit_tasks() -> dict:
 
     A rlkit.lib.text.task.Task may also say how it is evaluated: evaluation="generative" (default; scored by
     a reward plugin, its default named by `reward`) or "choice" (multiple choice: each example adds
-    "choices" and "gold"), and `title`, its row on the report card. A plain list is generative.
+    "choices" and "gold"), and `title`, its row on the report card. A plain list is generative. A Task may
+    adapt to training (a curriculum): the rl stage calls `observe(step, stats) -> dict` after each step and
+    tracks what it returns, and checkpoints `state_dict()` (restored with `load_state_dict(state)`).
     """
 
 
