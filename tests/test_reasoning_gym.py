@@ -116,3 +116,11 @@ def test_a_reasoning_gym_task_trains_and_evaluates_through_rlkit_run(cli, write_
     held_out = [json.loads(line) for line in eval_log.read_text().splitlines()][2:]  # after the check's two trials
     assert len(held_out) == 5 and {r["question"] for r in held_out} <= test
     assert "reasoning-gym basic_arithmetic" in result.stdout  # the eval entry's row
+
+
+def test_the_example_experiment_checks(cli):
+    """experiments/reasoning_gym.yaml (the curriculum demo) resolves: its tasks' rows, its rewards on them."""
+    from pathlib import Path
+
+    result = cli("check", Path(__file__).resolve().parents[1] / "experiments/reasoning_gym.yaml")
+    assert result.exit_code == 0, result.output + result.stderr
