@@ -59,7 +59,8 @@ def rlkit_rewards() -> dict:
     """Return {name: reward}; reward(completion: str, example: Mapping, **args) -> float.
 
     A reward may instead be an object with __call__ and `score_batch(completions, examples, **args) ->
-    list[float]`, which stages call once for a whole batch (e.g. to run programs in parallel).
+    list[float]`, which stages call once for a whole batch (e.g. to run programs in parallel). It may return a
+    rlkit.lib.evaluation.scoring.Scored: the values, plus per-completion figures tracked as `reward/<name>/<figure>`.
     """
 
 
@@ -77,7 +78,9 @@ def rlkit_tasks() -> dict:
 
     A rlkit.lib.text.task.Task may also say how it is evaluated: evaluation="generative" (default; scored by
     a reward plugin, its default named by `reward`) or "choice" (multiple choice: each example adds
-    "choices" and "gold"), and `title`, its row on the report card. A plain list is generative.
+    "choices" and "gold"), and `title`, its row on the report card. A plain list is generative. A Task may
+    adapt to training (a curriculum): the rl stage calls `observe(step, stats) -> dict` after each step and
+    tracks what it returns, and checkpoints `state_dict()` (restored with `load_state_dict(state)`).
     """
 
 

@@ -5,7 +5,9 @@ bound). A reward that raises, returns something that is not a finite number,
 or runs longer than `timeout` seconds on one completion stops the run with one
 line naming the reward, the example and what happened; the caller's last
 checkpoint stays as it was. A reward object with a `score_batch(completions, examples)` method is
-called once for all of a batch's completions instead (its time limit is `timeout` per completion).
+called once for all of a batch's completions instead (its time limit is `timeout` per completion); it may
+return a `Scored`, its values with per-completion figures to track beside them (a grader's timeouts, say):
+they come back as `{"<reward>/<figure>": (N,) tensor}` entries that no weighted total reads.
 """
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ import torch
 from rlkit.core.errors import RlkitError
 
 
+class Scored(list):
+    """A batch scorer's values, with `metrics`: {figure: [float] * N}, one value per completion, to track."""
+
+    def __init__(self, values, metrics: dict | None = None):
+        super().__init__(values)
+        self.metrics = metrics or {}
+
+
 class RewardTimeout(BaseException):
     """A BaseException, so a reward's own `except Exception` (a retry loop, say) cannot swallow it."""
 
@@ -32,7 +42,9 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
     for name, _, fn in rewards:
         batch = batch_scorer(fn)
         if batch is not None:  # one call for all completions (e.g. programs run in parallel)
-            out[name] = torch.tensor(_score_batch(name, batch, texts, examples, at, timeout, timeout_key))
+            values = _score_batch(name, batch, texts, examples, at, timeout, timeout_key)
+            out[name] = torch.tensor(list(values))
+            out.update({f"{name}/{k}": torch.tensor(v, dtype=torch.float32) for k, v in values.metrics.items()})
             continue
         values = []
         for text, example in zip(texts, examples):
@@ -68,13 +80,21 @@ def batch_scorer(fn):
     return getattr(fn, "score_batch", None)
 
 
-def _score_batch(name, batch, texts, examples, at, timeout, timeout_key) -> list[float]:
+def _score_batch(name, batch, texts, examples, at, timeout, timeout_key) -> Scored:
     where = f"reward '{name}' {at} on {len(texts)} completions"
-    values = _guarded(lambda: list(batch(texts, examples)), timeout * max(len(texts), 1), where,
-                      f"{timeout:g}s a completion", timeout_key, "score_batch raised")
-    if len(values) != len(texts):
-        raise RlkitError(f"{where}: score_batch returned {len(values)} values for {len(texts)} completions")
-    return [_finite(v, f"reward '{name}' {at} on example {_question(e)!r}") for v, e in zip(values, examples)]
+    raw = _guarded(lambda: _as_scored(batch(texts, examples)), timeout * max(len(texts), 1), where,
+                   f"{timeout:g}s a completion", timeout_key, "score_batch raised")
+    values, metrics = list(raw), raw.metrics
+    for what, got in [("values", len(values))] + [(f"{k!r} figures", len(v)) for k, v in metrics.items()]:
+        if got != len(texts):
+            raise RlkitError(f"{where}: score_batch returned {got} {what} for {len(texts)} completions")
+    return Scored([_finite(v, f"reward '{name}' {at} on example {_question(e)!r}") for v, e in zip(values, examples)],
+                  metrics)
+
+
+def _as_scored(values) -> Scored:
+    """What score_batch returned (a list, a generator, a Scored), read to the end inside the time limit."""
+    return values if isinstance(values, Scored) else Scored(values)
 
 
 def weighted_total(rewards, scores: dict[str, torch.Tensor], at: str) -> torch.Tensor:

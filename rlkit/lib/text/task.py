@@ -6,6 +6,11 @@ An example is a dict with at least
 and may carry more keys (a task's own metadata, e.g. the operands of an arithmetic problem).
 A task plugin's factory `f(split, **args)` returns a Task (or a plain list of examples).
 
+A Task may adapt to training (a curriculum): the rl stage calls `observe(step, stats)` after each step with
+the step's tracked figures (all ranks' means, so every rank decides alike) and tracks the figures it
+returns; `state_dict()` / `load_state_dict(state)` go into the rl checkpoint, so --resume continues as if
+never stopped. The defaults do nothing.
+
 A Task also says how it is evaluated (all optional, so a plain list keeps working):
     evaluation: "generative" (default): sample completions, score each with a reward plugin
                 "choice": multiple choice; each example adds "choices": [str, ...] and "gold": the
@@ -44,6 +49,31 @@ class Task(Sequence):
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, {len(self)} examples)"
+
+    def observe(self, step: int, stats: Mapping[str, float]) -> dict:
+        """After rl step `step` (1-based), its tracked figures; returns figures to track. Default: nothing."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def observe(task, step: int, stats: Mapping[str, float]) -> dict:
+    """task.observe for a Task; a plain list of examples does not adapt."""
+    return task.observe(step, stats) if isinstance(task, Task) else {}
+
+
+def task_state(task) -> dict:
+    return task.state_dict() if isinstance(task, Task) else {}
+
+
+def restore_task(task, state: dict | None) -> None:
+    """A Task's state from an rl checkpoint (none: a fresh run, or one saved before tasks had state)."""
+    if isinstance(task, Task) and state:
+        task.load_state_dict(state)
 
 
 def make_example(question: str, solution: str, parts: list[dict] | None = None, **extra) -> dict:

@@ -21,6 +21,8 @@ One step:
      algorithm needs them), ratios, clip fraction, KLs and entropy: rl_update.py.
 Steps 1-3, and group filtering (DAPO's dynamic sampling) for an algorithm that
 sets `filter_groups`: rl_batch.py.
+A task that adapts (a curriculum: rlkit.lib.text.task.Task.observe) sees each
+step's figures and may change what it serves next; its state is checkpointed.
 pass@1..k on held-out problems before training, every `eval.every` steps and
 at the end, sampled at the rollout's temperature and top-k with the same
 random numbers each time, so each later pass@1 is also shown as a paired
@@ -40,6 +42,7 @@ from rlkit.core.context import StageContext
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.dist import print0
 from rlkit.lib.evaluation.evaluate import EvalTask, eval_reward, headline, run_task
+from rlkit.lib.text.task import observe, restore_task, task_state
 from rlkit.lib.training.optim import lr_plan, lr_schedule, set_lr
 from rlkit.core.policy import flops_per_token
 from rlkit.lib.training.progress import inner_report, progress
@@ -117,7 +120,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     reference = rl_update.reference_model(ctx, model, tokenizer, start) if needs_ref else None
     train = session.begin(compile=False, rollouts=True)  # fsdp: sharded, with a full copy to sample from
     resumed, start_step = session.extra, session.start_step  # what saved_state kept ({} when fresh)
-    restore_algorithm(algorithm, resumed)
+    restore_state(algorithm, train_task, resumed)
     check_fits(ctx, tokenizer, train_task, r.max_new_tokens)  # with env: its first messages
     print0(f"[{ctx.name}] {s.steps} steps x {s.examples_per_step} prompts x {G} samples, algorithm "
            f"{s.algorithm.name}, rewards {', '.join(f'{n} (x{w:g})' for n, w, _ in rewards)}")
@@ -146,6 +149,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         # metrics (all ranks' means)
         stats, useful = step_stats(ctx, batch, rows, tally), batch.prompt_tokens + int(rows.mask.sum())
         stats.update(lr_mult=lrm, **speeds(ctx, stats, tally, rows, useful, train_s, flops / peak))
+        stats.update(observe(train_task, step + 1, stats))  # a task that adapts (a curriculum) sees the step
         tokens += useful * world
         history.append(float(stats["reward"]))
         done = step + 1
@@ -153,10 +157,10 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
         bar.update(done, reward=stats["reward"])
         if s.eval.every and done % s.eval.every == 0 and done != s.steps:
             run_eval(ctx, session.sampler(), tokenizer, test_task, step=done, baseline=baseline)
-        session.end_step(done, saved_state(algorithm, kept))
+        session.end_step(done, saved_state(algorithm, kept, train_task))
     bar.close()
 
-    handle = session.save(s.steps, saved_state(algorithm, kept), done=True)
+    handle = session.save(s.steps, saved_state(algorithm, kept, train_task), done=True)
     run_eval(ctx, session.sampler(), tokenizer, test_task, step=s.steps, baseline=baseline)
     tenth = max(1, len(history) // 10)
     ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
@@ -238,15 +242,17 @@ def run_eval(ctx, model, tokenizer, test_task, step: int, baseline: list[float] 
     return result
 
 
-def saved_state(algorithm, kept: dict) -> dict:
-    """What a checkpoint keeps besides weights and optimizer: `kept` and the algorithm's state."""
-    return {**kept, "algorithm": algorithm.state_dict()}
+def saved_state(algorithm, kept: dict, task) -> dict:
+    """What a checkpoint keeps besides weights and optimizer: `kept`, the algorithm's and the task's state."""
+    return {**kept, "algorithm": algorithm.state_dict(), "task": task_state(task)}
 
 
-def restore_algorithm(algorithm, extra: dict) -> None:
-    """On --resume, the algorithm's own state (an object with load_state_dict) from what saved_state kept."""
+def restore_state(algorithm, task, extra: dict) -> None:
+    """On --resume, the algorithm's own state (an object with load_state_dict) and the task's (a curriculum's
+    level) from what saved_state kept."""
     if "algorithm" in extra and hasattr(algorithm, "load_state_dict"):
         algorithm.load_state_dict(extra["algorithm"])
+    restore_task(task, extra.get("task"))
 
 
 def report(summary: dict, tracked: dict) -> list[str]:
