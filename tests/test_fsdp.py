@@ -9,6 +9,7 @@ Batches take 2 accumulation passes per rank (fsdp skips the reduce-scatter on th
 sums differs with the ranks) moves a weight by up to lr in one and not the other; DDP's 2 ranks then differ
 from 1 process by 1e-3 after 2 pretrain steps, and so would any exact sharding.
 """
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from experiments import PRETRAIN, RL, SFT, TOKENIZER, data, experiment_text, task, without
 
@@ -64,15 +66,19 @@ EXPERIMENT = experiment_text(
      "sft": {**SFT, "task": task(200), "device_batch_size": 2, "optimizer": adamw(0.01), "init_lr_frac": 1.0},
      "rl": {**RL_ENTRY, "algorithm": {"name": "grpo"}},
      "rl_kl": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}}}},
-    name="f", seed=3, plugins=["./digit.py"], model={"depth": 2, "seq_len": 128, "dtype": "float32"})
+    name="f", seed=3, plugins=["./digit.py"], model={"depth": 2, "seq_len": 128, "dtype": "float32", "lambdas": False})
 STAGES = ("pretrain", "sft", "rl", "rl_kl")
 
 
-def rlkit_run(folder, *args):
-    out = subprocess.run([sys.executable, "-m", "rlkit", "run", "exp.yaml", *args], cwd=folder,
-                         capture_output=True, text=True, timeout=300)
+def rlkit(folder, *args):
+    out = subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=folder, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out.stdout
+
+
+def rlkit_run(folder, *args):
+    return rlkit(folder, "run", "exp.yaml", *args)
 
 
 def printed(stdout, stage, key):
@@ -115,6 +121,25 @@ def test_two_fsdp_ranks_equal_one_process(runs):
     final = {s: weights(folder / "runs/two" / s) for s in STAGES}
     for before, after in zip(STAGES, STAGES[1:]):
         assert moved(final[after], final[before]) > 1e-2, after  # each stage moved them: 1e-5 is not vacuous
+
+
+def test_fsdp_checkpoints_are_sharded_and_eval_and_export_read_them(runs, tmp_path):
+    """Under fsdp every rank wrote its own shards of the weights and optimizer state (no gather, no pickle);
+    `rlkit eval` and `rlkit export` read them whole, as they read the one-process run's checkpoints."""
+    folder, _, _ = runs
+    for stage in STAGES:
+        for step in (folder / "runs/two" / stage).glob("step_*"):
+            names = sorted(str(p.relative_to(step)) for p in step.rglob("*") if p.is_file())
+            assert names == ["meta.json", *(f"{part}/shard-0000{r}-model-00001-of-00001.safetensors"
+                                            for part in ("model", "optimizer") for r in (1, 2))], (step, names)
+        assert any((folder / "runs/one" / stage).glob("step_*/model.safetensors"))  # whole: one process
+    evals = [rlkit(folder, "eval", f"runs/{run}", "--task", "arithmetic", "--json") for run in ("one", "two")]
+    figures = [json.loads(out[out.index("["):])[0]["figures"] for out in evals]
+    assert figures[1] == figures[0] and figures[0]
+    for run in ("one", "two"):
+        rlkit(folder, "export", f"runs/{run}/rl", str(tmp_path / run))
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "two"))
+    assert_close(a, b)
 
 
 @pytest.mark.parametrize("saved, resumed", [("two", ["--nproc-per-node", "1"]),
