@@ -117,7 +117,7 @@ def test_a_sharded_optimizer_state_is_refused_by_the_whole_state_reader(saved):
     not a resume that silently drops the optimizer state."""
     path, model, optimizer, _ = saved
     with pytest.raises(RlkitError, match=rf"^{path} holds a sharded optimizer state; load it with "
-                                         r"parallel.load_optimizer"):
+                                         r"ctx.parallel.load_optimizer"):
         Parallelism().load_optimizer(path, model, optimizer, verify=True)
 
 

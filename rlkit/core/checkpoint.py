@@ -7,9 +7,8 @@ Layout (a stage folder such as runs/<name>/pretrain/):
         optimizer.pt        optimizer.state_dict(), read back with torch.load(weights_only=True); absent if None
         meta.json           the caller's dict (config, step, data position, RNG states, ...) plus our
                             "checkpoint" record: format, step, and the size and sha256 of every other file
-A sharded save (every rank writes its own pieces: rlkit.lib.training.sharded_checkpoint) has instead
-        model/, optimizer/  one safetensors file per rank, whose header records each piece's offsets;
-                            load_checkpoint assembles whole weights from model/ in one process
+        model/, optimizer/  instead of the first two, in a sharded save (rlkit.lib.training.sharded_checkpoint):
+                            a safetensors file per rank, its header the offsets of its pieces; read whole here
 
 The atomic protocol, so a crash never leaves a half checkpoint under a final name:
     1. write every file into a hidden sibling `.tmp-step_000123-<pid>/`, fsync each file, fsync that folder;
@@ -36,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.files import fsync_dir, fsync_file, remove_leftovers, sha256, writing
+from rlkit.core.files import fsync_dir, remove_leftovers, sha256, writing
 
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.pt", "meta.json"
 SHARDS = ("model", "optimizer")  # a sharded save's folders of per-rank safetensors
@@ -96,8 +95,9 @@ def _write_files(folder: Path, step: int, tensors: dict, optimizer_state: dict |
     if optimizer_state is not None:
         torch.save(optimizer_state, folder / OPTIMIZER_FILE)
         files.append(OPTIMIZER_FILE)
-    for f in files:
-        fsync_file(folder / f)
+    for name in files:
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
     write_meta(folder, step, {f: file_record(folder / f) for f in files}, meta)
 
 
@@ -245,7 +245,7 @@ def read_optimizer(path, device="cpu", verify: bool = True) -> dict | None:
     path = Path(path)
     if not (path / OPTIMIZER_FILE).is_file():
         if (path / SHARDS[1]).is_dir():
-            raise RlkitError(f"{path} holds a sharded optimizer state; load it with parallel.load_optimizer")
+            raise RlkitError(f"{path} holds a sharded optimizer state; load it with ctx.parallel.load_optimizer")
         return None
     if verify:
         verify_checkpoint(path, files=[OPTIMIZER_FILE])

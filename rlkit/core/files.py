@@ -108,11 +108,6 @@ def remove_leftovers(stage_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def fsync_dir(path: Path) -> None:
     if os.name != "posix":  # Windows cannot open a folder for fsync
         return

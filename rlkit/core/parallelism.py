@@ -13,8 +13,6 @@ save it in pieces (rlkit.core.checkpoint's layout), which load_checkpoint reads 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from rlkit.core import checkpoint as ckpt
@@ -36,14 +34,14 @@ class Parallelism:
         """The model's own way to skip gradient sync on accumulation passes but the last; None: it has none."""
         return None
 
-    def save(self, stage_dir: Path, step: int, model: torch.nn.Module, optimizer, meta: dict) -> None:
+    def save(self, stage_dir, step: int, model: torch.nn.Module, optimizer, meta: dict) -> None:
         """Checkpoint stage_dir/step_{step:06d}/ on every rank's call: here rank 0 saves its replica's state dicts."""
         if dist_info().is_main:
             state = None if optimizer is None else optimizer.state_dict()
             state = state and {"state": dict(sorted(state["state"].items())), "param_groups": state["param_groups"]}
             ckpt.save_checkpoint(stage_dir, step, model.state_dict(), state, meta)
 
-    def load_optimizer(self, path: Path, model: torch.nn.Module, optimizer, verify: bool) -> None:
+    def load_optimizer(self, path, model: torch.nn.Module, optimizer, verify: bool) -> None:
         """Checkpoint `path`'s optimizer state (if it saved one) into `optimizer`, on every rank's call: before
         prepare, or after it when `sharded`. `verify`: check the file's hash first."""
         if (state := ckpt.read_optimizer(path, verify=verify)) is not None:

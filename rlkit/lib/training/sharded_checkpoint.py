@@ -45,7 +45,7 @@ from rlkit.core.dist import all_reduce_max, barrier, dist_info
 from rlkit.core.errors import RlkitError
 from rlkit.core.files import writing
 
-FLAT = StateDictOptions(flatten_optimizer_state_dict=True)  # {"state.<param>.exp_avg": ..., "param_groups.<param>.lr": ...}
+FLAT = StateDictOptions(flatten_optimizer_state_dict=True)  # {"state.<name>.exp_avg": .., "param_groups.<name>.lr": ..}
 MODEL, OPTIMIZER = ckpt.SHARDS
 
 
@@ -56,11 +56,10 @@ def is_sharded(path) -> bool:
 
 def save(stage_dir, step: int, model: torch.nn.Module, optimizer, meta: dict) -> None:
     """Write stage_dir/step_{step:06d}/ in pieces, on every rank's call (module docstring)."""
-    rank = dist_info().rank
-    state = tensors_only(model.state_dict())
+    rank, final = dist_info().rank, Path(stage_dir) / f"step_{step:06d}"
+    state = tensors_only(model.state_dict())  # checked before anything is written
     flat = {} if optimizer is None else get_optimizer_state_dict(model, optimizer, options=FLAT)
-    values = {k: v for k, v in flat.items() if not torch.is_tensor(v)}
-    final = Path(stage_dir) / f"step_{step:06d}"
+    values = _json({k: v for k, v in flat.items() if not torch.is_tensor(v)}, final)
     pid = all_reduce_max(os.getpid() if rank == 0 else 0, _device())
     tmp = final.parent / f".tmp-{final.name}-{pid}"  # the name ckpt.open_save gives rank 0's
     if rank == 0:
@@ -90,7 +89,7 @@ def _commit(tmp: Path, final: Path, step: int, meta: dict, values: dict) -> None
             written = {str(p.relative_to(tmp)) for part in (MODEL, OPTIMIZER) for p in (tmp / part).glob("*")}
             if written != set(files):  # a shard no rank recorded would load as missing pieces
                 raise RlkitError(f"sharded save of {final}: files {sorted(written ^ set(files))} were not recorded")
-            ckpt.write_meta(tmp, step, files, meta, optimizer=_json(values, final))
+            ckpt.write_meta(tmp, step, files, meta, optimizer=values)
             ckpt.commit(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
