@@ -160,7 +160,7 @@ def test_loading_refuses_pickled_objects(tmp_path):
     path = save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {})
     torch.save({"evil": Evil()}, path / "optimizer.pt")   # forge a matching record, so only the unpickler stands
     meta = json.loads((path / "meta.json").read_text())
-    meta["checkpoint"]["files"]["optimizer.pt"] = ckpt._file_record(path / "optimizer.pt")
+    meta["checkpoint"]["files"]["optimizer.pt"] = ckpt.file_record(path / "optimizer.pt")
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RlkitError, match=r"optimizer\.pt is refused: it holds something other than tensors and "
                                          r"plain values, which rlkit never unpickles \(Weights only load failed\)"):

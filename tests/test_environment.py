@@ -32,7 +32,7 @@ import time
 
 from rlkit.core import checkpoint
 
-_commit, _write = checkpoint._commit, checkpoint._write_files
+_commit, _write = checkpoint.commit, checkpoint._write_files
 
 
 def held_commit(tmp, final):
@@ -49,7 +49,7 @@ def full_write(folder, step, *args):
     _write(folder, step, *args)
 
 
-checkpoint._commit, checkpoint._write_files = held_commit, full_write
+checkpoint.commit, checkpoint._write_files = held_commit, full_write
 '''
 
 EXPERIMENT = experiment_text({"tokenizer": TOKENIZER, "pretrain": {**PRETRAIN, "steps": 6, "save_every": 2}},

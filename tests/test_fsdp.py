@@ -3,12 +3,15 @@
 One experiment: tokenizer, pretrain, sft, rl (grpo) and rl_kl (deepseek_grpo: a frozen reference for its KL
 term). Each is run once in one process (ddp, the default) and once with 2 fsdp ranks; the final weights of
 every training stage agree to 1e-5 in fp32 after moving by more than 1e-2. Then each run's rl checkpoint is
-resumed under the other strategy and world size (2 fsdp ranks -> 1 process, 1 process -> 2 fsdp ranks).
+resumed under the other strategy and world size (2 fsdp ranks -> 1 process, 1 process -> 2 fsdp ranks); the
+fsdp run's checkpoints are each rank's own shards (rlkit.lib.training.sharded_checkpoint), which `rlkit eval`
+and `rlkit export` read whole.
 Batches take 2 accumulation passes per rank (fsdp skips the reduce-scatter on the first). AdamW's eps is
 1e-4 here: at its default 1e-8 a gradient that is 0 in one run and 1e-12 in the other (the order of float
 sums differs with the ranks) moves a weight by up to lr in one and not the other; DDP's 2 ranks then differ
 from 1 process by 1e-3 after 2 pretrain steps, and so would any exact sharding.
 """
+import json
 import os
 import re
 import shutil
@@ -20,6 +23,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from experiments import PRETRAIN, RL, SFT, TOKENIZER, data, experiment_text, task, without
 
@@ -64,7 +68,8 @@ EXPERIMENT = experiment_text(
      "sft": {**SFT, "task": task(200), "device_batch_size": 2, "optimizer": adamw(0.01), "init_lr_frac": 1.0},
      "rl": {**RL_ENTRY, "algorithm": {"name": "grpo"}},
      "rl_kl": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}}}},
-    name="f", seed=3, plugins=["./digit.py"], model={"depth": 2, "seq_len": 128, "dtype": "float32"})
+    name="f", seed=3, plugins=["./digit.py"],
+    model={"depth": 2, "seq_len": 128, "dtype": "float32", "lambdas": False})  # lambdas: rlkit export needs none
 STAGES = ("pretrain", "sft", "rl", "rl_kl")
 
 
@@ -115,6 +120,26 @@ def test_two_fsdp_ranks_equal_one_process(runs):
     final = {s: weights(folder / "runs/two" / s) for s in STAGES}
     for before, after in zip(STAGES, STAGES[1:]):
         assert moved(final[after], final[before]) > 1e-2, after  # each stage moved them: 1e-5 is not vacuous
+
+
+def test_fsdp_checkpoints_are_sharded_and_eval_and_export_read_them(runs, tmp_path, cli, monkeypatch):
+    """Under fsdp every rank wrote its own shards of the weights and optimizer state (no gather, no pickle);
+    `rlkit eval` and `rlkit export` read them whole, as they read the one-process run's checkpoints."""
+    folder, _, _ = runs
+    for stage in STAGES:
+        for step in (folder / "runs/two" / stage).glob("step_*"):
+            names = sorted(str(p.relative_to(step)) for p in step.rglob("*") if p.is_file())
+            assert names == ["meta.json", *(f"{part}/shard-0000{r}-model-00001-of-00001.safetensors"
+                                            for part in ("model", "optimizer") for r in (1, 2))], (step, names)
+        assert any((folder / "runs/one" / stage).glob("step_*/model.safetensors"))  # whole: one process
+    monkeypatch.chdir(folder)  # the commands in this process: no second start-up of torch
+    result = cli("eval", "runs/two", "--task", "arithmetic", "--json")  # its last entry, rl_kl, as the run did
+    (row,) = json.loads(result.stdout[result.stdout.index("["):])
+    after = json.loads((folder / "runs/two/summary.json").read_text())["stages"]["rl_kl"]["eval_after"]
+    assert row["entry"] == "rl_kl" and row["figures"] == {"pass@1": after["pass@1"], "pass@2": after["pass@2"]}
+    for run in ("one", "two"):
+        assert cli("export", f"runs/{run}/rl", tmp_path / run).exit_code == 0
+    assert_close(*(load_file(tmp_path / run / "model.safetensors") for run in ("one", "two")))
 
 
 @pytest.mark.parametrize("saved, resumed", [("two", ["--nproc-per-node", "1"]),

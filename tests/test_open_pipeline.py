@@ -28,7 +28,7 @@ import time
 
 from rlkit.core import checkpoint
 
-_commit = checkpoint._commit
+_commit = checkpoint.commit
 
 
 def held_commit(tmp, final):
@@ -38,7 +38,7 @@ def held_commit(tmp, final):
         time.sleep(600)
 
 
-checkpoint._commit = held_commit
+checkpoint.commit = held_commit
 '''
 
 NOISE_RUN = experiment_text(

@@ -95,18 +95,3 @@ def test_activation_checkpointing_recomputes_each_block_under_ddp_with_the_same_
                for b in checkpointed.blocks)
     assert not any(isinstance(b.forward, functools.partial) for b in model.blocks)
     assert loss == base_loss and all(torch.equal(grads[n], g) for n, g in base_grads.items())
-
-
-def test_the_default_strategy_checkpoints_what_the_fsdp_code_gathers_from_a_whole_model():
-    """Core's plain strategy and the library's gather (written for DTensors) give the same checkpoint state of
-    an unsharded model and its AdamW moments, and nothing on a rank that does not keep it."""
-    model = tiny_gpt()
-    _, _, optimizer = loss_and_grads(model, Parallelism())
-    base, lib = Parallelism(), Strategy(OmegaConf.create({"strategy": "ddp", "activation_checkpointing": False,
-                                                          "cpu_offload": False}))
-    mine, theirs = base.full_state(model, keep=True), lib.full_state(model, keep=True)
-    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    mine, theirs = base.full_optimizer_state(optimizer, keep=True), lib.full_optimizer_state(optimizer, keep=True)
-    assert mine["param_groups"] == theirs["param_groups"] and list(mine["state"]) == list(theirs["state"])
-    assert all(torch.equal(mine["state"][i][k], v) for i, s in theirs["state"].items() for k, v in s.items())
-    assert base.full_state(model, keep=False) == {} and base.full_optimizer_state(optimizer, keep=False) is None

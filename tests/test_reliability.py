@@ -58,13 +58,13 @@ def hold(where, count):
 
 
 if os.environ.get("RLKIT_TEST_BLOCK", "").startswith("commit:"):
-    _commit = checkpoint._commit
+    _commit = checkpoint.commit
 
     def held_commit(tmp, final):
         hold("commit", int(final.name.removeprefix("step_")))
         _commit(tmp, final)
 
-    checkpoint._commit = held_commit
+    checkpoint.commit = held_commit
 
 
 @rlkit.hookimpl

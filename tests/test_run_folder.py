@@ -30,7 +30,7 @@ import time
 from rlkit.core import checkpoint, files, handoff, pipeline
 from rlkit.lib.text import tokenizer
 
-_commit, _write = checkpoint._commit, files.atomic_write
+_commit, _write = checkpoint.commit, files.atomic_write
 
 
 def _hold(name):
@@ -51,7 +51,7 @@ def held_write(path, data):
     _hold(f"{path.parent.name}/{path.name}")
 
 
-checkpoint._commit = held_commit
+checkpoint.commit = held_commit
 tokenizer.atomic_write = handoff.atomic_write = pipeline.atomic_write = held_write
 '''
 

@@ -7,6 +7,8 @@ Layout (a stage folder such as runs/<name>/pretrain/):
         optimizer.pt        optimizer.state_dict(), read back with torch.load(weights_only=True); absent if None
         meta.json           the caller's dict (config, step, data position, RNG states, ...) plus our
                             "checkpoint" record: format, step, and the size and sha256 of every other file
+        model/, optimizer/  instead of the first two, in a sharded save (rlkit.lib.training.sharded_checkpoint):
+                            a safetensors file per rank, its header the offsets of its pieces; read whole here
 
 The atomic protocol, so a crash never leaves a half checkpoint under a final name:
     1. write every file into a hidden sibling `.tmp-step_000123-<pid>/`, fsync each file, fsync that folder;
@@ -18,7 +20,7 @@ edited file, a bad disk) is caught by the sizes and hashes in meta.json: load_ch
 naming the file, and latest_checkpoint skips to the newest checkpoint that is still whole.
 
 Loading never unpickles arbitrary objects: safetensors + torch.load(weights_only=True) + json.
-Only rank 0 should call save_checkpoint.
+Only rank 0 should call save_checkpoint; a sharded save uses open_save, write_meta and commit.
 """
 import json
 import os
@@ -29,12 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rlkit.core.errors import RlkitError
-from rlkit.core.files import pid_alive, sha256, writing
+from rlkit.core.files import fsync_dir, remove_leftovers, sha256, writing
 
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.pt", "meta.json"
+SHARDS = ("model", "optimizer")  # a sharded save's folders of per-rank safetensors
 FORMAT = 1
 _STEP_DIR = re.compile(r"step_(\d+)")
 
@@ -50,14 +54,26 @@ def save_checkpoint(stage_dir, step: int, model_state: dict, optimizer_state: di
     meta: JSON-serialisable dict (tuples come back as lists, int keys as strings).
     Saving a step that already exists replaces it.
     """
+    tensors = _saveable_tensors(model_state)  # check everything before writing anything
+    optimizer_state = None if optimizer_state is None else _plain(optimizer_state, "optimizer_state")
+    tmp, final = open_save(stage_dir, step, meta, os.getpid())
+    try:
+        with writing(final):  # a full disk or a read-only folder: one line naming the checkpoint
+            _write_files(tmp, step, tensors, optimizer_state, meta)
+            commit(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a hard crash leaves it instead: the next save removes it
+        raise
+    return final
+
+
+def open_save(stage_dir, step: int, meta: dict, pid: int) -> tuple[Path, Path]:
+    """Check `step` and `meta`, then make the hidden folder a save writes into: (tmp, final). `pid`: the
+    process that commits it (a sharded save's rank 0)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise RlkitError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
     stage_dir = Path(stage_dir)
-    name = f"step_{step:06d}"
-    final, tmp = stage_dir / name, stage_dir / f".tmp-{name}-{os.getpid()}"
-    # check everything before writing anything
-    tensors = _saveable_tensors(model_state)
-    optimizer_state = None if optimizer_state is None else _plain(optimizer_state, "optimizer_state")
+    final, tmp = stage_dir / f"step_{step:06d}", stage_dir / f".tmp-step_{step:06d}-{pid}"
     if "checkpoint" in meta:
         raise RlkitError("save_checkpoint: meta key 'checkpoint' is reserved for rlkit's file record; rename it")
     try:
@@ -65,19 +81,11 @@ def save_checkpoint(stage_dir, step: int, model_state: dict, optimizer_state: di
     except (TypeError, ValueError) as e:
         raise RlkitError(f"save_checkpoint: meta for {final} is not JSON-serialisable ({e}); "
                          "store numbers, strings, lists and dicts (see rng_state() for RNG states)") from None
-
     with writing(final):
         stage_dir.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(stage_dir)
+        remove_leftovers(stage_dir)
         tmp.mkdir()
-    try:
-        with writing(final):  # a full disk or a read-only folder: one line naming the checkpoint
-            _write_files(tmp, step, tensors, optimizer_state, meta)
-            _commit(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a hard crash leaves it instead: the next save removes it
-        raise
-    return final
+    return tmp, final
 
 
 def _write_files(folder: Path, step: int, tensors: dict, optimizer_state: dict | None, meta: dict) -> None:
@@ -87,17 +95,22 @@ def _write_files(folder: Path, step: int, tensors: dict, optimizer_state: dict |
     if optimizer_state is not None:
         torch.save(optimizer_state, folder / OPTIMIZER_FILE)
         files.append(OPTIMIZER_FILE)
-    for f in files:
-        _fsync_file(folder / f)
-    record = {"format": FORMAT, "step": step, "files": {f: _file_record(folder / f) for f in files}}
+    for name in files:
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
+    write_meta(folder, step, {f: file_record(folder / f) for f in files}, meta)
+
+
+def write_meta(folder: Path, step: int, files: dict, meta: dict, **record) -> None:
+    """meta.json: `meta` plus our record of `files` ({name: file_record}) and `record`; fsynced, then the folder."""
     with open(folder / META_FILE, "w") as f:
-        json.dump({**meta, "checkpoint": record}, f, indent=2)
+        json.dump({**meta, "checkpoint": {"format": FORMAT, "step": step, "files": files, **record}}, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
-def _commit(tmp: Path, final: Path) -> None:
+def commit(tmp: Path, final: Path) -> None:
     """Rename tmp to final (the commit point); an existing final (a step saved again) is replaced."""
     old = None
     if final.exists():  # e.g. the same step saved again after a resume: move it aside, drop it after
@@ -109,7 +122,7 @@ def _commit(tmp: Path, final: Path) -> None:
         if old is not None:
             os.rename(old, final)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -144,31 +157,7 @@ def _plain(obj, where: str):
                      "cannot read back; use tensors, numbers, strings, lists or dicts")
 
 
-def _remove_leftovers(stage_dir: Path) -> None:
-    """Delete `.tmp-*-<pid>` folders left by crashed saves (not those of another live process)."""
-    for p in stage_dir.glob(".tmp-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # Windows cannot open a folder for fsync
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _file_record(path: Path) -> dict:
+def file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
@@ -216,25 +205,47 @@ def load_checkpoint(path, device="cpu", load_optimizer: bool = True, load_model:
     verify=False skips the hashes of files latest_checkpoint(verify=True) has just checked.
     """
     path = Path(path)
-    meta = verify_checkpoint(path, files=[MODEL_FILE] if load_model and verify else [])
-    has_opt = OPTIMIZER_FILE in meta["checkpoint"]["files"]
-    if load_optimizer and has_opt and verify:
-        verify_checkpoint(path, files=[OPTIMIZER_FILE])
+    meta = verify_checkpoint(path, files=[])
+    recorded = meta["checkpoint"]["files"]
+    model_files = [f for f in recorded if f == MODEL_FILE or f.startswith(f"{SHARDS[0]}/")]
+    has_opt = OPTIMIZER_FILE in recorded
+    wanted = (model_files if load_model else []) + ([OPTIMIZER_FILE] if load_optimizer and has_opt else [])
+    verify_checkpoint(path, files=wanted if verify else [])
     model_state = None
     if load_model:
         try:
-            model_state = load_file(str(path / MODEL_FILE), device=str(device))
-        except Exception as e:  # noqa: BLE001 -- whatever safetensors says, name the file
-            raise RlkitError(f"{path / MODEL_FILE} cannot be read ({e})") from None
+            model_state = load_file(str(path / MODEL_FILE), device=str(device)) if MODEL_FILE in recorded \
+                else _whole(path, model_files, device)
+        except Exception as e:  # noqa: BLE001 -- whatever safetensors says, name the folder
+            raise RlkitError(f"{path / model_files[0]} cannot be read ({str(e).splitlines()[0][:200]})") from None
     optimizer_state = read_optimizer(path, device, verify=False) if load_optimizer and has_opt else None
     meta.pop("checkpoint")
     return model_state, optimizer_state, meta
+
+
+def _whole(path: Path, shards: list[str], device) -> dict:
+    """Whole tensors from the shards of a sharded save: each safetensors file holds one piece per name, at the
+    offsets its header records (JSON, as DCP's HuggingFaceStorageWriter writes them)."""
+    pieces = {}
+    for name in shards:
+        with safe_open(path / name, "pt", device=str(device)) as f:
+            offsets = json.loads(f.metadata()["DCP_SHARDING_INFO"])
+            for k in f.keys():
+                pieces.setdefault(k, []).append((offsets[k]["saved_offsets"], f.get_tensor(k)))
+    out = {k: parts[0][1].new_empty([max(o[d] + t.shape[d] for o, t in parts) for d in range(parts[0][1].dim())])
+           for k, parts in pieces.items()}
+    for k, parts in pieces.items():
+        for o, t in parts:
+            out[k][tuple(slice(a, a + n) for a, n in zip(o, t.shape))] = t
+    return out
 
 
 def read_optimizer(path, device="cpu", verify: bool = True) -> dict | None:
     """A checkpoint's optimizer state alone (None when it saved none), for a resume whose meta is already read."""
     path = Path(path)
     if not (path / OPTIMIZER_FILE).is_file():
+        if (path / SHARDS[1]).is_dir():
+            raise RlkitError(f"{path} holds a sharded optimizer state; load it with ctx.parallel.load_optimizer")
         return None
     if verify:
         verify_checkpoint(path, files=[OPTIMIZER_FILE])

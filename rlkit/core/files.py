@@ -98,3 +98,21 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def remove_leftovers(stage_dir: Path) -> None:
+    """Delete `.tmp-*-<pid>` folders left by crashed checkpoint saves (not those of another live process)."""
+    for p in stage_dir.glob(".tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # Windows cannot open a folder for fsync
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -4,15 +4,19 @@ it hands tracking, so core holds no sharding code. `rlkit run` passes the strate
 
     rollouts = parallel.prepare(model, optimizer, dtype, rollouts=True)   # Session.begin, before compile
     sync = parallel.no_sync(model, last)               # Runtime.no_sync; None: DDP's no_sync, if any
-    state = parallel.full_state(model, keep=is_main)   # Session.save: whole tensors, whatever the strategy
+    parallel.save(stage_dir, step, model, optimizer, meta)        # Session.save, every rank
+    parallel.load_optimizer(path, model, optimizer, verify)       # a resume, every rank
 
 Under ddp every rank holds the whole model and Session.begin wraps it in DistributedDataParallel
-(Runtime.ddp); a `sharded` strategy splits it over the ranks instead, and checkpoints stay whole either way.
+(Runtime.ddp), and rank 0 saves it whole; a `sharded` strategy splits it over the ranks instead, and may
+save it in pieces (rlkit.core.checkpoint's layout), which load_checkpoint reads whole.
 """
 from __future__ import annotations
 
 import torch
 
+from rlkit.core import checkpoint as ckpt
+from rlkit.core.dist import dist_info
 from rlkit.core.errors import RlkitError
 
 
@@ -26,22 +30,22 @@ class Parallelism:
         only), or None: rollouts sample from the training model itself."""
         return None
 
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        """Load a whole (ddp-format) optimizer state, after prepare."""
-        optimizer.load_state_dict(state)
-
     def no_sync(self, model: torch.nn.Module, last: bool):
         """The model's own way to skip gradient sync on accumulation passes but the last; None: it has none."""
         return None
 
-    def full_state(self, model: torch.nn.Module, keep: bool) -> dict:
-        """The model's state dict with whole tensors, on every rank's call; {} on a rank that does not `keep` it."""
-        return {name: value.detach() for name, value in model.state_dict().items()} if keep else {}
+    def save(self, stage_dir, step: int, model: torch.nn.Module, optimizer, meta: dict) -> None:
+        """Checkpoint stage_dir/step_{step:06d}/ on every rank's call: here rank 0 saves its replica's state dicts."""
+        if dist_info().is_main:
+            state = None if optimizer is None else optimizer.state_dict()
+            state = state and {"state": dict(sorted(state["state"].items())), "param_groups": state["param_groups"]}
+            ckpt.save_checkpoint(stage_dir, step, model.state_dict(), state, meta)
 
-    def full_optimizer_state(self, optimizer: torch.optim.Optimizer, keep: bool) -> dict | None:
-        """optimizer.state_dict() with whole moments, in parameter order; None on a rank that does not `keep` it."""
-        state = optimizer.state_dict()
-        return {"state": dict(sorted(state["state"].items())), "param_groups": state["param_groups"]} if keep else None
+    def load_optimizer(self, path, model: torch.nn.Module, optimizer, verify: bool) -> None:
+        """Checkpoint `path`'s optimizer state (if it saved one) into `optimizer`, on every rank's call: before
+        prepare, or after it when `sharded`. `verify`: check the file's hash first."""
+        if (state := ckpt.read_optimizer(path, verify=verify)) is not None:
+            optimizer.load_state_dict(state)
 
 
 def default_for(section) -> Parallelism:

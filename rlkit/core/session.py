@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import OmegaConf
 
-from rlkit.core import checkpoint as ckpt
 from rlkit.core import interrupt, policy, rng
 from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
@@ -57,13 +56,10 @@ class Session:
         self.optimizer = None if optimizer_ref is None else ctx.optimizer(optimizer_ref, self.model)
         self.parallel, self.sharded = ctx.parallel, ctx.parallel.sharded  # how the model spans the ranks
         self.gathered = None  # a sharded model's full-weight copy for rollouts (begin)
-        meta, self.opt_state = self.resumed.meta if self.resumed else {}, None
+        meta = self.resumed.meta if self.resumed else {}
         if self.resumed is not None:
-            state = ckpt.read_optimizer(self.resumed.path, verify=not self.resumed.verified)
-            if state is not None and self.optimizer is not None and self.sharded:
-                self.opt_state = state  # loaded in begin(), once the parameters are sharded
-            elif state is not None and self.optimizer is not None:
-                self.optimizer.load_state_dict(state)
+            if not self.sharded and self.optimizer is not None:  # sharded: in begin()
+                self.parallel.load_optimizer(self.resumed.path, self.model, self.optimizer, not self.resumed.verified)
             print0(f"[{ctx.name}] resuming at step {meta['step']}")
         self.start_step: int = meta.get("step", 0)
         self.extra: dict = {k: v for k, v in meta.items() if k not in CORE_KEYS}
@@ -80,9 +76,8 @@ class Session:
             rng.set_rng_state(self.resumed.meta["rng"])
         self.finished = (self.start_step, copy.deepcopy(self.extra), rng.rng_state())
         self.gathered = self.parallel.prepare(self.model, self.optimizer, self.ctx.dtype, rollouts)
-        if self.opt_state is not None:
-            self.parallel.load_optimizer_state(self.optimizer, self.opt_state)
-            self.opt_state = None
+        if self.resumed is not None and self.sharded and self.optimizer is not None:
+            self.parallel.load_optimizer(self.resumed.path, self.model, self.optimizer, not self.resumed.verified)
         model = maybe_compile(self.ctx, self.model, dynamic) if compile else self.model
         return model if self.sharded else self.ctx.runtime.ddp(model)
 
@@ -161,19 +156,14 @@ def load_model(ctx: StageContext, start: Checkpoint | None) -> tuple[torch.nn.Mo
 
 def save(ctx: StageContext, origin: Origin, step: int, model, optimizer, extra: dict, done: bool,
          rng_state: dict | None = None) -> Checkpoint:
-    """Rank 0 writes an atomic checkpoint of this entry; every rank gets its handle. `rng_state`: the random
-    state to record (default: the present one)."""
+    """Every rank writes this entry's atomic checkpoint through ctx.parallel (under ddp rank 0 alone) and gets
+    its handle. `rng_state`: the random state to record (default: the present one)."""
     step_dir = ctx.stage_dir / f"step_{step:06d}"
     handle = Checkpoint(step_dir, {"name": origin.model_name, "args": model.spec(), "seq_len": ctx.seq_len},
                         origin.tokenizer)
-    main = ctx.dist.is_main
-    state = ctx.parallel.full_state(model, keep=main)  # whole tensors: under fsdp all-gathered by every rank
-    opt_state = ctx.parallel.full_optimizer_state(optimizer, keep=main) if optimizer is not None else None
-    if main:
-        record = handle.record(step_dir)
-        meta = {"stage": ctx.name, "step": step, "done": done, "model": record["model"],
-                "tokenizer": record["tokenizer"], "rng": rng_state or rng.rng_state(), "saved_at": time.time(),
-                **extra}
-        ckpt.save_checkpoint(ctx.stage_dir, step, state, opt_state, meta)
+    record = handle.record(step_dir)
+    meta = {"stage": ctx.name, "step": step, "done": done, "model": record["model"], "tokenizer": record["tokenizer"],
+            "rng": rng_state or rng.rng_state(), "saved_at": time.time(), **extra}
+    ctx.parallel.save(ctx.stage_dir, step, model, optimizer, meta)
     barrier()  # the next entry on every rank reads what rank 0 writes
     return handle

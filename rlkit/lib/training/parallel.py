@@ -14,22 +14,25 @@ the shards and their optimizer state in host memory (CPUOffloadPolicy).
 
 fully_shard replaces every parameter by a sharded one (a DTensor), so an optimizer built before it is
 pointed at the new parameters by name (`rebind`) and its saved state is cut to each rank's shard.
-Checkpoints stay in the one format DDP writes: `full_state` all-gathers parameter by parameter and rank 0
-keeps the whole (a DCP sharded save is the next step, docs/performance.md); so an fsdp checkpoint resumes
-under any number of ranks, under ddp, and in export/eval/chat/serve. Under one process fsdp is a no-op.
+Under fsdp every rank saves its own pieces (sharded_checkpoint: DCP, no gather); such a checkpoint resumes
+under any number of ranks, under ddp, and is read whole by export/eval/chat/serve; a ddp checkpoint resumes
+under fsdp, its optimizer state cut to each rank's shard. Under one process fsdp is a no-op.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import functools
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from rlkit.core.checkpoint import read_optimizer
 from rlkit.core.dist import all_reduce_max, dist_info
 from rlkit.core.parallelism import Parallelism
+from rlkit.lib.training import sharded_checkpoint
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -54,17 +57,25 @@ class Strategy(Parallelism):
                 rebind(optimizer, names, model)
         return gathered
 
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        load_optimizer_state(optimizer, state)
-
     def no_sync(self, model: nn.Module, last: bool):
         return no_sync(model, last)
 
-    def full_state(self, model: nn.Module, keep: bool) -> dict:
-        return full_state(model, keep)
+    def save(self, stage_dir: Path, step: int, model: nn.Module, optimizer, meta: dict) -> None:
+        """fsdp: every rank writes its own pieces (sharded_checkpoint); ddp: rank 0 the whole state."""
+        if self.sharded:
+            sharded_checkpoint.save(stage_dir, step, model, optimizer, meta)
+        else:
+            super().save(stage_dir, step, model, optimizer, meta)
 
-    def full_optimizer_state(self, optimizer: torch.optim.Optimizer, keep: bool) -> dict | None:
-        return full_optimizer_state(optimizer, keep)
+    def load_optimizer(self, path: Path, model: nn.Module, optimizer, verify: bool) -> None:
+        """A sharded checkpoint through DCP, into whatever layout the parameters have; a whole one (ddp's)
+        as it is, or under fsdp cut to this rank's shards."""
+        if sharded_checkpoint.is_sharded(path):
+            sharded_checkpoint.load_optimizer(path, model, optimizer, verify)
+        elif self.sharded and (state := read_optimizer(path, verify=verify)) is not None:
+            load_optimizer_state(optimizer, state)
+        elif not self.sharded:
+            super().load_optimizer(path, model, optimizer, verify)
 
 
 def sharded(cfg, distributed: bool) -> bool:
@@ -112,28 +123,6 @@ def rebind(optimizer: torch.optim.Optimizer, names: dict[int, str], model: nn.Mo
     now = dict(model.named_parameters())
     for group in optimizer.param_groups:
         group["params"] = [now[names[id(p)]] for p in group["params"]]
-
-
-def _full(value):
-    return value.full_tensor() if isinstance(value, DTensor) else value
-
-
-def full_state(model: nn.Module, keep: bool) -> dict:
-    """The model's state dict with whole tensors, on every rank's call (a collective under fsdp); `keep`:
-    this rank keeps them (on the CPU), else it drops each after its all-gather."""
-    out = {}
-    for name, value in model.state_dict().items():
-        whole = _full(value.detach())
-        if keep:
-            out[name] = whole.cpu() if isinstance(value, DTensor) else whole
-    return out
-
-
-def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool) -> dict | None:
-    """optimizer.state_dict() with whole moments: the same dict a DDP run's optimizer gives."""
-    state = optimizer.state_dict()
-    whole = {i: {k: _full(v) for k, v in s.items()} for i, s in sorted(state["state"].items())}
-    return {"state": whole, "param_groups": state["param_groups"]} if keep else None
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
