@@ -3,6 +3,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Tests use tiny models: one OpenMP thread a process (the rlkit runs they start included). Threads of several
+# processes spinning against each other on a small machine cost 4-30x; one each lets pytest-xdist's workers
+# share the cores. What is computed is unchanged.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import inspect  # noqa: E402
 import textwrap  # noqa: E402

@@ -173,14 +173,30 @@ def test_sigkill_in_an_fsdp_rl_step_then_resume_is_bit_identical(runs, tmp_path)
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, "never held in rl step 2"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, as a crash would
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, as a crash would: its ranks must die with it
     proc.wait(timeout=30)
+    deadline = time.time() + 3  # without the ranks' parent-death signal they lived ~11 s more, holding the lock
+    while processes_in(tmp_path / "f") and time.time() < deadline:
+        time.sleep(0.1)
+    assert not processes_in(tmp_path / "f"), "the ranks outlived their launcher"
     assert latest_checkpoint(run / "rl").name == "step_000001"
     out = rlkit_run(tmp_path / "f", *args[2:])
     assert "[rl] resuming at step 1" in out
     for stage in ("rl", "rl_kl"):
         a, b = weights(folder / "runs/two" / stage), weights(run / stage)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+
+
+def processes_in(folder) -> list[int]:
+    """Pids of the live processes whose working folder is `folder` (the run's ranks)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(folder) and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def hf_experiment(model, lora):

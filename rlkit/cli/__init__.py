@@ -99,9 +99,10 @@ def run(
 
         world = nproc_per_node * nnodes
         cfg, plugins = running.prepare(experiment, overrides or [], plugin or [], world_size=world)
-        if world > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
-            from rlkit.cli.launch import torchrun
+        from rlkit.cli.launch import die_with_launcher, torchrun
 
+        die_with_launcher()  # a torchrun worker ends with its launcher, however the launcher ends
+        if world > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
             torchrun(sys.argv[1:], nproc_per_node, nnodes, node_rank, rdzv_endpoint)
             return
         if sweep:

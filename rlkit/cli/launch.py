@@ -4,10 +4,31 @@ The same command line, minus the launch options, runs as `python -m rlkit` in ev
 worker; torchrun sets RANK/WORLD_SIZE/LOCAL_RANK and the workers join a process
 group (gloo on CPU, nccl on CUDA, see rlkit.core.dist). One node runs standalone
 (a local rendezvous); several nodes meet at --rdzv-endpoint through c10d.
+
+torchrun starts each worker in a session of its own, so a kill -9 of the launcher (or of its process group)
+would leave the workers running, holding the run's lock and writing checkpoints. Each worker therefore asks
+Linux to kill it when its parent, the launcher's agent, dies (prctl PR_SET_PDEATHSIG).
 """
 from __future__ import annotations
 
 from rlkit.core.errors import RlkitError
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> None:
+    """In a torchrun worker on Linux: SIGKILL this process when its parent (torchrun's agent) dies."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call: nobody is left to kill us
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 LAUNCH_OPTIONS = {"--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-endpoint": True}
 
