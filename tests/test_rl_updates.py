@@ -14,8 +14,8 @@ import torch
 from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.plugins import load_plugins
-from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.lib.training.algorithm import guard
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
+from rlkit.lib.training.guard import guard
 from rlkit.plugins.stages import rl_batch, rl_stats, rl_update
 from rlkit.plugins.stages.rl_plan import Rows
 
