@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from rlkit.lib.training import hostmem
-from rlkit.plugins.models import gpt as gpt_module
+from rlkit.plugins.models import gpt_model as gpt_module
 from rlkit.plugins.models import softcap_loss
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.plugins.models.relu_squared import relu_squared
 from rlkit.plugins.optimizers.muon import muon
 from timing import now, table

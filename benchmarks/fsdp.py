@@ -22,7 +22,7 @@ from rlkit.lib.training import parallel
 
 
 def gpt_d4():
-    from rlkit.plugins.models.gpt import GPT, GPTConfig
+    from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 
     return GPT(GPTConfig(vocab_size=8192, seq_len=256, depth=4)), 8192
 
@@ -30,7 +30,7 @@ def gpt_d4():
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlkit.plugins.models.hf import HFPolicy
+    from rlkit.plugins.models.hf_policy import HFPolicy
 
     config = LlamaConfig(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)

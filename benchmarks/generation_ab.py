@@ -36,7 +36,7 @@ def modules():
     except ImportError:
         from rlkit.core.engine import Engine, Request
         from rlkit.core.sampling import generate
-    from rlkit.plugins.models.gpt import GPT, GPTConfig
+    from rlkit.plugins.models.gpt_model import GPT, GPTConfig
     return generate, Engine, Request, GPT, GPTConfig
 
 

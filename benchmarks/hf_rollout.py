@@ -16,7 +16,7 @@ import torch
 import timing
 from timing import table, timed
 from rlkit.lib.generation.sampling import generate
-from rlkit.plugins.models.hf import HFPolicy
+from rlkit.plugins.models.hf_policy import HFPolicy
 
 
 def main():

@@ -15,16 +15,17 @@ import argparse
 import torch
 
 from rlkit.core.dist import fast_bf16
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.plugins.optimizers import muon as muon_plugin
+from rlkit.plugins.optimizers import muon_optimizer
 from timing import now, sync, table
 
 
 def one_step(model, forced):
     """Seconds of one optimizer step (fresh optimizer, momentum 0 so every step does the same work)."""
-    shipped = muon_plugin.fast_bf16
+    shipped = muon_optimizer.fast_bf16
     if forced is not None:
-        muon_plugin.fast_bf16 = lambda device: forced == "bf16"
+        muon_optimizer.fast_bf16 = lambda device: forced == "bf16"
     try:
         opt = muon_plugin.muon(model, momentum=0.0)
         device = next(model.parameters()).device
@@ -34,7 +35,7 @@ def one_step(model, forced):
         sync(device)
         return now() - t0
     finally:
-        muon_plugin.fast_bf16 = shipped
+        muon_optimizer.fast_bf16 = shipped
 
 
 def main():

@@ -20,7 +20,7 @@ from rlkit.core import pipeline
 from rlkit.core.context import StageContext
 from rlkit.core.dist import DistInfo
 from rlkit.core.track import Tracker
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.plugins.optimizers.muon import muon
 from rlkit.plugins.stages import rl_plan, rl_update
 from timing import now, table

@@ -16,7 +16,7 @@ import torch
 
 import timing
 from timing import matmul_peak, table, timed
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.lib.generation.draw import candidates, choose, row_key
 from rlkit.lib.generation.sampling import generate
 

@@ -19,7 +19,7 @@ import torch
 from rlkit.lib.text.tokenizer import ToolTokens
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.generation.tools import ToolLimits, Toolbox
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.plugins.tools.calculator import calculator
 
 

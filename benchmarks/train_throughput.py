@@ -16,7 +16,7 @@ import statistics
 import torch
 
 import timing
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from timing import matmul_peak, now, sync, table
 
 

@@ -75,7 +75,7 @@ def prompts(spec):
 
 
 def rlkit_model(spec, device):
-    from rlkit.plugins.models.gpt import GPT, GPTConfig
+    from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(depth=spec["depth"], vocab_size=spec["vocab"], seq_len=spec["seq"])).to(device)

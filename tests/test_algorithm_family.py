@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlkit.core.plugins import load_plugins
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.plugins.stages import rl_update
 from rlkit.plugins.stages.rl_plan import Minibatch, Plan, Rows, micro_batches
 from rlkit.plugins.stages.rl_stats import Tally

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.lib.training.algorithm import Algorithm, guard
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.lib.training.algorithm import Algorithm
+from rlkit.lib.training.guard import guard
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
 from rlkit.plugins.stages import rl_update
 from rlkit.plugins.stages.rl_plan import Rows, micro_batches

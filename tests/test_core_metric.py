@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlkit.lib.evaluation.corebench import bundle, evaluate_core
+from rlkit.lib.evaluation.corebench import evaluate_core
+from rlkit.lib.evaluation.evalbundle import bundle
 from rlkit.core.errors import RlkitError
 from rlkit.lib.text.tokenizer import train_tokenizer
 

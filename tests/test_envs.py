@@ -12,7 +12,7 @@ from rlkit.lib.envs.env import Step
 from rlkit.lib.generation.episodes import Episodes, episode_metrics
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.text.tokenizer import Tokenizer, train_tokenizer
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 
 from experiments import builtin_envs
 

@@ -96,7 +96,7 @@ def test_a_model_that_always_says_b_scores_the_hand_computed_accuracy(tokenizer)
 
 
 def test_a_real_tiny_model_picks_what_unbatched_forwards_prefer(tokenizer, tmp_path):
-    from rlkit.plugins.models.gpt import GPT, GPTConfig
+    from rlkit.plugins.models.gpt_model import GPT, GPTConfig
     from rlkit.plugins.tasks.arc import arc_easy
 
     torch.manual_seed(0)

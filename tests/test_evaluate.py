@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlkit.lib.evaluation.evaluate import evaluate, pass_at
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.lib.text.task import make_example
 from rlkit.lib.text.tokenizer import train_tokenizer
 

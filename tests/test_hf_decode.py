@@ -5,7 +5,7 @@ diverge, and keep() dropping rows mid-way; on the in-place cache (Llama, Qwen2) 
 import pytest
 import torch
 
-from rlkit.plugins.models.hf import HFPolicy
+from rlkit.plugins.models.hf_policy import HFPolicy
 
 ARCHS = ["llama", "llama-eager", "qwen2", "qwen2-sliding"]
 

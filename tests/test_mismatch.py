@@ -20,9 +20,9 @@ from rlkit.core.plugins import load_plugins
 from rlkit.lib.generation import draw as draw_mod
 from rlkit.lib.generation.draw import row_key, uniform
 from rlkit.lib.generation.sampling import generate
-from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.plugins.models.hf import HFPolicy
-from rlkit.lib.training.algorithm import guard
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
+from rlkit.plugins.models.hf_policy import HFPolicy
+from rlkit.lib.training.guard import guard
 from rlkit.plugins.stages import rl, rl_batch, rl_update
 from rlkit.plugins.stages.rl_plan import Rows
 from rlkit.plugins.stages.rl_update import forward

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.plugins.models.gpt_decode import KVCache
 
 
@@ -157,7 +157,7 @@ def test_compiled_loss_matches_the_plain_formula(monkeypatch, amp, reduction):
     padded vocabulary (strided logits), logits deep in the softcap's tanh and a non-uniform upstream gradient."""
     import torch.nn.functional as F
 
-    from rlkit.plugins.models import gpt as gpt_module
+    from rlkit.plugins.models import gpt_model as gpt_module
 
     model = tiny(vocab_size=100)
     with torch.no_grad():  # logits of ~20 (deep in the softcap's tanh) and non-zero output projections
@@ -275,7 +275,7 @@ def test_training_steps_with_relu_squared_match_the_plain_activation_bit_for_bit
     loss at every step, to the last bit (what keeps a run's figures unchanged)."""
     import torch.nn.functional as F
 
-    from rlkit.plugins.models import gpt
+    from rlkit.plugins.models import gpt_model as gpt
     from rlkit.plugins.optimizers.muon import muon
 
     idx = torch.randint(0, 100, (4, 33))

@@ -13,7 +13,8 @@ from rlkit.core.errors import RlkitError
 from rlkit.lib.training.optim import lr_multiplier, param_roles, set_lr
 from rlkit.plugins.optimizers import adamw as adamw_plugin
 from rlkit.plugins.optimizers import muon as muon_plugin
-from rlkit.plugins.optimizers.muon import MuonAdamW, orthogonalize
+from rlkit.plugins.optimizers import muon_optimizer
+from rlkit.plugins.optimizers.muon_optimizer import MuonAdamW, orthogonalize
 
 
 def load_optimizers():
@@ -56,7 +57,7 @@ class NoRolesNet(TinyNet):
 
 
 def tiny_gpt():
-    model_module = pytest.importorskip("rlkit.plugins.models.gpt")
+    model_module = pytest.importorskip("rlkit.plugins.models.gpt_model")
     torch.manual_seed(0)
     model = model_module.GPT(model_module.GPTConfig(depth=2, vocab_size=64, seq_len=16))
     model.init_weights()
@@ -96,7 +97,7 @@ def test_plugins_register_by_name():
 @pytest.mark.parametrize("fast", [True, False], ids=["bf16-fast", "bf16-emulated"])
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (3, 48, 16)])
 def test_orthogonalize_pushes_singular_values_to_one(shape, fast, monkeypatch):
-    monkeypatch.setattr(muon_plugin, "fast_bf16", lambda device: fast)
+    monkeypatch.setattr(muon_optimizer, "fast_bf16", lambda device: fast)
     torch.manual_seed(0)
     G = torch.randn(*shape) * 1e-3  # scale must not matter
     O = orthogonalize(G if G.ndim == 3 else G[None])
@@ -109,15 +110,15 @@ def test_orthogonalize_pushes_singular_values_to_one(shape, fast, monkeypatch):
 def test_orthogonalize_runs_in_fp32_where_bf16_is_emulated(monkeypatch):
     """Where bf16 matmuls are not fast (an AVX2-only CPU), the iteration runs in fp32: it matches the
     quintic iteration written out here in float64, which bf16's 8-bit mantissa could not."""
-    monkeypatch.setattr(muon_plugin, "fast_bf16", lambda device: False)
+    monkeypatch.setattr(muon_optimizer, "fast_bf16", lambda device: False)
     torch.manual_seed(0)
     G = torch.randn(2, 24, 40)
     X = G.double() / (G.double().norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
-    for a, b, c in muon_plugin.POLAR_EXPRESS:
+    for a, b, c in muon_optimizer.POLAR_EXPRESS:
         A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
     torch.testing.assert_close(orthogonalize(G).double(), X, rtol=0, atol=1e-5)
-    monkeypatch.setattr(muon_plugin, "fast_bf16", lambda device: True)
+    monkeypatch.setattr(muon_optimizer, "fast_bf16", lambda device: True)
     assert (orthogonalize(G).double() - X).abs().max() > 1e-3  # bf16 is far coarser: the check can tell
 
 

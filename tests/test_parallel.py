@@ -14,7 +14,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.parallelism import Parallelism
 from rlkit.lib.training import memory
 from rlkit.lib.training.parallel import Strategy
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 
 
 def experiment(tmp_path, optimizer="adamw"):

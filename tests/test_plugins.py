@@ -7,6 +7,8 @@ on sys.path is all importlib.metadata needs to see a distribution and its entry 
 """
 import importlib
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -101,6 +103,27 @@ def test_plugins_json_lists_the_built_ins(cli, monkeypatch):
     assert {("reward", "gsm8k"), ("optimizer", "adamw")} <= provided
     assert all(row["source"].startswith("rlkit ") for row in rows)
 
+
+
+LIGHT = """\
+import sys
+from rlkit.cli import main
+sys.argv = ["rlkit", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("heavy:", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers"}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"]])
+def test_light_commands_import_no_torch(args):
+    """`rlkit --help` and `rlkit plugins` load every built-in plugin module without torch: networks, training
+    loops and optimizers are imported when used (docs/performance.md has what that saves)."""
+    env = dict(os.environ, RLKIT_LOAD_PLUGINS="")  # rlkit's own: another installed package may import anything
+    out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "heavy: []", out.stderr
 
 # --- an installed package, faked -------------------------------------------------------------
 

@@ -14,8 +14,8 @@ import torch
 from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core.plugins import load_plugins
-from rlkit.plugins.models.gpt import GPT, GPTConfig
-from rlkit.lib.training.algorithm import guard
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
+from rlkit.lib.training.guard import guard
 from rlkit.plugins.stages import rl_batch, rl_stats, rl_update
 from rlkit.plugins.stages.rl_plan import Rows
 
@@ -166,7 +166,7 @@ def test_ref_logp_is_the_starting_checkpoint_and_the_kl_grows(write_file, write_
 def test_filter_groups_drops_constant_groups_and_refills(write_file, write_yaml, tmp_path, monkeypatch):
     batches = []
     collect = rl_batch.collect
-    monkeypatch.setattr("rlkit.plugins.stages.rl.collect", lambda *a: batches.append(collect(*a)) or batches[-1])
+    monkeypatch.setattr("rlkit.plugins.stages.rl_run.collect", lambda *a: batches.append(collect(*a)) or batches[-1])
     _run(write_file, write_yaml, tmp_path, monkeypatch, "rl:\n" + RL.format(algorithm="dapo", steps=3, refills=6))
 
     assert sum(b.stats["groups_filtered"] for b in batches) > 0, "no constant group came up: nothing was tested"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlkit.core.errors import RlkitError
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.lib.generation.draw import Sampling, row_key, top_k
 from rlkit.lib.generation.loop import DecodeLoop
 from rlkit.lib.generation.sampling import generate

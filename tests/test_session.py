@@ -16,7 +16,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import load_plugins
 from rlkit.core.runtime import Runtime
 from rlkit.core.track import Tracker
-from rlkit.lib.evaluation.evaluate import task_reward
+from rlkit.lib.evaluation.evaltask import task_reward
 from rlkit.lib.text.task import Task, make_example
 from rlkit.lib.training.optim import lr_multiplier, lr_schedule
 from rlkit.plugins.stages import rl, sft

@@ -18,9 +18,9 @@ from rlkit.core import pipeline
 from rlkit.core.checkpoint import latest_checkpoint, load_checkpoint
 from rlkit.core import handoff
 from rlkit.core.errors import RlkitError
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 from rlkit.core.plugins import load_plugins
-from rlkit.plugins.stages.sft import collate, held_out_accuracy
+from rlkit.plugins.stages.sft_run import collate, held_out_accuracy
 from rlkit.lib.text.task import example_text, prompt_messages
 from rlkit.lib.text.tokenizer import Tokenizer, train_tokenizer
 

@@ -8,7 +8,7 @@ import torch
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import load_plugins
-from rlkit.lib.training.algorithm import check_contract, guard
+from rlkit.lib.training.guard import check_contract, guard
 
 ALGORITHMS = load_plugins().tables["algorithm"]
 CAP = 2.0

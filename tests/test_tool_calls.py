@@ -16,7 +16,7 @@ from rlkit.lib.generation.draw import Sampling, draw, row_key
 from rlkit.lib.generation.engine import Engine, Request
 from rlkit.lib.generation.sampling import generate
 from rlkit.lib.generation.tools import ToolLimits, Toolbox
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 
 V, OUT_START, OUT_END = 100, 97, 98
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [42]]

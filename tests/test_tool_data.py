@@ -87,7 +87,7 @@ def test_a_tokenizer_without_tool_tokens_refuses_parts_in_one_line(tasks):
 
 
 def test_midtrain_packs_tool_outputs_out_of_the_loss_and_leaves_other_text_as_before(tasks, tok):
-    from rlkit.plugins.stages.midtrain import _with_outputs, pack
+    from rlkit.plugins.stages.midtrain_run import _with_outputs, pack
 
     calls = tasks["arithmetic"]("train", size=4, calculator=True)
     plain = tasks["arithmetic"]("train", size=4)

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.config import PluginRef
-from rlkit.lib.evaluation.evaluate import MAX_K, TOOL_FIGURES, EvalTask, headline, run_task
+from rlkit.lib.evaluation.evaltask import MAX_K, TOOL_FIGURES, EvalTask, headline
+from rlkit.lib.evaluation.evaluate import run_task
 from rlkit.core.handoff import Checkpoint
 
 DEFAULT_EXAMPLES = 500
@@ -85,7 +86,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
 
 def load_task(plugins, spec: EvalTask):
     """The task's test examples, checked as a stage checks them."""
-    from rlkit.core.context import call_plugin, check_examples
+    from rlkit.core.plugins import call_plugin, check_examples
 
     fn = plugins.get("task", spec.name, f"--task {spec.name}")
     task = call_plugin(f"rlkit eval: task {spec.name}", spec.name, fn, "test", **spec.args)

@@ -29,7 +29,7 @@ def run(cfg, plugins, resume: bool) -> None:
     """Run a prepared experiment: on a CPU, malloc keeps freed memory (hostmem); the run is tracked in Aim with
     a report card, and each training model spans the ranks as `parallel:` says."""
     from rlkit.core import pipeline
-    from rlkit.lib.tracking import RunTracking
+    from rlkit.lib.tracking.aim import RunTracking
     from rlkit.lib.training import hostmem
     from rlkit.lib.training.parallel import Strategy
 

@@ -25,7 +25,7 @@ from rlkit.core.dist import DistInfo, print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.core.parallelism import Parallelism
-from rlkit.core.plugins import Plugins
+from rlkit.core.plugins import Plugins, call_plugin, check_examples
 from rlkit.core.runtime import Runtime
 
 Cfg = TypeVar("Cfg")
@@ -161,26 +161,3 @@ class StageContext(Generic[Cfg]):
 def entry_seed(seed: int, index: int) -> int:
     """The seed of the entry at position `index` of an experiment seeded `seed` (StageContext.seed)."""
     return seed * 1000 + 100 * (index - 1)
-
-
-def check_examples(task, where: str) -> None:
-    """Every example must hold what stages read: "messages", a list of {"role", "content": str}; checked
-    when the task is built, so a bad row deep in the data is one line before any work, not a traceback later."""
-    for i in range(len(task)):
-        example = task[i]
-        messages = example.get("messages") if isinstance(example, dict) else None
-        if not (isinstance(messages, list) and messages and all(
-                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str) for m in messages)):
-            raise RlkitError(f"{where}: example {i} is {str(example)[:80]!r}; an example is a dict with \"messages\": "
-                             "[{\"role\": \"user\" | \"assistant\", \"content\": str}, ...] (see make_example)")
-
-
-def call_plugin(where: str, name: str, fn, *args, **kwargs):
-    """Call a plugin's factory; an exception from it (bad arg values, missing data) becomes one line."""
-    try:
-        return fn(*args, **kwargs)
-    except RlkitError as e:
-        raise RlkitError(f"{where}: {e}") from e  # the plugin's own message, with the key it came from
-    except Exception as e:
-        raise RlkitError(f"{where}: plugin '{name}' failed: {type(e).__name__}: {e}") from e

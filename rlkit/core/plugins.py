@@ -143,6 +143,29 @@ def load_plugins(local_files: list[Path] = ()) -> Plugins:
     return collect(pm, sources)
 
 
+def check_examples(task, where: str) -> None:
+    """Every example must hold what stages read: "messages", a list of {"role", "content": str}; checked
+    when the task is built, so a bad row deep in the data is one line before any work, not a traceback later."""
+    for i in range(len(task)):
+        example = task[i]
+        messages = example.get("messages") if isinstance(example, dict) else None
+        if not (isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in messages)):
+            raise RlkitError(f"{where}: example {i} is {str(example)[:80]!r}; an example is a dict with \"messages\": "
+                             "[{\"role\": \"user\" | \"assistant\", \"content\": str}, ...] (see make_example)")
+
+
+def call_plugin(where: str, name: str, fn, *args, **kwargs):
+    """Call a plugin's factory; an exception from it (bad arg values, missing data) becomes one line."""
+    try:
+        return fn(*args, **kwargs)
+    except RlkitError as e:
+        raise RlkitError(f"{where}: {e}") from e  # the plugin's own message, with the key it came from
+    except Exception as e:
+        raise RlkitError(f"{where}: plugin '{name}' failed: {type(e).__name__}: {e}") from e
+
+
 def bind_args(kind: str, name: str, fn: Callable, args: dict[str, Any], where: str) -> dict[str, Any]:
     """Check `args` against the plugin's signature before any model is built; returns them as a dict."""
     leading = KINDS[kind][1]

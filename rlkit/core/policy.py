@@ -48,12 +48,13 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import Plugins, bind_args
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@
 
 The base classes here write nowhere: a Tracker remembers, per stage and metric, the first/last/min/max/mean
 of what was tracked (what a report card prints), and a Tracking hands one out. `rlkit run` passes the
-library's rlkit.lib.tracking.RunTracking (an Aim run on rank 0 and runs/<name>/report.md), so core knows
+library's rlkit.lib.tracking.aim.RunTracking (an Aim run on rank 0 and runs/<name>/report.md), so core knows
 no tracking backend. Metrics carry the context {stage: ...} (evaluations {stage, task}).
 """
 from __future__ import annotations

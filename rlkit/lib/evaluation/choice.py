@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 
 from rlkit.core.errors import RlkitError
+from rlkit.lib.evaluation.evaltask import MODES
 from rlkit.lib.text.task import LETTERS, prompt_messages
-
-MODES = ("letter", "likelihood")
 
 
 @torch.no_grad()

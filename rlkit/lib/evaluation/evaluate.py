@@ -19,22 +19,18 @@ which is far smaller than the error of either estimate alone.
 `run_task(rt, model, tokenizer, task, spec, examples=, seed=)` is the one entry point that eval stages,
 the rl stage's in-training pass@k and `rlkit eval` share: a generative task goes to `evaluate`, a
 multiple-choice one to rlkit.lib.evaluation.choice. `rt` is a rlkit.core.runtime.Runtime (a stage
-passes ctx.runtime; a command builds one).
+passes ctx.runtime; a command builds one). What it is asked (`EvalTask`) and the figures it reports
+(`headline`) are rlkit.lib.evaluation.evaltask, which needs no torch.
 """
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
 
 import torch
 
-from rlkit.core.config import PluginRef, bounded, one_of
-from rlkit.core.errors import RlkitError
 from rlkit.core.runtime import Runtime
+from rlkit.lib.evaluation.evaltask import EvalTask, measures_something, task_reward
 from rlkit.lib.generation.sampling import generate
-from rlkit.lib.evaluation.choice import MODES
 from rlkit.lib.generation.episodes import episodes
 from rlkit.lib.generation.tools import toolbox
 from rlkit.lib.evaluation.scoring import score
@@ -133,9 +129,6 @@ def _result(rt, sums, n: int, shown, per_problem, baseline, calls, episodes: boo
     return result
 
 
-TOOL_FIGURES = ("tool_calls", "tool_use", "tool_error_rate", "tool_forced")
-
-
 def tool_figures(rt: Runtime, calls: list[int], errors: list[int], forced: list[int]) -> dict:
     """tool_metrics over every rank's completions (their counts summed over ranks)."""
     totals = torch.tensor([sum(calls), sum(errors), sum(forced), len(calls), sum(c > 0 for c in calls)],
@@ -143,29 +136,6 @@ def tool_figures(rt: Runtime, calls: list[int], errors: list[int], forced: list[
     c, e, f, n, used = rt.sum_over_ranks(totals).cpu().tolist()
     n = max(n, 1)
     return {"tool_calls": c / n, "tool_use": used / n, "tool_error_rate": e / c if c else 0.0, "tool_forced": f / n}
-
-
-# --- one task, either kind: what eval stages, the rl stage and `rlkit eval` all call ------------------
-
-@dataclass
-class EvalTask(PluginRef):
-    """One task to evaluate and how (an item of an eval stage's `tasks:`; what a stage's `evals` returns)."""
-    k: int = bounded(1, ge=1)  # generative: samples per problem, pass@1..k (greedy, k = 1, when temperature is 0)
-    temperature: float = bounded(0.0, ge=0)
-    top_k: int = bounded(50, ge=0)  # 0 keeps the whole vocabulary
-    max_new_tokens: int = bounded(256, ge=1)
-    examples: Optional[int] = bounded(None, ge=1)  # problems to evaluate (None: the stage's `examples`)
-    reward: Optional[str] = None  # generative: the reward plugin that decides "correct" (None: the task's own)
-    reward_args: dict[str, Any] = field(default_factory=dict)
-    mode: str = one_of("letter", MODES)  # multiple choice: letter (chat models) | likelihood (base models)
-    tools: list[PluginRef] = field(default_factory=list, metadata={"kind": "tool"})  # generative: tools rows may call
-    env: Optional[PluginRef] = field(default=None, metadata={"kind": "env"})  # episodes, rewarded by the env
-    max_turns: int = bounded(4, ge=1)  # with env: the model's turns an episode takes at most
-
-
-def eval_reward(ref: PluginRef | None) -> dict:
-    """EvalTask's reward keys for a stage's eval reward; none given: the task's own reward decides "correct"."""
-    return {} if ref is None else {"reward": ref.name, "reward_args": dict(ref.args)}
 
 
 def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: int, seed: int,
@@ -176,7 +146,7 @@ def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: i
     from rlkit.lib.evaluation.choice import evaluate_choice
 
     kind, _, title = evaluation_of(task, spec.name)
-    _measures_something(spec, kind, min(examples, len(task)), f"stages.{rt.name}: task '{spec.name}'")
+    measures_something(spec, kind, min(examples, len(task)), f"stages.{rt.name}: task '{spec.name}'")
     if kind == "choice":
         result = evaluate_choice(rt, model, tokenizer, task, examples=examples, mode=spec.mode)
     else:
@@ -194,44 +164,3 @@ def run_task(rt: Runtime, model, tokenizer, task, spec: EvalTask, *, examples: i
     return result
 
 
-def task_reward(rt: Runtime, task, spec: EvalTask, where: str):
-    """(name, callable) of the reward that decides "correct": the spec's, else the task's own; a stage calls it
-    before training, so a task without one fails then, naming `where`."""
-    name = spec.reward or evaluation_of(task, spec.name)[1]
-    if name is None:
-        raise RlkitError(f"{where}: task '{spec.name}' names no reward of its own; give one, e.g. "
-                         f"reward: <reward> (installed: {', '.join(sorted(rt.plugins.tables['reward']))})")
-    fn = rt.plugins.get("reward", name, where)
-    return name, functools.partial(fn, **spec.reward_args) if spec.reward_args else fn
-
-
-MAX_K = 1024
-
-
-def _measures_something(spec: EvalTask, kind: str, problems: int, where: str) -> None:
-    """Refuse settings under which the figure would be measured on nothing, or not be the one asked for."""
-    if not 1 <= spec.k <= MAX_K:  # k samples a problem are k rows of one batch: a huge k reaches the allocator
-        raise RlkitError(f"{where}: k={spec.k}; valid: 1 .. {MAX_K} samples a problem")
-    if problems < 1:
-        raise RlkitError(f"{where}: {problems} problems to evaluate (examples); an evaluation needs at least 1 "
-                         "(leave the eval out to skip it)")
-    if kind == "choice" and (spec.reward is not None or spec.k > 1):
-        what = "reward" if spec.reward is not None else f"k={spec.k}"
-        raise RlkitError(f"{where}: {what} does not apply: the task is multiple choice, scored by its "
-                         f"answer letter or likelihood (mode); leave {what.split('=')[0]} out")
-    if kind != "choice" and spec.k > 1 and spec.temperature == 0:
-        raise RlkitError(f"{where}: k={spec.k} with temperature 0: greedy decoding gives one completion per "
-                         f"problem, so pass@{spec.k} would not be measured; set temperature > 0 (e.g. 1.0) or k: 1")
-
-
-def headline(result: dict) -> dict:
-    """The figures of a result for the report card's table and Aim: accuracy (and centred, multiple choice), or
-    pass@1 and pass@k (the largest k) when sampled; with tools, also TOOL_FIGURES; with an env, its reward and turns."""
-    tools = {k: result[k] for k in TOOL_FIGURES if k in result}  # a run with tools: how the model used them
-    if "turns" in result:  # episodes: the env's mean reward and the turns they took
-        tools.update(reward=result["reward"], turns=result["turns"])
-    if "accuracy" in result:
-        return {**{k: result[k] for k in ("accuracy", "centred") if k in result and
-                   (k == "accuracy" or result.get("kind") == "choice")}, **tools}
-    ks = sorted(int(k[5:]) for k in result if k.startswith("pass@"))
-    return {**({f"pass@{k}": result[f"pass@{k}"] for k in sorted({ks[0], ks[-1]})} if ks else {}), **tools}

@@ -16,10 +16,12 @@ import functools
 import math
 import signal
 import threading
-
-import torch
+from typing import TYPE_CHECKING
 
 from rlkit.core.errors import RlkitError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Scored(list):
@@ -38,6 +40,8 @@ def score(rewards, texts: list[str], examples: list, at: str, timeout: float = 1
           timeout_key: str = "reward_timeout") -> dict[str, torch.Tensor]:
     """rewards: [(name, weight, fn)] -> {name: (N,) float tensor of each reward on each completion}.
     `at` says where in the run, e.g. "at rl step 3"; `timeout_key` is the config key that sets `timeout`."""
+    import torch  # here, not at the top: the reward trials of `rlkit check` (trial.py) use this module without it
+
     out = {}
     for name, _, fn in rewards:
         batch = batch_scorer(fn)
@@ -100,14 +104,14 @@ def _as_scored(values) -> Scored:
 def weighted_total(rewards, scores: dict[str, torch.Tensor], at: str) -> torch.Tensor:
     """sum of weight * reward over the rewards; a total that overflows is blamed on the rewards, by name."""
     total = sum(w * scores[name] for name, w, _ in rewards)
-    if not torch.isfinite(total).all():
+    if not total.isfinite().all():
         parts = ", ".join(f"{name} (x{w:g}, max |r| {scores[name].abs().max().item():.3g})" for name, w, _ in rewards)
         raise RlkitError(f"rewards {at}: their weighted sum overflows float32 ({parts}); scale the rewards or "
                          "their weights down")
     return total
 
 
-F32_MAX = float(torch.finfo(torch.float32).max)
+F32_MAX = 3.4028234663852886e38  # float32's largest finite value, torch.finfo(torch.float32).max
 
 
 def _finite(value, where: str) -> float:

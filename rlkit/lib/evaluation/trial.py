@@ -16,7 +16,7 @@ import functools
 import json
 from pathlib import Path
 
-from rlkit.core.context import call_plugin, check_examples
+from rlkit.core.plugins import call_plugin, check_examples
 from rlkit.core.errors import RlkitError
 from rlkit.lib.text.textdata import offline_hint
 from rlkit.lib.evaluation.scoring import _finite, _guarded, batch_scorer

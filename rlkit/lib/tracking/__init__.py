@@ -1,4 +1,3 @@
-"""Run tracking: Aim runs (aim.py), readable Aim repositories (aimrepo.py) and the report card (report.py)."""
-from rlkit.lib.tracking.aim import RunTracking
-
-__all__ = ["RunTracking"]
+"""Run tracking: Aim runs (aim.py: RunTracking, what `rlkit run` hands the pipeline), readable Aim repositories
+(aimrepo.py) and the report card (report.py). Nothing is imported here: report.py's helpers load without
+aim.py's torch."""

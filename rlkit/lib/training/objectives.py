@@ -6,9 +6,12 @@ loss reads as its paper's formula. Shapes: rewards (P, G): P prompts x G complet
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from rlkit.core.errors import RlkitError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
@@ -27,7 +30,7 @@ def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:
 
 def ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     """(B, T): rho_t = exp(logp_t - old_logp_t), the new policy's probability over the sampling policy's."""
-    return torch.exp(logp - old_logp)
+    return (logp - old_logp).exp()
 
 
 def clipped_objective(rho: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
@@ -37,13 +40,13 @@ def clipped_objective(rho: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_
     with A < 0)."""
     unclipped = rho * adv
     clipped_term = rho.clamp(1.0 - eps_low, 1.0 + eps_high) * adv
-    return torch.minimum(unclipped, clipped_term), clipped_term < unclipped
+    return unclipped.minimum(clipped_term), clipped_term < unclipped
 
 
 def k3(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """Schulman's unbiased, non-negative KL estimator per token: exp(d) - d - 1 with d = ref_logp - logp."""
     d = ref_logp - logp
-    return torch.exp(d) - d - 1.0
+    return d.exp() - d - 1.0
 
 
 def per_sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,7 +62,7 @@ def tis_weight(extra: dict, cap: float | None):
     the gap between the two (e.g. bf16 sampling), not the rollout's temperature or top-k. cap None: 1 (off)."""
     if cap is None:
         return 1.0
-    return torch.exp(extra["old_logp"] - extra["sample_logp"]).clamp(max=cap).detach()
+    return (extra["old_logp"] - extra["sample_logp"]).exp().clamp(max=cap).detach()
 
 
 def with_tis(algorithm, cap: float | None, name: str):

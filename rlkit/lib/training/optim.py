@@ -13,14 +13,20 @@ computes `lr_schedule(cfg, step)` each step and applies it with `set_lr(optimize
 A stage's `init_lr_frac` multiplies every rate, explicit ones included (`lr: 1e-5` at init_lr_frac
 0.05 trains at 5e-7), so `lr_plan` words the rates really used: each stage logs it as it starts and
 `rlkit check` prints it for each training entry.
+
+Torch is imported by the three functions that use it, so a stage or optimizer plugin that imports this module
+loads without it (`rlkit plugins`).
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from rlkit.core.errors import RlkitError
 from rlkit.core.stage import StageSetup
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 ROLES = ("matrix", "embedding", "unembedding", "scalar")
 UNEMBEDDING_NAMES = ("lm_head", "unembed")
@@ -36,6 +42,8 @@ def param_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 def _guess_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Fallback for models without param_roles(): embeddings by type, lm_head by name, rest by ndim."""
+    from torch import nn
+
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     heads = [m for name, m in model.named_modules()
              if isinstance(m, nn.Linear) and any(h in name.rsplit(".", 1)[-1] for h in UNEMBEDDING_NAMES)]
@@ -143,25 +151,20 @@ def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
         group["lr"] = group["initial_lr"] * multiplier
 
 
-class _StandIn(nn.Module):
-    """A few parameters of every role: what stage checks build an optimizer on, before any real model."""
-
-    def __init__(self):
-        super().__init__()
-        self.wte, self.proj, self.lm_head = nn.Embedding(64, 16), nn.Linear(16, 16, bias=False), nn.Linear(16, 64)
-
-    def param_roles(self):
-        return {"matrix": [self.proj.weight], "embedding": [self.wte.weight], "unembedding": [self.lm_head.weight],
-                "scalar": [self.lm_head.bias]}
-
-
 def stand_in_model() -> nn.Module:
-    return _StandIn()
+    """A few parameters of every role (by the names param_roles guesses from): what stage checks build an
+    optimizer on, before any real model."""
+    from torch import nn
+
+    return nn.ModuleDict({"wte": nn.Embedding(64, 16), "proj": nn.Linear(16, 16, bias=False),
+                          "lm_head": nn.Linear(16, 64)})
 
 
 def check_optimizer(ref, setup: StageSetup, key: str = "optimizer") -> None:
     """Build the optimizer once on a tiny stand-in model, so values it refuses (a negative learning rate,
     say) fail up front; other failures (it needs a GPU or a process group) wait for the real model."""
+    import torch
+
     factory = setup.plugins.get("optimizer", ref.name, f"{setup.where}.{key}.name")
     with torch.random.fork_rng(devices=[]):  # leaves the run's random state as it was
         try:

@@ -7,8 +7,6 @@ sg: stop-gradient; N: tokens in the minibatch (all ranks). Unlike PPO's clip, wh
 clipped tokens, CISPO clips the importance weight and keeps every token's gradient. clip_eps_low = 1.0
 means no lower clip. Leaves out: no KL term.
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
@@ -23,7 +21,7 @@ class CISPO(Algorithm):
     def __init__(self, clip_eps_low: float, clip_eps_high: float, eps: float):
         self.low, self.high, self.eps = clip_eps_low, clip_eps_high, eps
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         return group_advantages(rewards, scale=True, eps=self.eps)
 
     def loss(self, logp, mask, adv, extra):

@@ -14,8 +14,6 @@ Leaves out: no KL term (as the paper); its overlong filtering (masking truncated
 tis_cap (default null: off): truncated importance sampling, each token's term times the detached
 min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
@@ -34,18 +32,16 @@ class DAPO(Algorithm):
         self.low, self.high, self.eps = clip_eps_low, clip_eps_high, eps
         self.max_len, self.cache_len = max_len, cache_len
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         return group_advantages(rewards, scale=True, eps=self.eps)
 
-    def shape(self, lengths: torch.Tensor, max_new_tokens: int) -> dict:
+    def shape(self, lengths, max_new_tokens: int) -> dict:
         """lengths (P, G) completion tokens -> {"overlong": (P, G)} extra reward (soft overlong punishment)."""
         max_len = self.max_len or max_new_tokens
         cache = self.cache_len if self.cache_len is not None else max_len // 5
         L = lengths.float()
-        soft = (max_len - cache - L) / max(cache, 1)
-        extra = torch.where(L <= max_len - cache, torch.zeros_like(L),
-                            torch.where(L <= max_len, soft, -torch.ones_like(L)))
-        return {"overlong": extra}
+        soft = (max_len - cache - L) / max(cache, 1)  # >= 0 up to max_len - cache, <= -1 past max_len
+        return {"overlong": soft.clamp(-1.0, 0.0)}  # so the clamp gives the three pieces above
 
     def loss(self, logp, mask, adv, extra):
         """logp, mask (B, T); adv (B,). Token-level mean over the minibatch."""

@@ -14,8 +14,6 @@ stages.rl.updates (epochs, minibatches) for the off-policy updates the clip is f
 tis_cap (default null: off): truncated importance sampling, each token's term times the detached
 min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
@@ -32,7 +30,7 @@ class DeepSeekGRPO(Algorithm):
         self.clip_eps, self.kl_coef, self.eps = clip_eps, kl_coef, eps
         self.zero_advantage_inert = kl_coef == 0  # else the KL term moves rows whose advantage is 0
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         """(P, G) -> (P, G): group-normalised rewards."""
         return group_advantages(rewards, scale=True, eps=self.eps)
 

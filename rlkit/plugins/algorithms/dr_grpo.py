@@ -10,8 +10,6 @@ Leaves out: the KL term (the paper drops it for rule-based rewards) and the pape
 tis_cap (default null: off): truncated importance sampling, each token's term times the detached
 min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
@@ -27,7 +25,7 @@ class DrGRPO(Algorithm):
     def __init__(self, clip_eps: float):
         self.clip_eps = clip_eps
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         """(P, G) -> (P, G): each reward minus its group's mean."""
         return group_advantages(rewards)
 

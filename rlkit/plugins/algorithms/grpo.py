@@ -15,8 +15,6 @@ sampling policy's nor a reference model's log-probs.
 tis_cap (default null: off): truncated importance sampling, each token's term times the detached
 min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.lib.training.objectives import tis_weight, with_tis
@@ -28,11 +26,11 @@ class GRPO(Algorithm):
     min_samples = 2  # advantages compare samples within a group
     tis_cap = None
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         """(P, G) rewards -> (P, G) advantages: each reward minus its group's mean."""
         return rewards - rewards.mean(dim=1, keepdim=True)
 
-    def loss(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
+    def loss(self, logp, mask, adv, extra):
         """logp, mask (B, T); adv (B,). This micro-batch's share of the step's token-mean objective."""
         return -(logp * mask * adv[:, None] * tis_weight(extra, self.tis_cap)).sum() / extra["num_tokens"]
 

@@ -6,8 +6,6 @@
 S: sequences in the whole minibatch (all ranks). The clip acts on whole sequences, so its ranges are
 tiny (3e-4, 4e-4, the paper's). Leaves out: GSPO-token (per-token advantages) and any KL term.
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
@@ -22,11 +20,11 @@ class GSPO(Algorithm):
     def __init__(self, clip_eps_low: float, clip_eps_high: float, eps: float):
         self.low, self.high, self.eps = clip_eps_low, clip_eps_high, eps
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         return group_advantages(rewards, scale=True, eps=self.eps)
 
     def _objective(self, logp, mask, adv, extra):
-        s = torch.exp(per_sequence_mean(logp - extra["old_logp"], mask))  # (B,)
+        s = per_sequence_mean(logp - extra["old_logp"], mask).exp()  # (B,)
         return clipped_objective(s, adv, self.low, self.high)  # (B,), (B,)
 
     def loss(self, logp, mask, adv, extra):

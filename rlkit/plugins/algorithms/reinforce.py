@@ -13,8 +13,6 @@ the first step uses its own batch mean). No KL, no ratio, no clipping.
 tis_cap (default null: off): truncated importance sampling, each token's term times the detached
 min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.core.errors import RlkitError
@@ -33,7 +31,7 @@ class Reinforce(Algorithm):
         self.decay = decay
         self.ema: float | None = None  # the moving-average baseline, carried across steps
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         """(P, G) rewards -> (P, G) advantages r - b."""
         if self.baseline == "none":
             return rewards.clone()
@@ -44,7 +42,7 @@ class Reinforce(Algorithm):
         self.ema = batch_mean if self.ema is None else self.decay * self.ema + (1 - self.decay) * batch_mean
         return rewards - b
 
-    def loss(self, logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, extra: dict) -> torch.Tensor:
+    def loss(self, logp, mask, adv, extra):
         """logp, mask (B, T); adv (B,). Sequence log-probs weighted by advantage, averaged per sequence."""
         seq_logp = (logp * mask * tis_weight(extra, self.tis_cap)).sum(dim=1)  # (B,)
         return -(seq_logp * adv).sum() / extra["num_sequences"]

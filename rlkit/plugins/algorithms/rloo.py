@@ -8,8 +8,6 @@ S: sequences in the whole minibatch (all ranks). Leaves out: no ratio, no clip, 
 tis_cap (default null: off): truncated importance sampling, each token's term times the detached
 min(p_train / p_sample, tis_cap) (rlkit.lib.training.objectives.tis_weight; Yao et al. 2025).
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.algorithm import Algorithm
 from rlkit.lib.training.objectives import leave_one_out, tis_weight, with_tis
@@ -21,7 +19,7 @@ class RLOO(Algorithm):
     min_samples = 2  # the baseline needs another sample
     tis_cap = None
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards):
         return leave_one_out(rewards)
 
     def loss(self, logp, mask, adv, extra):

@@ -9,8 +9,6 @@ Under DDP the gradients arrive averaged, so every rank takes the same step.
 """
 from __future__ import annotations
 
-import torch
-
 import rlkit
 from rlkit.core.errors import RlkitError
 from rlkit.lib.training.optim import param_roles
@@ -23,10 +21,11 @@ def rlkit_optimizers():
     return {"adamw": adamw}
 
 
-def adamw(model: torch.nn.Module, lr: float = 3e-4, embedding_lr: float | None = None,
+def adamw(model, lr: float = 3e-4, embedding_lr: float | None = None,
           unembedding_lr: float | None = None, scalar_lr: float | None = None,
-          weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over the model's parameter roles; per-role lrs default to `lr`."""
+          weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
+    """torch.optim.AdamW over the model's parameter roles; per-role lrs default to `lr`."""
+    import torch  # here, not at the top: listing plugins needs no torch
     lrs = {"matrix": lr, "embedding": embedding_lr, "unembedding": unembedding_lr, "scalar": scalar_lr}
     lrs = {role: (lr if role_lr is None else role_lr) for role, role_lr in lrs.items()}
     for name, value in dict(lr=lr, weight_decay=weight_decay, eps=eps).items():

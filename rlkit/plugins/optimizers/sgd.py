@@ -7,8 +7,6 @@ per-coordinate scaling) give every direction a fixed step size, which on
 low-signal policy gradients (small RL batches, binary rewards) is mostly
 noise. Per-role learning rates as in adamw.
 """
-import torch
-
 import rlkit
 from rlkit.lib.training.optim import param_roles
 
@@ -18,10 +16,11 @@ def rlkit_optimizers():
     return {"sgd": sgd}
 
 
-def sgd(model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
+def sgd(model, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True,
         weight_decay: float = 0.0, embedding_lr: float | None = None, unembedding_lr: float | None = None,
-        scalar_lr: float | None = None) -> torch.optim.SGD:
+        scalar_lr: float | None = None):
     """torch.optim.SGD with one group per role; each group keeps `initial_lr` for the stage's schedule."""
+    import torch  # here, not at the top: listing plugins needs no torch
     role_lr = {"matrix": lr, "embedding": embedding_lr, "unembedding": unembedding_lr, "scalar": scalar_lr}
     groups = []
     for role, params in param_roles(model).items():

@@ -6,13 +6,12 @@ The text scored is the chat [user: the example's question, assistant: the comple
 reward model's own chat template when it has one, else "question\\n\\ncompletion"; the reward is the
 classifier's logit for `label` (default 0: a one-output reward head). Texts are scored `batch_size` at a
 time, padded, in the model's own dtype on `device` (default: CUDA when there is one). The model is loaded
-once per (path, device, dtype) and kept for the run.
+once per (path, device, dtype) and kept for the run. Torch and transformers are imported when it first
+scores, so listing plugins loads neither.
 """
 from __future__ import annotations
 
 import functools
-
-import torch
 
 import rlkit
 from rlkit.core.errors import RlkitError
@@ -26,6 +25,8 @@ class RewardModel:
 
     def score_batch(self, completions: list[str], examples: list, path: str, label: int = 0, batch_size: int = 16,
                     max_length: int = 1024, device: str = "auto", dtype: str = "float32") -> list[float]:
+        import torch
+
         model, tok = _load(path, device, dtype)
         texts = [_render(tok, example, completion) for completion, example in zip(completions, examples)]
         scores = []
@@ -47,6 +48,7 @@ def _render(tok, example, completion: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, device: str, dtype: str):
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto"

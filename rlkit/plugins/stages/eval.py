@@ -15,6 +15,9 @@ ChatCORE, as nanochat defines it: the mean centred accuracy over the chat tasks 
 (rlkit.lib.evaluation.corebench): its 22 tasks' centred accuracies and their mean.
 Every figure is tracked in Aim with the context {stage, task} and put in ctx.summary["evals"],
 which the report card's table shows, one column per evaluated entry.
+
+This module is the plugin: the config, its checks and report, and the registration; the evaluation is
+eval_run.py.
 """
 from __future__ import annotations
 
@@ -23,15 +26,11 @@ from pathlib import Path
 from typing import Optional
 
 import rlkit
-from rlkit.lib.evaluation import corebench
 from rlkit.core.config import bounded, plugin_list
-from rlkit.core.context import StageContext
-from rlkit.core.handoff import Checkpoint
-from rlkit.core.session import load_model
-from rlkit.core.dist import print0
 from rlkit.core.errors import RlkitError
 from rlkit.core.plugins import bind_args
-from rlkit.lib.evaluation.evaluate import EvalTask, headline, run_task
+from rlkit.lib.evaluation.evalbundle import bundle
+from rlkit.lib.evaluation.evaltask import EvalTask
 from rlkit.lib.evaluation.scoring import batch_scorer
 from rlkit.lib.generation.episodes import episodes
 from rlkit.lib.evaluation.trial import bound, build_task, sample, try_reward
@@ -39,12 +38,10 @@ from rlkit.lib.text.task import evaluation_of
 from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
 
-CHAT_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")  # nanochat's ChatCORE set
-
 
 @dataclass
 class Core:
-    path: Optional[str] = None  # the DCLM eval bundle's folder; None: download it (rlkit.lib.evaluation.corebench)
+    path: Optional[str] = None  # the DCLM eval bundle's folder; None: download it (rlkit.lib.evaluation.evalbundle)
     max_per_task: int = -1  # examples per CORE task (-1: all)
 
 
@@ -64,8 +61,8 @@ def evals(cfg: EvalConfig) -> list[EvalTask]:
 def check(cfg: EvalConfig, setup) -> None:
     if cfg.core is not None and cfg.core.path is not None:
         try:
-            corebench.bundle(str(setup.base_dir / cfg.core.path) if not Path(cfg.core.path).is_absolute()
-                             else cfg.core.path)
+            bundle(str(setup.base_dir / cfg.core.path) if not Path(cfg.core.path).is_absolute()
+                   else cfg.core.path)
         except RlkitError as e:
             raise RlkitError(f"{setup.where}.{e}") from None
     if not cfg.tasks and cfg.core is None:
@@ -101,46 +98,11 @@ def check_env_task(t: EvalTask, kind: str, where: str) -> None:
                          f"{'env' if kind == 'choice' else 'reward'} out")
 
 
-def run(ctx: StageContext[EvalConfig], start: Checkpoint | None) -> Checkpoint:
-    if start is None or start.path is None:
-        raise RlkitError(f"stages.{ctx.name}: no model to evaluate (the entry before handed on none)")
-    model, tokenizer, _ = load_model(ctx, start)
-    step = start.meta.get("step", 0)
-    found, centred = ctx.summary.setdefault("evals", {}), {}
-    for i, spec in enumerate(evals(ctx.cfg)):
-        task = ctx.task(spec, ctx.cfg.split, key=f"tasks[{i}]")
-        result = run_task(ctx.runtime, model, tokenizer, task, spec, examples=spec.examples, seed=ctx.seed(),
-                          timeout=ctx.cfg.reward_timeout)
-        figures = headline(result)
-        print0(f"[{ctx.name}] {result['title']}: " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()) +
-               f" | {min(spec.examples, len(task))} problems" +
-               (f", T={spec.temperature:g}" if result["kind"] == "generative" else f", {spec.mode}"))
-        ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=spec.name)
-        found.setdefault(result["title"], {}).update(figures)
-        centred[result["title"]] = result["centred"]  # ChatCORE averages it, every kind
-    if ctx.cfg.core is not None:
-        run_core(ctx, model, tokenizer, step, found)
-    chat = [centred[t] for t in CHAT_TASKS if t in centred]
-    if chat:
-        found["ChatCORE"] = {"score": sum(chat) / len(chat), "tasks": len(chat)}
-        ctx.tracker.metrics({"ChatCORE": found["ChatCORE"]["score"]}, step=step, stage=ctx.name)
-        print0(f"[{ctx.name}] ChatCORE {found['ChatCORE']['score']:.4f} (mean centred accuracy of {len(chat)} of "
-               f"{len(CHAT_TASKS)} chat tasks)")
-    return start
+def run(ctx, start):
+    """Evaluate: eval_run.py, imported (with torch) when the stage runs, not when plugins are listed."""
+    from rlkit.plugins.stages import eval_run
 
-
-def run_core(ctx, model, tokenizer, step: int, found: dict) -> None:
-    """CORE over the eval bundle's tasks: each task's accuracy and centred accuracy, and their mean."""
-    path = ctx.cfg.core.path
-    folder = corebench.bundle(None if path is None else str(ctx.base_dir / path))
-    result = corebench.evaluate_core(ctx.runtime, model, tokenizer, folder, ctx.cfg.core.max_per_task)
-    for label, figures in result["tasks"].items():
-        print0(f"[{ctx.name}] CORE {label}: accuracy {figures['accuracy']:.4f} | centred {figures['centred']:.4f}")
-        ctx.tracker.metrics(figures, step=step, stage=ctx.name, task=f"core/{label}")
-    print0(f"[{ctx.name}] CORE {result['core']:.4f} (mean centred accuracy of {len(result['tasks'])} tasks)")
-    ctx.tracker.metrics({"CORE": result["core"]}, step=step, stage=ctx.name)
-    found["CORE"] = {"score": result["core"], "tasks": len(result["tasks"])}
-    ctx.summary["core_tasks"] = result["tasks"]
+    return eval_run.run(ctx, start)
 
 
 def report(summary: dict, tracked: dict) -> list[str]:

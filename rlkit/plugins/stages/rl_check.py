@@ -1,13 +1,14 @@
 """The rl stage's checks, made before any entry runs (and again once the tokenizer exists), and its algorithm.
 
 Every value run() uses: counts and ranges, the algorithm (built behind its guard, its methods called once on
-a tiny batch: rlkit/lib/training/algorithm.py), the optimizer on a stand-in model, a reference checkpoint, the
+a tiny batch: rlkit/lib/training/guard.py), the optimizer on a stand-in model, a reference checkpoint, the
 task's rows, each reward called once on the task's first example (rlkit/lib/evaluation/trial.py), and
 rollouts (prompt + max_new_tokens) against model.seq_len.
 """
 from __future__ import annotations
 
-from rlkit.lib.training.algorithm import Algorithm, check_contract, guard
+from rlkit.lib.training.algorithm import Algorithm
+from rlkit.lib.training.guard import check_contract, guard
 from rlkit.core.errors import RlkitError
 from rlkit.core.handoff import Checkpoint
 from rlkit.lib.training.optim import check_optimizer

@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 
 import rlkit
 from rlkit.core.config import bounded
-from rlkit.core.context import StageContext
-from rlkit.core.dist import barrier, print0
 from rlkit.core.errors import RlkitError
-from rlkit.core.handoff import Checkpoint
 from rlkit.lib.tracking.report import fmt
 from rlkit.core.stage import Stage
 from rlkit.lib.text.textdata import TextData, check_data, iter_texts
@@ -42,7 +39,11 @@ def check(cfg: TokenizerConfig, setup) -> None:
     check_data(cfg.data, setup)
 
 
-def run(ctx: StageContext[TokenizerConfig], start: Checkpoint | None) -> Checkpoint:
+def run(ctx, start):
+    """Train the tokenizer, save it in the entry's folder and hand it on (no model yet)."""
+    from rlkit.core.dist import barrier, print0  # they bring torch: imported when the stage runs, not when listed
+    from rlkit.core.handoff import Checkpoint
+
     s = ctx.cfg
     texts = iter_texts(s.data.source, tasks=ctx.plugins.tables["task"], args=s.data.args, text_field=s.data.text_field,
                        split=s.data.split, base_dir=ctx.base_dir, where=f"stages.{ctx.name}.data.source")
