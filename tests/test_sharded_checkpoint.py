@@ -13,7 +13,7 @@ from rlkit.core.errors import RlkitError
 from rlkit.core.parallelism import Parallelism
 from rlkit.lib.training import sharded_checkpoint
 from rlkit.lib.training.parallel import Strategy
-from rlkit.plugins.models.gpt import GPT, GPTConfig
+from rlkit.plugins.models.gpt_model import GPT, GPTConfig
 
 DDP = OmegaConf.create({"strategy": "ddp", "activation_checkpointing": False, "cpu_offload": False})
 SHARD = "shard-00001-model-00001-of-00001.safetensors"

@@ -81,10 +81,15 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
 
     handle = session.save(s.steps, saved_state(algorithm, kept, train_task), done=True)
     run_eval(ctx, session.sampler(), tokenizer, test_task, step=s.steps, baseline=baseline)
-    tenth = max(1, len(history) // 10)
-    ctx.summary.update(steps=s.steps, tokens=tokens, reward_window=tenth,
-                       reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
+    summarize(ctx, history, tokens)
     return handle
+
+
+def summarize(ctx, history: list[float], tokens: int) -> None:
+    """The report card's reward line: the mean step reward over the first and the last tenth of the steps."""
+    tenth = max(1, len(history) // 10)
+    ctx.summary.update(steps=ctx.cfg.steps, tokens=tokens, reward_window=tenth,
+                       reward_start=sum(history[:tenth]) / tenth, reward_end=sum(history[-tenth:]) / tenth)
 
 
 def kept_state(ctx, session, tokenizer, test_task) -> dict:
