@@ -36,7 +36,10 @@ def modules():
     except ImportError:
         from rlkit.core.engine import Engine, Request
         from rlkit.core.sampling import generate
-    from rlkit.plugins.models.gpt_model import GPT, GPTConfig
+    try:
+        from rlkit.plugins.models.gpt_model import GPT, GPTConfig
+    except ImportError:  # before the network moved out of gpt.py
+        from rlkit.plugins.models.gpt import GPT, GPTConfig
     return generate, Engine, Request, GPT, GPTConfig
 
 
