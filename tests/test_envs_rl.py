@@ -98,6 +98,20 @@ def test_episode_rewards_reach_the_algorithm_as_groups(base, tmp_path, monkeypat
     assert row["figures"]["pass@1"] == summary["eval_after"]["pass@1"]
 
 
+def test_rlkit_eval_runs_any_checkpoint_in_an_env_from_the_command_line(base, monkeypatch, cli):
+    """`rlkit eval CKPT --task T --env NAME --max-turns N`: episodes for a checkpoint whose run had no env (the
+    sft one); an unknown env is one line naming --env."""
+    monkeypatch.chdir(base.parents[2])
+    result = cli("eval", str(base), "--task", "say1", "--env", "again", "--max-turns", "2", "--examples", "3", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout[result.stdout.index("["):])
+    assert row["settings"]["env"] == {"name": "again", "args": {}} and row["figures"]["turns"] == 2.0
+    assert row["figures"]["accuracy"] == 1.0  # the model answers "1" each turn, as the env asks
+    result = cli("eval", str(base), "--task", "say1", "--env", "nope")
+    assert result.exit_code != 0 and "--env" in result.output and "nope" in result.output
+    assert "Traceback" not in result.output
+
+
 # --- adapters: an OpenEnv-protocol environment, a textarena game ---------------------------------------------
 
 def run_env(base: Path, folder: Path, env: dict, rollout: dict, cli) -> dict:

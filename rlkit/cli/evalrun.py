@@ -11,12 +11,14 @@ entry's seed, so the figures repeat the run's exactly. `NAME:1` is greedy; `NAME
 samples k a problem (at the entry's temperature, T=1 when it was greedy); `examples` overrides the
 problem count. A task the run never evaluated, or a
 checkpoint outside a run: greedy, or with `:k`, k samples at T=1, top-k 50, seed 0. `--arg key=value`
-gives every task an argument (a YAML scalar), over the run's own: `--arg path=data/gsm8k` offline, say.
+gives every task an argument (a YAML scalar), over the run's own: `--arg path=data/gsm8k` offline, say;
+`--tool NAME` lets completions call a tool; `--env NAME [--max-turns N]` makes each problem an episode in
+that env, rewarded by it (Overrides).
 Under torchrun each rank takes a slice of the problems, as in an eval stage.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,12 +32,28 @@ from rlkit.core.handoff import Checkpoint
 DEFAULT_EXAMPLES = 500
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line sets on every task, over the run's own settings for it."""
+    task_args: dict = field(default_factory=dict)  # --arg key=value, e.g. a local `path:`
+    tools: tuple[str, ...] = ()  # --tool: the tools completions may call, in place of the entry's own
+    env: str | None = None  # --env: each problem is an episode in this env, rewarded by it
+    max_turns: int | None = None  # --max-turns: the model's turns an episode takes at most
+
+    def apply(self, spec: EvalTask, plugins) -> EvalTask:
+        spec = replace(spec, args={**spec.args, **self.task_args})
+        if self.tools:
+            spec = replace(spec, tools=[PluginRef(name=t) for t in self.tools])
+        if self.env is not None:
+            plugins.get("env", self.env, "--env")
+            spec = replace(spec, env=PluginRef(name=self.env))
+        return spec if self.max_turns is None else replace(spec, max_turns=self.max_turns)
+
+
 def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | None = None,
-                        extra_plugins: list[Path] = (), task_args: dict | None = None,
-                        tools: list[str] = ()) -> list[dict]:
-    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}. `task_args`
-    (--arg key=value) are passed to every task, over the run's own args for it (e.g. a local `path:`); `tools`
-    (--tool): the tools every task's completions may call, in place of the entry's own."""
+                        extra_plugins: list[Path] = (), overrides: Overrides = Overrides()) -> list[dict]:
+    """One row per --task: {task, title, kind, entry (whose settings), seed, settings, figures}, each task with
+    the command line's `overrides` (--arg, --tool, --env, --max-turns) over the run's settings for it."""
     import torch
 
     from rlkit.core import dist, policy
@@ -60,8 +78,7 @@ def evaluate_checkpoint(target: str | Path, tasks: list[str], examples: int | No
         dtype = dist.compute_dtype(str(cfg.model.get("dtype") or "auto"), device)
         rows, loaded = [], None
         specs = [found for item in tasks for found in _specs(item, known, examples, plugins)]
-        for spec, index, entry in [(replace(s, args={**s.args, **(task_args or {})}), i, e) for s, i, e in specs]:
-            spec = replace(spec, tools=[PluginRef(name=t) for t in tools]) if tools else spec
+        for spec, index, entry in [(overrides.apply(s, plugins), i, e) for s, i, e in specs]:
             seed = entry_seed(cfg.seed, index) if entry is not None else 0
             rt = Runtime("rlkit-eval", device, dtype, info, Tracker(), plugins, seed)
             if loaded is None:

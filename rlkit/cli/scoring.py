@@ -32,6 +32,10 @@ def eval_(
     plugin: PluginOpt = None,
     tool: Annotated[Optional[list[str]], typer.Option("--tool", help="A tool plugin the model may call while it "
                                                       "answers (repeatable), e.g. calculator.")] = None,
+    env: Annotated[Optional[str], typer.Option("--env", help="An env plugin: each problem is an episode in it, "
+                                               "rewarded by it, e.g. retry (`rlkit plugins` lists them).")] = None,
+    max_turns: Annotated[Optional[int], typer.Option("--max-turns", min=1, help="With --env: the model's turns "
+                                                     "an episode takes at most (default: the run's, else 4).")] = None,
 ):
     """Evaluate a saved checkpoint on tasks with the code eval stages use; in a run folder, with the run's
     settings and seed for each task it evaluated, so its figures repeat exactly."""
@@ -42,8 +46,8 @@ def eval_(
         from rlkit.cli.options import key_values
         from rlkit.core.dist import dist_info
 
-        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [],
-                                           key_values(arg or [], "--arg"), tool or [])
+        overrides = evalrun.Overrides(key_values(arg or [], "--arg"), tuple(tool or []), env, max_turns)
+        rows = evalrun.evaluate_checkpoint(target, task or [], examples, plugin or [], overrides)
         if dist_info().is_main:
             typer.echo(json.dumps(rows, indent=2) if as_json else evalrun.render(rows))
 
