@@ -196,3 +196,15 @@ def test_trace_plugins_prints_hook_calls(write_file, monkeypatch, capsys):
     load_plugins([write_file("my_reward.py", REWARD)])
     err = capsys.readouterr().err
     assert "rlkit_rewards" in err and "short" in err
+
+
+def test_names_that_moved_out_of_plugin_modules_still_import_from_there():
+    """The networks moved to their own modules (so `rlkit plugins` imports no torch); a user's
+    `from rlkit.plugins.models.gpt import GPT` keeps working, and gets the same class."""
+    from rlkit.plugins.models import gpt, gpt_model, hf, hf_policy
+    from rlkit.plugins.optimizers import muon, muon_optimizer
+
+    assert gpt.GPT is gpt_model.GPT and gpt.GPTConfig is gpt_model.GPTConfig and hf.HFPolicy is hf_policy.HFPolicy
+    assert muon.MuonAdamW is muon_optimizer.MuonAdamW and muon.orthogonalize is muon_optimizer.orthogonalize
+    with pytest.raises(AttributeError):
+        gpt.Nothing  # noqa: B018

@@ -45,3 +45,11 @@ gpt.param_count = param_count
 @rlkit.hookimpl
 def rlkit_models():
     return {"gpt": gpt}
+
+
+def __getattr__(name):  # moved to gpt_model.py so that loading this plugin needs no torch; old imports still work
+    if name in ("GPT", "GPTConfig"):
+        import importlib
+
+        return getattr(importlib.import_module("rlkit.plugins.models.gpt_model"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

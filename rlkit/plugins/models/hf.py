@@ -140,3 +140,11 @@ def _load(auto, source: str, **kwargs):
 @rlkit.hookimpl
 def rlkit_models():
     return {"hf": hf}
+
+
+def __getattr__(name):  # moved to hf_policy.py so that loading this plugin needs no torch; old imports still work
+    if name in ("HFPolicy",):
+        import importlib
+
+        return getattr(importlib.import_module("rlkit.plugins.models.hf_policy"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

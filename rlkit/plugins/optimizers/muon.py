@@ -93,3 +93,11 @@ def _width(model, roles: dict) -> int:
     if width is None and roles["embedding"]:
         width = roles["embedding"][0].shape[-1]
     return width or 768
+
+
+def __getattr__(name):  # moved to muon_optimizer.py so that loading this plugin needs no torch; old imports still work
+    if name in ("MuonAdamW", "orthogonalize"):
+        import importlib
+
+        return getattr(importlib.import_module("rlkit.plugins.optimizers.muon_optimizer"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
