@@ -143,6 +143,7 @@ def test_a_failed_run_is_marked_in_aim_and_on_its_card_and_a_bare_compare_skips_
                         "--plugin", "picky.py")
     assert result.exit_code != 0, result.output
     runs = {r.name: r for r in Repo.from_path(str(folder / ".aim")).iter_runs()}
+    assert "cmp-bad" in runs, result.output
     assert runs["cmp-bad"]["status"] == "failed" and "no '####'" in runs["cmp-bad"]["error"]
     assert runs["cmp-s1"]["status"] == runs["cmp-s2"]["status"] == "finished"
     summary = json.loads((folder / "runs/cmp-bad/summary.json").read_text())

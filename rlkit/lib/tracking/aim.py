@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -93,10 +94,15 @@ def index_run(repo: Path, run_hash: str) -> None:
     from aim import Repo
     from aim.sdk.index_manager import RepoIndexManager
 
-    try:
-        RepoIndexManager.get_index_manager(Repo.from_path(str(repo))).index(run_hash)
-    except Exception as e:  # the index is locked while `rlkit ui` (aim up) runs; it indexes the run itself
-        print0(f"[track] could not index Aim run {run_hash} now ({type(e).__name__}); `rlkit ui` will")
+    for wait in (0.1, 0.3, 0.6, 1.0, None):  # the index is locked while another process writes it: try again
+        try:
+            RepoIndexManager.get_index_manager(Repo.from_path(str(repo))).index(run_hash)
+            return
+        except Exception as e:  # still locked (`rlkit ui`, aim up, holds it for good and indexes the run itself)
+            if wait is None:
+                print0(f"[track] could not index Aim run {run_hash} now ({type(e).__name__}); `rlkit ui` will")
+            else:
+                time.sleep(wait)
 
 
 def open_tracker(repo: str, experiment: str, enabled: bool, is_main: bool, run_hash: str | None = None,
