@@ -23,6 +23,18 @@ def test_config_one_dial():
         GPTConfig(depth=2, vocab_size=100, seq_len=32, head_dim=63)
 
 
+@pytest.mark.parametrize("depth, head_dim, vocab_size, lambdas", [(1, 64, 100, True), (3, 128, 512, False), (4, 64, 65, True)])
+def test_param_count_from_the_config_equals_the_built_models(depth, head_dim, vocab_size, lambdas):
+    """`rlkit check` counts parameters without torch (gpt_config.py); the count must be the network's."""
+    from rlkit.plugins.models.gpt import param_count
+
+    config = GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=32, head_dim=head_dim, lambdas=lambdas)
+    with torch.device("meta"):
+        built = sum(p.numel() for p in GPT(config).parameters())
+    assert config.param_count() == built
+    assert param_count(vocab_size, 32, depth=depth, head_dim=head_dim, lambdas=lambdas) == built
+
+
 def test_ignored_targets_give_zero_loss_and_mean_skips_them():
     model = tiny()
     idx = torch.randint(0, 100, (3, 16))

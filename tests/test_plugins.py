@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from rlkit.core.plugins import load_plugins
 
@@ -105,6 +106,8 @@ def test_plugins_json_lists_the_built_ins(cli, monkeypatch):
 
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
 LIGHT = """\
 import sys
 from rlkit.cli import main
@@ -124,6 +127,32 @@ def test_light_commands_import_no_torch(args):
     out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines()[-1] == "heavy: []", out.stderr
+
+
+def test_check_builds_no_network_and_skips_torch_dynamo(tmp_path):
+    """`rlkit check` needs torch (it tries every algorithm and optimizer on a stand-in), but neither
+    torch._dynamo (~1.2 s: optim.py's trial skips its import) nor a network (gpt_config.py counts parameters);
+    the optimizer's later real construction still gets torch's dynamo-disabled add_param_group."""
+    code = LIGHT.replace('sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers"})',
+                         'sorted(set(sys.modules) & {"torch", "transformers", "torch._dynamo", GPT_MODEL})')
+    code = code.replace("from rlkit.cli import main", 'from rlkit.cli import main\nGPT_MODEL = "rlkit.plugins.models.gpt_model"')
+    env = dict(os.environ, RLKIT_LOAD_PLUGINS="", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code, "check", str(ROOT / "experiments" / "quickstart.yaml")],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "heavy: ['torch']", out.stderr
+
+
+def test_the_optimizer_trial_leaves_torchs_dynamo_wrapper_as_it_was():
+    import torch
+
+    from rlkit.lib.training import optim
+
+    original = torch.optim.Optimizer.add_param_group.__wrapped__
+    before = getattr(original, "__dynamo_disable", None)
+    with optim._without_dynamo_import():
+        torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    assert getattr(original, "__dynamo_disable", None) is before
 
 # --- an installed package, faked -------------------------------------------------------------
 

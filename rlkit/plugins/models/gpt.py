@@ -27,16 +27,12 @@ def gpt(tokenizer, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: fl
 
 def param_count(vocab_size: int, seq_len: int, depth: int = 4, head_dim: int = 64, softcap: float = 15.0,
                 lambdas: bool = True) -> int:
-    """The parameters gpt(...) would have, counted on the meta device (nothing allocated): for the memory
+    """The parameters gpt(...) would have, from its config's shapes (no torch, nothing built): for the memory
     estimate of `rlkit check` (rlkit/lib/training/memory.py)."""
-    import torch
+    from rlkit.plugins.models.gpt_config import GPTConfig
 
-    from rlkit.plugins.models.gpt_model import GPT, GPTConfig
-
-    with torch.device("meta"):
-        model = GPT(GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim, softcap=softcap,
-                              lambdas=lambdas))
-    return sum(p.numel() for p in model.parameters())
+    return GPTConfig(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim, softcap=softcap,
+                     lambdas=lambdas).param_count()
 
 
 gpt.param_count = param_count
