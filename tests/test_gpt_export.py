@@ -1,6 +1,7 @@
 """`rlkit export` of the built-in gpt as transformers' NanoChatForCausalLM (rlkit/plugins/models/gpt_export.py):
 with `lambdas: false` transformers' logits equal rlkit's and its greedy output and tokenizer match; the
-default gpt (learned per-layer lambdas) is refused in one line naming what NanoChat lacks."""
+default gpt (learned per-layer lambdas) goes as NanoChat plus remote code (modeling_rlkit_gpt.py) that
+transformers loads with trust_remote_code=True, with the same logits and greedy output."""
 import pytest
 import torch
 
@@ -32,19 +33,21 @@ def tokenizer():
     return train_tokenizer(texts, 300)
 
 
-def test_nanochat_logits_equal_rlkits_for_random_weights(tokenizer, tmp_path):
-    """Every weight random (the output projections too, which start at zero), so attention, the rotary sign
-    mapping and the MLP all count; 1e-5 in float32 over 60 positions."""
+@pytest.mark.parametrize("lambdas", [False, True])
+def test_nanochat_logits_equal_rlkits_for_random_weights(tokenizer, tmp_path, lambdas):
+    """Every weight random (the output projections and the lambdas too, which start at zero or one), so
+    attention, the rotary sign mapping, the MLP and the x0 mixing all count; 1e-5 in float32 over 60 positions."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = load_plugins().tables["model"]["gpt"](tokenizer, 64, depth=2, lambdas=False).eval()
+    model = load_plugins().tables["model"]["gpt"](tokenizer, 64, depth=2, lambdas=lambdas).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.1)
-    assert model.export(tmp_path, tokenizer) == []
-    theirs = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(theirs).__name__ == "NanoChatForCausalLM"
+            p.copy_(torch.randn_like(p) * 0.1 + (0.5 if p.dim() == 1 else 0))  # lambdas near 0.5: x0 weighs in
+    notes = model.export(tmp_path, tokenizer)
+    assert bool(notes) == lambdas and all("trust_remote_code=True" in n for n in notes)
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=lambdas).eval()
+    assert type(theirs).__name__ == ("RlkitGPTForCausalLM" if lambdas else "NanoChatForCausalLM")
     assert theirs.lm_head.weight.data_ptr() != theirs.model.embed_tokens.weight.data_ptr()  # untied, as ours
     x = torch.randint(0, tokenizer.vocab_size, (3, 60))
     with torch.no_grad():
@@ -81,12 +84,29 @@ def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, 
         assert len(set(greedy)) > 1  # trained: not one token repeated
 
 
-def test_export_of_the_default_gpt_names_the_lambdas_in_one_line(tmp_path, cli, monkeypatch):
+def test_export_of_the_default_gpt_round_trips_through_remote_code(tmp_path, cli, monkeypatch):
+    """The quickstart's model (lambdas on): exported by the CLI, loaded by transformers with trust_remote_code,
+    it decodes greedily as rlkit does; without trust_remote_code transformers refuses, as it should."""
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.core import policy
+    from rlkit.core.handoff import Checkpoint
+
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "exp.yaml").write_text(gpt_experiment(1))
+    (tmp_path / "exp.yaml").write_text(gpt_experiment(20))
     assert cli("run", "exp.yaml").exit_code == 0
     result = cli("export", "runs/g", "out")
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1, result.stderr
-    assert "resid_lambdas / x0_lambdas" in lines[0] and "model.args.lambdas: false" in lines[0]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "trust_remote_code=True" in result.stdout + result.stderr
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained("out", trust_remote_code=False)
+    theirs = AutoModelForCausalLM.from_pretrained("out", trust_remote_code=True).eval()
+    ours, tok = policy.load(load_plugins(), Checkpoint.open("runs/g"))
+    assert not torch.equal(ours.x0_lambdas, torch.zeros_like(ours.x0_lambdas))  # trained: x0 mixing counts
+    for messages in PROMPTS:
+        prompt = tok.render_for_completion(messages)
+        greedy = generate(ours, [prompt], 1, 16, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
+        hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=16, eos_token_id=tok.stop_ids,
+                             pad_token_id=tok.token_id("<|assistant_end|>"))[0, len(prompt):].tolist()
+        assert greedy == hf[:len(greedy)] and len(greedy) == len(hf), (greedy, hf)
