@@ -1,7 +1,7 @@
 """Sharded training: `parallel.strategy=fsdp` (FSDP2) under torchrun with 2 CPU ranks (gloo) equals one process.
 
-One experiment: tokenizer, pretrain, sft, rl (grpo) and rl_kl (deepseek_grpo: a frozen reference for its KL
-term). Each is run once in one process (ddp, the default) and once with 2 fsdp ranks; the final weights of
+One experiment: tokenizer, pretrain, sft, rl (grpo), rl_kl (deepseek_grpo: a frozen reference for its KL
+term) and rl_dapo (dapo: group filtering with refills, so the ranks train unequal numbers of rows). Each is run once in one process (ddp, the default) and once with 2 fsdp ranks; the final weights of
 every training stage agree to 1e-5 in fp32 after moving by more than 1e-2. Then each run's rl checkpoint is
 resumed under the other strategy and world size (2 fsdp ranks -> 1 process, 1 process -> 2 fsdp ranks); the
 fsdp run's checkpoints are each rank's own shards (rlkit.lib.training.sharded_checkpoint), which `rlkit eval`
@@ -52,6 +52,17 @@ def digit(completion, example):
         while True:
             time.sleep(0.02)
     return sum(c.isdigit() for c in completion) / 8
+
+
+@rlkit.hookimpl(specname="rlkit_rewards")
+def binary_rewards():
+    return {"half_constant": half_constant}
+
+
+def half_constant(completion, example):
+    """The same for every sample of a problem with an even answer (dapo drops those groups and refills, so the
+    ranks hold unequal rows), else the parity of the completion's digit count."""
+    return 0.5 if example["value"] % 2 == 0 else float(sum(c.isdigit() for c in completion) % 2)
 '''
 def adamw(lr):
     return {"name": "adamw", "args": {"lr": lr, "eps": 1e-4}}
@@ -67,10 +78,12 @@ EXPERIMENT = experiment_text(
                   "optimizer": adamw(0.005)},
      "sft": {**SFT, "task": task(200), "device_batch_size": 2, "optimizer": adamw(0.01), "init_lr_frac": 1.0},
      "rl": {**RL_ENTRY, "algorithm": {"name": "grpo"}},
-     "rl_kl": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}}}},
+     "rl_kl": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "deepseek_grpo", "args": {"kl_coef": 0.5}}},
+     "rl_dapo": {**RL_ENTRY, "kind": "rl", "algorithm": {"name": "dapo"}, "rewards": [{"name": "half_constant"}],
+                 "steps": 3, "max_refills": 2}},
     name="f", seed=3, plugins=["./digit.py"],
     model={"depth": 2, "seq_len": 128, "dtype": "float32", "lambdas": False})  # lambdas: rlkit export needs none
-STAGES = ("pretrain", "sft", "rl", "rl_kl")
+STAGES = ("pretrain", "sft", "rl", "rl_kl", "rl_dapo")
 
 
 def rlkit_run(folder, *args):
@@ -112,9 +125,13 @@ def test_two_fsdp_ranks_equal_one_process(runs):
     folder, one, two = runs
     assert "world size 2" in two
     for stage, key, tol in (("pretrain", "loss", 2e-4), ("sft", "loss", 2e-4), ("rl", "reward", 2e-3),
-                            ("rl_kl", "reward", 2e-3)):
+                            ("rl_kl", "reward", 2e-3), ("rl_dapo", "reward", 2e-3)):
         a, b = printed(one, stage, key), printed(two, stage, key)
-        assert len(a) == 2 and b == pytest.approx(a, abs=tol), (stage, a, b)  # printed to 3-4 decimals
+        assert len(a) in (2, 3) and b == pytest.approx(a, abs=tol), (stage, a, b)  # printed to 3-4 decimals
+    for run in ("one", "two"):  # dapo filtered groups and refilled, so the ranks held unequal rows
+        report = (folder / "runs" / run / "report.md").read_text()
+        dropped = re.search(r"group filtering: ([\d.]+) groups dropped per step, ([\d.]+) refill rounds", report)
+        assert dropped and float(dropped[1]) > 0 and float(dropped[2]) > 0, report
     for stage in STAGES:
         assert_close(weights(folder / "runs/one" / stage), weights(folder / "runs/two" / stage))
     final = {s: weights(folder / "runs/two" / s) for s in STAGES}
@@ -133,10 +150,10 @@ def test_fsdp_checkpoints_are_sharded_and_eval_and_export_read_them(runs, tmp_pa
                                             for part in ("model", "optimizer") for r in (1, 2))], (step, names)
         assert any((folder / "runs/one" / stage).glob("step_*/model.safetensors"))  # whole: one process
     monkeypatch.chdir(folder)  # the commands in this process: no second start-up of torch
-    result = cli("eval", "runs/two", "--task", "arithmetic", "--json")  # its last entry, rl_kl, as the run did
+    result = cli("eval", "runs/two", "--task", "arithmetic", "--json")  # its last entry, rl_dapo, as the run did
     (row,) = json.loads(result.stdout[result.stdout.index("["):])
-    after = json.loads((folder / "runs/two/summary.json").read_text())["stages"]["rl_kl"]["eval_after"]
-    assert row["entry"] == "rl_kl" and row["figures"] == {"pass@1": after["pass@1"], "pass@2": after["pass@2"]}
+    after = json.loads((folder / "runs/two/summary.json").read_text())["stages"]["rl_dapo"]["eval_after"]
+    assert row["entry"] == "rl_dapo" and row["figures"] == {"pass@1": after["pass@1"], "pass@2": after["pass@2"]}
     for run in ("one", "two"):
         assert cli("export", f"runs/{run}/rl", tmp_path / run).exit_code == 0
     assert_close(*(load_file(tmp_path / run / "model.safetensors") for run in ("one", "two")))
@@ -151,20 +168,22 @@ def test_checkpoint_resumes_under_the_other_strategy(runs, saved, resumed, tmp_p
     run = tmp_path / "f/runs" / saved
     shutil.rmtree(run / "rl/step_000002")
     shutil.rmtree(run / "rl_kl")
+    shutil.rmtree(run / "rl_dapo")
     out = rlkit_run(tmp_path / "f", f"run_dir=runs/{saved}", "--resume", *resumed)
     assert "[rl] resuming at step 1" in out
-    for stage in ("rl", "rl_kl"):
+    for stage in ("rl", "rl_kl", "rl_dapo"):
         assert_close(weights(folder / "runs/one" / stage), weights(run / stage))
 
 
 def test_sigkill_in_an_fsdp_rl_step_then_resume_is_bit_identical(runs, tmp_path):
-    """Both ranks SIGKILLed inside rl step 2 (its step-1 checkpoint saved), --resume under fsdp: the final rl
-    and rl_kl weights equal the straight fsdp run's bit for bit."""
+    """Both ranks SIGKILLed inside rl step 2 (its step-1 checkpoint saved), --resume under fsdp: the final rl,
+    rl_kl and rl_dapo weights equal the straight fsdp run's bit for bit."""
     folder, _, _ = runs
     shutil.copytree(folder, tmp_path / "f")
     run, marker = tmp_path / "f/runs/two", tmp_path / "held"
     shutil.rmtree(run / "rl")
     shutil.rmtree(run / "rl_kl")
+    shutil.rmtree(run / "rl_dapo")
     args = ["run", "exp.yaml", "run_dir=runs/two", "--resume", "parallel.strategy=fsdp", "--nproc-per-node", "2"]
     cues = {"RLKIT_TEST_HOLD_AFTER": str(run / "rl/step_000001"), "RLKIT_TEST_MARKER": str(marker)}
     proc = subprocess.Popen([sys.executable, "-m", "rlkit", *args], cwd=tmp_path / "f", env={**os.environ, **cues},
@@ -182,7 +201,7 @@ def test_sigkill_in_an_fsdp_rl_step_then_resume_is_bit_identical(runs, tmp_path)
     assert latest_checkpoint(run / "rl").name == "step_000001"
     out = rlkit_run(tmp_path / "f", *args[2:])
     assert "[rl] resuming at step 1" in out
-    for stage in ("rl", "rl_kl"):
+    for stage in ("rl", "rl_kl", "rl_dapo"):
         a, b = weights(folder / "runs/two" / stage), weights(run / stage)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
 

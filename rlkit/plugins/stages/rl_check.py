@@ -69,10 +69,9 @@ def env_of(cfg, plugins, where: str):
     return episodes(plugins, cfg.env, cfg.rollout.max_turns, f"{where}.env")
 
 
-def build_algorithm(cfg, plugins, where: str, sharded: bool = False) -> Algorithm:
+def build_algorithm(cfg, plugins, where: str) -> Algorithm:
     """The algorithm plugin's object as an `Algorithm`: behind the guard (rlkit/lib/training/algorithm.py)
-    that checks every call and supplies the defaults a duck-typed plugin leaves out. `sharded` (fsdp): group
-    filtering is refused, since ranks would hold unequal rows and a collective hangs (not solved yet)."""
+    that checks every call and supplies the defaults a duck-typed plugin leaves out."""
     factory = plugins.get("algorithm", cfg.algorithm.name, f"{where}.algorithm.name")
     try:
         algorithm = factory(**cfg.algorithm.args)
@@ -81,9 +80,6 @@ def build_algorithm(cfg, plugins, where: str, sharded: bool = False) -> Algorith
     except Exception as e:
         raise RlkitError(f"{where}.algorithm: plugin '{cfg.algorithm.name}' failed: {type(e).__name__}: {e}") from e
     algorithm = guard(algorithm, cfg.algorithm.name, f"{where}.algorithm")
-    if sharded and algorithm.filter_groups:
-        raise RlkitError(f"{where}.algorithm: {cfg.algorithm.name} filters groups, which parallel.strategy: fsdp "
-                         "does not run yet; use parallel.strategy=ddp, or an algorithm without filter_groups")
     return algorithm
 
 

@@ -29,7 +29,7 @@ def run(ctx: StageContext[RLConfig], start: Checkpoint | None) -> Checkpoint:
     session = ctx.session(start, s.optimizer)
     model, tokenizer, optimizer = session.model, session.tokenizer, session.optimizer
     print0(f"[{ctx.name}] {lr_plan(s, optimizer)}")  # init_lr_frac scales explicit rates too
-    algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}", sharded=session.sharded)
+    algorithm = build_algorithm(s, ctx.plugins, f"stages.{ctx.name}")
     # with env: the episode's reward, one term (rl_batch.py)
     rewards = [(ref.name, ref.weight, ctx.plugin("reward", ref)) for ref in s.rewards] or [("env", 1.0, None)]
     train_task, test_task = ctx.task(s.task, "train"), ctx.task(s.task, "test")
