@@ -57,6 +57,7 @@ def main():
     ap.add_argument("run", type=Path, help="the rlkit run (its tokenizer, config and report card)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rows", type=int, default=16, help="rows a pass (32 a step: 32 / rows passes)")
     args = ap.parse_args()
     cfg = OmegaConf.load(args.run / "config.yaml")
     tokenizer = Tokenizer.load(args.run / "tokenizer")
@@ -69,19 +70,19 @@ def main():
     autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     texts = lambda: iter_texts("arithmetic", tasks=tasks, args={"operands": [2, 3]}, split="train")  # noqa: E731
-    batches = packed_batches(texts, tokenizer, 16, 128)
+    batches, passes = packed_batches(texts, tokenizer, args.rows, 128), 32 // args.rows
     hold = args.steps - round(0.3 * args.steps)
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * (1.0 if step < hold else (args.steps - step) / (args.steps - hold))
         total = 0.0
-        for _ in range(2):
+        for _ in range(passes):
             x, y, _ = next(batches)
             row = torch.cat([x, y[:, -1:]], dim=1)  # 129 tokens: the model's own loss shifts them by one
             with autocast():
-                loss = model(input_ids=row, labels=row).loss / 2
+                loss = model(input_ids=row, labels=row).loss / passes
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % 50 == 0 or step == 0:
