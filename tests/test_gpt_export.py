@@ -87,7 +87,7 @@ def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, 
 def test_export_of_the_default_gpt_round_trips_through_remote_code(tmp_path, cli, monkeypatch):
     """The quickstart's model (lambdas on): exported by the CLI, loaded by transformers with trust_remote_code,
     it decodes greedily as rlkit does; without trust_remote_code transformers refuses, as it should."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlkit.core import policy
     from rlkit.core.handoff import Checkpoint
@@ -100,11 +100,14 @@ def test_export_of_the_default_gpt_round_trips_through_remote_code(tmp_path, cli
     assert "trust_remote_code=True" in result.stdout + result.stderr
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForCausalLM.from_pretrained("out", trust_remote_code=False)
+    assert "from_pretrained('out', trust_remote_code=True)" in result.stdout
     theirs = AutoModelForCausalLM.from_pretrained("out", trust_remote_code=True).eval()
+    their_tok = AutoTokenizer.from_pretrained("out", trust_remote_code=True)
     ours, tok = policy.load(load_plugins(), Checkpoint.open("runs/g"))
     assert not torch.equal(ours.x0_lambdas, torch.zeros_like(ours.x0_lambdas))  # trained: x0 mixing counts
     for messages in PROMPTS:
         prompt = tok.render_for_completion(messages)
+        assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == prompt
         greedy = generate(ours, [prompt], 1, 16, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
         hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              do_sample=False, max_new_tokens=16, eos_token_id=tok.stop_ids,

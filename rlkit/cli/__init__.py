@@ -164,7 +164,10 @@ def export(
         written, notes = exporting.export(source, folder, plugin or [])
         for note in notes:
             typer.echo(f"note: {note}", err=True)
-        typer.echo(f"rlkit: wrote {written} to {folder} (AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
+        config = folder / "config.json"  # a model with remote code (auto_map) loads only with trust_remote_code
+        remote = config.is_file() and "auto_map" in json.loads(config.read_text())
+        load = f"{str(folder)!r}{', trust_remote_code=True' if remote else ''}"
+        typer.echo(f"rlkit: wrote {written} to {folder} (AutoModelForCausalLM.from_pretrained({load}))")
 
 
 RepoOpt = Annotated[Path, typer.Option("--repo", help="The Aim repository of the runs (an experiment's "

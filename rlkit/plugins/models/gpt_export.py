@@ -75,7 +75,8 @@ def export(model, folder, tokenizer) -> list[str]:
         return []
     shutil.copyfile(Path(__file__).with_name(f"{REMOTE}.py"), Path(folder) / f"{REMOTE}.py")
     return [f"this gpt has learned per-layer lambdas, which transformers' NanoChat lacks: the folder carries them "
-            f"as remote code ({REMOTE}.py, NanoChat plus the lambdas); load it with trust_remote_code=True"]
+            f"as remote code ({REMOTE}.py, NanoChat plus the lambdas); load it, and its tokenizer, with "
+            "trust_remote_code=True (AutoModelForCausalLM and AutoTokenizer read its config)"]
 
 
 def _flip(w: torch.Tensor, c) -> torch.Tensor:
