@@ -39,6 +39,8 @@ class RlkitGPTModel(NanoChatModel):
         if i == 0:
             self._x0 = x
         x = self.resid_lambdas[i].to(x.dtype) * x + self.x0_lambdas[i].to(x.dtype) * self._x0
+        if i == len(self.layers) - 1:
+            self._x0 = None  # the forward is done with it: hold no activation between calls
         return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
 
 
