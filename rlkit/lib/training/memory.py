@@ -6,7 +6,7 @@
     rlkit.lib.training.parallel) 1/N of it, as FSDP2 shards weights, gradients and optimizer state alike.
 
 A model plugin offers its count as `factory.param_count(vocab_size, seq_len, **args) -> int` (the built-in
-GPT builds itself on the meta device, allocating nothing). Before a tokenizer exists the vocabulary is
+GPT counts from its config's shapes, gpt_config.py, without torch). Before a tokenizer exists the vocabulary is
 taken as 256 (bytes only), so the count is a lower bound and a run is refused only when it cannot fit.
 The memory compared is what is free now: torch.cuda.mem_get_info on a GPU, else the available RAM.
 `rlkit check` and `rlkit run` check the experiment's `model:` so (check_model_fits), once pipeline.prepare
