@@ -57,6 +57,20 @@ def test_nanochat_logits_equal_rlkits_for_random_weights(tokenizer, tmp_path, la
     torch.testing.assert_close(hf, ours, rtol=0, atol=1e-5)
 
 
+def assert_same_greedy(ours, tok, theirs, their_tok):
+    """For each of PROMPTS: transformers' chat template renders rlkit's prompt, and transformers' greedy
+    `generate` gives rlkit's greedy tokens, which vary (a trained model, not one token repeated)."""
+    for messages in PROMPTS:
+        prompt = tok.render_for_completion(messages)
+        assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == prompt
+        greedy = generate(ours, [prompt], 1, 16, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
+        hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=16, eos_token_id=tok.stop_ids,
+                             pad_token_id=their_tok.pad_token_id)[0, len(prompt):].tolist()
+        assert greedy == hf[:len(greedy)] and len(greedy) == len(hf), (greedy, hf)
+        assert len(set(greedy)) > 1
+
+
 def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,15 +87,7 @@ def test_export_round_trip_of_a_trained_gpt_greedy_and_tokenizer(tmp_path, cli, 
     text = "Tom has 12 apples. He eats 5 of them.\n#### 7 (12 - 5 = 7)"
     assert their_tok.encode(text, add_special_tokens=False) == tok.encode(text)
     assert their_tok.decode(tok.encode(text)) == text
-    for messages in PROMPTS:
-        prompt = tok.render_for_completion(messages)
-        assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == prompt
-        greedy = generate(ours, [prompt], 1, 16, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
-        hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=16, eos_token_id=tok.stop_ids,
-                             pad_token_id=their_tok.pad_token_id)[0, len(prompt):].tolist()
-        assert greedy == hf[:len(greedy)] and len(greedy) == len(hf), (greedy, hf)
-        assert len(set(greedy)) > 1  # trained: not one token repeated
+    assert_same_greedy(ours, tok, theirs, their_tok)
 
 
 def test_export_of_the_default_gpt_round_trips_through_remote_code(tmp_path, cli, monkeypatch):
@@ -105,11 +111,4 @@ def test_export_of_the_default_gpt_round_trips_through_remote_code(tmp_path, cli
     their_tok = AutoTokenizer.from_pretrained("out", trust_remote_code=True)
     ours, tok = policy.load(load_plugins(), Checkpoint.open("runs/g"))
     assert not torch.equal(ours.x0_lambdas, torch.zeros_like(ours.x0_lambdas))  # trained: x0 mixing counts
-    for messages in PROMPTS:
-        prompt = tok.render_for_completion(messages)
-        assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == prompt
-        greedy = generate(ours, [prompt], 1, 16, temperature=0.0, stop_tokens=tok.stop_ids).completions[0]
-        hf = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=16, eos_token_id=tok.stop_ids,
-                             pad_token_id=tok.token_id("<|assistant_end|>"))[0, len(prompt):].tolist()
-        assert greedy == hf[:len(greedy)] and len(greedy) == len(hf), (greedy, hf)
+    assert_same_greedy(ours, tok, theirs, their_tok)
