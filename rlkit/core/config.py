@@ -20,9 +20,9 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlkit.core.errors import RlkitError
+from rlkit.core.errors import RlkitError, first_line
 from rlkit.core.overrides import apply_override
-from rlkit.core.stage import bounded, check_fields, one_of  # noqa: F401 -- declared on fields, like plugin()
+from rlkit.core.stage import bounded, check_fields, one_of
 from rlkit.core.yamlfile import read_profile
 
 @dataclass
@@ -56,14 +56,15 @@ def plugin_list(kind: str):
 class ModelConfig:
     name: Optional[str] = None  # a model plugin; left out: the one plugin whose args the other keys are
     args: dict[str, Any] = field(default_factory=dict)  # the model plugin's own arguments (e.g. depth)
-    seq_len: int = 512  # context length
-    dtype: str = "auto"  # auto (bf16 where fast) | float32 | bfloat16
+    seq_len: int = bounded(512, ge=1)  # context length
+    dtype: str = one_of("auto", ("auto", "float32", "bfloat16"))  # auto: bf16 where fast
     compile: str = one_of("auto", ("auto", "true", "false"))  # torch.compile the training forward (auto: CUDA)
 
 
 @dataclass
 class ParallelConfig:  # how training spans the ranks (rlkit.lib.training.parallel); one process: no difference
-    strategy: str = "ddp"  # ddp: a full replica per rank | fsdp: weights, gradients, optimizer sharded (FSDP2)
+    # ddp: a full replica per rank | fsdp: weights, gradients, optimizer sharded (FSDP2)
+    strategy: str = one_of("ddp", ("ddp", "fsdp"))
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     cpu_offload: bool = False  # fsdp: shards and optimizer state in host memory
 
@@ -78,7 +79,7 @@ class TrackingConfig:
 class Experiment:
     name: str = MISSING
     seed: int = 42  # fixes data order, sampling and init
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: str = one_of("auto", ("auto", "cpu", "cuda", "mps"))
     run_dir: str = "runs/${name}"  # where checkpoints, config and report go
     plugins: list[str] = field(default_factory=list)  # local plugin files, relative to the YAML
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -118,6 +119,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise RlkitError(f"{path}: {_explain(e, Experiment)}") from None
+    cfg.model.compile = cfg.model.compile.lower()  # model.compile=true on the command line arrives as 'True'
+    check_fields(OmegaConf.to_object(cfg), f"{path}: ")
     cfg._set_flag("readonly", False)
     OmegaConf.set_struct(cfg, True)
     return cfg
@@ -246,7 +249,7 @@ def _check_missing(cfg: DictConfig, prefix: str) -> None:
 def _explain(e: OmegaConfBaseException, schema: type, extra: tuple = ()) -> str:
     """One line: the full key and what is wrong, with a 'did you mean' for unknown keys of `schema`."""
     key = getattr(e, "full_key", None) or ""
-    msg = _first_line(e)
+    msg = first_line(e)
     if isinstance(e, RlkitError):
         return str(e)
     unknown = re.match(r"Key '([^']+)' not in '([^']+)'", msg)
@@ -276,10 +279,6 @@ def _valid_keys(schema: type, full_key: str) -> list[str]:
         else:
             return []
     return list(node.keys()) if isinstance(node, DictConfig) else []
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 def config_diff(values: list, prefix: str = "") -> list[dict]:
     """[{key: dotted key, values: one per run}] where the runs' configs differ, descending into sections

@@ -124,17 +124,9 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on any rank (all ranks call it together); the flag itself alone."""
-    if not torch_dist.is_initialized():
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def all_reduce_max(value, device: torch.device, kind=int):
-    """The largest of a number over ranks (itself in one process), as `kind`."""
+    """The largest of a number over ranks (itself in one process), as `kind`; with kind=bool: whether a flag is
+    set on any rank (all ranks call it together)."""
     if not torch_dist.is_initialized():
         return value
     t = torch.tensor(float(value), device=device)

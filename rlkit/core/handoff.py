@@ -12,6 +12,7 @@ checkpoint) or a run folder (its last finished entry, in the order of its config
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -91,8 +92,7 @@ def finished(entry_dir: Path) -> Checkpoint | None:
             ckpt.verify_checkpoint(handle.path)
     except RlkitError:
         return None
-    return handle if handle.path is None else Checkpoint(handle.path, handle.model, handle.tokenizer, handle.meta,
-                                                         verified=True)
+    return handle if handle.path is None else dataclasses.replace(handle, verified=True)
 
 
 def _entries(run_dir: Path) -> list[str]:

@@ -3,8 +3,9 @@
 Each hook is collected from every plugin once at start-up and returns a table
 `{name: callable}` (for stages, `{name: Stage}`). Training loops call the
 returned callables directly, never `pm.hook`, so a plugin costs nothing per
-step. The docstrings below are the contract; docs/plugins.md documents each
-hook under its exact signature, with a complete example.
+step. Each docstring says what the table holds and where the contract of its
+values lives; docs/plugins.md documents every hook under its exact signature,
+with a complete example.
 """
 from __future__ import annotations
 
@@ -15,43 +16,24 @@ hookspec = pluggy.HookspecMarker("rlkit")
 
 @hookspec
 def rlkit_stages() -> dict:
-    """Return {name: rlkit.core.stage.Stage}: one step of the pipeline (pretrain, sft, rl, ...).
-
-    A Stage holds `config` (a dataclass: the keys of its YAML entry, besides `kind` and `init`),
-    `run(ctx: StageContext, start: Checkpoint | None) -> Checkpoint` (start: what the previous
-    entry, or `init:`, handed on), and optionally `check(cfg, setup: StageSetup) -> None` (every
-    value it will use, before any stage runs) and `report(summary, tracked) -> list[str]` (its
-    lines on the report card). Plugin references in `config` are declared with
-    rlkit.core.config.plugin(kind) / plugin_list(kind), so core checks their names and args.
-    """
+    """Return {name: rlkit.core.stage.Stage}: one step of the pipeline (pretrain, sft, rl, ...); a Stage's
+    config, run, check, report and evals are described in rlkit/core/stage.py."""
 
 
 @hookspec
 def rlkit_models() -> dict:
-    """Return {name: factory}; factory(tokenizer, seq_len, **args) -> Policy (rlkit.core.policy).
-
-    `tokenizer` is the run's tokenizer, or None when the model brings its own (then the Policy has
-    a `tokenizer` attribute). A Policy is an nn.Module with the training forward
-    `model(idx, targets, loss_reduction)`, `param_roles()`, `flops_per_token()`, `spec()` (the
-    JSON args that rebuild it with the same factory) and `decoder(dtype)` for the sampler.
-    """
+    """Return {name: factory}; factory(tokenizer, seq_len, **args) -> Policy: an nn.Module with the training
+    forward, param_roles(), spec() and decoder(dtype), described in rlkit/core/policy.py. `tokenizer` is the
+    run's, or None when the model brings its own (then the Policy has a `tokenizer` attribute)."""
 
 
 @hookspec
 def rlkit_algorithms() -> dict:
-    """Return {name: factory}; factory(**args) -> Algorithm.
-
-    An Algorithm has `advantages(rewards[P, G]) -> [P, G]` and `loss(logp[B, T], mask[B, T], adv[B],
-    extra) -> scalar`. `extra` always holds `num_tokens` and `num_sequences` (counts over the whole
-    minibatch: all micro-batches, all ranks), `max_new_tokens`, `lengths [B]` and `old_logp [B, T]`
-    (the sampling policy's log-probs), plus `ref_logp [B, T]` when declared. Optional: a set `needs`
-    ("old_logp": computed before the first of several updates; "ref_logp": a frozen reference model),
-    `min_samples` (completions per prompt it needs), `filter_groups` (drop groups whose rewards are
-    all equal and sample more), `zero_advantage_inert` (the loss gives a row with advantage 0 no
-    gradient, so the rl stage skips that row's backward), `shape(lengths[P, G], max_new_tokens) ->
-    {name: [P, G]}` (reward terms added before advantages), `clipped(logp, mask, adv, extra) ->
-    bool [B, T]` (where a clip acted, tracked) and `state_dict()` / `load_state_dict()` (checkpointed).
-    """
+    """Return {name: factory}; factory(**args) -> Algorithm: `advantages(rewards[P, G]) -> [P, G]` and
+    `loss(logp[B, T], mask[B, T], adv[B], extra) -> scalar`, plus optional attributes with defaults
+    (needs, min_samples, filter_groups, shape, clipped, state_dict, ...), all described on the base class
+    rlkit.lib.training.algorithm.Algorithm. An algorithm need not subclass it: a missing attribute takes
+    the base class's default."""
 
 
 @hookspec

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import signal
 
-import torch
-import torch.distributed as torch_dist
-
+from rlkit.core.dist import all_reduce_max
 from rlkit.core.errors import RlkitError
 
 _state = {"stop": False, "installed": False}
@@ -49,11 +47,7 @@ def uninstall() -> None:
         _state["installed"] = False
 
 
-def stop_requested(device: torch.device | None = None) -> bool:
+def stop_requested(device=None) -> bool:
     """True once a stop signal arrived on any rank."""
-    if not torch_dist.is_initialized():
-        return _state["stop"]
-    flag = torch.tensor(float(_state["stop"]), device=device)
-    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return all_reduce_max(_state["stop"], device, bool)
 

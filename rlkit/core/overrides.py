@@ -14,7 +14,7 @@ from typing import Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlkit.core.errors import RlkitError
+from rlkit.core.errors import RlkitError, first_line
 from rlkit.core.yamlfile import Replace, parse_override, plain
 
 
@@ -34,7 +34,7 @@ def apply_override(cfg: DictConfig, item: str, explain: Callable, model_keys: tu
                              "add it there first") from None
         if isinstance(e, OmegaConfBaseException):
             raise RlkitError(f"command line: {explain(e)}") from None
-        raise RlkitError(f"command line: {key}: cannot set to {text!r} ({_first_line(e)})") from None
+        raise RlkitError(f"command line: {key}: cannot set to {text!r} ({first_line(e)})") from None
 
 
 def _full_key(key: str, model_keys: tuple) -> str:
@@ -58,7 +58,3 @@ def _delete(cfg: DictConfig, key: str, item: str) -> None:
     except OmegaConfBaseException:
         raise RlkitError(f"command line: {item}: '{key}' is part of the schema and cannot be deleted; "
                          f"set it instead ({key}=...)") from None
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -21,10 +21,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlkit.core import config as config_lib
-from rlkit.core import handoff, policy
-from rlkit.core.errors import RlkitError
+from rlkit.core import dist, handoff, interrupt, policy
+from rlkit.core.context import StageContext
+from rlkit.core.errors import RlkitError, first_line
 from rlkit.core.plugins import Plugins, bind_args, load_plugins
-from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
 from rlkit.core.lock import RunLock
 from rlkit.core.parallelism import Parallelism, default_for
@@ -33,10 +33,6 @@ from rlkit.core.track import Tracking
 from rlkit.core.yamlfile import read_profile
 
 CONFIG_FILE = "config.yaml"
-
-CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "model.dtype": ("auto", "float32", "bfloat16"),
-           "parallel.strategy": ("ddp", "fsdp"),
-           "model.compile": ("auto", "true", "false")}
 
 
 @dataclass(frozen=True)
@@ -129,17 +125,11 @@ def entries(cfg: DictConfig, plugins: Plugins, path="experiment") -> list[Entry]
 
 
 def check_values(cfg: DictConfig, path) -> None:
-    """Top-level choices and the context length, before any work."""
-    for key, valid in CHOICES.items():
-        value = str(OmegaConf.select(cfg, key)).lower()
-        if value not in valid:
-            raise RlkitError(f"{path}: {key}: '{value}' is not valid (valid: {', '.join(valid)})")
+    """The top-level values a field declaration cannot check (config.load checks the declared ones)."""
     peak = cfg.get("mfu_peak_flops")
     if peak is not None and not peak > 0:
         raise RlkitError(f"{path}: mfu_peak_flops: {peak} must be a positive FLOP/s figure, e.g. 1.98e14 (or leave it "
                          "out: the device's recorded matmul peak)")
-    if cfg.model.seq_len < 1:
-        raise RlkitError(f"{path}: model.seq_len: {cfg.model.seq_len} must be at least 1")
     name = str(cfg.name)
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 200 or name != name.strip():
         raise RlkitError(f"{path}: name: {name!r} cannot name a run folder; use letters, digits, '-', '_' or '.' "
@@ -164,8 +154,6 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Track
     and hears when each entry ends; `rlkit run` passes Aim and the report card, the default writes nothing.
     `parallel` (rlkit.core.parallelism.Parallelism) spans each training model over the ranks; `rlkit run`
     passes the strategy `parallel:` names, the default is ddp without extras."""
-    from rlkit.core import dist
-
     parallel = parallel or default_for(cfg.parallel)
     info, device = dist.init(cfg.device)
     try:
@@ -182,8 +170,6 @@ def run(cfg: DictConfig, plugins: Plugins, resume: bool = False, tracking: Track
 
 
 def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking, parallel) -> None:
-    from rlkit.core import dist, interrupt
-
     _check_run_dir(run_dir, cfg, found, resume)
     tracker, began = tracking.open(cfg, run_dir, info, resume, device, dtype), time.time()
     interrupt.install()
@@ -201,9 +187,6 @@ def _run(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tr
 
 def _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking: Tracking, tracker, parallel) -> None:
     """Run each entry in order, each starting from what the one before handed on."""
-    from rlkit.core import dist
-    from rlkit.core.context import StageContext
-
     if info.is_main:
         atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
     dist.print0(f"rlkit: {cfg.name}: stages {', '.join(e.name for e in found)} on {device} ({dtype}), "
@@ -239,15 +222,13 @@ def _entries(cfg, plugins, found, run_dir, resume, info, device, dtype, tracking
 
 def _lock(run_dir: Path, info, device) -> RunLock:
     """Rank 0 takes the run folder's lock; every rank learns whether it could, so all stop together."""
-    from rlkit.core.dist import any_rank
-
     lock, error = RunLock(run_dir), None
     if info.is_main:
         try:
             lock.acquire()
         except RlkitError as e:
             error = e
-    if any_rank(error is not None, device):
+    if dist.all_reduce_max(error is not None, device, bool):
         raise error or RlkitError(f"run_dir: {run_dir} is in use by another rlkit run (rank 0 says which)")
     return lock
 
@@ -268,7 +249,7 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
     try:
         before = OmegaConf.to_container(OmegaConf.load(saved))
     except Exception as e:  # noqa: BLE001 -- a damaged config.yaml: say which file and what to do
-        raise RlkitError(f"--resume: {saved} cannot be read ({_first_line(e)}); restore it, or start a new run "
+        raise RlkitError(f"--resume: {saved} cannot be read ({first_line(e)}); restore it, or start a new run "
                          "with name=<new name>") from None
     changed = [row["key"] for row in config_lib.config_diff([before, OmegaConf.to_container(cfg)]) if row["key"] != "base_dir"]
     fresh = {e.name for e in found if _not_started(run_dir / e.name)}
@@ -283,7 +264,7 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, found: list[Entry], resume: b
                          "a new run")
     for key in changed:
         why = "it changes no result" if key in tracking else f"{key.split('.')[1]} has not started yet"
-        print0(f"--resume: {key} changed; {why}, so the new value is used")
+        dist.print0(f"--resume: {key} changed; {why}, so the new value is used")
 
 
 def _holds_work(run_dir: Path) -> bool:
@@ -293,8 +274,4 @@ def _holds_work(run_dir: Path) -> bool:
 
 def _not_started(entry_dir: Path) -> bool:
     return not entry_dir.is_dir() or not any(p for p in entry_dir.iterdir() if not p.name.startswith("."))
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 

@@ -67,8 +67,9 @@ class Plugins:
         raise RlkitError(f"{where}: no {kind} plugin named '{name}' ({hint}available: {listing})")
 
 
-def make_plugin_manager(local_files: list[Path] = ()) -> tuple[pluggy.PluginManager, dict[str, str]]:
-    """A fresh plugin manager with every plugin registered; returns it and {plugin name: source}."""
+def load_plugins(local_files: list[Path] = ()) -> Plugins:
+    """Every plugin (installed packages' entry points, then `local_files`) registered with a fresh plugin
+    manager, and their tables collected: what the CLI calls."""
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     sources: dict[str, str] = {}
@@ -81,7 +82,7 @@ def make_plugin_manager(local_files: list[Path] = ()) -> tuple[pluggy.PluginMana
         _register(pm, module, str(path))
         sources[str(path)] = "file"
     _check_pending(pm)
-    return pm, sources
+    return collect(pm, sources)
 
 
 def collect(pm: pluggy.PluginManager, sources: dict[str, str]) -> Plugins:
@@ -135,12 +136,6 @@ def _valid(kind: str, fn) -> bool:
     if kind == "stage":  # a Stage is a record, not a callable: it needs its config dataclass and run
         return callable(getattr(fn, "run", None)) and isinstance(getattr(fn, "config", None), type)
     return callable(fn)
-
-
-def load_plugins(local_files: list[Path] = ()) -> Plugins:
-    """make_plugin_manager + collect: what the CLI calls."""
-    pm, sources = make_plugin_manager(local_files)
-    return collect(pm, sources)
 
 
 def check_examples(task, where: str) -> None:

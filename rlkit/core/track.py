@@ -79,15 +79,5 @@ class Tracking:
         """After the last entry."""
 
     def run_failed(self, cfg, run_dir: Path, tracker: Tracker, error: BaseException, seconds: float) -> None:
-        """When the run stopped early: `error` is what was raised (see `outcome` for how to name it)."""
+        """When the run stopped early: `error` is what was raised (e.g. rlkit.core.interrupt.Interrupted)."""
 
-
-def outcome(error: BaseException | None) -> tuple[str, str | None]:
-    """(status, error line) of a run that ended with `error`: "finished" (None), "interrupted" (a clean stop
-    or Ctrl-C) or "failed", so a failed run is never mistaken for a finished one."""
-    if error is None:
-        return "finished", None
-    text = str(error).strip()
-    line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-    stopped = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Interrupted"
-    return ("interrupted" if stopped else "failed"), line[:300]

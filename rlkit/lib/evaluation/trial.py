@@ -40,12 +40,12 @@ def build_task(plugins, ref, split: str, where: str, base_dir=None):
             if base_dir is None or "Hugging Face hub" not in str(e):
                 raise
             raise RlkitError(f"{e}; or {offline_hint(Path(base_dir))}") from None
+        if len(task) == 0:
+            raise RlkitError(f"{where}: task '{ref.name}' has no {split} examples")
+        check_examples(task, f"{where}: task '{ref.name}' ({split})")  # once: a built task is read-only
         _BUILT[key] = task
         while len(_BUILT) > 8:  # a few tasks' rows at most
             _BUILT.pop(next(iter(_BUILT)))
-    if len(task) == 0:
-        raise RlkitError(f"{where}: task '{ref.name}' has no {split} examples")
-    check_examples(task, f"{where}: task '{ref.name}' ({split})")
     return task
 
 

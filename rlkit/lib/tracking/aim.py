@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 import rlkit
 from rlkit.core.dist import print0
 from rlkit.core.files import atomic_write
-from rlkit.core.track import Tracker, Tracking, outcome
+from rlkit.core.track import Tracker, Tracking
 from rlkit.lib.tracking import report
 from rlkit.lib.tracking.aimrepo import probe, reading
 
@@ -190,3 +190,14 @@ class RunTracking(Tracking):
             report.run_failed(cfg, run_dir, tracker, getattr(self, "env", {}), status, line, seconds)
         except Exception as e:  # noqa: BLE001 -- marking must never hide the error that stopped the run
             print0(f"[track] could not mark the run {status} ({type(e).__name__}: {e})")
+
+
+def outcome(error: BaseException | None) -> tuple[str, str | None]:
+    """(status, error line) of a run that ended with `error`: "finished" (None), "interrupted" (a clean stop
+    or Ctrl-C) or "failed", so a failed run is never mistaken for a finished one."""
+    if error is None:
+        return "finished", None
+    text = str(error).strip()
+    line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    stopped = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Interrupted"
+    return ("interrupted" if stopped else "failed"), line[:300]
