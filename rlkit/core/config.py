@@ -119,8 +119,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise RlkitError(f"{path}: {_explain(e, Experiment)}") from None
-    cfg.model.compile = cfg.model.compile.lower()  # model.compile=true on the command line arrives as 'True'
-    check_fields(OmegaConf.to_object(cfg), f"{path}: ")
+    typed = OmegaConf.to_object(cfg)
+    typed.model.compile = typed.model.compile.lower()  # model.compile=true on the command line arrives as 'True'
+    check_fields(typed, f"{path}: ")  # (the config keeps the value as given: a resumed run compares equal)
     cfg._set_flag("readonly", False)
     OmegaConf.set_struct(cfg, True)
     return cfg

@@ -3,9 +3,10 @@
 Each hook is collected from every plugin once at start-up and returns a table
 `{name: callable}` (for stages, `{name: Stage}`). Training loops call the
 returned callables directly, never `pm.hook`, so a plugin costs nothing per
-step. Each docstring says what the table holds and where the contract of its
-values lives; docs/plugins.md documents every hook under its exact signature,
-with a complete example.
+step. Each docstring says what the table holds: the stage, model and algorithm
+hooks point to the module that holds their values' contract, the others state
+it here. docs/plugins.md documents every hook under its exact signature, with
+a complete example.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ An algorithm turns a step's (P, G) rewards into advantages and a micro-batch's l
 subclass it; a plugin written without it (duck-typed, as in docs/plugins.md) works too: it is
 adapted once, when the stage builds it.
 
+What `loss` finds in `extra` (the minibatch's counts over all ranks, lengths, old_logp, ref_logp when
+declared, sample_logp) is listed in docs/plugins.md under rlkit_algorithms.
+
 The guard every plugin runs behind, and `check_contract`, are rlkit/lib/training/guard.py (it needs torch;
 this module does not, so listing plugins loads none).
 """
