@@ -177,22 +177,16 @@ def bind_args(kind: str, name: str, fn: Callable, args: dict[str, Any], where: s
 
 
 def _entry_points():
-    """(entry point, distribution) pairs: rlkit's own first, then others allowed by RLKIT_LOAD_PLUGINS."""
+    """(entry point, distribution) pairs: rlkit's own first, then others allowed by RLKIT_LOAD_PLUGINS. (A
+    distribution visible twice on sys.path counts once: importlib.metadata keeps the first.)"""
     allowed = os.environ.get("RLKIT_LOAD_PLUGINS")
     allowed_set = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
-    own, others, seen = [], [], set()
-    for dist in metadata.distributions():
-        dist_name = dist.metadata["Name"]
-        if dist_name in seen:  # the same distribution visible twice on sys.path
-            continue
-        seen.add(dist_name)
-        for ep in dist.entry_points:
-            if ep.group != GROUP:
-                continue
-            if dist_name == "rlkit":
-                own.append((ep, dist))
-            elif allowed_set is None or dist_name in allowed_set:
-                others.append((ep, dist))
+    own, others = [], []
+    for ep in metadata.entry_points(group=GROUP):
+        if ep.dist.name == "rlkit":
+            own.append((ep, ep.dist))
+        elif allowed_set is None or ep.dist.name in allowed_set:
+            others.append((ep, ep.dist))
     return sorted(own, key=lambda p: p[0].name) + sorted(others, key=lambda p: (p[1].name, p[0].name))
 
 
