@@ -34,6 +34,25 @@ def test_an_unknown_strategy_is_one_line_naming_the_valid_ones(tmp_path):
         pipeline.prepare(experiment(tmp_path), ["parallel.strategy=zero3"], [])
 
 
+@pytest.mark.parametrize("override, line", [
+    ("device=CPU", r"^\S+exp.yaml: device: 'CPU' is not valid \(valid: auto, cpu, cuda, mps\)$"),
+    ("model.dtype=fp16", r"^\S+exp.yaml: model.dtype: 'fp16' is not valid \(valid: auto, float32, bfloat16\)$"),
+    ("model.compile=maybe", r"^\S+exp.yaml: model.compile: 'maybe' is not valid \(valid: auto, true, false\)$"),
+    ("model.seq_len=0", r"^\S+exp.yaml: model.seq_len: 0 must be at least 1$"),
+])
+def test_top_level_choices_and_bounds_are_one_line_at_load(tmp_path, override, line):
+    """Declared on the experiment's own fields (one_of, bounded) and checked as the file loads, like a stage's."""
+    with pytest.raises(RlkitError, match=line):
+        pipeline.prepare(experiment(tmp_path), [override], [])
+
+
+def test_compile_given_as_a_boolean_is_accepted_and_kept_as_given(tmp_path):
+    """model.compile=True arrives as the text 'True': checked lower-cased, stored as given (so a run saved
+    before resumes with the same override)."""
+    cfg, _ = pipeline.prepare(experiment(tmp_path), ["model.compile=True"], [])
+    assert cfg.model.compile == "True"
+
+
 def test_muon_under_fsdp_is_refused_in_one_line_naming_adamw(tmp_path):
     pipeline.prepare(experiment(tmp_path, "muon"), [], [])  # fine under ddp
     with pytest.raises(RlkitError) as e:
