@@ -80,4 +80,3 @@ class Tracking:
 
     def run_failed(self, cfg, run_dir: Path, tracker: Tracker, error: BaseException, seconds: float) -> None:
         """When the run stopped early: `error` is what was raised (e.g. rlkit.core.interrupt.Interrupted)."""
-

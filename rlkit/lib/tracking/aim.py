@@ -33,7 +33,9 @@ from omegaconf import OmegaConf
 
 import rlkit
 from rlkit.core.dist import print0
+from rlkit.core.errors import first_line
 from rlkit.core.files import atomic_write
+from rlkit.core.interrupt import Interrupted
 from rlkit.core.track import Tracker, Tracking
 from rlkit.lib.tracking import report
 from rlkit.lib.tracking.aimrepo import probe, reading
@@ -197,7 +199,6 @@ def outcome(error: BaseException | None) -> tuple[str, str | None]:
     or Ctrl-C) or "failed", so a failed run is never mistaken for a finished one."""
     if error is None:
         return "finished", None
-    text = str(error).strip()
-    line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-    stopped = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Interrupted"
+    line = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
+    stopped = isinstance(error, (KeyboardInterrupt, Interrupted))
     return ("interrupted" if stopped else "failed"), line[:300]
