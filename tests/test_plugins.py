@@ -108,39 +108,53 @@ def test_plugins_json_lists_the_built_ins(cli, monkeypatch):
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LIGHT = """\
-import sys
-from rlkit.cli import main
-sys.argv = ["rlkit", *sys.argv[1:]]
-try:
-    main()
-finally:
-    print("heavy:", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers"}), file=sys.stderr)
-"""
+def imported(args: list[str], cwd=None) -> set[str]:
+    """The modules `rlkit ARGS` imports, from `python -X importtime` (check and plugins end the process with
+    os._exit, so nothing can run after their main())."""
+    env = dict(os.environ, RLKIT_LOAD_PLUGINS="", HF_HUB_OFFLINE="1")  # rlkit's own: another package may import anything
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "rlkit", *args], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
 
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins"]])
 def test_light_commands_import_no_torch(args):
     """`rlkit --help` and `rlkit plugins` load every built-in plugin module without torch: networks, training
     loops and optimizers are imported when used (docs/performance.md has what that saves)."""
-    env = dict(os.environ, RLKIT_LOAD_PLUGINS="")  # rlkit's own: another installed package may import anything
-    out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == "heavy: []", out.stderr
+    modules = imported(args)
+    assert "rlkit.plugins.rewards.gsm8k" in modules or args == ["--help"]
+    assert not modules & {"torch", "transformers"}
 
 
 def test_check_builds_no_network_and_skips_torch_dynamo(tmp_path):
     """`rlkit check` needs torch (it tries every algorithm and optimizer on a stand-in), but neither
     torch._dynamo (~1.2 s: optim.py's trial skips its import) nor a network (gpt_config.py counts parameters);
     the optimizer's later real construction still gets torch's dynamo-disabled add_param_group."""
-    code = LIGHT.replace('sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers"})',
-                         'sorted(set(sys.modules) & {"torch", "transformers", "torch._dynamo", GPT_MODEL})')
-    code = code.replace("from rlkit.cli import main", 'from rlkit.cli import main\nGPT_MODEL = "rlkit.plugins.models.gpt_model"')
-    env = dict(os.environ, RLKIT_LOAD_PLUGINS="", HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", code, "check", str(ROOT / "experiments" / "quickstart.yaml")],
-                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == "heavy: ['torch']", out.stderr
+    modules = imported(["check", str(ROOT / "experiments" / "quickstart.yaml")], cwd=tmp_path)
+    assert "torch" in modules
+    assert not modules & {"transformers", "torch._dynamo", "rlkit.plugins.models.gpt_model"}
+
+
+def test_check_and_plugins_exit_at_once_with_their_output_and_status(tmp_path):
+    """check and plugins end by os._exit (no interpreter teardown): everything printed still arrives through a
+    pipe, a plugin's own print() included, and a user's mistake still exits 1 with its one line."""
+    run = [sys.executable, "-m", "rlkit"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    chatty = tmp_path / "chatty.py"
+    chatty.write_text("import rlkit\nprint('chatty plugin loaded')\n\n\n@rlkit.hookimpl\ndef rlkit_rewards():\n"
+                      "    return {'chatty': lambda completion, example: 0.0}\n")
+    ok = subprocess.run([*run, "check", str(ROOT / "experiments" / "quickstart.yaml"), "--plugin", str(chatty)],
+                        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("chatty plugin loaded\nname: quickstart\n") and "\nstages:\n" in ok.stdout
+    assert ok.stderr.splitlines()[-1].startswith("# ok: stages tokenizer, pretrain")
+    bad = subprocess.run([*run, "check", str(ROOT / "experiments" / "quickstart.yaml"), "stages.rl.steps=0",
+                          "--plugin", str(chatty)], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "stages.rl.steps" in bad.stderr
+    assert bad.stdout == "chatty plugin loaded\n"  # printed, and nothing after it, before the error
+    listed = subprocess.run([*run, "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0 and json.loads(listed.stdout)
 
 
 def test_the_optimizer_trial_leaves_torchs_dynamo_wrapper_as_it_was():

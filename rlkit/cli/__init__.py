@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 import rlkit
+from rlkit.cli import quick
 from rlkit.core.errors import RlkitError
 from rlkit.core.files import write_error
 
@@ -117,16 +118,16 @@ def run(
 def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: PluginOpt = None):
     """Resolve the config and plugins, bind every plugin's args, print the resolved YAML; builds no model
     (each optimizer is tried once on a tiny stand-in)."""
-    with user_errors():
+    with quick.short_lived(), user_errors():
         from omegaconf import OmegaConf
 
         from rlkit.cli import running
-        from rlkit.core import config, pipeline
+        from rlkit.core import config
         from rlkit.lib.training.optim import lr_plans
 
-        cfg, plugins = running.prepare(experiment, overrides or [], plugin or [])
+        cfg, _, entries = running.prepare_entries(experiment, overrides or [], plugin or [])
         typer.echo(OmegaConf.to_yaml(cfg), nl=False)
-        typer.echo("".join(f"# {line}\n" for line in lr_plans(pipeline.entries(cfg, plugins))), nl=False, err=True)
+        typer.echo("".join(f"# {line}\n" for line in lr_plans(entries)), nl=False, err=True)
         typer.echo(f"# ok: stages {', '.join(config.stages_to_run(cfg))}", err=True)
 
 
@@ -136,7 +137,7 @@ def plugins(
     plugin: PluginOpt = None,
 ):
     """List every loaded plugin (package or file, version) and the names it provides per kind."""
-    with user_errors():
+    with quick.short_lived(), user_errors():
         from rlkit.core.plugins import load_plugins
 
         found = load_plugins(plugin or [])
@@ -290,7 +291,8 @@ def main():
     """Console-script entry point; a usage mistake is one `error:` line too (rlkit/cli/usage.py)."""
     from rlkit.cli.usage import run_app
 
-    run_app(app)
+    with quick.ending():  # check, plugins and reward end the process at once (rlkit/cli/quick.py)
+        run_app(app)
 
 
 if __name__ == "__main__":

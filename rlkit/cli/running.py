@@ -17,12 +17,17 @@ from pathlib import Path
 def prepare(path, overrides: list[str], extra_plugins: list[Path], world_size: int | None = None):
     """pipeline.prepare, then whether the model's training state fits this device (for `world_size`
     processes; default: torchrun's WORLD_SIZE, else 1); returns (config, plugins)."""
+    return prepare_entries(path, overrides, extra_plugins, world_size)[:2]
+
+
+def prepare_entries(path, overrides: list[str], extra_plugins: list[Path], world_size: int | None = None):
+    """prepare, also returning pipeline.prepare_entries' checked entries: (config, plugins, entries)."""
     from rlkit.core import pipeline
     from rlkit.lib.training.memory import check_model_fits
 
-    cfg, plugins = pipeline.prepare(path, overrides, extra_plugins, world_size)
+    cfg, plugins, entries = pipeline.prepare_entries(path, overrides, extra_plugins, world_size)
     check_model_fits(cfg, plugins, f"{path}: model", world_size or int(os.environ.get("WORLD_SIZE", 1)))
-    return cfg, plugins
+    return cfg, plugins, entries
 
 
 def run(cfg, plugins, resume: bool) -> None:

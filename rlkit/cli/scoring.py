@@ -64,9 +64,9 @@ def reward(
 ):
     """Score one completion with a reward plugin, against the first example of a task; prints the score and
     the example used."""
-    from rlkit.cli import user_errors
+    from rlkit.cli import quick, user_errors
 
-    with user_errors():
+    with quick.short_lived(), user_errors():
         from rlkit.cli.options import key_values
         from rlkit.core.config import PluginRef
         from rlkit.core.plugins import load_plugins

@@ -48,6 +48,12 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
             world_size: int | None = None) -> tuple[DictConfig, Plugins]:
     """Load and check the experiment and its plugins for `world_size` processes (default: torchrun's
     WORLD_SIZE, else 1); returns (config, plugin tables)."""
+    return prepare_entries(path, overrides, extra_plugins, world_size)[:2]
+
+
+def prepare_entries(path: str | Path, overrides: list[str], extra_plugins: list[Path],
+                    world_size: int | None = None) -> tuple[DictConfig, Plugins, list[Entry]]:
+    """prepare, also returning the checked entries (`rlkit check` prints their learning rates from them)."""
     path = Path(path)
     cfg = config_lib.load(path, overrides)
     base_dir = path.resolve().parent
@@ -79,7 +85,7 @@ def prepare(path: str | Path, overrides: list[str], extra_plugins: list[Path],
             setup = StageSetup(where, plugins, world, cfg.model, base_dir, has_start=i > 0 or e.init is not None,
                                tokenizer=tokenizer)
             e.stage.check(e.cfg, setup)
-    return cfg, plugins
+    return cfg, plugins, found
 
 
 def _tokenizer_of(plugins: Plugins, handle) -> Any:
