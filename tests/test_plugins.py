@@ -5,6 +5,7 @@ package's entry point in group `rlkit` (narrowed by RLKIT_LOAD_PLUGINS).
 The installed package is faked without installing anything: a `fakepkg-1.0.dist-info` folder
 on sys.path is all importlib.metadata needs to see a distribution and its entry points.
 """
+import gc
 import importlib
 import json
 import os
@@ -96,8 +97,10 @@ def test_local_file_reward_is_callable_through_the_tables(write_file):
 
 def test_plugins_json_lists_the_built_ins(cli, monkeypatch):
     monkeypatch.setenv("RLKIT_LOAD_PLUGINS", "")  # only rlkit's own
+    assert gc.isenabled()
     result = cli("plugins", "--json")
     assert result.exit_code == 0, result.stderr
+    assert gc.isenabled()  # a short-lived command run in-process gives the collector back (rlkit/cli/quick.py)
     rows = json.loads(result.stdout)
     assert {"plugin", "source", "provides"} <= set(rows[0])
     provided = {(kind, name) for row in rows for kind, names in row["provides"].items() for name in names}
@@ -140,7 +143,8 @@ def test_check_and_plugins_exit_at_once_with_their_output_and_status(tmp_path):
     """check and plugins end by os._exit (no interpreter teardown): everything printed still arrives through a
     pipe, a plugin's own print() included, and a user's mistake still exits 1 with its one line."""
     run = [sys.executable, "-m", "rlkit"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers stdout, as for most users
+    env["HF_HUB_OFFLINE"] = "1"
     chatty = tmp_path / "chatty.py"
     chatty.write_text("import rlkit\nprint('chatty plugin loaded')\n\n\n@rlkit.hookimpl\ndef rlkit_rewards():\n"
                       "    return {'chatty': lambda completion, example: 0.0}\n")
