@@ -141,22 +141,24 @@ def test_check_builds_no_network_and_skips_torch_dynamo(tmp_path):
 
 def test_check_and_plugins_exit_at_once_with_their_output_and_status(tmp_path):
     """check and plugins end by os._exit (no interpreter teardown): everything printed still arrives through a
-    pipe, a plugin's own print() included, and a user's mistake still exits 1 with its one line."""
+    pipe, a plugin's own print() and atexit function included, and a user's mistake still exits 1 with its one
+    line."""
     run = [sys.executable, "-m", "rlkit"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers stdout, as for most users
     env["HF_HUB_OFFLINE"] = "1"
     chatty = tmp_path / "chatty.py"
-    chatty.write_text("import rlkit\nprint('chatty plugin loaded')\n\n\n@rlkit.hookimpl\ndef rlkit_rewards():\n"
-                      "    return {'chatty': lambda completion, example: 0.0}\n")
+    chatty.write_text("import atexit\nimport rlkit\nprint('chatty plugin loaded')\natexit.register(print, 'chatty atexit')\n"
+                      "\n\n@rlkit.hookimpl\ndef rlkit_rewards():\n    return {'chatty': lambda completion, example: 0.0}\n")
     ok = subprocess.run([*run, "check", str(ROOT / "experiments" / "quickstart.yaml"), "--plugin", str(chatty)],
                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("chatty plugin loaded\nname: quickstart\n") and "\nstages:\n" in ok.stdout
+    assert ok.stdout.endswith("\nchatty atexit\n")  # the plugin's atexit function ran, its output arrived
     assert ok.stderr.splitlines()[-1].startswith("# ok: stages tokenizer, pretrain")
     bad = subprocess.run([*run, "check", str(ROOT / "experiments" / "quickstart.yaml"), "stages.rl.steps=0",
                           "--plugin", str(chatty)], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "stages.rl.steps" in bad.stderr
-    assert bad.stdout == "chatty plugin loaded\n"  # printed, and nothing after it, before the error
+    assert bad.stdout == "chatty plugin loaded\nchatty atexit\n"  # printed before the error, and at exit
     listed = subprocess.run([*run, "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert listed.returncode == 0 and json.loads(listed.stdout)
 
