@@ -99,7 +99,7 @@ def run(
         from rlkit.cli import running
 
         world = nproc_per_node * nnodes
-        cfg, plugins = running.prepare(experiment, overrides or [], plugin or [], world_size=world)
+        cfg, plugins, _ = running.prepare(experiment, overrides or [], plugin or [], world_size=world)
         from rlkit.cli.launch import die_with_launcher, torchrun
 
         die_with_launcher()  # a torchrun worker ends with its launcher, however the launcher ends
@@ -125,7 +125,7 @@ def check(experiment: ExperimentArg, overrides: OverridesArg = None, plugin: Plu
         from rlkit.core import config
         from rlkit.lib.training.optim import lr_plans
 
-        cfg, _, entries = running.prepare_entries(experiment, overrides or [], plugin or [])
+        cfg, _, entries = running.prepare(experiment, overrides or [], plugin or [])
         typer.echo(OmegaConf.to_yaml(cfg), nl=False)
         typer.echo("".join(f"# {line}\n" for line in lr_plans(entries)), nl=False, err=True)
         typer.echo(f"# ok: stages {', '.join(config.stages_to_run(cfg))}", err=True)

@@ -1,7 +1,7 @@
 """An experiment as `rlkit run`, `rlkit check` and a sweep handle it: the pipeline, with what the library adds
 around it.
 
-    cfg, plugins = prepare("exp.yaml", ["seed=1"], [], world_size=2)   # pipeline.prepare, then: does it fit?
+    cfg, plugins, entries = prepare("exp.yaml", ["seed=1"], [], world_size=2)   # pipeline's, then: does it fit?
     run(cfg, plugins, resume=False)      # the CPU's malloc setting, then pipeline.run with tracking and strategy
 
 Core checks the experiment against its schema and plugins and runs it with what it is handed; the parts that
@@ -15,13 +15,8 @@ from pathlib import Path
 
 
 def prepare(path, overrides: list[str], extra_plugins: list[Path], world_size: int | None = None):
-    """pipeline.prepare, then whether the model's training state fits this device (for `world_size`
-    processes; default: torchrun's WORLD_SIZE, else 1); returns (config, plugins)."""
-    return prepare_entries(path, overrides, extra_plugins, world_size)[:2]
-
-
-def prepare_entries(path, overrides: list[str], extra_plugins: list[Path], world_size: int | None = None):
-    """prepare, also returning pipeline.prepare_entries' checked entries: (config, plugins, entries)."""
+    """pipeline.prepare_entries, then whether the model's training state fits this device (for `world_size`
+    processes; default: torchrun's WORLD_SIZE, else 1); returns (config, plugins, the checked entries)."""
     from rlkit.core import pipeline
     from rlkit.lib.training.memory import check_model_fits
 

@@ -103,7 +103,6 @@ def _link(src, dst):
 
 def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str], world_size: int) -> list[str]:
     """Run every point of the sweep (checked first, all of them); print the comparison; return the run names."""
-    from rlkit.core import pipeline
     from rlkit.cli import comparison, running
 
     grid = points(sweeps)
@@ -113,22 +112,22 @@ def run(path, overrides: list[str], extra_plugins: list[Path], sweeps: list[str]
         name = point_name(base, point)
         prepared.append((name, *running.prepare(path, overrides + [f"{k}={v}" for k, v in point] + [f"name={name}"],
                                                 extra_plugins, world_size)))
-    _distinct([name for name, _, _ in prepared], grid)
-    for i, (name, cfg, plugins) in enumerate(prepared):
+    _distinct([name for name, *_ in prepared], grid)
+    for i, (name, cfg, plugins, entries) in enumerate(prepared):
         run_dir = Path(cfg.run_dir)
-        names = [e.name for e in pipeline.entries(cfg, plugins)]
+        names = [e.name for e in entries]
         if all(handoff.finished(run_dir / e) is not None for e in names):
             _same_config(cfg, run_dir)  # a finished run of other settings is not this point's result
             print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}) already finished: skipping")
             continue
         print0(f"rlkit sweep: {name} ({i + 1}/{len(prepared)}): {' '.join(f'{k}={v}' for k, v in grid[i])}")
-        shared = reuse(cfg, names, [c for _, c, _ in prepared[:i]])
+        shared = reuse(cfg, names, [c for _, c, *_ in prepared[:i]])
         begun = (run_dir / "config.yaml").exists() or any(handoff.finished(run_dir / e) is not None for e in names)
         running.run(cfg, plugins, resume=begun or shared)
     cfg = prepared[-1][1]
     if cfg.tracking.enabled:
-        result = comparison.compare(cfg.tracking.repo, [name for name, _, _ in prepared], [])
+        result = comparison.compare(cfg.tracking.repo, [name for name, *_ in prepared], [])
         print0(comparison.render(result))
     else:
         print0("rlkit sweep: tracking is off, so there is no comparison (tracking.enabled=true to get one)")
-    return [name for name, _, _ in prepared]
+    return [name for name, *_ in prepared]
