@@ -39,7 +39,8 @@ def first_hits():
 
 
 def run(tokenizer, model, reward, **kwargs):
-    return evaluate(CTX, model, tokenizer, PROBLEMS, reward, examples=4, samples=4, temperature=1.0, top_k=None,
+    kwargs = {"temperature": 1.0, **kwargs}
+    return evaluate(CTX, model, tokenizer, PROBLEMS, reward, examples=4, samples=4, top_k=None,
                     max_new_tokens=4, seed=7, **kwargs)
 
 
@@ -72,3 +73,20 @@ def test_the_same_seed_draws_the_same_samples_so_an_unchanged_model_shows_no_cha
     second = run(tokenizer, model, recorder, baseline=first["per_problem"])
     assert said[:16] == said[16:] and len(set(said)) > 1  # the same 16 completions, and not all alike
     assert second["delta@1"] == 0.0 and second["delta_se"] == 0.0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_how_problems_are_batched_changes_no_completion(tokenizer, model, temperature):
+    """rows_per_batch only groups the work: 1 completion a batch, a problem's samples split over batches
+    (3 rows), and everything in one batch give the same completions and figures."""
+    def run_batched(rows):
+        said = []
+
+        def recorder(completion, example):
+            said.append((example["messages"][0]["content"], completion))
+            return float(len(completion) % 2)
+        result = run(tokenizer, model, recorder, rows_per_batch=rows, temperature=temperature)
+        return sorted(said), result["per_problem"]
+    one_a_batch, all_in_one = run_batched(1), run_batched(256)
+    assert one_a_batch == run_batched(3) == all_in_one
+    assert temperature == 0 or len({c for _, c in one_a_batch[0]}) > 1  # sampled rows are not all alike
