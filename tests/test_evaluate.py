@@ -77,8 +77,8 @@ def test_the_same_seed_draws_the_same_samples_so_an_unchanged_model_shows_no_cha
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_how_problems_are_batched_changes_no_completion(tokenizer, model, temperature):
-    """rows_per_batch only groups the work: 1 completion a batch, a problem's samples split over batches
-    (3 rows), and everything in one batch give the same completions and figures."""
+    """rows_per_batch only groups the work: from one problem a batch (its n rows) to all four in one, the
+    same completions and figures (greedy: 1, 3 and 4 problems a batch; sampled, n = 4: 1, 2 and 4)."""
     def run_batched(rows):
         said = []
 
@@ -87,6 +87,6 @@ def test_how_problems_are_batched_changes_no_completion(tokenizer, model, temper
             return float(len(completion) % 2)
         result = run(tokenizer, model, recorder, rows_per_batch=rows, temperature=temperature)
         return sorted(said), result["per_problem"]
-    one_a_batch, all_in_one = run_batched(1), run_batched(256)
-    assert one_a_batch == run_batched(3) == all_in_one
+    one_a_batch = run_batched(1)
+    assert one_a_batch == run_batched(3) == run_batched(8) == run_batched(256)
     assert temperature == 0 or len({c for _, c in one_a_batch[0]}) > 1  # sampled rows are not all alike
