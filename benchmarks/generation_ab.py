@@ -3,8 +3,9 @@
 Two workloads, each timed in a fresh subprocess per side and round (PYTHONPATH set to that tree), sides
 alternating (A B, then B A, ...); each side's best round and median are compared:
   rollout: the quickstart's rl stage shape until 7 December (8 prompts x 8 samples x 72 new tokens, top-k
-           50, temperature 1; experiments/quickstart.yaml takes 16 x 2 since) with generate() on a random-init GPT of its model args (depth 4,
-           vocab 512, seq_len 128), no stop tokens, so every row draws exactly 72 tokens;
+           50, temperature 1; experiments/quickstart.yaml takes 16 x 2 since) with generate() on a random-init
+           GPT of its model args (depth 4, vocab 512, seq_len 128), no stop tokens, so every row draws exactly
+           72 tokens;
   serve:   the Engine at concurrency 16: 16 client threads each submit a request (one sample, 64 new tokens,
            top-k 50, temperature 1, distinct prompts and seeds) and the next one once it is done, until
            `--requests` are answered; completion tokens / wall seconds (in-process: no HTTP, unlike
